@@ -1,0 +1,5 @@
+"""Feature extractors + classifier heads, created by name."""
+
+from utils.registry import Registry
+
+BACKBONES: Registry = Registry("backbone", __name__)

@@ -1,0 +1,154 @@
+"""Base class of every class-incremental benchmark.
+
+A subclass only says what its data is (shape, classes, tasks, normalisation)
+and how to read its files (``load_raw``). Everything the training loop needs is
+built here once: the per-seed class order, the task splits with contiguous
+labels, the optional ``--samples_per_class`` subset and ``--validation`` split,
+uint8 tensors on the training device and batched transforms.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from datasets.transforms import Normalize, TrainTransform
+from utils.errors import DataError, UserError
+
+VALIDATION_FRACTION = 0.1
+
+
+@dataclass
+class RawSplit:
+    """Images as uint8 (N, C, H, W) and original class ids as int64 (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
+class TaskData:
+    """One task's uint8 images and remapped labels, on the training device."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+
+
+class ContinualDataset:
+    """A dataset split into ``N_TASKS`` tasks of ``N_CLASSES_PER_TASK`` classes."""
+
+    NAME: ClassVar[str]
+    SETTING: ClassVar[str] = "class-il"
+    N_TASKS: ClassVar[int]
+    N_CLASSES_PER_TASK: ClassVar[int]
+    SHAPE: ClassVar[tuple[int, int, int]]  # (C, H, W)
+    MEAN: ClassVar[tuple[float, ...]]
+    STD: ClassVar[tuple[float, ...]]
+    HFLIP: ClassVar[bool] = True
+    CROP_PADDING: ClassVar[int] = 4
+    BACKBONE: ClassVar[str] = "resnet18"
+    N_EPOCHS: ClassVar[int] = 50  # mammoth's offline defaults; the paper's online runs pass --epochs 1
+    BATCH_SIZE: ClassVar[int] = 32
+
+    def __init__(self, args: Namespace, device: torch.device | str = "cpu") -> None:
+        self.args = args
+        self.device = torch.device(device)
+        self.train_transform = TrainTransform(self.MEAN, self.STD, self.CROP_PADDING, self.HFLIP)
+        self.test_transform = Normalize(self.MEAN, self.STD)
+        self.class_order = self.make_class_order(getattr(args, "seed", None), getattr(args, "no_task_shuffle", False))
+        self._tasks: list[TaskData] | None = None
+
+    @classmethod
+    def n_classes(cls) -> int:
+        return cls.N_TASKS * cls.N_CLASSES_PER_TASK
+
+    @classmethod
+    def make_class_order(cls, seed: int | None, no_task_shuffle: bool) -> np.ndarray:
+        """``order[c]`` is the label that original class ``c`` gets; task ``t`` holds labels ``[t*k, (t+1)*k)``.
+
+        As in the reference (``targets = order[targets]``) the order is
+        ``default_rng(42 + seed).permutation(n_classes)``; seed 0, no seed and
+        ``--no_task_shuffle`` keep the natural order.
+        """
+        if no_task_shuffle or not seed:
+            return np.arange(cls.n_classes())
+        return np.random.default_rng(42 + seed).permutation(cls.n_classes())
+
+    def task_classes(self, task: int) -> tuple[int, int]:
+        """Half-open range of (remapped) labels that belong to ``task``."""
+        return task * self.N_CLASSES_PER_TASK, (task + 1) * self.N_CLASSES_PER_TASK
+
+    def load_raw(self) -> tuple[RawSplit, RawSplit]:
+        """Read the (train, test) splits from disk or download them."""
+        raise NotImplementedError
+
+    def _checked(self, split: RawSplit, name: str) -> RawSplit:
+        x, y = np.asarray(split.x), np.asarray(split.y).astype(np.int64).reshape(-1)
+        if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != self.SHAPE:
+            raise DataError(
+                f"{self.NAME} {name} images have shape {x.shape} and dtype {x.dtype}, expected "
+                f"uint8 (N, {', '.join(map(str, self.SHAPE))}); the files are corrupt: delete them and fetch them again"
+            )
+        if len(x) != len(y):
+            raise DataError(
+                f"{self.NAME} {name} split has {len(x)} images but {len(y)} labels; "
+                "the files are truncated or mismatched: fetch them again"
+            )
+        if len(y) and (y.min() < 0 or y.max() >= self.n_classes()):
+            raise DataError(
+                f"{self.NAME} {name} labels span [{y.min()}, {y.max()}], outside the {self.n_classes()} classes "
+                f"[0, {self.n_classes() - 1}]; the label file is corrupt: fetch it again"
+            )
+        return RawSplit(x, y)
+
+    def _select(self, train: RawSplit, test: RawSplit) -> tuple[RawSplit, RawSplit]:
+        """Apply ``--samples_per_class`` and ``--validation`` to the raw splits."""
+        spc = getattr(self.args, "samples_per_class", None)
+        if spc is not None:
+            if spc <= 0:
+                raise UserError(f"--samples_per_class must be a positive integer, got {spc}")
+            keep = np.concatenate([np.flatnonzero(train.y == c)[:spc] for c in range(self.n_classes())])
+            keep.sort()
+            train = RawSplit(train.x[keep], train.y[keep])
+        if getattr(self.args, "validation", False):
+            # A fixed split, the same for every seed, so hyper-parameters chosen on it are comparable.
+            order = np.random.default_rng(0).permutation(len(train.y))
+            held = np.zeros(len(train.y), dtype=bool)
+            for c in range(self.n_classes()):
+                members = order[train.y[order] == c]
+                held[members[: round(VALIDATION_FRACTION * len(members))]] = True
+            test = RawSplit(train.x[held], train.y[held])
+            train = RawSplit(train.x[~held], train.y[~held])
+        return train, test
+
+    def prepare(self) -> None:
+        """Load the files and build every task's tensors (idempotent)."""
+        if self._tasks is not None:
+            return
+        train, test = self.load_raw()
+        train, test = self._checked(train, "train"), self._checked(test, "test")
+        train, test = self._select(train, test)
+        labels = {"train": self.class_order[train.y], "test": self.class_order[test.y]}
+        tasks = []
+        for t in range(self.N_TASKS):
+            lo, hi = self.task_classes(t)
+            parts = []
+            for name, split in (("train", train), ("test", test)):
+                idx = np.flatnonzero((labels[name] >= lo) & (labels[name] < hi))
+                parts.append(torch.from_numpy(np.ascontiguousarray(split.x[idx])).to(self.device))
+                parts.append(torch.from_numpy(labels[name][idx]).to(self.device))
+            tasks.append(TaskData(*parts))
+        self._tasks = tasks
+
+    def task(self, t: int) -> TaskData:
+        """Tensors of task ``t`` (labels already in ``task_classes(t)``)."""
+        self.prepare()
+        assert self._tasks is not None
+        return self._tasks[t]

@@ -1,0 +1,1 @@
+"""Shared pieces of the models: the ``ContinualModel`` base and the normalisation layers."""

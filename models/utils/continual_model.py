@@ -1,0 +1,144 @@
+"""The base of every continual-learning method.
+
+A model sees the stream one batch at a time through ``observe`` and is told of
+task boundaries through ``begin_task`` / ``end_task``. Two shared places make
+every model work with every normalisation layer:
+
+* ``forward_parts`` runs the stream batch and the replayed batches through the
+  network, either as *separate* forward passes (the reference baselines: BN's
+  batch statistics come from each sub-batch alone) or as one *joint*
+  concatenated pass (the reference AdaB²N), and first hands each sample's task
+  id to the layers that ask for it;
+* ``step`` adds the layers' regularisers (``norm_loss``) to the method's loss
+  before the backward pass.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from datasets.utils.continual_dataset import ContinualDataset
+from models.utils.norms import task_aware_layers
+from utils.buffer import Buffer
+
+Part = tuple[Tensor, Tensor | int]
+
+
+class ContinualModel(nn.Module):
+    """A network, its optimiser, and the rules by which it learns from a stream."""
+
+    NAME: ClassVar[str]
+    COMPATIBILITY: ClassVar[tuple[str, ...]] = ("class-il", "task-il")
+    USES_BUFFER: ClassVar[bool] = False
+    REFERENCE_FORWARD: ClassVar[str] = "separate"
+
+    def __init__(
+        self, net: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], args: Namespace, dataset: ContinualDataset
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.loss = loss
+        self.args = args
+        self.dataset = dataset
+        self.transform = dataset.train_transform
+        self.device = dataset.device
+        self.n_classes = dataset.n_classes()
+        self.current_task = 0
+        self.forward_mode = resolve_forward_mode(args, type(self), net)
+        self.buffer: Buffer | None = None
+        if self.USES_BUFFER:
+            self.buffer = Buffer(args.buffer_size, self.device, args.buffer_mode, dataset.N_TASKS)
+        self._task_aware = task_aware_layers(net)
+        self._norm_losses: list[Tensor] = []
+        self.opt = self.get_optimizer()
+
+    def get_optimizer(self) -> torch.optim.Optimizer:
+        """SGD with the mammoth flags; built after the norm swap so new parameters are trained too."""
+        return torch.optim.SGD(
+            self.net.parameters(),
+            lr=self.args.lr,
+            weight_decay=self.args.optim_wd,
+            momentum=self.args.optim_mom,
+            nesterov=self.args.optim_nesterov,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def stream_tasks(self, labels: Tensor) -> Tensor:
+        """The current task's id for every sample of a stream batch (what the buffer stores)."""
+        return torch.full_like(labels, self.current_task)
+
+    def _tasks_tensor(self, ids: Tensor | int, n: int) -> Tensor:
+        if isinstance(ids, Tensor):
+            return ids
+        return torch.full((n,), ids, dtype=torch.long, device=self.device)
+
+    def _run(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+        for layer in self._task_aware:
+            layer.set_batch_tasks(task_ids)
+        out = self.net(x)
+        for layer in self._task_aware:
+            extra = getattr(layer, "norm_loss", None)
+            if extra is not None:
+                self._norm_losses.append(extra)
+        return out
+
+    def forward_parts(self, parts: Sequence[Part]) -> list[Tensor]:
+        """Outputs of the network on each (inputs, task ids) part, in ``self.forward_mode``.
+
+        Task ids are an int (the whole part comes from one task, e.g. the
+        stream) or a LongTensor with one id per sample (e.g. replay).
+        """
+        want_ids = bool(self._task_aware)
+        if self.forward_mode == "separate" or len(parts) == 1:
+            return [self._run(x, self._tasks_tensor(t, len(x)) if want_ids else None) for x, t in parts]
+        sizes = [len(x) for x, _ in parts]
+        ids = torch.cat([self._tasks_tensor(t, len(x)) for x, t in parts]) if want_ids else None
+        return list(self._run(torch.cat([x for x, _ in parts]), ids).split(sizes))
+
+    def aux_loss_weight(self) -> float:
+        """Weight of the layers' regularisers in the loss (``--lambd`` from task ``--ada_t0`` on)."""
+        lambd = getattr(self.args, "lambd", 0.0) or 0.0
+        return lambd if self.current_task >= getattr(self.args, "ada_t0", 0) else 0.0
+
+    def step(self, loss: Tensor) -> Tensor:
+        """Add the norm layers' regularisers, back-propagate and update; returns the total loss, detached."""
+        weight = self.aux_loss_weight()
+        if self._norm_losses and weight:
+            loss = loss + weight * torch.stack(self._norm_losses).sum()
+        self._norm_losses.clear()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> Tensor:
+        """Learn from one stream batch; returns the loss as a detached tensor (no host sync)."""
+        raise NotImplementedError
+
+    def begin_task(self, dataset: ContinualDataset) -> None:
+        """Called before the first batch of each task."""
+
+    def end_task(self, dataset: ContinualDataset) -> None:
+        """Called after the last batch of each task; subclasses call ``super().end_task``."""
+        for layer in self._task_aware:
+            layer.end_task()
+        if self.buffer is not None:
+            self.buffer.end_task()
+        self.current_task += 1
+
+
+def resolve_forward_mode(args: Namespace, model_cls: type[ContinualModel], net: nn.Module) -> str:
+    """``--forward_mode``, or the reference's choice: joint for layers that ask for it, else the model's."""
+    mode = getattr(args, "forward_mode", None)
+    if mode:
+        return mode
+    if any(getattr(m, "PREFERS_JOINT_FORWARD", False) for m in net.modules()):
+        return "joint"
+    return model_cls.REFERENCE_FORWARD

@@ -1,0 +1,1 @@
+"""Shared infrastructure: argument parsing, training loop, buffer, metrics, results."""

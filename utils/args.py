@@ -1,0 +1,153 @@
+"""Command-line interface of ``utils/main.py``, with mammoth's flag names.
+
+Values are resolved in this order: explicit flags, then ``--load_best_args``
+(the reference hyper-parameters), then the dataset's defaults; ``--bs`` and
+``--epochs`` override everything (the paper's online setting is
+``--bs 10 --epochs 1``). Binary flags accept both ``--flag`` and ``--flag 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+
+from utils.errors import UserError
+
+BUFFER_MODES = ("reservoir", "ring")
+FORWARD_MODES = ("separate", "joint")
+
+
+def _binary(parser: argparse._ActionsContainer, name: str, help_text: str) -> None:
+    parser.add_argument(name, type=int, nargs="?", const=1, default=0, choices=(0, 1), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python utils/main.py",
+        description="Run one continual-learning experiment (mammoth-compatible flags).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("experiment")
+    g.add_argument("--dataset", required=True, help="benchmark: seq-fmnist, seq-cifar10, seq-cifar100, seq-miniimg")
+    g.add_argument("--model", required=True, help="method, e.g. sgd, joint, er, der, derpp, er_ace")
+    g.add_argument("--backbone", default=None, help="network (default: the dataset's, resnet18)")
+    g.add_argument("--nf", type=int, default=64, help="ResNet-18 base width: 64 = full, 20 = reduced ResNet-18")
+    g.add_argument("--nl", default="BN", help="normalization layer swapped in for every BatchNorm, e.g. BN")
+    _binary(g, "--no_affine", "normalization layers without learnable scale and shift")
+    g.add_argument(
+        "--forward_mode",
+        choices=FORWARD_MODES,
+        default=None,
+        help="stream and replay batches as separate forward passes or one joint pass "
+        "(default: the reference's choice: joint for AdaB2N, else the model's own)",
+    )
+    g.add_argument("--seed", type=int, default=None, help="seeds Python, NumPy, torch and the class order")
+    _binary(g, "--no_task_shuffle", "keep the natural class order for every seed")
+    _binary(g, "--validation", "hold out 10%% of each task's training data and test on it")
+    g.add_argument("--samples_per_class", type=int, default=None, help="use only the first N training images per class")
+    g.add_argument("--run_name", default=None, help="name of the results file (default: derived from the arguments)")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, default=None, help="learning rate (required unless --load_best_args)")
+    o.add_argument("--optim_wd", type=float, default=0.0, help="weight decay")
+    o.add_argument("--optim_mom", type=float, default=0.0, help="SGD momentum")
+    _binary(o, "--optim_nesterov", "Nesterov momentum")
+    o.add_argument("--n_epochs", type=int, default=None, help="epochs per task (default: the dataset's)")
+    o.add_argument("--batch_size", type=int, default=None, help="stream batch size (default: the dataset's)")
+    o.add_argument("--minibatch_size", type=int, default=None, help="replay batch size (default: --batch_size)")
+    o.add_argument("--bs", type=int, default=None, help="sets --batch_size and --minibatch_size (online: 10)")
+    o.add_argument("--epochs", type=int, default=None, help="sets --n_epochs (online: 1)")
+    _binary(o, "--load_best_args", "use the reference hyper-parameters for this dataset, model and buffer size")
+
+    r = p.add_argument_group("replay")
+    r.add_argument("--buffer_size", type=int, default=None, help="replay memory size (required by replay models)")
+    r.add_argument("--buffer_mode", default="reservoir", help=f"buffer policy: {', '.join(BUFFER_MODES)}")
+    r.add_argument("--alpha", type=float, default=None, help="DER / DER++: weight of the logit-replay loss")
+    r.add_argument("--beta", type=float, default=None, help="DER++: weight of the label-replay loss")
+
+    m = p.add_argument_group("management")
+    m.add_argument("--data_path", default="data", help="folder with the datasets' files (downloads go here)")
+    m.add_argument("--results_path", default="results", help="folder of the results JSON files")
+    m.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    m.add_argument("--num_workers", type=int, default=0, help="accepted for compatibility: data is in memory")
+    m.add_argument("--num_threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    m.add_argument("--eval_batch_size", type=int, default=256, help="batch size of evaluation")
+    _binary(m, "--debug_mode", "train only a few batches per task")
+    _binary(m, "--non_verbose", "no progress bars")
+    _binary(m, "--disable_log", "write no results file")
+    _binary(m, "--ignore_other_metrics", "skip the evaluations that forward transfer needs")
+
+    w = p.add_argument_group("wandb")
+    _binary(w, "--nowand", "disable wandb")
+    w.add_argument("--wandb_project", default="normcl", help="wandb project")
+    w.add_argument("--wandb_entity", default=None, help="wandb entity (user or team)")
+    w.add_argument("--wandb_name", default=None, help="wandb run name (default: --run_name)")
+    return p
+
+
+def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "positive"
+        raise UserError(f"--{name} must be {bound}, got {value}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the command line; raises ``UserError`` on bad values."""
+    from datasets import get_dataset_class
+    from models import MODELS
+    from models.utils.norms import NORMS
+    from utils.best_args import best_args_for
+
+    args = build_parser().parse_args(argv)
+    dataset_cls = get_dataset_class(args.dataset)
+    model_cls = MODELS.get(args.model)
+    NORMS.get(args.nl)
+    if args.buffer_mode not in BUFFER_MODES:
+        raise UserError(f"unknown buffer mode '{args.buffer_mode}'; choose one of: {', '.join(BUFFER_MODES)}")
+    if model_cls.USES_BUFFER and args.buffer_size is None:
+        raise UserError(f"model '{args.model}' replays samples: pass --buffer_size N (e.g. --buffer_size 500)")
+    _positive("buffer_size", args.buffer_size)
+
+    if args.load_best_args:
+        buffer = args.buffer_size if model_cls.USES_BUFFER else None
+        for key, value in best_args_for(args.dataset, args.model, buffer).items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
+    if args.bs is not None:
+        args.batch_size = args.minibatch_size = args.bs
+    if args.epochs is not None:
+        args.n_epochs = args.epochs
+    if args.batch_size is None:
+        args.batch_size = dataset_cls.BATCH_SIZE
+    if args.minibatch_size is None:
+        args.minibatch_size = args.batch_size
+    if args.n_epochs is None:
+        args.n_epochs = dataset_cls.N_EPOCHS
+    if args.lr is None:
+        raise UserError("--lr is required: pass --lr 0.03, or --load_best_args for the reference value")
+    for key in ("alpha", "beta"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(model_cls, f"DEFAULT_{key.upper()}", 0.0))
+    _positive("lr", args.lr)
+    for name in ("optim_wd", "optim_mom", "alpha", "beta"):
+        _positive(name, getattr(args, name), allow_zero=True)
+    for name in ("batch_size", "minibatch_size", "n_epochs", "eval_batch_size", "nf", "num_threads"):
+        _positive(name, getattr(args, name))
+    if args.samples_per_class is not None and args.samples_per_class <= 0:
+        raise UserError(f"--samples_per_class must be a positive integer, got {args.samples_per_class}")
+    if args.buffer_mode == "ring" and args.buffer_size is not None and args.buffer_size < dataset_cls.N_TASKS:
+        raise UserError(
+            f"--buffer_size {args.buffer_size} is smaller than the {dataset_cls.N_TASKS} tasks of the ring buffer; "
+            f"use --buffer_size >= {dataset_cls.N_TASKS} or --buffer_mode reservoir"
+        )
+    if dataset_cls.SETTING not in model_cls.COMPATIBILITY:
+        raise UserError(
+            f"model '{args.model}' does not support the {dataset_cls.SETTING} setting of '{args.dataset}'; "
+            f"it supports: {', '.join(model_cls.COMPATIBILITY)}"
+        )
+    if args.backbone is None:
+        args.backbone = dataset_cls.BACKBONE
+    return args

@@ -1,0 +1,137 @@
+"""Run one continual-learning experiment: ``python utils/main.py --dataset seq-fmnist --model er_ace ...``.
+
+Also runnable as ``python -m utils.main``. Bad input ends with a one-line
+message and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from argparse import Namespace
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backbone import BACKBONES
+from datasets import get_dataset_class
+from datasets.utils.continual_dataset import ContinualDataset
+from models import MODELS
+from models.utils.continual_model import ContinualModel
+from models.utils.norms import convert_norm
+from utils.args import parse_args
+from utils.errors import UserError
+from utils.results import build_results, results_file, summary_table, write_results
+from utils.training import check_trainable, train
+from utils.wandb_logger import WandbLogger
+
+
+def set_seed(seed: int | None) -> None:
+    """Seed every generator the run draws from (Python, NumPy, torch on CPU and CUDA)."""
+    if seed is None:
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device '{name}' is not a torch device ({e}); use cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def default_run_name(args: Namespace) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    buffer = f"_buf{args.buffer_size}" if args.buffer_size is not None else ""
+    return f"{args.dataset}_{args.model}_{args.nl}{buffer}_seed{args.seed}_{stamp}_{os.getpid()}"
+
+
+def check_writable(path: Path) -> None:
+    """Fail before training, not after, when the results cannot be saved."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--results_path {path} is a file; pass a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--results_path {path} is not writable ({e.strerror}); pass a writable directory") from None
+
+
+def norm_options(args: Namespace, dataset: ContinualDataset) -> dict[str, Any]:
+    """Everything a normalisation layer may need; each layer takes what it uses."""
+    return {"affine": not args.no_affine, "num_tasks": dataset.N_TASKS, "args": args}
+
+
+def build_model(args: Namespace, dataset: ContinualDataset) -> ContinualModel:
+    """Backbone with the requested norm layers, wrapped in the requested method (optimiser made last)."""
+    net = BACKBONES.get(args.backbone)(num_classes=dataset.n_classes(), nf=args.nf, in_channels=dataset.SHAPE[0])
+    net = convert_norm(net, args.nl, **norm_options(args, dataset)).to(dataset.device)
+    return MODELS.get(args.model)(net, F.cross_entropy, args, dataset).to(dataset.device)
+
+
+def run(args: Namespace) -> dict[str, Any]:
+    """Train and evaluate as ``args`` says; returns the results document (also written to disk)."""
+    start = time.perf_counter()
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
+    device = resolve_device(args.device)
+    args.device = str(device)
+    dataset_cls = get_dataset_class(args.dataset)
+    args.setting = dataset_cls.SETTING
+    args.run_name = args.run_name or default_run_name(args)
+    out = results_file(args)
+    if not args.disable_log:
+        check_writable(Path(args.results_path))
+    set_seed(args.seed)
+    dataset = dataset_cls(args, device)
+    dataset.prepare()
+    check_trainable(dataset)
+    model = build_model(args, dataset)
+    args.forward_mode_used = model.forward_mode
+    logger = WandbLogger(args)
+    try:
+        history = train(model, dataset, args, logger)
+    except BaseException:
+        logger.finish(exit_code=1)
+        raise
+    results = build_results(args, history, model.forward_mode, time.perf_counter() - start)
+    logger.log_final(results["final"])
+    logger.finish()
+    if not args.disable_log:
+        write_results(out, results)
+    print(summary_table(results))
+    if not args.disable_log:
+        print(f"Results written to {out}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        run(parse_args(argv))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"error: {e}; lower --lr or check the data", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

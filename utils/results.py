@@ -1,0 +1,145 @@
+"""The results file of a run: one JSON document, written atomically.
+
+Format (``format_version`` 1)::
+
+    {
+      "format_version": 1,
+      "name": run name, "args": every resolved argument,
+      "setting": "class-il", "forward_mode": "separate" | "joint",
+      "accuracy_matrix": {"class_il": [[...]], "task_il": [[...]]},
+          # row i = after training task i, column j = accuracy (%) on task j;
+          # null = not measured (future tasks; the superdiagonal is task j just
+          # before it is trained, for forward transfer)
+      "random_accuracy": {"class_il": [...], "task_il": [...]} | null,
+      "final": {"class_il_avg", "task_il_avg", "forgetting", "bwt", "fwt",
+                "task_il_forgetting", "task_il_bwt", "task_il_fwt"},
+      "timing": {"train_seconds": [...], "eval_seconds": [...], "total_seconds"},
+      "environment": {"python", "torch", "torchvision", "numpy", "device", "threads", "git_commit", "hostname"},
+      "created": ISO time
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from argparse import Namespace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+from utils.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer
+from utils.training import History
+
+FORMAT_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def results_file(args: Namespace) -> Path:
+    """``{results_path}/{setting}/{dataset}/{model}/{run_name}.json``, mammoth's folder layout."""
+    return Path(args.results_path) / args.setting / args.dataset / args.model / f"{args.run_name}.json"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def final_metrics(history: History) -> dict[str, float | None]:
+    return {
+        "class_il_avg": average_accuracy(history.class_il),
+        "task_il_avg": average_accuracy(history.task_il),
+        "forgetting": forgetting(history.class_il),
+        "bwt": backward_transfer(history.class_il),
+        "fwt": forward_transfer(history.class_il, history.random_class_il),
+        "task_il_forgetting": forgetting(history.task_il),
+        "task_il_bwt": backward_transfer(history.task_il),
+        "task_il_fwt": forward_transfer(history.task_il, history.random_task_il),
+    }
+
+
+def build_results(args: Namespace, history: History, forward_mode: str, total_seconds: float) -> dict[str, Any]:
+    random = None
+    if history.random_class_il is not None:
+        random = {"class_il": history.random_class_il, "task_il": history.random_task_il}
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": args.run_name,
+        "args": vars(args),
+        "setting": args.setting,
+        "forward_mode": forward_mode,
+        "accuracy_matrix": {"class_il": history.class_il, "task_il": history.task_il},
+        "random_accuracy": random,
+        "final": final_metrics(history),
+        "timing": {
+            "train_seconds": history.train_seconds,
+            "eval_seconds": history.eval_seconds,
+            "total_seconds": total_seconds,
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "numpy": np.__version__,
+            "device": args.device,
+            "threads": torch.get_num_threads(),
+            "git_commit": git_commit(),
+            "hostname": socket.gethostname(),
+        },
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(results, indent=2, allow_nan=False) + "\n").encode())
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """A plain-text table of the accuracy matrices and final metrics, printed at the end of a run."""
+    lines = []
+    for key, title in (("class_il", "Class-IL"), ("task_il", "Task-IL")):
+        matrix = results["accuracy_matrix"][key]
+        n = len(matrix)
+        lines.append(f"{title} accuracy (%) — row: after task i, column: task j")
+        lines.append("        " + "".join(f"{'T' + str(j + 1):>8}" for j in range(n)))
+        for i, row in enumerate(matrix):
+            cells = "".join(f"{'' if (v is None or j > i) else f'{v:.2f}':>8}" for j, v in enumerate(row))
+            lines.append(f"{'T' + str(i + 1):>6}  {cells}")
+    f = results["final"]
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    lines.append(
+        f"Final: class-IL {fmt(f['class_il_avg'])} %  task-IL {fmt(f['task_il_avg'])} %  "
+        f"forgetting {fmt(f['forgetting'])}  BWT {fmt(f['bwt'])}  FWT {fmt(f['fwt'])}"
+    )
+    return "\n".join(lines)
