@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--alpha", type=float, default=None, help="DER / DER++: weight of the logit-replay loss")
     r.add_argument("--beta", type=float, default=None, help="DER++: weight of the label-replay loss")
 
+    n = p.add_argument_group("normalization layers")
+    n.add_argument("--kappa", type=float, default=1.0, help="AdaB2N: momentum adaptation in [0, 1] (1 = plain EMA)")
+    n.add_argument("--lambd", type=float, default=0.0, help="AdaB2N: weight (>= 0) of the statistics regulariser")
+    n.add_argument("--ada_t0", type=int, default=0, help="AdaB2N: first task (0-based) whose loss has the regulariser")
+    _binary(n, "--adab2n_renorm", "AdaB2N: renormalise the task weights over the tasks present in the batch")
+    n.add_argument("--brn_rmax", type=float, default=3.0, help="BRN: clip of the scale correction r to [1/rmax, rmax]")
+    n.add_argument("--brn_dmax", type=float, default=5.0, help="BRN: clip of the shift correction d to [-dmax, dmax]")
+    _binary(n, "--diagnose_norm", "after each task, measure the running statistics' recency bias")
+
     m = p.add_argument_group("management")
     m.add_argument("--data_path", default="data", help="folder with the datasets' files (downloads go here)")
     m.add_argument("--results_path", default="results", help="folder of the results JSON files")
@@ -136,6 +145,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         _positive(name, getattr(args, name), allow_zero=True)
     for name in ("batch_size", "minibatch_size", "n_epochs", "eval_batch_size", "nf", "num_threads"):
         _positive(name, getattr(args, name))
+    if not 0.0 <= args.kappa <= 1.0:
+        raise UserError(f"--kappa must lie in [0, 1], got {args.kappa}")
+    _positive("lambd", args.lambd, allow_zero=True)
+    if args.ada_t0 < 0:
+        raise UserError(f"--ada_t0 must be a task index >= 0, got {args.ada_t0}")
+    if args.brn_rmax < 1.0 or args.brn_dmax < 0.0:
+        raise UserError(f"--brn_rmax must be >= 1 and --brn_dmax >= 0, got {args.brn_rmax} and {args.brn_dmax}")
     if args.samples_per_class is not None and args.samples_per_class <= 0:
         raise UserError(f"--samples_per_class must be a positive integer, got {args.samples_per_class}")
     if args.buffer_mode == "ring" and args.buffer_size is not None and args.buffer_size < dataset_cls.N_TASKS:

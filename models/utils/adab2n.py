@@ -1,0 +1,174 @@
+"""Adaptive Balance of BatchNorm (AdaB²N), Lyu et al., NeurIPS 2023 (arXiv 2310.08855).
+
+In continual learning a BatchNorm layer's statistics are dominated by the
+current task: the stream batch outnumbers the replayed samples (*intra-task*
+imbalance) and the exponential moving average forgets old batches (*recency
+bias* across tasks). AdaB²N fixes both (paper Sec. 4):
+
+* **Balance within a batch** (Sec. 4.1): the training statistics weight every
+  task ``k <= T`` seen so far by ``π_k ∝ exp(w_k) + n_k`` — a Dirichlet-style
+  compromise between the sample count ``n_k`` and learnable task logits ``w``
+  — and split ``π_k`` evenly over the task's ``n_k`` samples. The logits are
+  trained by the model's optimiser through a regulariser, ``norm_loss``, that
+  keeps the batch statistics close to the running ones.
+* **Adaptation across batches** (Sec. 4.2): the running statistics use a
+  modified momentum ``η`` that interpolates, through ``kappa``, between
+  BatchNorm's EMA (``kappa = 1``) and a cumulative average over all batches
+  (``kappa = 0``).
+
+The arithmetic reproduces the official implementation exactly, including its
+quirk that a seen task absent from the batch keeps its weight (the per-sample
+weights then sum to less than one); ``renorm=True`` (``--adab2n_renorm``)
+renormalises over the tasks present instead.
+
+Usage (any model; create the optimiser *after* the swap so ``task_weight`` is trained)::
+
+    net = convert_norm(net, "AdaB2N", num_tasks=5, kappa=0.4)
+    for layer in task_aware_layers(net):
+        layer.set_batch_tasks(task_ids)   # before each training forward
+    loss = criterion(net(x), y) + lambd * sum(l.norm_loss for l in task_aware_layers(net))
+    ...
+    for layer in task_aware_layers(net):
+        layer.end_task()                  # at each task boundary
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.utils.norms import NORMS
+
+
+class AdaB2N(nn.BatchNorm2d):
+    """BatchNorm2d with task-balanced training statistics and adaptive running-statistics momentum."""
+
+    PREFERS_JOINT_FORWARD = True  # the reference normalises stream and replay samples in one batch
+
+    def __init__(
+        self,
+        num_features: int,
+        num_tasks: int,
+        kappa: float = 1.0,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        init_weight: float = 0.0,
+        renorm: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not 0.0 <= kappa <= 1.0:
+            raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
+        if momentum is None or not 0.0 < momentum <= 1.0:
+            raise ValueError(f"AdaB2N needs a momentum in (0, 1], got {momentum}")
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats=True, device=device)
+        self.num_tasks = num_tasks
+        self.kappa = float(kappa)
+        self.renorm = renorm
+        self.task_weight = nn.Parameter(torch.full((num_tasks,), float(init_weight), device=device))
+        self.register_buffer("tasks_completed", torch.zeros((), dtype=torch.long, device=device))
+        # η of the last training forward; 0 = none yet. float64 like the reference's Python float.
+        self.register_buffer("eta", torch.zeros((), dtype=torch.float64, device=device))
+        self._tasks_completed = 0  # host mirror of the buffer: shapes depend on it, reading it would sync
+        self._batch_tasks: Tensor | None = None
+        self.norm_loss: Tensor | None = None
+
+    @classmethod
+    def from_bn(cls, bn: nn.BatchNorm2d, num_tasks: int, kappa: float = 1.0, **kwargs: Any) -> AdaB2N:
+        """An AdaB2N layer with ``bn``'s hyper-parameters and state (running statistics, affine parameters)."""
+        affine = kwargs.pop("affine", bn.affine)
+        device = bn.running_mean.device if bn.running_mean is not None else None
+        new = cls(bn.num_features, num_tasks, kappa, bn.eps, bn.momentum, affine, device=device, **kwargs)
+        with torch.no_grad():
+            if bn.track_running_stats and bn.running_mean is not None:
+                new.running_mean.copy_(bn.running_mean)
+                new.running_var.copy_(bn.running_var)
+                new.num_batches_tracked.copy_(bn.num_batches_tracked)
+            if affine and bn.affine:
+                new.weight.copy_(bn.weight)
+                new.bias.copy_(bn.bias)
+        return new
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_tasks={self.num_tasks}, kappa={self.kappa}, renorm={self.renorm}"
+
+    def set_batch_tasks(self, task_ids: Tensor | None) -> None:
+        """Task index of every sample of the next training batch (``None``: plain batch statistics)."""
+        self._batch_tasks = task_ids
+
+    def end_task(self) -> None:
+        """One more task completed: its samples now get their own weight in the statistics."""
+        self.tasks_completed += 1
+        self._tasks_completed += 1
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._tasks_completed = int(self.tasks_completed)
+
+    def next_eta(self) -> Tensor:
+        """The momentum of this training forward (``num_batches_tracked`` already counts it).
+
+        ``kappa = 1``: BatchNorm's momentum; ``kappa = 0``: ``1 / forwards``, a cumulative
+        average; otherwise ``η₁ = m^κ`` and ``ηₜ = ηₜ₋₁ / (ηₜ₋₁ + (1 − m)^κ)``.
+        """
+        if self.kappa == 1.0:
+            return torch.full_like(self.eta, self.momentum)
+        if self.kappa == 0.0:
+            return 1.0 / self.num_batches_tracked.to(self.eta.dtype)
+        first = self.momentum**self.kappa
+        return torch.where(self.eta > 0, self.eta / (self.eta + (1.0 - self.momentum) ** self.kappa), first)
+
+    def sample_weights(self, task_ids: Tensor) -> Tensor:
+        """Per-sample weights ``s_i = π_{k(i)} / n_{k(i)}`` with ``π_k ∝ exp(w_k) + n_k`` over tasks ``k <= T``."""
+        t = self._tasks_completed + 1
+        counts = torch.zeros(t, dtype=self.task_weight.dtype, device=task_ids.device)
+        counts = counts.index_add(0, task_ids, torch.ones_like(task_ids, dtype=counts.dtype))
+        concentration = self.task_weight[:t].exp() + counts
+        if self.renorm:
+            concentration = concentration * (counts > 0)
+        task_weights = concentration / concentration.sum()
+        return task_weights[task_ids] / counts[task_ids]
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        if not self.training:
+            return F.batch_norm(
+                input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        task_ids, self._batch_tasks = self._batch_tasks, None
+        if task_ids is not None and len(task_ids) != len(input):
+            raise ValueError(f"set_batch_tasks got {len(task_ids)} task ids for a batch of {len(input)} samples")
+        if task_ids is not None and self._tasks_completed > 0:
+            weights = self.sample_weights(task_ids)
+            mean = input.mean([2, 3]).t().matmul(weights).view(1, -1, 1, 1)
+            var = (input - mean).square().mean([2, 3]).t().matmul(weights).view(1, -1, 1, 1)
+        else:
+            var, mean = torch.var_mean(input, [0, 2, 3], correction=0, keepdim=True)
+        out = (input - mean) / torch.sqrt(var + self.eps)
+        if self.affine:
+            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            eta = self.next_eta()
+            self.eta.copy_(eta)
+            keep, eta = (1.0 - eta).to(self.running_var.dtype), eta.to(self.running_mean.dtype)
+            self.running_mean.add_((mean.flatten() - self.running_mean) * eta)
+            self.running_var.mul_(keep).add_(var.flatten() * eta)
+        # Against the statistics *after* this update, as the reference; cloned so a later forward's
+        # in-place update cannot invalidate this loss's graph (separate forward passes).
+        running_mean, running_var = self.running_mean.clone(), self.running_var.clone()
+        self.norm_loss = F.mse_loss(mean.flatten(), running_mean) + F.mse_loss(var.flatten(), running_var)
+        return out
+
+
+@NORMS.register("AdaB2N")
+def adab2n(bn: nn.BatchNorm2d, num_tasks: int = 1, affine: bool = True, args: Any = None, **_: Any) -> AdaB2N:
+    """AdaB²N with ``--kappa`` and ``--adab2n_renorm`` from ``args`` (defaults: kappa 1, reference weights)."""
+    kappa = getattr(args, "kappa", 1.0)
+    renorm = bool(getattr(args, "adab2n_renorm", False))
+    return AdaB2N.from_bn(bn, num_tasks, kappa, affine=affine, renorm=renorm)
