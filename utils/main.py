@@ -81,7 +81,9 @@ def norm_options(args: Namespace, dataset: ContinualDataset) -> dict[str, Any]:
 def build_model(args: Namespace, dataset: ContinualDataset) -> ContinualModel:
     """Backbone with the requested norm layers, wrapped in the requested method (optimiser made last)."""
     net = BACKBONES.get(args.backbone)(num_classes=dataset.n_classes(), nf=args.nf, in_channels=dataset.SHAPE[0])
-    net = convert_norm(net, args.nl, **norm_options(args, dataset)).to(dataset.device)
+    net = net.to(dataset.device)
+    example = torch.zeros(1, *dataset.SHAPE, device=dataset.device)
+    net = convert_norm(net, args.nl, example_input=example, **norm_options(args, dataset)).to(dataset.device)
     return MODELS.get(args.model)(net, F.cross_entropy, args, dataset).to(dataset.device)
 
 

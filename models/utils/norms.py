@@ -3,7 +3,14 @@
 ``convert_norm(model, "BN")`` replaces every ``nn.BatchNorm2d`` of a module,
 in the spirit of ``nn.SyncBatchNorm.convert_sync_batchnorm``. A registered norm
 is a function ``(bn: nn.BatchNorm2d, **options) -> nn.Module`` that builds the
-replacement for one layer, copying its state where the parameters match.
+replacement for one layer, copying its state where the parameters match; it
+takes the options it uses and ignores the rest. The new layer is placed on the
+device (and floating dtype) of the layer it replaces.
+
+Some norms depend on each layer's input size (LayerNorm normalises over
+C x H x W). Their builder is marked with ``needs_shape``; ``convert_norm`` then
+runs one probe forward of ``example_input`` to record every BatchNorm's input
+``(C, H, W)`` and passes it to the builder as ``shape``.
 
 Layers may also take part in the *task-aware protocol* used by the models:
 ``set_batch_tasks(task_ids)`` before a training forward, ``norm_loss`` (a
@@ -13,45 +20,130 @@ knows which norm is in use.
 
 Example::
 
+    import torch
     import torchvision
-    net = torchvision.models.resnet18()
-    net = convert_norm(net, "BN")
+    net = convert_norm(torchvision.models.resnet18(), "GN")
+    net = convert_norm(torchvision.models.resnet18(), "LN", example_input=torch.randn(1, 3, 224, 224))
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from utils.registry import Registry
 
 NormBuilder = Callable[..., nn.Module]
+Shape = tuple[int, int, int]
 
 NORMS: Registry = Registry("normalization layer", "models.utils")
+
+
+def needs_shape(builder: NormBuilder) -> NormBuilder:
+    """Mark a builder that wants each layer's input ``shape=(C, H, W)``, so ``convert_norm`` probes for it."""
+    builder.needs_shape = True  # type: ignore[attr-defined]
+    return builder
+
+
+def copy_matching_state(src: nn.Module, dst: nn.Module) -> list[str]:
+    """Copy every entry of ``src``'s state that ``dst`` has with the same shape; returns the copied keys.
+
+    This is how a replacement inherits what it shares with the BatchNorm it
+    replaces (affine weight/bias, running statistics) and nothing else.
+    """
+    source = src.state_dict()
+    target = dst.state_dict()
+    copied = [k for k, v in target.items() if k in source and source[k].shape == v.shape]
+    dst.load_state_dict({**target, **{k: source[k] for k in copied}}, strict=True)
+    return copied
 
 
 @NORMS.register("BN")
 def batch_norm(bn: nn.BatchNorm2d, affine: bool = True, **_: Any) -> nn.Module:
     """Plain BatchNorm (a copy of ``bn``), the baseline every other norm is compared with."""
     new = nn.BatchNorm2d(bn.num_features, bn.eps, bn.momentum, affine=affine, track_running_stats=True)
-    new.load_state_dict(bn.state_dict() if affine else _stats_only(bn), strict=True)
-    return new.to(bn.running_mean.device if bn.running_mean is not None else "cpu")
+    copy_matching_state(bn, new)
+    return new
 
 
-def _stats_only(bn: nn.BatchNorm2d) -> dict[str, Any]:
-    """BatchNorm buffers without the affine parameters, for ``affine=False`` copies."""
-    return {k: v for k, v in bn.state_dict().items() if k not in ("weight", "bias")}
+def _place_like(new: nn.Module, old: nn.Module) -> nn.Module:
+    """Move ``new`` to the device and floating dtype of ``old``'s first floating tensor (if it has one)."""
+    for t in itertools.chain(old.parameters(), old.buffers()):
+        if t.is_floating_point():
+            return new.to(device=t.device, dtype=t.dtype)
+    return new
 
 
-def convert_norm(module: nn.Module, name: str, **options: Any) -> nn.Module:
-    """Replace every ``nn.BatchNorm2d`` in ``module`` by the norm called ``name``; returns the new module."""
+def _batch_norms(module: nn.Module) -> dict[nn.Module, str]:
+    """Every ``nn.BatchNorm2d`` of ``module`` (itself included) with its qualified name."""
+    return {m: name or "<root>" for name, m in module.named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+
+def probe_input_shapes(module: nn.Module, example_input: Tensor) -> dict[nn.Module, Shape]:
+    """Input ``(C, H, W)`` of every ``nn.BatchNorm2d`` of ``module``, from one forward of ``example_input``.
+
+    The probe runs in eval mode under ``no_grad`` so no running statistic moves;
+    each sub-module's train/eval mode is restored and the hooks removed afterwards.
+    """
+    layers = _batch_norms(module)
+    shapes: dict[nn.Module, Shape] = {}
+
+    def record(layer: nn.Module, inputs: tuple[Any, ...]) -> None:
+        shape = tuple(int(s) for s in inputs[0].shape[1:])
+        if len(shape) != 3:
+            raise ValueError(f"{layers[layer]}: expected a 4-D input (N, C, H, W), got shape {tuple(inputs[0].shape)}")
+        if shapes.setdefault(layer, shape) != shape:  # type: ignore[arg-type]
+            raise ValueError(f"{layers[layer]} sees inputs of sizes {shapes[layer]} and {shape}; one size is needed")
+
+    modes = {m: m.training for m in module.modules()}
+    handles = [layer.register_forward_pre_hook(record) for layer in layers]
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes.items():
+            m.training = training
+    missed = [name for layer, name in layers.items() if layer not in shapes]
+    if missed:
+        raise ValueError(f"the probe forward never reached {', '.join(missed)}; their input size is unknown")
+    return shapes
+
+
+def convert_norm(module: nn.Module, name: str, example_input: Tensor | None = None, **options: Any) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` in ``module`` by the norm called ``name``; returns the new module.
+
+    ``example_input`` (a batch the module accepts, on its device) is required
+    only by norms that need each layer's input size, e.g. ``"LN"``. A module
+    without any BatchNorm2d is returned unchanged.
+    """
     builder = NORMS.get(name)
+    if not _batch_norms(module):
+        return module
+    shapes: dict[nn.Module, Shape] | None = None
+    if getattr(builder, "needs_shape", False):
+        if example_input is None:
+            raise ValueError(
+                f"norm '{name}' depends on each layer's input size: pass example_input=<a batch the model accepts>"
+            )
+        shapes = probe_input_shapes(module, example_input)
+    return _replace(module, builder, shapes, options)
+
+
+def _replace(
+    module: nn.Module, builder: NormBuilder, shapes: dict[nn.Module, Shape] | None, options: dict[str, Any]
+) -> nn.Module:
     if isinstance(module, nn.BatchNorm2d):
-        return builder(module, **options)
+        extra = {} if shapes is None else {"shape": shapes[module]}
+        return _place_like(builder(module, **options, **extra), module)
     for child_name, child in module.named_children():
-        new = convert_norm(child, name, **options)
+        new = _replace(child, builder, shapes, options)
         if new is not child:
             setattr(module, child_name, new)
     return module
