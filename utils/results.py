@@ -13,6 +13,9 @@ Format (``format_version`` 1)::
       "random_accuracy": {"class_il": [...], "task_il": [...]} | null,
       "final": {"class_il_avg", "task_il_avg", "forgetting", "bwt", "fwt",
                 "task_il_forgetting", "task_il_bwt", "task_il_fwt"},
+      "norm_diagnostics": null | [per task: {"layers": {name: distances}, "summary": means}],
+          # with --diagnose_norm 1: RMS distances of each layer's running mean/var to the
+          # task-balanced and to the latest task's population statistics (utils/norm_diagnostics.py)
       "timing": {"train_seconds": [...], "eval_seconds": [...], "total_seconds"},
       "environment": {"python", "torch", "torchvision", "numpy", "device", "threads", "git_commit", "hostname"},
       "created": ISO time
@@ -84,6 +87,7 @@ def build_results(args: Namespace, history: History, forward_mode: str, total_se
         "accuracy_matrix": {"class_il": history.class_il, "task_il": history.task_il},
         "random_accuracy": random,
         "final": final_metrics(history),
+        "norm_diagnostics": history.norm_diagnostics or None,
         "timing": {
             "train_seconds": history.train_seconds,
             "eval_seconds": history.eval_seconds,

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from datasets.utils.continual_dataset import ContinualDataset
 from models.utils.continual_model import ContinualModel
 from utils.errors import UserError
+from utils.norm_diagnostics import diagnose
 from utils.stream import iterate_batches
 from utils.wandb_logger import WandbLogger
 
@@ -39,6 +40,7 @@ class History:
     random_task_il: list[float] | None = None
     train_seconds: list[float] = field(default_factory=list)
     eval_seconds: list[float] = field(default_factory=list)
+    norm_diagnostics: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.class_il:
@@ -118,6 +120,10 @@ def train(model: ContinualModel, dataset: ContinualDataset, args: Namespace, log
         history.task_il[t][: t + 1] = task_il
         report_task(t, class_il, task_il, args)
         logger.log_task(t, class_il, task_il, step)
+        if args.diagnose_norm:
+            diagnostics = diagnose(model.net, dataset, t, args.eval_batch_size)
+            history.norm_diagnostics.append(diagnostics)
+            logger.log({f"norm/{k}": v for k, v in diagnostics["summary"].items()}, step=step)
     return history
 
 
