@@ -18,6 +18,15 @@ BUFFER_MODES = ("reservoir", "ring")
 FORWARD_MODES = ("separate", "joint")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except ``None`` ones (their help text says what happens instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _binary(parser: argparse._ActionsContainer, name: str, help_text: str) -> None:
     parser.add_argument(name, type=int, nargs="?", const=1, default=0, choices=(0, 1), help=help_text)
 
@@ -26,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python utils/main.py",
         description="Run one continual-learning experiment (mammoth-compatible flags).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("experiment")
     g.add_argument("--dataset", required=True, help="benchmark: seq-fmnist, seq-cifar10, seq-cifar100, seq-miniimg")
@@ -92,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--wandb_project", default="normcl", help="wandb project")
     w.add_argument("--wandb_entity", default=None, help="wandb entity (user or team)")
     w.add_argument("--wandb_name", default=None, help="wandb run name (default: --run_name)")
+    w.add_argument("--wandb_group", default=None, help="wandb group (run.py: model + buffer + method)")
     return p
 
 

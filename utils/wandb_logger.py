@@ -44,6 +44,7 @@ class WandbLogger:
             project=args.wandb_project,
             entity=args.wandb_entity,
             name=args.wandb_name or args.run_name,
+            group=getattr(args, "wandb_group", None),
             config=vars(args),
             mode=mode,
             dir=args.results_path,
