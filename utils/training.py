@@ -50,9 +50,12 @@ class History:
 
 @torch.no_grad()
 def evaluate(
-    model: ContinualModel, dataset: ContinualDataset, tasks: list[int], batch_size: int
+    model: ContinualModel, dataset: ContinualDataset, tasks: list[int], batch_size: int, debug: bool = False
 ) -> tuple[list[float], list[float]]:
-    """Class-IL and task-IL accuracy (percent) of ``model`` on the test sets of ``tasks``."""
+    """Class-IL and task-IL accuracy (percent) of ``model`` on the test sets of ``tasks``.
+
+    ``debug`` (``--debug_mode``) scores only the first batch of each test set, as mammoth's debug mode.
+    """
     was_training = model.net.training
     model.net.eval()
     class_il, task_il = [], []
@@ -60,12 +63,13 @@ def evaluate(
         data = dataset.task(t)
         lo, hi = dataset.task_classes(t)
         correct = torch.zeros(2, dtype=torch.long, device=dataset.device)
-        for start in range(0, len(data.test_y), batch_size):
+        n = min(len(data.test_y), batch_size) if debug else len(data.test_y)
+        for start in range(0, n, batch_size):
             y = data.test_y[start : start + batch_size]
             out = model(dataset.test_transform(data.test_x[start : start + batch_size]))
             correct[0] += (out.argmax(1) == y).sum()
             correct[1] += (out[:, lo:hi].argmax(1) + lo == y).sum()
-        n = max(len(data.test_y), 1)
+        n = max(n, 1)
         c, ti = (correct.double() * 100.0 / n).tolist()
         class_il.append(c)
         task_il.append(ti)
@@ -79,14 +83,14 @@ def train(model: ContinualModel, dataset: ContinualDataset, args: Namespace, log
     history = History(n_tasks)
     if not args.ignore_other_metrics:
         history.random_class_il, history.random_task_il = evaluate(
-            model, dataset, list(range(n_tasks)), args.eval_batch_size
+            model, dataset, list(range(n_tasks)), args.eval_batch_size, bool(args.debug_mode)
         )
     step = 0
     for t in range(n_tasks):
         model.net.train()
         data = dataset.task(t)
         if t > 0 and not args.ignore_other_metrics:
-            (c,), (ti,) = evaluate(model, dataset, [t], args.eval_batch_size)
+            (c,), (ti,) = evaluate(model, dataset, [t], args.eval_batch_size, bool(args.debug_mode))
             history.class_il[t - 1][t], history.task_il[t - 1][t] = c, ti
         model.begin_task(dataset)
         start = time.perf_counter()
@@ -114,7 +118,7 @@ def train(model: ContinualModel, dataset: ContinualDataset, args: Namespace, log
         model.end_task(dataset)
         history.train_seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
-        class_il, task_il = evaluate(model, dataset, list(range(t + 1)), args.eval_batch_size)
+        class_il, task_il = evaluate(model, dataset, list(range(t + 1)), args.eval_batch_size, bool(args.debug_mode))
         history.eval_seconds.append(time.perf_counter() - start)
         history.class_il[t][: t + 1] = class_il
         history.task_il[t][: t + 1] = task_il

@@ -1,0 +1,96 @@
+"""Every normalisation layer under every model, and the recency-bias diagnostics on a constructed case."""
+
+from __future__ import annotations
+
+import math
+from argparse import Namespace
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from datasets import get_dataset_class
+from datasets.utils.continual_dataset import ContinualDataset, RawSplit
+from models import MODELS
+from models.utils.adab2n import AdaB2N
+from models.utils.norms import NORMS
+from utils.args import parse_args
+from utils.main import build_model, set_seed
+from utils.norm_diagnostics import diagnose
+from utils.training import train
+from utils.wandb_logger import WandbLogger
+
+
+@pytest.fixture(scope="module")
+def fmnist() -> ContinualDataset:
+    args = parse_args(["--dataset", "seq-fmnist", "--model", "sgd", "--lr", "0.05", "--samples_per_class", "20"])
+    dataset = get_dataset_class("seq-fmnist")(args, "cpu")
+    dataset.prepare()
+    return dataset
+
+
+@pytest.mark.parametrize("nl", ["BN", "GN", "LN", "IN", "CN", "BRN", "AdaB2N"])
+def test_every_norm_trains_under_every_model(fmnist: ContinualDataset, nl: str) -> None:
+    assert set(NORMS.names()) == {"BN", "GN", "LN", "IN", "CN", "BRN", "AdaB2N"}
+    for model_name in MODELS.names():
+        argv = ["--dataset", "seq-fmnist", "--model", model_name, "--lr", "0.05", "--nl", nl, "--nf", "8"]
+        argv += ["--buffer_size", "30", "--bs", "10", "--epochs", "1", "--seed", "0", "--lambd", "0.1"]
+        argv += ["--debug_mode", "1", "--non_verbose", "1", "--nowand", "1", "--ignore_other_metrics", "1"]
+        argv += ["--eval_batch_size", "20"]
+        args = parse_args(argv)
+        set_seed(0)
+        fmnist.args = args
+        model = build_model(args, fmnist)
+        before = [p.detach().clone() for p in model.net.parameters()]
+        history = train(model, fmnist, args, WandbLogger(args))
+        changed = sum(not torch.equal(a, b) for a, b in zip(before, model.net.parameters(), strict=True))
+        assert changed > 0, f"{model_name} with {nl} did not train"
+        final = history.class_il[-1]
+        assert all(v is not None and 0.0 <= v <= 100.0 for v in final), (model_name, nl, final)
+        if nl == "AdaB2N":
+            assert model.forward_mode == "joint"
+            layers = [m for m in model.net.modules() if isinstance(m, AdaB2N)]
+            assert layers and all(m._tasks_completed == 5 for m in layers)
+            assert any(m.task_weight.grad is not None for m in layers) or model_name in ("joint",)
+        elif model_name in ("der", "derpp", "er_ace"):
+            assert model.forward_mode == "separate"
+
+
+class TwoTasks(ContinualDataset):
+    """Two one-class tasks of 2x2 grey images with known pixel statistics (after /255)."""
+
+    NAME = "two-tasks"
+    N_TASKS = 2
+    N_CLASSES_PER_TASK = 1
+    SHAPE = (1, 2, 2)
+    MEAN = (0.0,)
+    STD = (1.0,)
+    IMAGES: ClassVar[np.ndarray] = np.concatenate(
+        [np.zeros((2, 1, 2, 2)), np.full((2, 1, 2, 2), 255), np.full((4, 1, 2, 2), 51)]
+    ).astype(np.uint8)
+    LABELS: ClassVar[np.ndarray] = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+
+    def load_raw(self) -> tuple[RawSplit, RawSplit]:
+        return RawSplit(self.IMAGES, self.LABELS), RawSplit(self.IMAGES, self.LABELS)
+
+
+def test_diagnostics_give_the_known_distances() -> None:
+    dataset = TwoTasks(Namespace(seed=0), "cpu")
+    bn = nn.BatchNorm2d(1)
+    with torch.no_grad():  # exactly the latest task's statistics: mean 0.2, variance 0
+        bn.running_mean.fill_(0.2)
+        bn.running_var.fill_(0.0)
+    report = diagnose(nn.Sequential(bn), dataset, last_task=1)
+    # task 0: pixels {0, 1} -> mean 0.5, E[x^2] 0.5; task 1: 0.2 -> mean 0.2, E[x^2] 0.04
+    # balanced: mean 0.35, variance (0.5 + 0.04) / 2 - 0.35^2 = 0.1475
+    layer = report["layers"]["0"]
+    assert layer["mean_to_latest"] == pytest.approx(0.0, abs=1e-7)
+    assert layer["var_to_latest"] == pytest.approx(0.0, abs=1e-7)
+    assert layer["mean_to_balanced"] == pytest.approx(0.15, abs=1e-7)
+    assert layer["var_to_balanced"] == pytest.approx(0.1475, abs=1e-7)
+    assert report["summary"] == pytest.approx(layer)
+    after_first = diagnose(nn.Sequential(bn), dataset, last_task=0)["layers"]["0"]
+    assert after_first["mean_to_balanced"] == after_first["mean_to_latest"] == pytest.approx(0.3)
+    assert math.isclose(after_first["var_to_latest"], 0.25, abs_tol=1e-7)
