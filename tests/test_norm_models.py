@@ -19,7 +19,7 @@ from models.utils.norms import NORMS
 from utils.args import parse_args
 from utils.main import build_model, set_seed
 from utils.norm_diagnostics import diagnose
-from utils.training import train
+from utils.training import Trainer
 from utils.wandb_logger import WandbLogger
 
 
@@ -44,7 +44,7 @@ def test_every_norm_trains_under_every_model(fmnist: ContinualDataset, nl: str) 
         fmnist.args = args
         model = build_model(args, fmnist)
         before = [p.detach().clone() for p in model.net.parameters()]
-        history = train(model, fmnist, args, WandbLogger(args))
+        history = Trainer(model, fmnist, args, WandbLogger(args)).run()
         changed = sum(not torch.equal(a, b) for a, b in zip(before, model.net.parameters(), strict=True))
         assert changed > 0, f"{model_name} with {nl} did not train"
         final = history.class_il[-1]

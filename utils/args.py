@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num_workers", type=int, default=0, help="accepted for compatibility: data is in memory")
     m.add_argument("--num_threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     m.add_argument("--eval_batch_size", type=int, default=256, help="batch size of evaluation")
+    m.add_argument(
+        "--checkpoint_every", type=int, default=0, help="also checkpoint every N training steps (0: only after tasks)"
+    )
+    _binary(m, "--resume", "continue the run named --run_name from its last checkpoint")
     _binary(m, "--debug_mode", "train only a few batches per task")
     _binary(m, "--non_verbose", "no progress bars")
     _binary(m, "--disable_log", "write no results file")
@@ -162,6 +166,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         raise UserError(f"--ada_t0 must be a task index >= 0, got {args.ada_t0}")
     if args.brn_rmax < 1.0 or args.brn_dmax < 0.0:
         raise UserError(f"--brn_rmax must be >= 1 and --brn_dmax >= 0, got {args.brn_rmax} and {args.brn_dmax}")
+    if args.checkpoint_every < 0:
+        raise UserError(f"--checkpoint_every must be >= 0 steps, got {args.checkpoint_every}")
+    if args.resume and not args.run_name:
+        raise UserError("--resume needs the --run_name of the run to continue")
+    if args.resume and args.disable_log:
+        raise UserError("--resume needs checkpoints, which --disable_log turns off; drop --disable_log")
     if args.samples_per_class is not None and args.samples_per_class <= 0:
         raise UserError(f"--samples_per_class must be a positive integer, got {args.samples_per_class}")
     if args.buffer_mode == "ring" and args.buffer_size is not None and args.buffer_size < dataset_cls.N_TASKS:

@@ -1,7 +1,9 @@
 """Run one continual-learning experiment: ``python utils/main.py --dataset seq-fmnist --model er_ace ...``.
 
 Also runnable as ``python -m utils.main``. Bad input ends with a one-line
-message and exit code 2, before anything is written.
+message and exit code 2, before anything is written. A checkpoint is kept
+after every task (and every ``--checkpoint_every`` steps) until the results
+file is written; ``--resume 1 --run_name NAME`` continues from it.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from models import MODELS
 from models.utils.continual_model import ContinualModel
 from models.utils.norms import convert_norm
 from utils.args import parse_args
+from utils.checkpoint import checkpoint_file, load_checkpoint
 from utils.errors import UserError
-from utils.results import build_results, results_file, summary_table, write_results
-from utils.training import check_trainable, train
+from utils.results import build_results, partial_results_file, results_file, summary_table, write_results
+from utils.training import Interrupted, NonFiniteLoss, Trainer, check_trainable
 from utils.wandb_logger import WandbLogger
 
 
@@ -98,25 +101,38 @@ def run(args: Namespace) -> dict[str, Any]:
     args.setting = dataset_cls.SETTING
     args.run_name = args.run_name or default_run_name(args)
     out = results_file(args)
+    ckpt = None if args.disable_log else checkpoint_file(out)
     if not args.disable_log:
         check_writable(Path(args.results_path))
+    payload = load_checkpoint(ckpt, args, device) if args.resume and ckpt is not None else None
     set_seed(args.seed)
     dataset = dataset_cls(args, device)
     dataset.prepare()
     check_trainable(dataset)
     model = build_model(args, dataset)
-    args.forward_mode_used = model.forward_mode
-    logger = WandbLogger(args)
+    trainer = Trainer(model, dataset, args, WandbLogger(args), ckpt)
+    if payload is not None:
+        trainer.load_state(payload)
+        print(f"Resuming {args.run_name} at task {trainer.pos.task + 1}, step {trainer.pos.step}", flush=True)
     try:
-        history = train(model, dataset, args, logger)
+        history = trainer.run()
+    except NonFiniteLoss:
+        partial = build_results(args, trainer.history, model.forward_mode, time.perf_counter() - start)
+        if not args.disable_log:
+            write_results(partial_results_file(out), partial)
+            print(f"results of the completed tasks: {partial_results_file(out)}", file=sys.stderr)
+        trainer.logger.finish(exit_code=3)
+        raise
     except BaseException:
-        logger.finish(exit_code=1)
+        trainer.logger.finish(exit_code=1)
         raise
     results = build_results(args, history, model.forward_mode, time.perf_counter() - start)
-    logger.log_final(results["final"])
-    logger.finish()
+    trainer.logger.log_final(results["final"])
+    trainer.logger.finish()
     if not args.disable_log:
         write_results(out, results)
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
     print(summary_table(results))
     if not args.disable_log:
         print(f"Results written to {out}")
@@ -124,14 +140,18 @@ def run(args: Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad input, 3 non-finite loss (partial results saved), 128 + N stopped by signal N."""
     try:
         run(parse_args(argv))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except FloatingPointError as e:
+    except NonFiniteLoss as e:
         print(f"error: {e}; lower --lr or check the data", file=sys.stderr)
         return 3
+    except Interrupted as e:
+        print(f"{e}: checkpoint saved; continue with --resume 1", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

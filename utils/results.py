@@ -1,5 +1,9 @@
 """The results file of a run: one JSON document, written atomically.
 
+A run that stops on a non-finite loss writes what it measured so far to
+``{run_name}.partial.json`` instead, so launchers never mistake it for a
+finished run.
+
 Format (``format_version`` 1)::
 
     {
@@ -25,11 +29,9 @@ Format (``format_version`` 1)::
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import subprocess
-import tempfile
 from argparse import Namespace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 import torchvision
 
+from utils.atomic import atomic_write_bytes
 from utils.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer
 from utils.training import History
 
@@ -49,6 +52,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def results_file(args: Namespace) -> Path:
     """``{results_path}/{setting}/{dataset}/{model}/{run_name}.json``, mammoth's folder layout."""
     return Path(args.results_path) / args.setting / args.dataset / args.model / f"{args.run_name}.json"
+
+
+def partial_results_file(results: Path) -> Path:
+    """Where a run that failed (non-finite loss) leaves the results it had: never the final name."""
+    return results.with_name(results.stem + ".partial.json")
 
 
 def git_commit() -> str | None:
@@ -62,15 +70,22 @@ def git_commit() -> str | None:
 
 
 def final_metrics(history: History) -> dict[str, float | None]:
+    """Metrics over the tasks completed so far (all of them, unless the run stopped early)."""
+    k = len(history.eval_seconds)
+    names = ("class_il_avg", "task_il_avg", "forgetting", "bwt", "fwt", "task_il_forgetting", "task_il_bwt")
+    if k == 0:
+        return dict.fromkeys((*names, "task_il_fwt"))
+    class_il = [row[:k] for row in history.class_il[:k]]
+    task_il = [row[:k] for row in history.task_il[:k]]
     return {
-        "class_il_avg": average_accuracy(history.class_il),
-        "task_il_avg": average_accuracy(history.task_il),
-        "forgetting": forgetting(history.class_il),
-        "bwt": backward_transfer(history.class_il),
-        "fwt": forward_transfer(history.class_il, history.random_class_il),
-        "task_il_forgetting": forgetting(history.task_il),
-        "task_il_bwt": backward_transfer(history.task_il),
-        "task_il_fwt": forward_transfer(history.task_il, history.random_task_il),
+        "class_il_avg": average_accuracy(class_il),
+        "task_il_avg": average_accuracy(task_il),
+        "forgetting": forgetting(class_il),
+        "bwt": backward_transfer(class_il),
+        "fwt": forward_transfer(class_il, history.random_class_il),
+        "task_il_forgetting": forgetting(task_il),
+        "task_il_bwt": backward_transfer(task_il),
+        "task_il_fwt": forward_transfer(task_il, history.random_task_il),
     }
 
 
@@ -105,21 +120,6 @@ def build_results(args: Namespace, history: History, forward_mode: str, total_se
         },
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_results(path: Path, results: dict[str, Any]) -> None:

@@ -5,24 +5,29 @@ batches to ``model.observe`` and task boundaries to ``begin_task`` /
 ``end_task``. Each task's data is one uint8 tensor on the training device,
 shuffled by index and augmented in batches; the loss is read back from the
 device only every ``LOSS_READ_EVERY`` steps, so the device never waits on the
-progress bar.
+progress bar. ``Trainer`` checkpoints its whole state so a killed run resumes
+exactly (see ``utils.checkpoint``).
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from argparse import Namespace
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from datasets.utils.continual_dataset import ContinualDataset
 from models.utils.continual_model import ContinualModel
+from utils.checkpoint import comparable_args, get_rng_state, save_checkpoint, set_rng_state
 from utils.errors import UserError
 from utils.norm_diagnostics import diagnose
-from utils.stream import iterate_batches
 from utils.wandb_logger import WandbLogger
 
 LOSS_READ_EVERY = 25
@@ -77,61 +82,174 @@ def evaluate(
     return class_il, task_il
 
 
-def train(model: ContinualModel, dataset: ContinualDataset, args: Namespace, logger: WandbLogger) -> History:
-    """Run the whole sequence of tasks and return the accuracy history."""
-    n_tasks = dataset.N_TASKS
-    history = History(n_tasks)
-    if not args.ignore_other_metrics:
-        history.random_class_il, history.random_task_il = evaluate(
-            model, dataset, list(range(n_tasks)), args.eval_batch_size, bool(args.debug_mode)
+class Interrupted(Exception):
+    """SIGTERM / SIGINT arrived; a checkpoint was saved at the step boundary. ``exit_code`` = 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Position:
+    """Where the stream stands: the next batch to train is ``batch`` of ``epoch`` of ``task``."""
+
+    task: int = 0
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    order: Tensor | None = None  # the shuffled indices of the current epoch, once it has started
+
+
+class Trainer:
+    """Runs the sequence of tasks, checkpointing so that a killed run resumes exactly.
+
+    Checkpoints are written after every task and every ``--checkpoint_every``
+    steps; SIGTERM and SIGINT save one at the next step boundary and stop.
+    """
+
+    def __init__(
+        self,
+        model: ContinualModel,
+        dataset: ContinualDataset,
+        args: Namespace,
+        logger: WandbLogger,
+        checkpoint: Path | None = None,
+    ) -> None:
+        self.model, self.dataset, self.args, self.logger = model, dataset, args, logger
+        self.checkpoint = checkpoint
+        self.history = History(dataset.N_TASKS)
+        self.pos = Position()
+        self._signal: int | None = None
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        buffer = self.model.buffer
+        return {
+            "args": comparable_args(self.args),
+            "position": asdict(self.pos),
+            "model": self.model.state_dict(),
+            "optimizer": self.model.opt.state_dict(),
+            "buffer": None if buffer is None else buffer.state_dict(),
+            "history": asdict(self.history),
+            "rng": get_rng_state(),
+        }
+
+    def load_state(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.model.opt.load_state_dict(payload["optimizer"])
+        if self.model.buffer is not None:
+            self.model.buffer.load_state_dict(payload["buffer"])
+        self.history = History(**payload["history"])
+        self.pos = Position(**payload["position"])
+        set_rng_state(payload["rng"])
+
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, self.state())
+
+    # -- signals --------------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._signal = signum
+
+    def _check_signal(self) -> None:
+        if self._signal is not None:
+            self.save()
+            raise Interrupted(self._signal)
+
+    # -- loop -----------------------------------------------------------------------------------------------
+    def run(self) -> History:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.history
+
+    def _evaluate(self, tasks: list[int]) -> tuple[list[float], list[float]]:
+        return evaluate(self.model, self.dataset, tasks, self.args.eval_batch_size, bool(self.args.debug_mode))
+
+    def _run(self) -> None:
+        args, history, n_tasks = self.args, self.history, self.dataset.N_TASKS
+        if self.pos.step == 0 and self.pos.task == 0 and not args.ignore_other_metrics:
+            history.random_class_il, history.random_task_il = self._evaluate(list(range(n_tasks)))
+        while self.pos.task < n_tasks:
+            t = self.pos.task
+            self.model.net.train()
+            if self.pos.epoch == 0 and self.pos.batch == 0 and self.pos.order is None:
+                if t > 0 and not args.ignore_other_metrics:
+                    (c,), (ti,) = self._evaluate([t])
+                    history.class_il[t - 1][t], history.task_il[t - 1][t] = c, ti
+                self.model.begin_task(self.dataset)
+            start = time.perf_counter()
+            self._train_task(t)
+            self.model.end_task(self.dataset)
+            history.train_seconds.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            class_il, task_il = self._evaluate(list(range(t + 1)))
+            history.eval_seconds.append(time.perf_counter() - start)
+            history.class_il[t][: t + 1] = class_il
+            history.task_il[t][: t + 1] = task_il
+            report_task(t, class_il, task_il)
+            self.logger.log_task(t, class_il, task_il, self.pos.step)
+            if args.diagnose_norm:
+                diagnostics = diagnose(self.model.net, self.dataset, t, args.eval_batch_size)
+                history.norm_diagnostics.append(diagnostics)
+                self.logger.log({f"norm/{k}": v for k, v in diagnostics["summary"].items()}, step=self.pos.step)
+            self.pos = Position(task=t + 1, step=self.pos.step)
+            self.save()
+            self._check_signal()
+
+    def _train_task(self, t: int) -> None:
+        args, pos, data = self.args, self.pos, self.dataset.task(t)
+        n = len(data.train_y)
+        n_batches = math.ceil(n / args.batch_size)
+        per_epoch = min(n_batches, DEBUG_STEPS) if args.debug_mode else n_batches
+        bar = tqdm(
+            total=per_epoch * args.n_epochs,
+            initial=pos.epoch * per_epoch + pos.batch,
+            desc=f"Task {t + 1}/{self.dataset.N_TASKS}",
+            disable=bool(args.non_verbose),
+            unit="step",
         )
-    step = 0
-    for t in range(n_tasks):
-        model.net.train()
-        data = dataset.task(t)
-        if t > 0 and not args.ignore_other_metrics:
-            (c,), (ti,) = evaluate(model, dataset, [t], args.eval_batch_size, bool(args.debug_mode))
-            history.class_il[t - 1][t], history.task_il[t - 1][t] = c, ti
-        model.begin_task(dataset)
-        start = time.perf_counter()
-        n_batches = math.ceil(len(data.train_y) / args.batch_size)
-        total = DEBUG_STEPS if args.debug_mode else n_batches * args.n_epochs
-        bar = tqdm(total=total, desc=f"Task {t + 1}/{n_tasks}", disable=bool(args.non_verbose), unit="step")
-        done = 0
-        for epoch in range(args.n_epochs):
-            for idx in iterate_batches(len(data.train_y), args.batch_size, dataset.device):
-                if done == total:
-                    break
-                not_aug = data.train_x[idx]
-                loss = model.observe(dataset.train_transform(not_aug), data.train_y[idx], not_aug)
-                done += 1
-                step += 1
-                bar.update(1)
-                if done % LOSS_READ_EVERY == 0 or done == total:
-                    value = float(loss)
-                    if not math.isfinite(value):
-                        bar.close()
-                        raise FloatingPointError(f"the loss became {value} in task {t + 1}, epoch {epoch}, step {done}")
-                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-                    logger.log({"loss": value, "lr": args.lr, "task": t, "epoch": epoch}, step=step)
-        bar.close()
-        model.end_task(dataset)
-        history.train_seconds.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        class_il, task_il = evaluate(model, dataset, list(range(t + 1)), args.eval_batch_size, bool(args.debug_mode))
-        history.eval_seconds.append(time.perf_counter() - start)
-        history.class_il[t][: t + 1] = class_il
-        history.task_il[t][: t + 1] = task_il
-        report_task(t, class_il, task_il, args)
-        logger.log_task(t, class_il, task_il, step)
-        if args.diagnose_norm:
-            diagnostics = diagnose(model.net, dataset, t, args.eval_batch_size)
-            history.norm_diagnostics.append(diagnostics)
-            logger.log({f"norm/{k}": v for k, v in diagnostics["summary"].items()}, step=step)
-    return history
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.dataset.device)
+        try:
+            while pos.epoch < args.n_epochs:
+                if pos.order is None:
+                    pos.order = torch.randperm(n, device=self.dataset.device)
+                while pos.batch < per_epoch:
+                    idx = pos.order[pos.batch * args.batch_size : (pos.batch + 1) * args.batch_size]
+                    not_aug = data.train_x[idx]
+                    loss = self.model.observe(self.dataset.train_transform(not_aug), data.train_y[idx], not_aug)
+                    pos.batch += 1
+                    pos.step += 1
+                    bar.update(1)
+                    first_bad = torch.where(torch.isfinite(loss) | (first_bad >= 0), first_bad, pos.step)
+                    if pos.batch % LOSS_READ_EVERY == 0 or pos.batch == per_epoch:
+                        self._read_loss(loss, first_bad, bar, t)
+                    if args.checkpoint_every and pos.step % args.checkpoint_every == 0:
+                        self.save()
+                    self._check_signal()
+                pos.epoch, pos.batch, pos.order = pos.epoch + 1, 0, None
+        finally:
+            bar.close()
+
+    def _read_loss(self, loss: Tensor, first_bad: Tensor, bar: tqdm, t: int) -> None:
+        """The only host synchronisation of the loop: every ``LOSS_READ_EVERY`` steps and at epoch ends."""
+        bad = int(first_bad)
+        if bad >= 0:
+            raise NonFiniteLoss(f"the loss became NaN or infinite at step {bad} (task {t + 1})")
+        value = float(loss)
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        self.logger.log({"loss": value, "lr": self.args.lr, "task": t, "epoch": self.pos.epoch}, step=self.pos.step)
 
 
-def report_task(t: int, class_il: list[float], task_il: list[float], args: Namespace) -> None:
+def report_task(t: int, class_il: list[float], task_il: list[float]) -> None:
     """Print the accuracies after task ``t`` (always, even with ``--non_verbose``)."""
     mean_c = sum(class_il) / len(class_il)
     mean_t = sum(task_il) / len(task_il)

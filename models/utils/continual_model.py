@@ -70,6 +70,13 @@ class ContinualModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def get_extra_state(self) -> dict[str, int]:
+        """Python-side state that checkpoints must carry besides parameters and buffers."""
+        return {"current_task": self.current_task}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.current_task = state["current_task"]
+
     def stream_tasks(self, labels: Tensor) -> Tensor:
         """The current task's id for every sample of a stream batch (what the buffer stores)."""
         return torch.full_like(labels, self.current_task)

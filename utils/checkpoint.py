@@ -1,0 +1,116 @@
+"""Checkpoints for exact resume (``--checkpoint_every``, ``--resume``).
+
+A checkpoint holds everything the rest of a run depends on: the model (the
+network with every normalisation layer's buffers, AdaB²N's counter and η
+included, and the model's own state), the optimiser, the replay buffer, the
+RNG states of Python, NumPy and torch (CPU and CUDA), the position in the data
+stream (task, epoch, batch and the epoch's shuffled order) and the results so
+far. Resuming from it replays the remaining steps bit for bit on the CPU.
+
+Files are written atomically (temporary file, then rename) and read with
+``torch.load(..., weights_only=True)``: a checkpoint can hold only tensors and
+plain containers, never code. A checkpoint from another configuration or
+format version is refused with a message naming the differences.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.atomic import atomic_write_bytes
+from utils.errors import UserError
+
+CHECKPOINT_VERSION = 1
+
+# Flags that may change between the interrupted and the resumed run: they do not affect the numbers.
+RESUME_FREE_ARGS = frozenset(
+    {
+        "resume",
+        "checkpoint_every",
+        "non_verbose",
+        "num_threads",
+        "num_workers",
+        "device",
+        "data_path",
+        "results_path",
+        "eval_batch_size",
+        "disable_log",
+        "nowand",
+        "wandb_project",
+        "wandb_entity",
+        "wandb_name",
+        "wandb_group",
+    }
+)
+
+
+def checkpoint_file(results: Path) -> Path:
+    """The checkpoint of the run whose results file is ``results`` (same folder, ``.ckpt``)."""
+    return results.with_suffix(".ckpt")
+
+
+def comparable_args(args: Namespace) -> dict[str, Any]:
+    return {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE_ARGS}
+
+
+def get_rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos},
+        "numpy_gauss": [has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    has_gauss, gauss_value = state["numpy_gauss"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], has_gauss, gauss_value))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plus the format version) atomically."""
+    buffer = io.BytesIO()
+    torch.save({"version": CHECKPOINT_VERSION, **payload}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, args: Namespace, device: torch.device) -> dict[str, Any]:
+    """Read a checkpoint and check that it belongs to a run with the same configuration."""
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at {path}; run without --resume to start from scratch")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # any unreadable file gets the same advice
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to start over") from None
+    if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
+        found = payload.get("version") if isinstance(payload, dict) else None
+        raise UserError(
+            f"checkpoint {path} has format version {found}, this code writes {CHECKPOINT_VERSION}; "
+            "delete it to start over or resume with the code that wrote it"
+        )
+    saved, current = payload["args"], comparable_args(args)
+    diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if diff:
+        shown = ", ".join(f"--{k} {saved.get(k)!r} (now {current.get(k)!r})" for k in diff[:6])
+        raise UserError(
+            f"checkpoint {path} was written by a run with other arguments: {shown}; "
+            "resume with the same arguments or pick another --run_name"
+        )
+    return payload
