@@ -1,0 +1,136 @@
+"""Checkpoint / resume: SIGKILL at several points, SIGTERM, non-finite loss, incompatible checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = [
+    "--dataset", "seq-fmnist", "--model", "derpp", "--nl", "AdaB2N", "--kappa", "0.4", "--lambd", "0.1",
+    "--buffer_size", "60", "--lr", "0.03", "--bs", "10", "--epochs", "1", "--seed", "1", "--nf", "8",
+    "--samples_per_class", "200", "--nowand", "1", "--non_verbose", "1", "--num_threads", "1",
+    "--eval_batch_size", "500", "--validation", "1",
+]  # fmt: skip
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "NORMCL_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def start(results: Path, name: str, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "utils.main", *RUN, "--results_path", str(results), "--run_name", name, *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def folder(results: Path) -> Path:
+    return results / "class-il" / "seq-fmnist" / "derpp"
+
+
+def matrices(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    return {"acc": data["accuracy_matrix"], "random": data["random_accuracy"], "final": data["final"]}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    results = tmp_path_factory.mktemp("reference")
+    proc = start(results, "ref")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert not (folder(results) / "ref.ckpt").exists(), "a finished run removes its checkpoint"
+    return matrices(folder(results) / "ref.json")
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, ckpt: Path, ready) -> dict:
+    """Poll the checkpoint until ``ready(position)``; returns that position."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before the wanted checkpoint"
+        if ckpt.exists():
+            position = torch.load(ckpt, weights_only=True)["position"]
+            if ready(position):
+                return position
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint in time")
+
+
+@pytest.mark.parametrize(
+    ("label", "ready"),
+    [
+        ("mid-task", lambda p: p["task"] == 1 and p["batch"] > 0),
+        ("task-boundary", lambda p: p["task"] == 2 and p["batch"] == 0),
+    ],
+)
+def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path: Path, reference: dict, label: str, ready) -> None:
+    ckpt = folder(tmp_path) / f"{label}.ckpt"
+    proc = start(tmp_path, label, "--checkpoint_every", "4")
+    wait_for_checkpoint(proc, ckpt, ready)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (folder(tmp_path) / f"{label}.json").exists()
+    resumed = start(tmp_path, label, "--checkpoint_every", "4", "--resume", "1")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert "Resuming" in out
+    assert matrices(folder(tmp_path) / f"{label}.json") == reference
+
+
+def test_sigterm_saves_a_loadable_checkpoint_and_exits_143(tmp_path: Path, reference: dict) -> None:
+    ckpt = folder(tmp_path) / "term.ckpt"
+    proc = start(tmp_path, "term")
+    wait_for_checkpoint(proc, ckpt, lambda p: p["task"] >= 1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "checkpoint saved" in out
+    payload = torch.load(ckpt, weights_only=True)
+    assert payload["position"]["step"] > 0
+    assert {"model", "optimizer", "buffer", "rng", "history", "args"} <= set(payload)
+    assert any(k.endswith("eta") for k in payload["model"]), "AdaB2N's momentum state is checkpointed"
+    resumed = start(tmp_path, "term", "--resume", "1")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert matrices(folder(tmp_path) / "term.json") == reference
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path) -> None:
+    proc = start(tmp_path, "cfg")
+    ckpt = folder(tmp_path) / "cfg.ckpt"
+    wait_for_checkpoint(proc, ckpt, lambda p: p["task"] >= 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    other = [*RUN, "--results_path", str(tmp_path), "--run_name", "cfg", "--resume", "1", "--lr", "0.1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "utils.main", *other], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2
+    assert "--lr 0.03 (now 0.1)" in done.stderr
+    assert not (folder(tmp_path) / "cfg.json").exists()
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    from utils.main import main
+
+    assert main([*RUN, "--results_path", str(tmp_path), "--run_name", "none", "--resume", "1"]) == 2
+
+
+def test_non_finite_loss_stops_with_partial_results(tmp_path: Path) -> None:
+    argv = [*RUN, "--results_path", str(tmp_path), "--run_name", "nan", "--lr", "1e12"]
+    done = subprocess.run(
+        [sys.executable, "-m", "utils.main", *argv], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 3
+    assert "NaN or infinite at step" in done.stderr and "(task 1)" in done.stderr
+    assert not (folder(tmp_path) / "nan.json").exists()
+    partial = json.loads((folder(tmp_path) / "nan.partial.json").read_text())
+    assert partial["final"]["class_il_avg"] is None  # no task was completed
+    assert partial["args"]["lr"] == 1e12
