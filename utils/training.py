@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from datasets.utils.continual_dataset import ContinualDataset
+from datasets.utils.continual_dataset import ContinualDataset, TaskData
 from models.utils.continual_model import ContinualModel
 from utils.checkpoint import comparable_args, get_rng_state, save_checkpoint, set_rng_state
 from utils.errors import UserError
@@ -223,9 +223,7 @@ class Trainer:
                 if pos.order is None:
                     pos.order = torch.randperm(n, device=self.dataset.device)
                 while pos.batch < per_epoch:
-                    idx = pos.order[pos.batch * args.batch_size : (pos.batch + 1) * args.batch_size]
-                    not_aug = data.train_x[idx]
-                    loss = self.model.observe(self.dataset.train_transform(not_aug), data.train_y[idx], not_aug)
+                    loss = self.train_step(data, pos.order[pos.batch * args.batch_size :][: args.batch_size])
                     pos.batch += 1
                     pos.step += 1
                     bar.update(1)
@@ -238,6 +236,11 @@ class Trainer:
                 pos.epoch, pos.batch, pos.order = pos.epoch + 1, 0, None
         finally:
             bar.close()
+
+    def train_step(self, data: TaskData, idx: Tensor) -> Tensor:
+        """One step of the stream: gather the batch, augment it on the device, let the model learn from it."""
+        not_aug = data.train_x[idx]
+        return self.model.observe(self.dataset.train_transform(not_aug), data.train_y[idx], not_aug)
 
     def _read_loss(self, loss: Tensor, first_bad: Tensor, bar: tqdm, t: int) -> None:
         """The only host synchronisation of the loop: every ``LOSS_READ_EVERY`` steps and at epoch ends."""

@@ -1,0 +1,61 @@
+"""Shared set-up of the benchmarks: a real framework run, on real or synthetic data of a dataset's shape."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from datasets import get_dataset_class
+from datasets.utils.continual_dataset import ContinualDataset, RawSplit
+from models.utils.continual_model import ContinualModel
+from utils.args import parse_args
+from utils.main import build_model, resolve_device, set_seed
+
+
+def synthetic(dataset_cls: type[ContinualDataset], per_class: int) -> type[ContinualDataset]:
+    """``dataset_cls`` with random uint8 images of its shape: its real pipeline without its files."""
+
+    class Synthetic(dataset_cls):  # type: ignore[misc, valid-type]
+        def load_raw(self) -> tuple[RawSplit, RawSplit]:
+            rng = np.random.default_rng(0)
+            n = per_class * self.n_classes()
+            y = np.repeat(np.arange(self.n_classes()), per_class)
+            x = rng.integers(0, 256, (n, *self.SHAPE), dtype=np.uint8)
+            return RawSplit(x, y), RawSplit(x[: n // 5], y[: n // 5])
+
+    return Synthetic
+
+
+def build(
+    argv: Sequence[str], synthetic_per_class: int | None
+) -> tuple[argparse.Namespace, ContinualDataset, ContinualModel]:
+    """Parse framework arguments and build the dataset (prepared) and the model, as ``utils.main.run`` does."""
+    args = parse_args(list(argv))
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
+    device = resolve_device(args.device)
+    args.device = str(device)
+    args.setting = "class-il"
+    args.run_name = "benchmark"
+    set_seed(args.seed)
+    cls = get_dataset_class(args.dataset)
+    if synthetic_per_class:
+        cls = synthetic(cls, synthetic_per_class)
+    dataset = cls(args, device)
+    dataset.prepare()
+    return args, dataset, build_model(args, dataset)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall milliseconds of one call, synchronising the device before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1000.0

@@ -1,0 +1,137 @@
+"""Milliseconds per training step: the framework's loop against a bare loop of the same network.
+
+``framework_ms`` is the median time of ``Trainer.train_step`` in task 1, once
+task 0 has filled the buffer: batch gathering, on-device augmentation, buffer
+sampling and insertion, the model's losses, the norm layers' task ids and
+regularisers. ``bare_ms`` is the median time of forward + backward + SGD on
+pre-made tensors of the same batch composition (ER-ACE: 10 stream + 10 replay;
+DER++: 10 + 10 + 10) and the same forward structure (separate passes or one
+joint pass, as the run uses), through the same backbone with the same norm
+layers. The last output line is a JSON object.
+
+    python benchmarks/step_time.py --dataset seq-fmnist --model er_ace --nl AdaB2N --buffer_size 500 --nf 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from benchmarks.common import build, timed
+from models.utils.norms import task_aware_layers
+from utils.training import Trainer
+from utils.wandb_logger import WandbLogger
+
+PARTS = {"sgd": 1, "joint": 1, "er": 2, "der": 2, "derpp": 3, "er_ace": 2}
+
+
+def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
+    """forward + backward + SGD of a copy of ``model.net`` on fixed tensors, in the model's forward mode."""
+    for layer in task_aware_layers(model.net):
+        layer.norm_loss = None  # a graph node: not copyable
+    net = copy.deepcopy(model.net)
+    opt = torch.optim.SGD(net.parameters(), lr=model.args.lr)
+    layers = task_aware_layers(net)
+
+    def forward(x: Tensor, ids: Tensor) -> Tensor:
+        for layer in layers:
+            layer.set_batch_tasks(ids)
+        out = net(x)
+        extra = [layer.norm_loss for layer in layers if layer.norm_loss is not None]
+        return out, extra
+
+    def step() -> None:
+        extras = []
+        if model.forward_mode == "joint" and len(parts) > 1:
+            out, extra = forward(torch.cat([p[0] for p in parts]), torch.cat([p[2] for p in parts]))
+            loss = F.cross_entropy(out, torch.cat([p[1] for p in parts]))
+            extras += extra
+        else:
+            loss = 0.0
+            for x, y, ids in parts:
+                out, extra = forward(x, ids)
+                loss = loss + F.cross_entropy(out, y)
+                extras += extra
+        if extras and lambd:
+            loss = loss + lambd * torch.stack(extras).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="seq-fmnist")
+    p.add_argument("--model", default="er_ace")
+    p.add_argument("--nl", default="BN")
+    p.add_argument("--buffer_size", type=int, default=500)
+    p.add_argument("--nf", type=int, default=20)
+    p.add_argument("--device", default=None)
+    p.add_argument("--steps", type=int, default=60, help="timed steps of each loop")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--synthetic", type=int, default=None, help="random images per class instead of the files")
+    p.add_argument("--extra", default="", help="more framework flags, e.g. '--lambd 0.1 --kappa 0.4'")
+    a = p.parse_args()
+    argv = ["--dataset", a.dataset, "--model", a.model, "--nl", a.nl, "--buffer_size", str(a.buffer_size)]
+    argv += ["--nf", str(a.nf), "--lr", "0.03", "--bs", "10", "--epochs", "1", "--seed", "0", "--nowand", "1"]
+    argv += ["--non_verbose", "1", "--samples_per_class", str(max(a.buffer_size, 300)), *a.extra.split()]
+    if a.device:
+        argv += ["--device", a.device]
+    if a.threads:
+        argv += ["--num_threads", str(a.threads)]
+    args, dataset, model = build(argv, a.synthetic)
+    device = dataset.device
+    trainer = Trainer(model, dataset, args, WandbLogger(args))
+
+    task0 = dataset.task(0)
+    order = torch.randperm(len(task0.train_y), device=device)
+    for idx in order.split(args.batch_size):
+        trainer.train_step(task0, idx)
+    model.end_task(dataset)
+    task1 = dataset.task(1)
+    batches = torch.randperm(len(task1.train_y), device=device).split(args.batch_size)
+    framework = [
+        timed(lambda i=i: trainer.train_step(task1, batches[i % len(batches)]), device)
+        for i in range(a.steps + a.warmup)
+    ]
+
+    c, h, w = dataset.SHAPE
+    lo, hi = dataset.task_classes(1)
+    parts = []
+    for k in range(PARTS[a.model]):
+        x = torch.randn(args.batch_size, c, h, w, device=device)
+        y = torch.randint(lo if k == 0 else 0, hi if k == 0 else lo, (args.batch_size,), device=device)
+        parts.append((x, y, torch.full((args.batch_size,), 1 if k == 0 else 0, device=device)))
+    step = bare_step(model, parts, args.lambd if model.current_task >= args.ada_t0 else 0.0)
+    bare = [timed(step, device) for _ in range(a.steps + a.warmup)]
+
+    framework_ms = statistics.median(framework[a.warmup :])
+    bare_ms = statistics.median(bare[a.warmup :])
+    result = {
+        "dataset": a.dataset,
+        "model": a.model,
+        "nl": a.nl,
+        "nf": a.nf,
+        "buffer_size": a.buffer_size,
+        "forward_mode": model.forward_mode,
+        "framework_ms": round(framework_ms, 3),
+        "bare_ms": round(bare_ms, 3),
+        "ratio": round(framework_ms / bare_ms, 3),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
