@@ -11,6 +11,7 @@ from models.utils.continual_model import ContinualModel
 class Der(ContinualModel):
     NAME = "der"
     USES_BUFFER = True
+    DEFAULT_ALPHA = 0.3  # --alpha when not given (mammoth's seq-cifar10 value); 0 would make DER plain SGD
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> Tensor:
         assert self.buffer is not None

@@ -11,6 +11,8 @@ from models.utils.continual_model import ContinualModel
 class Derpp(ContinualModel):
     NAME = "derpp"
     USES_BUFFER = True
+    DEFAULT_ALPHA = 0.1  # --alpha / --beta when not given (mammoth's seq-cifar10 values); 0 would drop the replay
+    DEFAULT_BETA = 0.5
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> Tensor:
         assert self.buffer is not None

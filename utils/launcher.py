@@ -5,9 +5,10 @@ combination of seed, dataset, normalization method, model and buffer size, AdaB�
 ``kappa × lambd × ada_t0`` search space, each run started as ``utils/main.py --load_best_args ...`` with its
 output in ``--logdir/NAME.txt``. On top of the reference:
 
-* **resume** — a run whose results JSON exists is skipped; a run is executed while holding an ``flock`` on a
-  hidden lock file next to its results file, and the lock is inherited by the child process, so a run left
-  running by a killed launcher is waited for instead of started twice;
+* **resume** — a run whose results JSON exists is skipped, and one that left a checkpoint (``utils/main.py``
+  saves one when stopped by SIGTERM / SIGINT) continues from it with ``--resume 1``; a run is executed while
+  holding an ``flock`` on a hidden lock file next to its results file, and the lock is inherited by the child
+  process, so a run left running by a killed launcher is waited for instead of started twice;
 * **failures** — a failing run does not stop the grid; ``--retries`` retries it, and a summary lists each
   failure with its log;
 * **where** — ``--launcher local`` places runs on idle GPUs found through NVML (or on CPU workers without GPUs),
@@ -87,6 +88,7 @@ RESERVED_EXTRA = {
     "--nowand": "--nowandb",
     "--load_best_args": "the grid (every run loads the best args)",
     "--disable_log": "nothing: resume needs each run's results file",
+    "--resume": "nothing: runs with a checkpoint are resumed from it",
 }
 """Flags ``--extra`` may not set, because the launcher sets them per run, with the launcher flag to use instead."""
 
@@ -129,9 +131,12 @@ class Run:
 
 def default_command(run: Run, cpu_threads: int | None) -> list[str]:
     """``INTERPRETER -m utils.main FLAGS``; CPU placement adds ``--device cpu --num_threads N`` before the flags
-    so that ``--extra`` can still override them."""
+    so that ``--extra`` can still override them, and a run interrupted earlier continues from its checkpoint."""
+    from utils.checkpoint import checkpoint_file
+
     cpu = ["--device", "cpu", "--num_threads", str(cpu_threads)] if cpu_threads is not None else []
-    return [run.interpreter, "-m", "utils.main", *cpu, *run.argv]
+    resume = ["--resume", "1"] if checkpoint_file(run.results).exists() else []
+    return [run.interpreter, "-m", "utils.main", *cpu, *run.argv, *resume]
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -436,13 +441,21 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """``False`` when another process holds the lock; ``True`` when this one does, or when the filesystem
+        cannot lock (the run then goes ahead unprotected, as without this lock)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
+        except OSError:
+            os.close(fd)
+            return True
         self.fd = fd
         return True
 

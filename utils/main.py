@@ -102,13 +102,13 @@ def run(args: Namespace) -> dict[str, Any]:
     args.run_name = args.run_name or default_run_name(args)
     out = results_file(args)
     ckpt = None if args.disable_log else checkpoint_file(out)
+    dataset = dataset_cls(args, device)
+    dataset.prepare()
+    check_trainable(dataset)
     if not args.disable_log:
         check_writable(Path(args.results_path))
     payload = load_checkpoint(ckpt, args, device) if args.resume and ckpt is not None else None
     set_seed(args.seed)
-    dataset = dataset_cls(args, device)
-    dataset.prepare()
-    check_trainable(dataset)
     model = build_model(args, dataset)
     trainer = Trainer(model, dataset, args, WandbLogger(args), ckpt)
     if payload is not None:

@@ -118,17 +118,30 @@ def _record(path: Path, doc: dict[str, Any]) -> Record:
     )
 
 
+PARTIAL_SUFFIX = ".partial.json"
+"""``utils.results.partial_results_file``: what a run stopped by a non-finite loss leaves; never a result."""
+
+
 def load_records(root: Path) -> tuple[list[Record], list[str]]:
-    """Every class-IL results file under ``root``; unreadable files are listed as warnings, not fatal."""
+    """Every completed class-IL results file under ``root``; partial, incomplete and unreadable files are listed
+    as warnings, not fatal."""
     records, warnings = [], []
     for path in sorted(root.rglob("*.json")):
+        if path.name.endswith(PARTIAL_SUFFIX):
+            warnings.append(f"skipped {path}: partial results of a run that stopped early")
+            continue
         try:
             doc = json.loads(path.read_text())
             if doc.get("setting", "class-il") != "class-il":
                 continue
-            records.append(_record(path, doc))
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            record = _record(path, doc)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
             warnings.append(f"skipped {path}: not a results file ({type(e).__name__}: {e})")
+            continue
+        if not record.matrix or record.matrix[-1][-1] is None:
+            warnings.append(f"skipped {path}: the last task was never evaluated")
+            continue
+        records.append(record)
     return records, warnings
 
 

@@ -34,12 +34,12 @@ import socket
 import subprocess
 from argparse import Namespace
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 
 from utils.atomic import atomic_write_bytes
 from utils.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer
@@ -52,6 +52,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def results_file(args: Namespace) -> Path:
     """``{results_path}/{setting}/{dataset}/{model}/{run_name}.json``, mammoth's folder layout."""
     return Path(args.results_path) / args.setting / args.dataset / args.model / f"{args.run_name}.json"
+
+
+def _version(package: str) -> str | None:
+    """A package's version without importing it (torchvision alone takes seconds to import)."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def partial_results_file(results: Path) -> Path:
@@ -111,7 +119,7 @@ def build_results(args: Namespace, history: History, forward_mode: str, total_se
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
+            "torchvision": _version("torchvision"),
             "numpy": np.__version__,
             "device": args.device,
             "threads": torch.get_num_threads(),

@@ -1,0 +1,14 @@
+"""Run the AdaB²N paper's experiment grid: ``python run.py [--datasets ...] [--launcher local|slurm]``.
+
+Resumable (runs with a results file are skipped), on idle GPUs, CPU workers or Slurm; ``python run.py --report``
+writes the paper's tables and plots. The logic lives in ``utils/launcher.py`` and ``utils/report.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from utils.launcher import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""The command line: an end-to-end run as a subprocess, ``--help``, and the one-line errors of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import utils.results
+from utils.args import parse_args
+from utils.main import main
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+N_TASKS = 5
+SMALL = [
+    "--lr", "0.03",
+    "--bs", "10",
+    "--epochs", "1",
+    "--nf", "8",
+    "--samples_per_class", "100",
+    "--validation", "1",  # 10 held-out test images per class: evaluation stays cheap
+    "--seed", "1",
+    "--nowand", "1",
+    "--non_verbose", "1",
+    "--device", "cpu",
+    "--num_threads", "1",
+]  # fmt: skip
+# keys the format has always had; the documented format may add more
+TOP_KEYS = {
+    "format_version", "name", "args", "setting", "forward_mode", "accuracy_matrix", "random_accuracy", "final",
+    "timing", "environment", "created",
+}  # fmt: skip
+FINAL_KEYS = {
+    "class_il_avg", "task_il_avg", "forgetting", "bwt", "fwt", "task_il_forgetting", "task_il_bwt", "task_il_fwt",
+}  # fmt: skip
+ENVIRONMENT_KEYS = {"python", "torch", "torchvision", "numpy", "device", "threads", "git_commit", "hostname"}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No downloads; and restore torch's thread count, which an in-process ``--num_threads`` changes."""
+    monkeypatch.setenv("NORMCL_OFFLINE", "1")
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def cli_env() -> dict[str, str]:
+    """Environment of a subprocess run from the repository root: importable packages, no downloads, no wandb."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["NORMCL_OFFLINE"] = "1"
+    env["WANDB_MODE"] = "disabled"
+    return env
+
+
+def run_cli(*argv: str, module: bool = False) -> subprocess.CompletedProcess[str]:
+    entry = ["-m", "utils.main"] if module else ["utils/main.py"]
+    return subprocess.run(
+        [sys.executable, *entry, *argv], cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def files_under(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+
+
+# ---------------------------------------------------------------- reference metrics, from the documented definitions
+
+
+def ref_forgetting(acc: list[list[float | None]]) -> float:
+    last = len(acc) - 1
+    return sum(max(acc[i][j] for i in range(j, last + 1)) - acc[last][j] for j in range(last)) / last
+
+
+def ref_bwt(acc: list[list[float | None]]) -> float:
+    last = len(acc) - 1
+    return sum(acc[last][j] - acc[j][j] for j in range(last)) / last
+
+
+def ref_fwt(acc: list[list[float | None]], random: list[float]) -> float:
+    return sum(acc[j - 1][j] - random[j] for j in range(1, len(acc))) / (len(acc) - 1)
+
+
+def documented_keys() -> tuple[set[str], set[str], set[str]]:
+    """Top-level, ``final`` and ``environment`` keys of the format documented in ``utils/results.py``."""
+    doc = utils.results.__doc__ or ""
+    lines = [line for line in doc[doc.index("::") + 2 :].splitlines() if not line.strip().startswith("#")]
+    text = " ".join(lines)
+    text = text[text.index("{") + 1 : text.rindex("}")]
+    nested = {}
+    for name in ("final", "environment"):
+        match = re.search(rf'"{name}":\s*\{{([^}}]*)\}}', text)
+        assert match, f"{name} not documented"
+        nested[name] = set(re.findall(r'"(\w+)"', match.group(1)))
+    previous = None
+    while previous != text:  # drop nested {...} and [...] so only top-level keys remain
+        previous, text = text, re.sub(r"\{[^{}]*\}|\[[^\[\]]*\]", "", text)
+    return set(re.findall(r'"(\w+)":', text)), nested["final"], nested["environment"]
+
+
+def test_documented_format_has_the_core_keys():
+    top, final, environment = documented_keys()
+    assert top >= TOP_KEYS
+    assert final == FINAL_KEYS
+    assert environment >= ENVIRONMENT_KEYS
+
+
+def check_matrix(matrix: list[list[Any]]) -> None:
+    """5x5; lower triangle and superdiagonal are accuracies in [0, 100]; everything else null."""
+    assert len(matrix) == N_TASKS and all(len(row) == N_TASKS for row in matrix)
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            if j <= i + 1:
+                assert isinstance(v, int | float) and 0 <= v <= 100, (i, j, v)
+            else:
+                assert v is None, (i, j, v)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_cli_end_to_end_writes_documented_results(tmp_path: Path):
+    proc = run_cli("--dataset", "seq-fmnist", "--model", "er", "--buffer_size", "50", *SMALL,
+                   "--results_path", str(tmp_path), "--run_name", "cli_run")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    path = tmp_path / "class-il" / "seq-fmnist" / "er" / "cli_run.json"
+    assert path.is_file()
+    assert str(path) in proc.stdout
+    assert files_under(tmp_path) == [path], "only the results file is left (no checkpoint, no temporary file)"
+
+    results = json.loads(path.read_text())
+    top, final_keys, environment_keys = documented_keys()
+    assert set(results) == top
+    assert results["format_version"] == 1
+    assert results["name"] == "cli_run"
+    assert results["setting"] == "class-il"
+    assert results["forward_mode"] in ("separate", "joint")
+    assert results["args"]["model"] == "er" and results["args"]["buffer_size"] == 50
+    assert set(results["final"]) == final_keys
+    assert set(results["environment"]) == environment_keys
+    assert results["environment"]["device"] == "cpu"
+    timing = results["timing"]
+    assert len(timing["train_seconds"]) == N_TASKS and len(timing["eval_seconds"]) == N_TASKS
+    assert timing["total_seconds"] >= sum(timing["train_seconds"])
+
+    final = results["final"]
+    for kind, prefix in (("class_il", ""), ("task_il", "task_il_")):
+        acc = results["accuracy_matrix"][kind]
+        check_matrix(acc)
+        random = results["random_accuracy"][kind]
+        assert len(random) == N_TASKS and all(0 <= v <= 100 for v in random)
+        assert final[f"{kind}_avg"] == pytest.approx(sum(acc[-1]) / N_TASKS)
+        assert final[f"{prefix}forgetting"] == pytest.approx(ref_forgetting(acc))
+        assert final[f"{prefix}forgetting"] >= 0
+        assert final[f"{prefix}bwt"] == pytest.approx(ref_bwt(acc))
+        assert final[f"{prefix}fwt"] == pytest.approx(ref_fwt(acc, random))
+
+
+def test_help_mentions_every_flag():
+    source = (REPO_ROOT / "utils" / "args.py").read_text()
+    flags = set(re.findall(r"""(?:add_argument|_binary)\(\s*(?:\w+,\s*)?["'](--[a-z_]+)["']""", source))
+    assert {"--dataset", "--model", "--lr", "--buffer_size", "--nowand", "--load_best_args"} <= flags
+    proc = run_cli("--help", module=True)
+    assert proc.returncode == 0, proc.stderr
+    mentioned = set(re.findall(r"--[a-z_]+", proc.stdout))
+    assert flags <= mentioned, sorted(flags - mentioned)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def fmnist(*argv: str) -> list[str]:
+    return ["--dataset", "seq-fmnist", *argv]
+
+
+BAD_INPUTS = {
+    "unknown dataset": (
+        ["--dataset", "seq-nope", "--model", "sgd", "--lr", "0.1"],
+        ["seq-nope", "seq-fmnist", "seq-cifar10", "seq-cifar100", "seq-miniimg"],
+    ),
+    "unknown model": (fmnist("--model", "ewc_nope", "--lr", "0.1"), ["ewc_nope", "sgd", "derpp", "er_ace"]),
+    "unknown norm": (fmnist("--model", "sgd", "--lr", "0.1", "--nl", "XN"), ["'XN'", "BN"]),
+    "missing buffer": (fmnist("--model", "er", "--lr", "0.1"), ["--buffer_size"]),
+    "negative buffer": (fmnist("--model", "er", "--lr", "0.1", "--buffer_size", "-5"), ["--buffer_size", "-5"]),
+    "negative lr": (fmnist("--model", "sgd", "--lr", "-0.1"), ["--lr", "-0.1"]),
+    "kappa above 1": (fmnist("--model", "sgd", "--lr", "0.1", "--kappa", "2"), ["--kappa", "2"]),
+    "zero samples per class": (
+        fmnist("--model", "sgd", "--lr", "0.1", "--samples_per_class", "0"),
+        ["--samples_per_class", "positive"],
+    ),
+    "ring smaller than tasks": (
+        fmnist("--model", "er", "--lr", "0.1", "--buffer_mode", "ring", "--buffer_size", "3"),
+        ["--buffer_size 3", "5 tasks", "ring"],
+    ),
+    "missing lr": (fmnist("--model", "sgd"), ["--lr", "--load_best_args"]),
+}  # fmt: skip
+
+
+def assert_one_line_error(err: str, fragments: list[str]) -> None:
+    line = err.strip()
+    assert line.startswith("error: "), err
+    assert "\n" not in line, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    argv, fragments = BAD_INPUTS[case]
+    results = tmp_path / "results"
+    assert main([*argv, "--nowand", "1", "--results_path", str(results)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_one_line_error(err, fragments)
+    assert files_under(results) == []
+
+
+def test_missing_data_files_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    results = tmp_path / "results"
+    argv = ["--dataset", "seq-cifar10", "--model", "sgd", *SMALL, "--data_path", str(empty)]
+    assert main([*argv, "--results_path", str(results)]) == 2
+    _, err = capsys.readouterr()
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    assert_one_line_error(err, ["seq-cifar10", *names, str(empty), "NORMCL_OFFLINE"])
+    assert files_under(results) == []
+    assert files_under(empty) == [], "nothing downloaded offline"
+
+
+def test_data_path_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    not_a_dir = tmp_path / "data.txt"
+    not_a_dir.write_text("not a directory")
+    results = tmp_path / "results"
+    argv = fmnist("--model", "sgd", *SMALL, "--data_path", str(not_a_dir), "--results_path", str(results))
+    assert main(argv) == 2
+    _, err = capsys.readouterr()
+    assert_one_line_error(err, ["--data_path", str(not_a_dir), "is a file"])
+    assert files_under(results) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (BAD_INPUTS["unknown dataset"][0], BAD_INPUTS["unknown dataset"][1]),
+        (BAD_INPUTS["missing buffer"][0], BAD_INPUTS["missing buffer"][1]),
+        (["--dataset", "seq-cifar10", "--model", "sgd", "--lr", "0.1", "--data_path", "{empty}"], ["data_batch_1"]),
+    ],
+    ids=["unknown dataset", "missing buffer", "missing data files"],
+)
+def test_bad_input_subprocess(argv: list[str], fragments: list[str], tmp_path: Path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    results = tmp_path / "results"
+    argv = [a.replace("{empty}", str(empty)) for a in argv]
+    proc = run_cli(*argv, "--nowand", "1", "--results_path", str(results))
+    assert proc.returncode == 2, proc.stderr
+    assert_one_line_error(proc.stderr, fragments)
+    assert files_under(results) == []
+
+
+def test_load_best_args_fills_reference_values():
+    args = parse_args(fmnist("--model", "er_ace", "--buffer_size", "500", "--load_best_args", "1"))
+    assert args.lr == 0.03
+    assert (args.batch_size, args.minibatch_size, args.n_epochs) == (10, 10, 1)
+    # explicit flags win over the best args
+    args = parse_args(fmnist("--model", "er_ace", "--buffer_size", "500", "--load_best_args", "--lr", "0.5"))
+    assert args.lr == 0.5
+
+
+def test_load_best_args_unknown_buffer_size(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    argv = fmnist("--model", "er_ace", "--buffer_size", "123", "--load_best_args", "1", "--results_path", str(tmp_path))
+    assert main(argv) == 2
+    _, err = capsys.readouterr()
+    assert_one_line_error(err, ["123", "500"])

@@ -1,0 +1,232 @@
+"""``utils/report.py`` on constructed results files: grouping, AdaB²N selection, tables, CSV, LaTeX and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+from matplotlib.image import imread
+
+from utils import report
+from utils.report import method_of, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NORMCL_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def write_run(
+    root: Path,
+    name: str,
+    *,
+    final: float,
+    nl: str = "BN",
+    seed: int = 0,
+    dataset: str = "seq-fmnist",
+    model: str = "er_ace",
+    buffer: int = 200,
+    validation: int = 0,
+    task_il: float = 90.0,
+    forgetting: float = 10.0,
+    diagnostics: bool = False,
+    **args: Any,
+) -> Path:
+    """A results file in ``utils/results.py``'s format, with a 3-task accuracy matrix whose last row averages to
+    ``final``."""
+    full = {
+        "dataset": dataset,
+        "model": model,
+        "buffer_size": buffer,
+        "nl": nl,
+        "seed": seed,
+        "validation": validation,
+        "forward_mode": None,
+        "adab2n_renorm": 0,
+        "no_affine": 0,
+        "kappa": 1.0,
+        "lambd": 0.0,
+        "ada_t0": 0,
+        "n_epochs": 1,
+        "batch_size": 10,
+        "lr": 0.03,
+        **args,
+    }
+    matrix = [[80.0, None, None], [60.0, 70.0, None], [final - 10, final, final + 10]]
+    drift = None
+    if diagnostics:
+        drift = [
+            {"layers": {}, "summary": {"mean_to_balanced": 0.1 * t, "var_to_balanced": 0.2 * t,
+                                       "mean_to_latest": 0.05, "var_to_latest": 0.1}}
+            for t in range(1, 4)
+        ]  # fmt: skip
+    doc = {
+        "format_version": 1,
+        "name": name,
+        "args": full,
+        "setting": "class-il",
+        "forward_mode": "joint",
+        "accuracy_matrix": {"class_il": matrix, "task_il": matrix},
+        "final": {"class_il_avg": final, "task_il_avg": task_il, "forgetting": forgetting},
+        "norm_diagnostics": drift,
+    }
+    path = root / "class-il" / dataset / model / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_method_comes_from_the_run_arguments() -> None:
+    assert method_of({"nl": "BN"}) == "BN"
+    assert method_of({"nl": "BN", "forward_mode": "joint"}) == "BN-joint"
+    assert method_of({"nl": "AdaB2N", "adab2n_renorm": 1}) == "AdaB2N-renorm"
+    assert method_of({"nl": "AdaB2N", "adab2n_renorm": 0, "forward_mode": None}) == "AdaB2N"
+    assert method_of({"nl": "CN", "no_affine": 1}) == "CN"
+    assert method_of({"nl": "GN", "no_affine": 1}) == "GN-noaffine"
+
+
+def test_cells_are_mean_and_std_over_seeds_in_the_papers_layout(tmp_path: Path) -> None:
+    for seed, (acc, til, fgt) in enumerate([(40.0, 80.0, 20.0), (44.0, 84.0, 26.0), (45.0, 83.0, 23.0)]):
+        write_run(tmp_path, f"bn{seed}", final=acc, seed=seed, task_il=til, forgetting=fgt)
+    write_run(tmp_path, "gn0", final=30.0, nl="GN")
+    write_run(tmp_path, "bn-c10", final=50.0, dataset="seq-cifar10", buffer=500)
+    files = write_report(tmp_path, plots=False)
+    text = files.text
+    header = "| method | seq-cifar10 er_ace 500 | seq-fmnist er_ace 200 |"
+    assert text.count(header) == 3
+    class_il = f"{statistics.mean([40, 44, 45]):.2f} ± {statistics.stdev([40, 44, 45]):.2f} (3)"
+    task_il = f"{statistics.mean([80, 84, 83]):.2f} ± {statistics.stdev([80, 84, 83]):.2f} (3)"
+    forgetting = f"{statistics.mean([20, 26, 23]):.2f} ± {statistics.stdev([20, 26, 23]):.2f} (3)"
+    assert f"| BN | 50.00 (1) | {class_il} |" in text
+    assert f"| BN | 90.00 (1) | {task_il} |" in text
+    assert f"| BN | 10.00 (1) | {forgetting} |" in text
+    assert "| GN |  | 30.00 (1) |" in text
+    assert text.index("| BN |") < text.index("| GN |")
+    assert files.markdown.read_text() == text
+    table = rows(files.csv)
+    assert [(r["method"], r["dataset"], r["n_seeds"]) for r in table] == [
+        ("BN", "seq-cifar10", "1"), ("BN", "seq-fmnist", "3"), ("GN", "seq-fmnist", "1"),
+    ]  # fmt: skip
+    assert float(table[1]["class_il_mean"]) == pytest.approx(43.0)
+    assert float(table[1]["class_il_std"]) == pytest.approx(statistics.stdev([40, 44, 45]), abs=1e-4)
+    assert table[1]["seeds"] == "0 1 2" and table[1]["split"] == "test"
+    tex = files.latex.read_text()
+    assert tex.count("\\begin{tabular}{lcc}") == 3 and "seq-fmnist er\\_ace 200" in tex
+    assert f"$43.00_{{\\pm {statistics.stdev([40, 44, 45]):.2f}}}$" in tex
+
+
+def test_adab2n_configuration_is_chosen_on_validation_and_reported_on_test(tmp_path: Path) -> None:
+    good, bad = {"kappa": 0.4, "lambd": 0.1, "ada_t0": 1}, {"kappa": 1.0, "lambd": 10.0, "ada_t0": 0}
+    for seed in (0, 1):
+        write_run(tmp_path, f"good-val{seed}", final=60.0 + seed, nl="AdaB2N", seed=seed, validation=1, **good)
+        write_run(tmp_path, f"bad-val{seed}", final=50.0 + seed, nl="AdaB2N", seed=seed, validation=1, **bad)
+        write_run(tmp_path, f"good-test{seed}", final=40.0 + 2 * seed, nl="AdaB2N", seed=seed, **good)
+        write_run(tmp_path, f"bad-test{seed}", final=70.0, nl="AdaB2N", seed=seed, **bad)
+    files = write_report(tmp_path, plots=False)
+    assert f"| AdaB2N | 41.00 ± {statistics.stdev([40, 42]):.2f} (2) |" in files.text
+    assert "| AdaB2N | seq-fmnist er_ace 200 | 0.4 | 0.1 | 1 | validation |" in files.text
+    assert "optimistic" not in files.text
+    (row,) = rows(files.csv)
+    assert (row["kappa"], row["lambd"], row["ada_t0"], row["selected_on"], row["split"]) == (
+        "0.4", "0.1", "1", "validation", "test",
+    )  # fmt: skip
+    sensitivity = rows(files.sensitivity_csv)
+    assert {(r["kappa"], r["lambd"], r["ada_t0"], r["split"]) for r in sensitivity} == {
+        ("0.4", "0.1", "1", "validation"), ("1.0", "10.0", "0", "validation"),
+    }  # fmt: skip
+    assert "### AdaB2N, seq-fmnist er_ace 200, ada_t0 = 1 (validation split)" in files.text
+
+
+def test_without_validation_runs_the_selection_uses_final_accuracy_and_says_so(tmp_path: Path) -> None:
+    for kappa in (0.1, 0.4, 0.7, 1.0):
+        for lambd in (0.01, 0.1):
+            final = 30.0 + 10 * kappa + lambd
+            for seed in (0, 1):
+                write_run(tmp_path, f"k{kappa}-l{lambd}-s{seed}", final=final + seed, nl="AdaB2N", seed=seed,
+                          kappa=kappa, lambd=lambd, ada_t0=0)  # fmt: skip
+    files = write_report(tmp_path, plots=False)
+    assert "| AdaB2N | seq-fmnist er_ace 200 | 1 | 0.1 | 0 | final test accuracy (no validation runs) |" in files.text
+    assert "optimistic" in files.text
+    grid = files.text[files.text.index("| kappa \\ lambd |") :]
+    assert grid.startswith("| kappa \\ lambd | 0.01 | 0.1 |")
+    assert "| 0.7 | 37.51 ± 0.71 (2) | 37.60 ± 0.71 (2) |" in grid
+    assert len(rows(files.sensitivity_csv)) == 8
+
+
+def test_runs_of_different_protocols_are_not_averaged(tmp_path: Path) -> None:
+    write_run(tmp_path, "online", final=40.0, n_epochs=1)
+    write_run(tmp_path, "offline", final=60.0, n_epochs=5, seed=1)
+    files = write_report(tmp_path, plots=False)
+    assert "seq-fmnist er_ace 200 [n_epochs=1]" in files.text and "seq-fmnist er_ace 200 [n_epochs=5]" in files.text
+    assert [r["variant"] for r in rows(files.csv)] == ["n_epochs=1", "n_epochs=5"]
+
+
+def test_validation_only_results_are_marked(tmp_path: Path) -> None:
+    write_run(tmp_path, "v0", final=40.0, validation=1)
+    write_run(tmp_path, "v1", final=42.0, validation=1, seed=1)
+    files = write_report(tmp_path, plots=False)
+    assert f"| BN | 41.00 ± {statistics.stdev([40, 42]):.2f} (2) † |" in files.text
+    assert "validation split" in files.text and rows(files.csv)[0]["split"] == "validation"
+
+
+def test_plots_are_pngs_and_drift_needs_diagnostics(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        write_run(tmp_path, f"bn{seed}", final=40.0 + seed, seed=seed, diagnostics=True)
+        write_run(tmp_path, f"ada{seed}", final=45.0 + seed, seed=seed, nl="AdaB2N", kappa=0.4, lambd=0.1,
+                  diagnostics=True)  # fmt: skip
+    write_run(tmp_path, "c10", final=50.0, dataset="seq-cifar10", buffer=500)
+    files = write_report(tmp_path, tmp_path / "out")
+    names = sorted(p.name for p in files.plots)
+    assert names == [
+        "accuracy_curve__seq-cifar10_er_ace_500.png", "accuracy_curve__seq-fmnist_er_ace_200.png",
+        "accuracy_matrix__seq-cifar10_er_ace_500.png", "accuracy_matrix__seq-fmnist_er_ace_200.png",
+        "norm_drift__seq-fmnist_er_ace_200.png",
+    ]  # fmt: skip
+    for png in files.plots:
+        assert png.parent == tmp_path / "out"
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        image = imread(png)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_cli_prints_and_writes_and_skips_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_run(tmp_path, "bn0", final=40.0)
+    (tmp_path / "class-il" / "broken.json").write_text("{not json")
+    assert report.main([str(tmp_path), "--no_plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| BN | 40.00 (1) |" in out and "skipped" in out and "broken.json" in out
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
+        "report.md", "results.tex", "sensitivity.csv", "summary.csv",
+    ]  # fmt: skip
+    partial = write_run(tmp_path, "bn1.partial", final=10.0, seed=1)
+    incomplete = write_run(tmp_path, "bn2", final=20.0, seed=2)
+    doc = json.loads(incomplete.read_text())
+    doc["accuracy_matrix"]["class_il"][-1] = [50.0, None, None]
+    incomplete.write_text(json.dumps(doc))
+    assert report.main([str(tmp_path), "--no_plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| BN | 40.00 (1) |" in out
+    assert f"skipped {partial}: partial results" in out and f"skipped {incomplete}: the last task" in out
+    assert report.main([str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_run_py_report_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from utils.launcher import main
+
+    write_run(tmp_path, "bn0", final=40.0)
+    assert main(["--report", "--results_path", str(tmp_path), "--report_dir", str(tmp_path / "tables")]) == 0
+    assert "| BN | 40.00 (1) |" in capsys.readouterr().out
+    assert (tmp_path / "tables" / "summary.csv").exists() and (tmp_path / "tables" / "results.tex").exists()
