@@ -202,6 +202,11 @@ BAD_INPUTS = {
         ["--buffer_size 3", "5 tasks", "ring"],
     ),
     "missing lr": (fmnist("--model", "sgd"), ["--lr", "--load_best_args"]),
+    "negative lambda": (fmnist("--model", "sgd", "--lr", "0.1", "--lambd", "-1"), ["--lambd", "-1"]),
+    "unknown buffer mode": (
+        fmnist("--model", "er", "--lr", "0.1", "--buffer_size", "10", "--buffer_mode", "fifo"),
+        ["fifo", "reservoir", "ring"],
+    ),
 }  # fmt: skip
 
 
@@ -283,3 +288,15 @@ def test_load_best_args_unknown_buffer_size(capsys: pytest.CaptureFixture[str], 
     assert main(argv) == 2
     _, err = capsys.readouterr()
     assert_one_line_error(err, ["123", "500"])
+
+
+def test_model_incompatible_with_the_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    from models.sgd import Sgd
+
+    monkeypatch.setattr(Sgd, "COMPATIBILITY", ("task-il",))
+    results = tmp_path / "results"
+    assert main([*fmnist("--model", "sgd", "--lr", "0.1"), "--nowand", "1", "--results_path", str(results)]) == 2
+    assert_one_line_error(capsys.readouterr().err, ["'sgd'", "class-il", "task-il"])
+    assert files_under(results) == []

@@ -12,9 +12,9 @@ import argparse
 import math
 from collections.abc import Sequence
 
+from utils.buffer import BUFFER_MODES
 from utils.errors import UserError
 
-BUFFER_MODES = ("reservoir", "ring")
 FORWARD_MODES = ("separate", "joint")
 
 

@@ -8,8 +8,10 @@ file is written; ``--resume 1 --run_name NAME`` continues from it.
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import shutil
 import sys
 import time
 from argparse import Namespace
@@ -76,6 +78,21 @@ def check_writable(path: Path) -> None:
         raise UserError(f"--results_path {path} is not writable ({e.strerror}); pass a writable directory") from None
 
 
+def check_disk_space(path: Path, model: ContinualModel, dataset: ContinualDataset) -> None:
+    """Refuse to start when the checkpoints (model, optimiser state, buffer; written twice over) cannot fit."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffer = (
+        0 if model.buffer is None else model.args.buffer_size * (math.prod(dataset.SHAPE) + 8 * dataset.n_classes())
+    )
+    needed = 3 * (2 * params + buffer) + (1 << 20)
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise UserError(
+            f"--results_path {path} has {free / 2**20:.1f} MiB free, checkpoints need about {needed / 2**20:.1f} MiB; "
+            "free some space or pass another --results_path"
+        )
+
+
 def norm_options(args: Namespace, dataset: ContinualDataset) -> dict[str, Any]:
     """Everything a normalisation layer may need; each layer takes what it uses."""
     return {"affine": not args.no_affine, "num_tasks": dataset.N_TASKS, "args": args}
@@ -110,6 +127,8 @@ def run(args: Namespace) -> dict[str, Any]:
     payload = load_checkpoint(ckpt, args, device) if args.resume and ckpt is not None else None
     set_seed(args.seed)
     model = build_model(args, dataset)
+    if not args.disable_log:
+        check_disk_space(Path(args.results_path), model, dataset)
     trainer = Trainer(model, dataset, args, WandbLogger(args), ckpt)
     if payload is not None:
         trainer.load_state(payload)
