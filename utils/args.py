@@ -18,11 +18,11 @@ from utils.errors import UserError
 FORWARD_MODES = ("separate", "joint")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except ``None`` ones (their help text says what happens instead)."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except empty ones (``None``, ``False``, ``""``), whose help text says what happens instead."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
+        if action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS):
             return action.help
         return super()._get_help_string(action)
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python utils/main.py",
         description="Run one continual-learning experiment (mammoth-compatible flags).",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     g = p.add_argument_group("experiment")
     g.add_argument("--dataset", required=True, help="benchmark: seq-fmnist, seq-cifar10, seq-cifar100, seq-miniimg")

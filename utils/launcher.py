@@ -142,15 +142,6 @@ def default_command(run: Run, cpu_threads: int | None) -> list[str]:
 # ----------------------------------------------------------------------------------------------- arguments
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except empty ones (``None``, ``False``, ``""``), whose help text says what happens instead."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS):
-            return action.help
-        return super()._get_help_string(action)
-
-
 class _Parser(argparse.ArgumentParser):
     """Bad input ends with one line and exit code 2, like ``utils/main.py``."""
 
@@ -170,10 +161,12 @@ def _minutes(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from utils.args import HelpFormatter  # imported here: utils.args pulls in torch
+
     p = _Parser(
         prog="python run.py",
         description="Run the AdaB2N paper's experiment grid (resumable), or report its results.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     g = p.add_argument_group("grid (defaults: the paper's)")
     g.add_argument("--datasets", nargs="+", default=list(PAPER_DATASETS), help="datasets to run")
