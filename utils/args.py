@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     _binary(m, "--disable_log", "write no results file")
     _binary(m, "--ignore_other_metrics", "skip the evaluations that forward transfer needs")
 
+    s = p.add_argument_group("speed (off by default: each changes the arithmetic or costs compile time)")
+    _binary(s, "--amp", "bf16 autocast for forward passes (CUDA; CPUs with bf16); norm statistics stay float32")
+    _binary(s, "--channels_last", "channels-last memory format for the network and its inputs")
+    _binary(s, "--compile", "torch.compile the network (the first steps of each new shape compile)")
+
     w = p.add_argument_group("wandb")
     _binary(w, "--nowand", "disable wandb")
     w.add_argument("--wandb_project", default="normcl", help="wandb project")

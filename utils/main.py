@@ -104,7 +104,16 @@ def build_model(args: Namespace, dataset: ContinualDataset) -> ContinualModel:
     net = net.to(dataset.device)
     example = torch.zeros(1, *dataset.SHAPE, device=dataset.device)
     net = convert_norm(net, args.nl, example_input=example, **norm_options(args, dataset)).to(dataset.device)
+    apply_speed_options(net, args)
     return MODELS.get(args.model)(net, F.cross_entropy, args, dataset).to(dataset.device)
+
+
+def apply_speed_options(net: torch.nn.Module, args: Namespace) -> None:
+    """``--channels_last`` and ``--compile``, in place (state-dict keys unchanged, so checkpoints stay portable)."""
+    if getattr(args, "channels_last", False):
+        net.to(memory_format=torch.channels_last)
+    if getattr(args, "compile", False):
+        net.compile()
 
 
 def run(args: Namespace) -> dict[str, Any]:

@@ -25,7 +25,7 @@ Usage (any model; create the optimiser *after* the swap so ``task_weight`` is tr
 
     net = convert_norm(net, "AdaB2N", num_tasks=5, kappa=0.4)
     for layer in task_aware_layers(net):
-        layer.set_batch_tasks(task_ids)   # before each training forward
+        layer.set_batch_tasks(task_ids, task_counts(task_ids, 5))   # before each training forward
     loss = criterion(net(x), y) + lambd * sum(l.norm_loss for l in task_aware_layers(net))
     ...
     for layer in task_aware_layers(net):
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.utils.norms import NORMS
+from models.utils.norms import NORMS, float32_under_autocast, task_counts
 
 
 class AdaB2N(nn.BatchNorm2d):
@@ -76,6 +76,7 @@ class AdaB2N(nn.BatchNorm2d):
         self.register_buffer("eta", torch.zeros((), dtype=torch.float64, device=device))
         self._tasks_completed = 0  # host mirror of the buffer: shapes depend on it, reading it would sync
         self._batch_tasks: Tensor | None = None
+        self._batch_counts: Tensor | None = None
         self.norm_loss: Tensor | None = None
 
     @classmethod
@@ -97,9 +98,14 @@ class AdaB2N(nn.BatchNorm2d):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_tasks={self.num_tasks}, kappa={self.kappa}, renorm={self.renorm}"
 
-    def set_batch_tasks(self, task_ids: Tensor | None) -> None:
-        """Task index of every sample of the next training batch (``None``: plain batch statistics)."""
+    def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None) -> None:
+        """Task index of every sample of the next training batch (``None``: plain batch statistics).
+
+        ``counts`` (optional) is ``task_counts(task_ids, n)`` for any ``n > tasks_completed``: a model computes it
+        once per batch and hands it to every layer instead of each layer counting again.
+        """
         self._batch_tasks = task_ids
+        self._batch_counts = counts
 
     def end_task(self) -> None:
         """One more task completed: its samples now get their own weight in the statistics."""
@@ -123,28 +129,28 @@ class AdaB2N(nn.BatchNorm2d):
         first = self.momentum**self.kappa
         return torch.where(self.eta > 0, self.eta / (self.eta + (1.0 - self.momentum) ** self.kappa), first)
 
-    def sample_weights(self, task_ids: Tensor) -> Tensor:
+    def sample_weights(self, task_ids: Tensor, counts: Tensor | None = None) -> Tensor:
         """Per-sample weights ``s_i = π_{k(i)} / n_{k(i)}`` with ``π_k ∝ exp(w_k) + n_k`` over tasks ``k <= T``."""
         t = self._tasks_completed + 1
-        counts = torch.zeros(t, dtype=self.task_weight.dtype, device=task_ids.device)
-        counts = counts.index_add(0, task_ids, torch.ones_like(task_ids, dtype=counts.dtype))
+        counts = task_counts(task_ids, t, self.task_weight.dtype) if counts is None else counts[:t]
         concentration = self.task_weight[:t].exp() + counts
         if self.renorm:
             concentration = concentration * (counts > 0)
         task_weights = concentration / concentration.sum()
         return task_weights[task_ids] / counts[task_ids]
 
+    @float32_under_autocast
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         if not self.training:
             return F.batch_norm(
                 input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
-        task_ids, self._batch_tasks = self._batch_tasks, None
+        task_ids, counts, self._batch_tasks, self._batch_counts = self._batch_tasks, self._batch_counts, None, None
         if task_ids is not None and len(task_ids) != len(input):
             raise ValueError(f"set_batch_tasks got {len(task_ids)} task ids for a batch of {len(input)} samples")
         if task_ids is not None and self._tasks_completed > 0:
-            weights = self.sample_weights(task_ids)
+            weights = self.sample_weights(task_ids, counts)
             mean = input.mean([2, 3]).t().matmul(weights).view(1, -1, 1, 1)
             var = (input - mean).square().mean([2, 3]).t().matmul(weights).view(1, -1, 1, 1)
         else:

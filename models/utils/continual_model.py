@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from datasets.utils.continual_dataset import ContinualDataset
-from models.utils.norms import task_aware_layers
+from models.utils.norms import task_aware_layers, task_counts
 from utils.buffer import Buffer
 
 Part = tuple[Tensor, Tensor | int]
@@ -50,6 +50,8 @@ class ContinualModel(nn.Module):
         self.n_classes = dataset.n_classes()
         self.current_task = 0
         self.forward_mode = resolve_forward_mode(args, type(self), net)
+        self.amp = bool(getattr(args, "amp", False))
+        self.channels_last = bool(getattr(args, "channels_last", False))
         self.buffer: Buffer | None = None
         if self.USES_BUFFER:
             self.buffer = Buffer(args.buffer_size, self.device, args.buffer_mode, dataset.N_TASKS)
@@ -68,7 +70,14 @@ class ContinualModel(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            return self.net(x).float()
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast of the forward passes under ``--amp`` (a no-op context otherwise)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def get_extra_state(self) -> dict[str, int]:
         """Python-side state that checkpoints must carry besides parameters and buffers."""
@@ -87,9 +96,10 @@ class ContinualModel(nn.Module):
         return torch.full((n,), ids, dtype=torch.long, device=self.device)
 
     def _run(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+        counts = None if task_ids is None else task_counts(task_ids, self.dataset.N_TASKS)
         for layer in self._task_aware:
-            layer.set_batch_tasks(task_ids)
-        out = self.net(x)
+            layer.set_batch_tasks(task_ids, counts)
+        out = self(x)
         for layer in self._task_aware:
             extra = getattr(layer, "norm_loss", None)
             if extra is not None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.utils.norms import NORMS, Shape, copy_matching_state, needs_shape
+from models.utils.norms import NORMS, Shape, copy_matching_state, float32_under_autocast, needs_shape
 
 
 def group_count(channels: int, target: int = 32) -> int:
@@ -76,6 +76,7 @@ class ContinualNorm2d(nn.BatchNorm2d):
             raise ValueError(f"CN: {groups} groups do not divide {num_features} channels")
         self.groups = groups
 
+    @float32_under_autocast
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
         return super().forward(F.group_norm(x, self.groups, None, None, self.eps))
@@ -124,6 +125,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
         d = ((mean.detach() - self.running_mean) / running_std).clamp(-self.dmax, self.dmax)
         return r.detach(), d.detach()
 
+    @float32_under_autocast
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
         if not self.training or self.running_mean is None or self.running_var is None:

@@ -13,7 +13,8 @@ runs one probe forward of ``example_input`` to record every BatchNorm's input
 ``(C, H, W)`` and passes it to the builder as ``shape``.
 
 Layers may also take part in the *task-aware protocol* used by the models:
-``set_batch_tasks(task_ids)`` before a training forward, ``norm_loss`` (a
+``set_batch_tasks(task_ids, counts)`` before a training forward (``counts`` =
+``task_counts(task_ids, num_tasks)``, computed once per batch for all layers), ``norm_loss`` (a
 differentiable regulariser) after it, and ``end_task()`` at task boundaries.
 The models call these through ``task_aware_layers``; the training loop never
 knows which norm is in use.
@@ -28,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -147,6 +149,30 @@ def _replace(
         if new is not child:
             setattr(module, child_name, new)
     return module
+
+
+def float32_under_autocast(forward: Callable[[Any, Tensor], Tensor]) -> Callable[[Any, Tensor], Tensor]:
+    """Run a hand-written norm layer's ``forward`` in float32 when autocast (``--amp``) is on.
+
+    Batch statistics of bf16 activations lose most of their digits, and autocast would run AdaB²N's weighted
+    means (a matmul) in bf16; torch's own BatchNorm keeps float32 statistics, so ours do too.
+    """
+
+    @functools.wraps(forward)
+    def wrapper(self: Any, x: Tensor) -> Tensor:
+        device_type = x.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return forward(self, x)
+        with torch.autocast(device_type, enabled=False):
+            return forward(self, x.float())
+
+    return wrapper
+
+
+def task_counts(task_ids: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Samples of each task ``0 .. n-1`` in a batch, as floats; an ``index_add`` (``bincount`` would sync a GPU)."""
+    counts = torch.zeros(n, dtype=dtype, device=task_ids.device)
+    return counts.index_add(0, task_ids, torch.ones_like(task_ids, dtype=dtype))
 
 
 def task_aware_layers(module: nn.Module) -> list[nn.Module]:
