@@ -165,6 +165,46 @@ def test_without_validation_runs_the_selection_uses_final_accuracy_and_says_so(t
     assert len(rows(files.sensitivity_csv)) == 8
 
 
+def test_a_single_configuration_without_validation_runs_was_not_chosen_on_the_test_accuracy(tmp_path: Path) -> None:
+    a, b = {"kappa": 0.4, "lambd": 0.1, "ada_t0": 0}, {"kappa": 1.0, "lambd": 0.1, "ada_t0": 0}
+    for buffer in (200, 500):
+        write_run(tmp_path, f"val-a{buffer}", final=60.0, nl="AdaB2N", buffer=buffer, validation=1, **a)
+        write_run(tmp_path, f"val-b{buffer}", final=50.0, nl="AdaB2N", buffer=buffer, validation=1, **b)
+        write_run(tmp_path, f"test-a{buffer}", final=40.0, nl="AdaB2N", buffer=buffer, **a)
+    write_run(tmp_path, "renorm200", final=41.0, nl="AdaB2N", adab2n_renorm=1, **a)
+    write_run(tmp_path, "renorm500", final=42.0, nl="AdaB2N", adab2n_renorm=1, buffer=500, **b)
+    write_run(tmp_path, "c10", final=43.0, nl="AdaB2N", dataset="seq-cifar10", buffer=500, **b)
+    files = write_report(tmp_path, plots=False)
+    assert "| AdaB2N-renorm | seq-fmnist er_ace 200 | 0.4 | 0.1 | 0 | AdaB2N's validation choice |" in files.text
+    assert "| AdaB2N-renorm | seq-fmnist er_ace 500 | 1 | 0.1 | 0 | only configuration run |" in files.text
+    assert "| AdaB2N | seq-cifar10 er_ace 500 | 1 | 0.1 | 0 | only configuration run |" in files.text
+    assert "optimistic" not in files.text and "no validation runs" not in files.text
+    table = [r for r in rows(files.csv) if r["dataset"] == "seq-fmnist"]
+    selected = {(r["method"], r["buffer_size"]): r["selected_on"] for r in table}
+    assert selected == {
+        ("AdaB2N", "200"): "validation", ("AdaB2N", "500"): "validation",
+        ("AdaB2N-renorm", "200"): "AdaB2N's validation choice", ("AdaB2N-renorm", "500"): "only configuration run",
+    }  # fmt: skip
+
+
+def test_select_configs_is_the_tables_choice_and_breaks_ties_by_the_smallest_configuration(tmp_path: Path) -> None:
+    for kappa in (1.0, 0.4, 0.7):
+        for seed in (0, 1):
+            final = 50.0 + seed if kappa != 0.7 else 40.0
+            write_run(tmp_path, f"v{kappa}-{seed}", final=final, nl="AdaB2N", seed=seed, validation=1, kappa=kappa)
+            write_run(tmp_path, f"c10-v{kappa}-{seed}", final=60.0 + kappa, nl="AdaB2N", seed=seed, validation=1,
+                      kappa=kappa, dataset="seq-cifar10", buffer=500)  # fmt: skip
+    write_run(tmp_path, "renorm", final=70.0, nl="AdaB2N", adab2n_renorm=1, validation=1, kappa=0.7)
+    write_run(tmp_path, "test", final=90.0, nl="AdaB2N", kappa=0.7)
+    records, _ = report.load_records(tmp_path)
+    chosen = report.select_configs(records)
+    assert chosen == {("seq-fmnist", "er_ace", 200): (0.4, 0.0, 0), ("seq-cifar10", "er_ace", 500): (1.0, 0.0, 0)}
+    built = report.build_report(records)
+    for (method, column), entry in built.entries.items():
+        if method == "AdaB2N":
+            assert entry.config == chosen[(column.dataset, column.model, column.buffer_size)]
+
+
 def test_runs_of_different_protocols_are_not_averaged(tmp_path: Path) -> None:
     write_run(tmp_path, "online", final=40.0, n_epochs=1)
     write_run(tmp_path, "offline", final=60.0, n_epochs=5, seed=1)

@@ -212,6 +212,9 @@ def test_a_run_with_a_checkpoint_continues_from_it(tmp_path: Path) -> None:
         (["--lambdas", "-1"], "--lambdas must be >= 0"),
         (["--extra", "--seed 3"], "--extra may not set --seed"),
         (["--extra", "--nf 8 --resume 1"], "--extra may not set --resume"),
+        (["--tune", "validation", "--extra=--validation 1"], "--extra may not set --validation with --tune validation"),
+        (["--tune", "validation", "--tune_seeds", "-1"], "--tune_seeds must be >= 0"),
+        (["--tune", "validation", "--tune_seeds", "0", "0"], "the grid repeats a run"),
         (["--extra=--no_such_flag"], "unrecognized arguments: --no_such_flag"),
         (["--datasets", "seq-fmnist", "--buffer_sizes", "50"], "no best args for 'derpp' on 'seq-fmnist'"),
     ],
@@ -225,7 +228,11 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys:
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--launcher", "pbs"], "invalid choice: 'pbs'"), (["--num_seeds", "two"], "invalid int value: 'two'")],
+    [
+        (["--launcher", "pbs"], "invalid choice: 'pbs'"),
+        (["--num_seeds", "two"], "invalid int value: 'two'"),
+        (["--tune", "test"], "invalid choice: 'test'"),
+    ],
 )
 def test_malformed_flags_are_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -416,6 +423,164 @@ def test_retries_rerun_a_failed_run(tmp_path: Path) -> None:
     assert flaky.log.read_text().count("# ") == 2 and summary.exit_code == 1
 
 
+# ----------------------------------------------------------------------------------------------- --tune validation
+
+TUNE_GRID = [
+    "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "AdaB2N", "AdaB2N-renorm",
+    "--num_seeds", "2", "--buffer_sizes", "200", "500", "--kappas", "0.4", "1.0", "--lambdas", "0.1",
+    "--ada_t0s", "0", "--nowandb", "--tune", "validation",
+]  # fmt: skip
+CONFIG_A, CONFIG_B = (0.4, 0.1, 0), (1.0, 0.1, 0)
+
+
+def tune_argv(tmp_path: Path, *extra: str) -> list[str]:
+    return [*TUNE_GRID, "--results_path", str(tmp_path / "res"), "--logdir", str(tmp_path / "logs"), *extra]
+
+
+def write_results(run: Run, final: float) -> None:
+    """A results file with what ``utils.report`` reads, at ``run``'s results path, whose final class-IL accuracy
+    is ``final``."""
+    kappa, lambd, ada_t0 = run.config or (1.0, 0.0, 0)
+    args = {
+        "dataset": run.dataset, "model": run.model, "buffer_size": run.buffer_size, "nl": flag(run, "--nl"),
+        "seed": run.seed, "validation": int(run.validation), "adab2n_renorm": int("--adab2n_renorm" in run.argv),
+        "kappa": kappa, "lambd": lambd, "ada_t0": ada_t0, "n_epochs": 1, "batch_size": 10,
+    }  # fmt: skip
+    matrix = [[final, None], [final, final]]
+    doc = {
+        "name": run.name,
+        "args": args,
+        "setting": "class-il",
+        "accuracy_matrix": {"class_il": matrix, "task_il": matrix},
+        "final": {"class_il_avg": final, "task_il_avg": final, "forgetting": 0.0},
+    }
+    run.results.parent.mkdir(parents=True, exist_ok=True)
+    run.results.write_text(json.dumps(doc))
+
+
+def test_tune_validation_phase_1_is_adab2n_on_the_validation_split_for_the_tune_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = launcher.parse_launcher_args(tune_argv(tmp_path))
+    phase1 = launcher.expand_validation(args)
+    assert len(phase1) == 2 * 2  # buffers x configs, seed 0 only
+    assert {(r.method, r.seed, r.validation) for r in phase1} == {("AdaB2N", 0, True)}
+    assert {(r.buffer_size, r.config) for r in phase1} == {(b, c) for b in (200, 500) for c in (CONFIG_A, CONFIG_B)}
+    assert phase1[0].name == "seq-fmnist_ep1_er_ace_buf200_AdaB2N_kappa0.4_lambd0.1_ada0_seed0_reservoir_val"
+    test_names = {r.name for r in launcher.expand_grid(args)}
+    for run in phase1:
+        assert run.name.endswith("_val") and run.name[: -len("_val")] in test_names
+        assert flag(run, "--validation") == "1" and "--adab2n_renorm" not in run.argv
+        assert flag(run, "--run_name") == flag(run, "--wandb_name") == run.name
+        assert flag(run, "--wandb_group").endswith("_val") and run.results.name == f"{run.name}.json"
+    more = launcher.expand_validation(launcher.parse_launcher_args(tune_argv(tmp_path, "--tune_seeds", "3", "5")))
+    assert Counter(r.seed for r in more) == {3: 4, 5: 4}
+    only_renorm = tune_argv(tmp_path, "--methods", "BN", "AdaB2N-renorm")
+    assert {r.method for r in launcher.expand_validation(launcher.parse_launcher_args(only_renorm))} == {"AdaB2N"}
+
+    assert launcher.main([*tune_argv(tmp_path), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "=> phase 1: 4 AdaB2N validation run(s) (seeds 0): 0 already done, 4 to run" in out
+    assert out.count("[todo] ") == 4 + 4  # phase 1, then BN x 2 seeds x 2 buffers
+    assert out.count("_reservoir_val: ") == 4 and out.count(" --validation 1 ") == 4
+    for buffer in (200, 500):
+        later = f"[later] seq-fmnist er_ace {buffer} AdaB2N, AdaB2N-renorm x 2 seed(s): (config chosen after the "
+        assert later + "validation runs)" in out
+    assert "=> 4 validation run(s) + 12 test run(s)" in out
+    assert not (tmp_path / "res").exists() and not (tmp_path / "logs").exists()
+
+
+def test_tune_validation_runs_each_columns_validation_choice_for_adab2n_and_renorm(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = tune_argv(tmp_path, "--yes", "--coldsecs", "0", "--waitsecs", "0")
+    args = launcher.parse_launcher_args(argv)
+    accuracy = {(200, CONFIG_A): 50.0, (200, CONFIG_B): 60.0, (500, CONFIG_A): 70.0, (500, CONFIG_B): 40.0}
+    for run in launcher.expand_validation(args):
+        write_results(run, accuracy[(run.buffer_size, run.config)])
+    out = tmp_path / "out"
+    command = fake_command(out)
+    (out / "release").write_text("")
+    assert launcher.main(argv, probe=no_gpu, command=command) == 0
+    text = capsys.readouterr().out
+    assert "=> phase 1 (validation) summary: 0 done, 4 skipped (results existed), 0 failed" in text
+    assert "=> seq-fmnist er_ace 200: AdaB2N runs kappa 1.0, lambd 0.1, ada_t0 0 (mean validation class-IL" in text
+    assert "=> seq-fmnist er_ace 500: AdaB2N runs kappa 0.4, lambd 0.1, ada_t0 0 (mean validation class-IL" in text
+    assert "=> phase 2 (test) summary: 12 done, 0 skipped (results existed), 0 failed" in text
+    chosen = {("seq-fmnist", "er_ace", 200): CONFIG_B, ("seq-fmnist", "er_ace", 500): CONFIG_A}
+    phase2 = launcher.expand_test(args, chosen)
+    assert invocations(out) == {r.name: 1 for r in phase2}
+    adaptive = [r for r in phase2 if r.method != "BN"]
+    assert Counter((r.method, r.buffer_size, r.config) for r in adaptive) == {
+        ("AdaB2N", 200, CONFIG_B): 2, ("AdaB2N-renorm", 200, CONFIG_B): 2,
+        ("AdaB2N", 500, CONFIG_A): 2, ("AdaB2N-renorm", 500, CONFIG_A): 2,
+    }  # fmt: skip
+    assert "seq-fmnist_ep1_er_ace_buf200_AdaB2N-renorm_kappa1.0_lambd0.1_ada0_seed1_reservoir" in invocations(out)
+
+    assert launcher.main(argv, probe=no_gpu, command=command) == 0  # resume: the same choice, nothing to run
+    again = capsys.readouterr().out
+    assert "=> phase 2 (test) summary: 0 done, 12 skipped (results existed), 0 failed" in again
+    assert invocations(out) == {r.name: 1 for r in phase2}
+    assert launcher.main([*argv, "--dry_run"], command=command) == 0
+    listing = capsys.readouterr().out
+    assert "[later]" not in listing and listing.count("[done] ") == 4 + 12
+    assert "=> phase 2: 12 test run(s): 12 already done, 0 to run\n" in listing
+
+    for run in phase2:
+        write_results(run, 45.0 + run.seed)
+    files = write_report(tmp_path / "res", plots=False)
+    for method in ("AdaB2N", "AdaB2N-renorm"):
+        note = "validation" if method == "AdaB2N" else "AdaB2N's validation choice"
+        assert f"| {method} | seq-fmnist er_ace 200 | 1 | 0.1 | 0 | {note} |" in files.text
+        assert f"| {method} | seq-fmnist er_ace 500 | 0.4 | 0.1 | 0 | {note} |" in files.text
+    assert "optimistic" not in files.text and "no validation runs" not in files.text
+
+
+def test_tune_validation_without_a_columns_validation_results_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = tune_argv(tmp_path, "--yes", "--coldsecs", "0", "--waitsecs", "0")
+    args = launcher.parse_launcher_args(argv)
+    phase1 = launcher.expand_validation(args)
+    failing, unreadable = [r for r in phase1 if r.buffer_size == 200]
+    for run in phase1:
+        if run.buffer_size == 500:
+            write_results(run, 50.0 + run.config[0])
+    unreadable.results.write_text("{}")
+    out = tmp_path / "out"
+    command = fake_command(out, {failing.name: "fail"})
+    (out / "release").write_text("")
+    assert launcher.main(argv, probe=no_gpu, command=command) == 1
+    captured = capsys.readouterr()
+    assert f"failed: {failing.name} (exit code 3); log: {failing.log}" in captured.out
+    (error,) = captured.err.strip().splitlines()
+    assert error.startswith("error: no AdaB2N configuration for seq-fmnist er_ace 200, so its AdaB2N runs were not ")
+    assert f"{failing.name} (no results; log {failing.log})" in error
+    assert f"{unreadable.name} (skipped {unreadable.results}: not a results file" in error
+    assert "run the same command again" in error
+    started = invocations(out)
+    assert started[failing.name] == 1
+    assert {n for n in started if n != failing.name} == {
+        r.name for r in launcher.expand_test(args, {("seq-fmnist", "er_ace", 500): CONFIG_B})
+    }
+    assert not any("_buf200_AdaB2N" in n and not n.endswith("_val") for n in started)
+
+
+def test_tune_validation_with_no_wait_leaves_phase_2_to_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    submitted: list[list[str]] = []
+
+    def submit(runs: list[Run], args: Namespace) -> Summary:
+        submitted.append([r.name for r in runs])
+        return Summary(submitted=[(r, f"7_{i}") for i, r in enumerate(runs)])
+
+    monkeypatch.setattr(launcher, "run_submitit", submit)
+    assert launcher.main(tune_argv(tmp_path, "--yes", "--launcher", "slurm", "--no_wait")) == 0
+    assert len(submitted) == 1 and len(submitted[0]) == 4 and all(n.endswith("_val") for n in submitted[0])
+    assert "run the same command again once the validation jobs have finished" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------------------------- real grids
 
 
@@ -477,3 +642,41 @@ def test_real_grid_through_submitit_local_executor(tmp_path: Path, capsys: pytes
     docs = _check_real_results(res, logs)
     assert {d["environment"]["threads"] for d in docs} == {1}
     _check_report(res, docs)
+
+
+def test_real_tune_validation_grid_chooses_on_validation_then_tests(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    res, logs = tmp_path / "res", tmp_path / "logs"
+    argv = [
+        "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "AdaB2N", "--num_seeds", "1",
+        "--buffer_sizes", "200", "--kappas", "0.4", "1.0", "--lambdas", "0.1", "--ada_t0s", "0", "--nowandb",
+        "--tune", "validation", "--extra", REAL_EXTRA.replace(" --validation 1", ""), "--launcher", "local",
+        "--cpu_workers", "1", "--coldsecs", "0", "--waitsecs", "0", "--results_path", str(res), "--logdir", str(logs),
+        "--yes",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *argv], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "=> phase 1 (validation) summary: 2 done, 0 skipped (results existed), 0 failed" in proc.stdout
+    assert "=> phase 2 (test) summary: 2 done, 0 skipped (results existed), 0 failed" in proc.stdout
+    docs = [json.loads(p.read_text()) for p in sorted((res / "class-il" / "seq-fmnist" / "er_ace").glob("*.json"))]
+    val = {(d["args"]["kappa"], d["args"]["lambd"], d["args"]["ada_t0"]): d for d in docs if d["args"]["validation"]}
+    test = {d["args"]["nl"]: d for d in docs if not d["args"]["validation"]}
+    assert len(docs) == 4 and set(val) == {(0.4, 0.1, 0), (1.0, 0.1, 0)} and set(test) == {"BN", "AdaB2N"}
+    assert all(d["name"].endswith("_val") and d["args"]["nl"] == "AdaB2N" for d in val.values())
+    assert all((logs / f"{d['name']}.txt").exists() for d in docs)
+    best = max(sorted(val), key=lambda c: val[c]["final"]["class_il_avg"])
+    ada = test["AdaB2N"]["args"]
+    assert (ada["kappa"], ada["lambd"], ada["ada_t0"]) == best
+    files = write_report(res, plots=False)
+    assert f"| AdaB2N | seq-fmnist er_ace 200 | {best[0]:g} | 0.1 | 0 | validation |" in files.text
+    for name, doc in test.items():
+        assert f"| {name} | {doc['final']['class_il_avg']:.2f} (1) |" in files.text  # the test run, not †
+
+    assert launcher.main(argv, probe=no_gpu) == 0
+    again = capsys.readouterr().out
+    assert "=> phase 2 (test) summary: 0 done, 2 skipped (results existed), 0 failed" in again
+    assert f"AdaB2N runs kappa {best[0]}, lambd 0.1, ada_t0 0" in again
+    assert len(list(res.rglob("*.json"))) == 4

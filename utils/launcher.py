@@ -11,6 +11,9 @@ output in ``--logdir/NAME.txt``. On top of the reference:
   process, so a run left running by a killed launcher is waited for instead of started twice;
 * **failures** — a failing run does not stop the grid; ``--retries`` retries it, and a summary lists each
   failure with its log;
+* **tuning** — ``--tune validation`` chooses AdaB²N's configuration as the paper does: phase 1 runs the
+  configurations on the validation split (``--validation 1``, names ending in ``_val``) for ``--tune_seeds``, then
+  phase 2 the test grid with, for AdaB²N and its pseudo-methods, only each column's choice (the report's rule);
 * **where** — ``--launcher local`` places runs on idle GPUs found through NVML (or on CPU workers without GPUs),
   ``--launcher slurm`` submits a submitit job array whose jobs run the same command as a subprocess.
 """
@@ -62,6 +65,10 @@ PSEUDO_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 """Methods that are a registered norm plus flags: name -> (``--nl``, extra flags)."""
 
+TUNE_MODES = ("none", "validation")
+VALIDATION_SUFFIX = "_val"
+"""Appended to the run, results and wandb names of ``--tune validation``'s phase-1 runs."""
+
 NO_AFFINE_METHODS = frozenset({"CN"})
 """As the reference launcher (and the official CN code, whose optimiser has no affine parameters)."""
 
@@ -102,6 +109,16 @@ CommandBuilder = Callable[["Run", "int | None"], list[str]]
 """Builds a run's command line; the second argument is the CPU thread count when the run goes to the CPU."""
 
 
+Config = tuple[float, float, int]
+"""An AdaB²N configuration ``(kappa, lambd, ada_t0)``, as ``utils.report.Config``."""
+
+GridKey = tuple[str, str, int | None]
+"""A column of the paper's table, ``(dataset, model, buffer size)``: AdaB²N's configuration is chosen per column."""
+
+ConfigsOf = Callable[[str, str, int | None], Sequence[Config]]
+"""The AdaB²N configurations to run in a column (none: the column's AdaB²N runs are left out)."""
+
+
 class NoGpuError(RuntimeError):
     """NVML is missing or sees no GPU: the local launcher falls back to CPU workers."""
 
@@ -122,6 +139,8 @@ class Run:
     usage_threshold: float
     interpreter: str
     workdir: Path
+    config: Config | None = None
+    validation: bool = False
 
     @property
     def lock(self) -> Path:
@@ -201,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--logdir", default="data/logs", help="folder of the runs' output, one NAME.txt per run")
     g.add_argument("--nowandb", action="store_true", help="disable wandb in every run")
     g.add_argument("--wandb_project", default="CL", help="wandb project prefix (the dataset is appended)")
+
+    t = p.add_argument_group("AdaB2N selection")
+    t.add_argument(
+        "--tune",
+        choices=TUNE_MODES,
+        default="none",
+        help="none: every AdaB2N configuration on the test protocol, for every seed (the reference's); validation: "
+        "phase 1 runs AdaB2N's configurations with --validation 1 for --tune_seeds, phase 2 the test grid with "
+        "each column's best configuration for AdaB2N and AdaB2N-renorm",
+    )
+    t.add_argument("--tune_seeds", type=int, nargs="+", default=[0], help="seeds of the validation runs")
 
     r = p.add_argument_group("execution")
     r.add_argument(
@@ -287,10 +317,17 @@ def validate_args(args: Namespace) -> None:
     missing = [d for d in args.datasets if d not in PAPER_BUFFERS]
     if args.buffer_sizes is None and missing:
         raise UserError(f"no default buffer sizes for {', '.join(missing)}; pass --buffer_sizes N ...")
+    if min(args.tune_seeds) < 0:
+        raise UserError(f"--tune_seeds must be >= 0, got {args.tune_seeds}")
     for token in split_extra(args.extra):
         flag = token.split("=", 1)[0]
         if flag in RESERVED_EXTRA:
             raise UserError(f"--extra may not set {flag}: the launcher sets it per run; use {RESERVED_EXTRA[flag]}")
+        if flag == "--validation" and args.tune == "validation":
+            raise UserError(
+                "--extra may not set --validation with --tune validation: phase 1 runs on the validation split, "
+                "phase 2 on the test set; drop it from --extra"
+            )
 
 
 def split_extra(extra: str) -> list[str]:
@@ -332,14 +369,23 @@ def run_name(dataset: str, epochs: int, model: str, buffer: int | None, label: s
     return _safe(f"{dataset}_ep{epochs}_{model}_buf{buf}_{label}_seed{seed}_{mode}")
 
 
-def _adaptive_configs(args: Namespace, dataset: str) -> list[tuple[float, float, int]]:
+def _adaptive_configs(args: Namespace, dataset: str) -> list[Config]:
     default_lambdas = PAPER_LAMBDAS_MINIIMG if dataset == "seq-miniimg" else PAPER_LAMBDAS
     lambdas = args.lambdas if args.lambdas is not None else default_lambdas
     return list(itertools.product(args.kappas, lambdas, args.ada_t0s))
 
 
-def expand_grid(args: Namespace) -> list[Run]:
-    """Every run of the grid, in the reference's order (seed, dataset, method, model, buffer, AdaB²N config)."""
+def norm_of(method: str) -> str:
+    """The ``--nl`` of a method: itself, or the norm under a pseudo-method."""
+    return PSEUDO_METHODS.get(method, (method, ()))[0]
+
+
+def _expand(
+    args: Namespace, seeds: Iterable[int], methods: Sequence[str], configs_of: ConfigsOf, validation: bool = False
+) -> list[Run]:
+    """The runs of ``seeds × datasets × methods × models × buffers`` (the reference's order), each AdaB²N method
+    with ``configs_of``'s configurations; ``validation`` runs get ``--validation 1`` and a ``_val`` suffix on their
+    run, results and wandb names so that they never collide with the test runs of the same configuration."""
     from datasets import get_dataset_class
     from models import MODELS
     from utils.results import results_file
@@ -347,55 +393,87 @@ def expand_grid(args: Namespace) -> list[Run]:
     results_root = Path(args.results_path).resolve()
     logdir = Path(args.logdir).resolve()
     extra = split_extra(args.extra)
+    suffix = VALIDATION_SUFFIX if validation else ""
     runs: list[Run] = []
-    for seed, dataset, method, model in itertools.product(
-        range(args.num_seeds), args.datasets, args.methods, args.models
-    ):
+    for seed, dataset, method, model in itertools.product(seeds, args.datasets, methods, args.models):
         nl, method_flags = PSEUDO_METHODS.get(method, (method, ()))
         uses_buffer = MODELS.get(model).USES_BUFFER
         buffers: Sequence[int | None] = (args.buffer_sizes or PAPER_BUFFERS[dataset]) if uses_buffer else [None]
-        configs: list[tuple[Any, Any, Any]] = _adaptive_configs(args, dataset) if nl == ADAPTIVE_NORM else [(None,) * 3]
         setting = get_dataset_class(dataset).SETTING
         threshold = args.usage_threshold
         if threshold is None:
             threshold = USAGE_THRESHOLD_MINIIMG if dataset == "seq-miniimg" else USAGE_THRESHOLD
-        for buffer, (kappa, lambd, ada_t0) in itertools.product(buffers, configs):
-            label = method_label(method, kappa, lambd, ada_t0)
-            name = run_name(dataset, args.epochs, model, buffer, label, seed, args.buffer_mode)
-            buf = "" if buffer is None else str(buffer)
-            argv = ["--load_best_args", "--seed", str(seed), "--dataset", dataset, "--model", model]
-            argv += ["--nl", nl, *method_flags]
-            if buffer is not None:
-                argv += ["--buffer_size", str(buffer)]
-            argv += ["--epochs", str(args.epochs), "--bs", str(args.bs), "--buffer_mode", args.buffer_mode]
-            if kappa is not None:
-                argv += ["--kappa", _number(kappa), "--lambd", _number(lambd), "--ada_t0", str(ada_t0)]
-            if method in NO_AFFINE_METHODS:
-                argv += ["--no_affine", "1"]
-            argv += ["--run_name", name, "--results_path", str(results_root)]
-            argv += ["--wandb_project", f"{args.wandb_project}_{dataset}", "--wandb_name", name]
-            argv += ["--wandb_group", f"{model}{buf}_{label}"]
-            if args.nowandb:
-                argv += ["--nowand", "1"]
-            argv += extra
-            spec = Namespace(results_path=results_root, setting=setting, dataset=dataset, model=model, run_name=name)
-            runs.append(
-                Run(
-                    name=name,
-                    dataset=dataset,
-                    model=model,
-                    buffer_size=buffer,
-                    method=method,
-                    seed=seed,
-                    argv=tuple(argv),
-                    results=results_file(spec),
-                    log=logdir / f"{name}.txt",
-                    usage_threshold=threshold,
-                    interpreter=args.interpreter,
-                    workdir=Path.cwd(),
+        for buffer in buffers:
+            configs: Sequence[Config | None] = configs_of(dataset, model, buffer) if nl == ADAPTIVE_NORM else [None]
+            for config in configs:
+                kappa, lambd, ada_t0 = config if config is not None else (None, None, None)
+                label = method_label(method, kappa, lambd, ada_t0)
+                name = run_name(dataset, args.epochs, model, buffer, label, seed, args.buffer_mode) + suffix
+                buf = "" if buffer is None else str(buffer)
+                argv = ["--load_best_args", "--seed", str(seed), "--dataset", dataset, "--model", model]
+                argv += ["--nl", nl, *method_flags]
+                if buffer is not None:
+                    argv += ["--buffer_size", str(buffer)]
+                argv += ["--epochs", str(args.epochs), "--bs", str(args.bs), "--buffer_mode", args.buffer_mode]
+                if kappa is not None:
+                    argv += ["--kappa", _number(kappa), "--lambd", _number(lambd), "--ada_t0", str(ada_t0)]
+                if method in NO_AFFINE_METHODS:
+                    argv += ["--no_affine", "1"]
+                if validation:
+                    argv += ["--validation", "1"]
+                argv += ["--run_name", name, "--results_path", str(results_root)]
+                argv += ["--wandb_project", f"{args.wandb_project}_{dataset}", "--wandb_name", name]
+                argv += ["--wandb_group", f"{model}{buf}_{label}{suffix}"]
+                if args.nowandb:
+                    argv += ["--nowand", "1"]
+                argv += extra
+                spec = Namespace(
+                    results_path=results_root, setting=setting, dataset=dataset, model=model, run_name=name
                 )
-            )
+                runs.append(
+                    Run(
+                        name=name,
+                        dataset=dataset,
+                        model=model,
+                        buffer_size=buffer,
+                        method=method,
+                        seed=seed,
+                        argv=tuple(argv),
+                        results=results_file(spec),
+                        log=logdir / f"{name}.txt",
+                        usage_threshold=threshold,
+                        interpreter=args.interpreter,
+                        workdir=Path.cwd(),
+                        config=config,
+                        validation=validation,
+                    )
+                )
     return runs
+
+
+def expand_grid(args: Namespace) -> list[Run]:
+    """Every run of the grid, in the reference's order (seed, dataset, method, model, buffer, AdaB²N config)."""
+    return _expand(args, range(args.num_seeds), args.methods, lambda dataset, *_: _adaptive_configs(args, dataset))
+
+
+def expand_validation(args: Namespace) -> list[Run]:
+    """Phase 1 of ``--tune validation``: plain AdaB²N, every configuration, on the validation split, for the
+    ``--tune_seeds`` only. Its pseudo-methods (``AdaB2N-renorm``) reuse its choice instead of a search of their own,
+    so phase 1 runs AdaB²N whenever any method of its family is in ``--methods``."""
+    tuned = any(norm_of(m) == ADAPTIVE_NORM for m in args.methods)
+    methods = [ADAPTIVE_NORM] if tuned else []
+    return _expand(args, args.tune_seeds, methods, lambda dataset, *_: _adaptive_configs(args, dataset), True)
+
+
+def expand_test(args: Namespace, chosen: dict[GridKey, Config]) -> list[Run]:
+    """Phase 2 of ``--tune validation``: the test grid, each AdaB²N-family method only at its column's ``chosen``
+    configuration; a column without a choice has no AdaB²N runs (yet)."""
+
+    def configs_of(dataset: str, model: str, buffer: int | None) -> list[Config]:
+        config = chosen.get((dataset, model, buffer))
+        return [] if config is None else [config]
+
+    return _expand(args, range(args.num_seeds), args.methods, configs_of)
 
 
 def validate_runs(runs: Sequence[Run]) -> None:
@@ -417,6 +495,64 @@ def validate_runs(runs: Sequence[Run]) -> None:
             lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
             reason = lines[-1] if lines else "invalid arguments"
             raise UserError(f"run {run.name} would fail: {reason} (check --extra)") from None
+
+
+def column_label(key: GridKey) -> str:
+    """A column as the report labels it: ``seq-fmnist er_ace 200``."""
+    dataset, model, buffer = key
+    return f"{dataset} {model}" + ("" if buffer is None else f" {buffer}")
+
+
+@dataclass
+class Selection:
+    """What the validation runs chose: a configuration per column, its mean validation accuracy, and for each
+    column without a choice why (the validation runs without results, with their logs)."""
+
+    chosen: dict[GridKey, Config] = field(default_factory=dict)
+    accuracy: dict[GridKey, float] = field(default_factory=dict)
+    missing: dict[GridKey, list[str]] = field(default_factory=dict)
+
+
+def select_from_validation(phase1: Sequence[Run]) -> Selection:
+    """Choose each column's AdaB²N configuration from its phase-1 results with the report's loader and rule
+    (``utils.report.select_configs``), so ``run.py`` runs the configuration that the tables will report. Only the
+    phase-1 runs' own results files count, and a column is chosen only once all of them exist: choosing among the
+    runs that happened to succeed would pick another configuration after they are retried."""
+    from utils.report import Record, load_records, select_configs
+
+    selection = Selection()
+    if not phase1:
+        return selection
+    wanted = {run.results: run for run in phase1}
+    roots = {run.results.parent for run in phase1}
+    records: list[Record] = []
+    warnings: list[str] = []
+    for root in sorted(roots):
+        found, notes = load_records(root) if root.is_dir() else ([], [])
+        records += [r for r in found if r.path in wanted]
+        warnings += notes
+    loaded = {r.path for r in records}
+    columns: dict[GridKey, list[Run]] = {}
+    for run in phase1:
+        columns.setdefault((run.dataset, run.model, run.buffer_size), []).append(run)
+    for key, runs in columns.items():
+        reasons = []
+        for run in runs:
+            if run.results in loaded:
+                continue
+            if run.results.exists():
+                why = next((w for w in warnings if str(run.results) in w), "unreadable results file")
+                reasons.append(f"{run.name} ({why})")
+            else:
+                reasons.append(f"{run.name} (no results; log {run.log})")
+        if reasons:
+            selection.missing[key] = reasons
+    usable = [r for r in records if (r.dataset, r.model, r.buffer_size) not in selection.missing]
+    for key, config in select_configs(usable).items():
+        selection.chosen[key] = config
+        values = [r.class_il for r in usable if (r.dataset, r.model, r.buffer_size) == key and r.config == config]
+        selection.accuracy[key] = sum(values) / len(values)
+    return selection
 
 
 # ----------------------------------------------------------------------------------------------- running one run
@@ -495,14 +631,14 @@ class Summary:
             return 130
         return 1 if self.failed else 0
 
-    def format(self) -> str:
+    def format(self, title: str = "summary") -> str:
         parts = [f"{len(self.done)} done", f"{len(self.skipped)} skipped (results existed)"]
         parts.append(f"{len(self.failed)} failed")
         if self.interrupted:
             parts.append(f"{len(self.interrupted)} interrupted")
         if self.submitted:
             parts.append(f"{len(self.submitted)} submitted, not waited for")
-        lines = [f"=> summary: {', '.join(parts)}"]
+        lines = [f"=> {title}: {', '.join(parts)}"]
         lines += [f"   failed: {run.name} ({why}); log: {run.log}" for run, why in self.failed]
         lines += [f"   interrupted: {run.name}; log: {run.log}" for run in self.interrupted]
         lines += [f"   submitted: {run.name} as job {job}; log: {run.log}" for run, job in self.submitted]
@@ -839,6 +975,104 @@ def confirm(count: int) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+def check_unique(runs: Sequence[Run]) -> None:
+    if len({r.name for r in runs}) != len(runs):
+        raise UserError("the grid repeats a run (duplicate values in a flag?); remove the duplicates")
+
+
+def execute(runs: Sequence[Run], args: Namespace, probe: GpuProbe, command: CommandBuilder) -> Summary:
+    """Run ``runs`` with ``--launcher``: the local scheduler, or a submitit job array."""
+    if args.launcher != "local":
+        return run_submitit(runs, args)
+    return LocalScheduler(
+        runs,
+        probe=probe,
+        command=command,
+        max_per_gpu=args.max_per_gpu,
+        cpu_workers=args.cpu_workers,
+        coldsecs=args.coldsecs,
+        waitsecs=args.waitsecs,
+        retries=args.retries,
+    ).run()
+
+
+def print_runs(runs: Iterable[Run], command: CommandBuilder) -> None:
+    for run in runs:
+        status = "done" if run.results.exists() else "todo"
+        print(f"[{status}] {run.name}: {shlex.join(command(run, None))}")
+
+
+def _config_text(config: Config) -> str:
+    return f"kappa {_number(config[0])}, lambd {_number(config[1])}, ada_t0 {config[2]}"
+
+
+def run_tuned(
+    args: Namespace, phase1: Sequence[Run], grid: Sequence[Run], probe: GpuProbe, command: CommandBuilder
+) -> int:
+    """``--tune validation``: phase 1 (AdaB²N's configurations on the validation split), the selection, then
+    phase 2 (the test grid with each column's chosen configuration); returns the exit code.
+
+    A column whose validation runs did not all finish gets no AdaB²N runs in phase 2, the other runs still go
+    ahead, and the exit code is 1 with one error line per such column; rerunning the command retries them."""
+    selection = select_from_validation(phase1)
+    phase2 = expand_test(args, selection.chosen)
+    later: dict[GridKey, list[Run]] = {}
+    for run in grid:
+        key = (run.dataset, run.model, run.buffer_size)
+        if norm_of(run.method) == ADAPTIVE_NORM and key not in selection.chosen:
+            later.setdefault(key, []).append(run)
+    n_later = sum(len({(r.seed, r.method) for r in runs}) for runs in later.values())
+    done1 = sum(r.results.exists() for r in phase1)
+    done2 = sum(r.results.exists() for r in phase2)
+    seeds = " ".join(map(str, args.tune_seeds))
+    todo1 = len(phase1) - done1
+    print(f"=> phase 1: {len(phase1)} AdaB2N validation run(s) (seeds {seeds}): {done1} already done, {todo1} to run")
+    pending = f", {n_later} more once the validation runs have chosen their configuration" if n_later else ""
+    print(f"=> phase 2: {len(phase2)} test run(s): {done2} already done, {len(phase2) - done2} to run{pending}")
+    if args.dry_run:
+        print("=> phase 1 (validation split):")
+        print_runs(phase1, command)
+        print("=> phase 2 (test):")
+        print_runs(phase2, command)
+        for key, runs in later.items():
+            methods = ", ".join(dict.fromkeys(r.method for r in runs))
+            n_seeds = len({r.seed for r in runs})
+            what = f"{column_label(key)} {methods} x {n_seeds} seed(s)"
+            print(f"[later] {what}: (config chosen after the validation runs)")
+        print(f"=> {len(phase1)} validation run(s) + {len(phase2) + n_later} test run(s)")
+        return 0
+    todo = todo1 + len(phase2) - done2 + n_later
+    if not args.yes and todo and not confirm(todo):
+        print("=> nothing started")
+        return 1
+    first = execute(phase1, args, probe, command) if phase1 else Summary()
+    print(first.format("phase 1 (validation) summary"), flush=True)
+    if first.interrupted:
+        return first.exit_code
+    if first.submitted:
+        print(
+            "=> phase 2 (the test runs) is expanded from the validation results: run the same command again once "
+            "the validation jobs have finished"
+        )
+        return 0
+    selection = select_from_validation(phase1)
+    for key, config in selection.chosen.items():
+        accuracy = f"mean validation class-IL accuracy {selection.accuracy[key]:.2f}%"
+        print(f"=> {column_label(key)}: AdaB2N runs {_config_text(config)} ({accuracy})")
+    phase2 = expand_test(args, selection.chosen)
+    second = execute(phase2, args, probe, command) if phase2 else Summary()
+    print(second.format("phase 2 (test) summary"), flush=True)
+    for key, reasons in selection.missing.items():
+        message = (
+            f"error: no AdaB2N configuration for {column_label(key)}, so its AdaB2N runs were not started: "
+            f"validation run(s) without results: {'; '.join(reasons)}; fix them and run the same command again"
+        )
+        print(message, file=sys.stderr)
+    if second.interrupted:
+        return second.exit_code
+    return 1 if first.failed or second.failed or selection.missing else 0
+
+
 def main(
     argv: Sequence[str] | None = None, *, probe: GpuProbe = nvml_probe, command: CommandBuilder = default_command
 ) -> int:
@@ -851,35 +1085,24 @@ def main(
             out = [args.results_path] + ([] if args.report_dir is None else ["--out", args.report_dir])
             return report.main(out)
         runs = expand_grid(args)
-        if len({r.name for r in runs}) != len(runs):
-            raise UserError("the grid repeats a run (duplicate values in a flag?); remove the duplicates")
+        phase1 = expand_validation(args) if args.tune == "validation" else []
+        check_unique([*phase1, *runs])
+        validate_runs(phase1)
         validate_runs(runs)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.tune == "validation":
+        return run_tuned(args, phase1, runs, probe, command)
     done = [r for r in runs if r.results.exists()]
     print(f"=> {len(runs)} run(s) in the grid: {len(done)} already done, {len(runs) - len(done)} to run", flush=True)
     if args.dry_run:
-        for run in runs:
-            status = "done" if run.results.exists() else "todo"
-            print(f"[{status}] {run.name}: {shlex.join(command(run, None))}")
+        print_runs(runs, command)
         print(f"=> {len(runs)} run(s)")
         return 0
     if not args.yes and len(done) < len(runs) and not confirm(len(runs) - len(done)):
         print("=> nothing started")
         return 1
-    if args.launcher == "local":
-        summary = LocalScheduler(
-            runs,
-            probe=probe,
-            command=command,
-            max_per_gpu=args.max_per_gpu,
-            cpu_workers=args.cpu_workers,
-            coldsecs=args.coldsecs,
-            waitsecs=args.waitsecs,
-            retries=args.retries,
-        ).run()
-    else:
-        summary = run_submitit(runs, args)
+    summary = execute(runs, args, probe, command)
     print(summary.format(), flush=True)
     return summary.exit_code

@@ -8,7 +8,9 @@ any launcher — not only ``run.py`` — are grouped the same way.
 AdaB²N is a family of configurations ``(kappa, lambd, ada_t0)``: per column the report picks the configuration
 with the best mean class-IL accuracy on the validation split when runs with ``--validation 1`` exist (and reports
 the test runs of that configuration), otherwise on the final test accuracy, which the tables then say is
-optimistic. The sensitivity tables show every ``kappa × lambd`` configuration.
+optimistic. A cell with a single configuration and no validation runs chose nothing on the test accuracy: the
+table says it is AdaB²N's validation choice (``AdaB2N-renorm`` after ``run.py --tune validation``) or the only
+configuration run. The sensitivity tables show every ``kappa × lambd`` configuration.
 
 Writes ``report.md`` (also printed), ``summary.csv``, ``sensitivity.csv``, ``results.tex`` and PNG plots: average
 class-IL accuracy after each task, the accuracy matrix, and — for runs with ``--diagnose_norm 1`` — the distance of
@@ -49,12 +51,22 @@ PROTOCOL_FIELDS = (
     "optim_wd",
     "optim_mom",
     "no_task_shuffle",
+    "amp",
 )
 """Arguments that change the experiment itself: runs differing in them are never averaged together."""
+PROTOCOL_DEFAULTS = {"amp": 0}
+"""Values of protocol fields added later, for results files written before them."""
 
 METRICS = (("class_il", "Class-IL accuracy (%)"), ("task_il", "Task-IL accuracy (%)"), ("forgetting", "Forgetting"))
 DRIFT_KEYS = ("mean_to_balanced", "mean_to_latest", "var_to_balanced", "var_to_latest")
 VALIDATION_MARK = "†"
+ON_VALIDATION = "validation"
+ON_TEST = "final test accuracy"
+ON_ADAPTIVE_CHOICE = f"{ADAPTIVE_NORM}'s validation choice"
+ON_SINGLE = "only configuration run"
+"""How an AdaB²N-family cell's configuration was chosen: on its validation runs; on the test accuracy it reports
+(optimistic); it is the one the AdaB2N cell chose on validation (``run.py --tune validation`` runs AdaB2N-renorm so);
+or it is the only one run."""
 
 Config = tuple[float, float, int]
 
@@ -109,7 +121,7 @@ def _record(path: Path, doc: dict[str, Any]) -> Record:
         buffer_size=args.get("buffer_size"),
         seed=args.get("seed"),
         validation=bool(args.get("validation")),
-        protocol=tuple((f, args.get(f)) for f in PROTOCOL_FIELDS),
+        protocol=tuple((f, args.get(f, PROTOCOL_DEFAULTS.get(f))) for f in PROTOCOL_FIELDS),
         class_il=float(final["class_il_avg"]),
         task_il=float(final["task_il_avg"]),
         forgetting=None if final.get("forgetting") is None else float(final["forgetting"]),
@@ -241,8 +253,27 @@ def _method_key(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
+def _by_config(runs: Iterable[Record]) -> dict[Config, list[Record]]:
+    by_config: dict[Config, list[Record]] = defaultdict(list)
+    for r in runs:
+        by_config[r.config].append(r)  # type: ignore[index]
+    return by_config
+
+
 def _best_config(by_config: dict[Config, list[Record]]) -> Config:
+    """The best mean class-IL accuracy; ties go to the smallest configuration, so reruns pick the same one."""
     return max(sorted(by_config), key=lambda c: Stat.of(r.class_il for r in by_config[c]).mean or -math.inf)
+
+
+def select_configs(records: Iterable[Record]) -> dict[tuple[str, str, int | None], Config]:
+    """Per dataset × model × buffer, the AdaB²N configuration with the best mean class-IL accuracy over its
+    validation runs: the tables' own rule, public so that ``run.py --tune validation`` runs in phase 2 the
+    configuration that the tables then report."""
+    groups: dict[tuple[str, str, int | None], list[Record]] = defaultdict(list)
+    for r in records:
+        if r.method == ADAPTIVE_NORM and r.validation and r.config is not None:
+            groups[(r.dataset, r.model, r.buffer_size)].append(r)
+    return {key: _best_config(_by_config(runs)) for key, runs in groups.items()}
 
 
 def build_report(records: Sequence[Record]) -> Report:
@@ -261,17 +292,21 @@ def build_report(records: Sequence[Record]) -> Report:
             chosen = test or val
             report.entries[key] = Entry(chosen, on_validation=not test)
             continue
-        select = val or test
-        by_config: dict[Config, list[Record]] = defaultdict(list)
-        for r in select:
-            by_config[r.config].append(r)  # type: ignore[index]
+        by_config = _by_config(val or test)
         best = _best_config(by_config)
         reported = [r for r in test if r.config == best] or [r for r in val if r.config == best]
-        selected_on = "validation" if val else "final test accuracy"
+        selected_on = ON_VALIDATION if val else ON_TEST
         on_validation = not any(r.config == best for r in test)
         report.entries[key] = Entry(reported, best, selected_on, on_validation)
         report.sensitivity[key] = {c: Stat.of(r.class_il for r in rs) for c, rs in by_config.items()}
         report.sensitivity_split[key] = "validation" if val else "test"
+    for (method, column), entry in report.entries.items():
+        if entry.selected_on != ON_TEST or len(report.sensitivity[(method, column)]) > 1:
+            continue
+        # One configuration and no validation runs: nothing was chosen on the test accuracy.
+        base = report.entries.get((ADAPTIVE_NORM, column))
+        inherited = base is not None and base.selected_on == ON_VALIDATION and base.config == entry.config
+        entry.selected_on = ON_ADAPTIVE_CHOICE if method != ADAPTIVE_NORM and inherited else ON_SINGLE
     return report
 
 
@@ -311,10 +346,10 @@ def markdown(report: Report, title: str) -> str:
         for m, c in tuned:
             e = report.entries[(m, c)]
             kappa, lambd, t0 = e.config  # type: ignore[misc]
-            note = e.selected_on if e.selected_on == "validation" else f"{e.selected_on} (no validation runs)"
+            note = f"{e.selected_on} (no validation runs)" if e.selected_on == ON_TEST else e.selected_on
             out.append(f"| {m} | {c.label} | {kappa:g} | {lambd:g} | {t0} | {note} |")
         out.append("")
-        if any(report.entries[k].selected_on != "validation" for k in tuned):
+        if any(report.entries[k].selected_on == ON_TEST for k in tuned):
             out += [
                 "Where no `--validation 1` runs exist, the configuration is chosen on the same final test accuracy "
                 "that the table reports, which is optimistic.",
