@@ -33,6 +33,7 @@ def run_one(model: str, nl: str, a: argparse.Namespace, results: Path) -> dict:
     cmd += ["--device", a.device] if a.device else []
     cmd += ["--num_threads", str(a.threads)] if a.threads else []
     cmd += ["--samples_per_class", str(a.samples_per_class)] if a.samples_per_class else []
+    cmd += a.extra.split()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -49,6 +50,7 @@ def run_one(model: str, nl: str, a: argparse.Namespace, results: Path) -> dict:
         "eval_s_per_task": [round(s, 2) for s in timing["eval_seconds"]],
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
         "class_il": round(data["final"]["class_il_avg"], 2),
+        "extra": a.extra,
         "device": data["environment"]["device"],
         "threads": data["environment"]["threads"],
     }
@@ -63,6 +65,7 @@ def main() -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--samples_per_class", type=int, default=None, help="default: the full 6000 per class")
+    p.add_argument("--extra", default="", help="more flags for every run, e.g. '--amp 1 --channels_last 1'")
     a = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

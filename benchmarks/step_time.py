@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks.common import build, timed
-from models.utils.norms import task_aware_layers
+from models.utils.norms import task_aware_layers, task_counts
 from utils.training import Trainer
 from utils.wandb_logger import WandbLogger
 
@@ -36,13 +36,20 @@ def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
     for layer in task_aware_layers(model.net):
         layer.norm_loss = None  # a graph node: not copyable
     net = copy.deepcopy(model.net)
+    if model.args.compile:
+        net.compile()  # a deep copy drops the compiled call (Module.__getstate__): compile the copy too
     opt = torch.optim.SGD(net.parameters(), lr=model.args.lr)
     layers = task_aware_layers(net)
+    n_tasks = model.dataset.N_TASKS
 
     def forward(x: Tensor, ids: Tensor) -> Tensor:
+        counts = task_counts(ids, n_tasks)
         for layer in layers:
-            layer.set_batch_tasks(ids)
-        out = net(x)
+            layer.set_batch_tasks(ids, counts)
+        if model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with model.autocast():
+            out = net(x).float()
         extra = [layer.norm_loss for layer in layers if layer.norm_loss is not None]
         return out, extra
 

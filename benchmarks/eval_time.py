@@ -1,0 +1,88 @@
+"""Evaluation throughput: the framework's ``evaluate`` against a bare inference loop over the same test tensors.
+
+``framework`` times ``utils.training.evaluate`` on every task's test set (uint8 images normalised on the device,
+class-IL and task-IL counts kept on the device, one host read per task); ``bare`` times ``net(x).argmax(1)`` in
+eval mode under ``torch.no_grad`` over the same images, normalised beforehand, in batches of the same size. Both
+run on the network after training task 0, so the norm layers are in their evaluation state. The last output line
+is a JSON object with ``framework_ips``, ``bare_ips`` (images per second) and ``ratio`` = framework / bare.
+
+    python benchmarks/eval_time.py --dataset seq-fmnist --nl AdaB2N --nf 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+from benchmarks.common import build, timed
+from utils.training import Trainer, evaluate
+from utils.wandb_logger import WandbLogger
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="seq-fmnist")
+    p.add_argument("--nl", default="BN")
+    p.add_argument("--nf", type=int, default=20)
+    p.add_argument("--device", default=None)
+    p.add_argument("--repeats", type=int, default=5, help="timed passes over the test sets (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--synthetic", type=int, default=None, help="random images per class instead of the files")
+    p.add_argument("--extra", default="", help="more framework flags, e.g. '--eval_batch_size 512 --amp 1'")
+    a = p.parse_args()
+    argv = ["--dataset", a.dataset, "--model", "sgd", "--nl", a.nl, "--nf", str(a.nf), "--lr", "0.03"]
+    argv += ["--bs", "10", "--epochs", "1", "--seed", "0", "--nowand", "1", "--non_verbose", "1"]
+    argv += ["--samples_per_class", "200", *a.extra.split()]
+    argv += ["--device", a.device] if a.device else []
+    argv += ["--num_threads", str(a.threads)] if a.threads else []
+    args, dataset, model = build(argv, a.synthetic)
+    device = dataset.device
+    trainer = Trainer(model, dataset, args, WandbLogger(args))
+    task0 = dataset.task(0)
+    for idx in torch.randperm(len(task0.train_y), device=device).split(args.batch_size):
+        trainer.train_step(task0, idx)
+    model.end_task(dataset)
+
+    tasks = list(range(dataset.N_TASKS))
+    images = sum(len(dataset.task(t).test_y) for t in tasks)
+    bs = args.eval_batch_size
+    framework = [timed(lambda: evaluate(model, dataset, tasks, bs), device) for _ in range(a.repeats + 1)]
+
+    xs = [dataset.test_transform(dataset.task(t).test_x) for t in tasks]
+
+    @torch.no_grad()
+    def bare() -> None:
+        model.net.eval()
+        for x in xs:
+            for start in range(0, len(x), bs):
+                model(x[start : start + bs]).argmax(1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    bare_ms = [timed(bare, device) for _ in range(a.repeats + 1)]
+    framework_ips = images / statistics.median(framework[1:]) * 1000.0
+    bare_ips = images / statistics.median(bare_ms[1:]) * 1000.0
+    print(
+        json.dumps(
+            {
+                "dataset": a.dataset,
+                "nl": a.nl,
+                "nf": a.nf,
+                "images": images,
+                "eval_batch_size": bs,
+                "framework_ips": round(framework_ips, 1),
+                "bare_ips": round(bare_ips, 1),
+                "ratio": round(framework_ips / bare_ips, 3),
+                "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+                "threads": torch.get_num_threads(),
+                "extra": a.extra,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Issue 5's GPU figures (and, with the time left, issue 7's grid) in one prepared run on a lent GPU machine.
+#
+#   OUT=/path/to/out DEADLINE=560 bash benchmarks/gpu.sh
+#
+# Needs the Fashion-MNIST IDX files under data/fashion-mnist (the machine has no network) and the repository on
+# PYTHONPATH (set here). Every part runs under its own `timeout`, so whatever finished comes back in $OUT.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 NORMCL_OFFLINE=1 OMP_NUM_THREADS=1
+export PYTHON=${PYTHON:-python3}
+OUT=${OUT:-gpu-out}
+DEADLINE=${DEADLINE:-560}
+mkdir -p "$OUT"
+T0=$(date +%s)
+left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
+log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/gpu.log"; }
+
+{ nvidia-smi -L; $PYTHON -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"; nproc; } \
+  >"$OUT/env.txt" 2>&1
+log "env: $(tr '\n' ' ' <"$OUT/env.txt")"
+
+step() {  # dataset model nl nf extra...
+  local ds=$1 model=$2 nl=$3 nf=$4; shift 4
+  local syn=(); [[ $ds == seq-cifar10 ]] && syn=(--synthetic 300)
+  local ada=""; [[ $nl == AdaB2N ]] && ada="--lambd 0.1 --kappa 0.4"
+  timeout 90 $PYTHON benchmarks/step_time.py --device cuda --dataset "$ds" "${syn[@]}" --model "$model" --nl "$nl" \
+    --nf "$nf" --steps 40 --warmup 10 --extra "$ada $*" 2>>"$OUT/gpu.log" | tail -1 >>"$OUT/step_time.jsonl"
+  log "step $ds $model $nl nf$nf $*: $(tail -1 "$OUT/step_time.jsonl")"
+}
+if [[ ${BENCH:-1} == 1 ]]; then
+for ds in seq-cifar10 seq-fmnist; do
+  for model in er_ace derpp; do
+    for nl in BN AdaB2N; do step $ds $model $nl 64; done
+  done
+done
+for opt in "--amp 1" "--channels_last 1"; do
+  step seq-cifar10 er_ace AdaB2N 64 $opt
+  step seq-cifar10 er_ace BN 64 $opt
+done
+step seq-cifar10 er_ace AdaB2N 64 --amp 1 --channels_last 1
+step seq-cifar10 er_ace BN 64 --compile 1
+
+for nl in BN AdaB2N; do
+  timeout 60 $PYTHON benchmarks/eval_time.py --device cuda --dataset seq-fmnist --nl "$nl" --nf 64 \
+    2>>"$OUT/gpu.log" | tail -1 >>"$OUT/eval_time.jsonl"
+  log "eval $nl: $(tail -1 "$OUT/eval_time.jsonl")"
+done
+
+# Full online Split Fashion-MNIST runs, the two er_ace ones side by side (16 cores; tiny kernels).
+for nl in BN AdaB2N; do
+  timeout 200 $PYTHON benchmarks/end_to_end.py --device cuda --models er_ace --nls "$nl" \
+    >"$OUT/e2e_$nl.txt" 2>>"$OUT/gpu.log" &
+done
+wait
+log "e2e: $(grep -h '^{' "$OUT"/e2e_*.txt | tr '\n' ' ')"
+fi
+
+if [[ ${GRID:-1} == 1 && $(left) -gt 120 ]]; then
+  log "grid with $(left)s left"
+  RESULTS=results/fmnist LAUNCH="--max_per_gpu ${MAX_PER_GPU:-14} --coldsecs 0.5 --waitsecs 2" STEP=grid \
+    timeout $(( $(left) - 25 )) bash scripts/reproduce_fmnist.sh >"$OUT/grid.txt" 2>&1
+  log "grid exit $?: $(find results/fmnist -name '*.json' | wc -l) results files"
+  tar czf "$OUT/grid.tar.gz" results/fmnist
+fi
+log "done"
