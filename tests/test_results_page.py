@@ -1,0 +1,65 @@
+"""``utils/results_page.py``: the generated part of ``docs/results.md`` is rewritten, the reading is kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.test_report import write_run
+from utils import results_page
+from utils.report import write_report
+
+
+def make_results(root: Path) -> Path:
+    for seed, (final, seconds) in enumerate([(50.0, 100.0), (60.0, 140.0)]):
+        path = write_run(root, f"bn{seed}", final=final, seed=seed, diagnostics=True)
+        doc = json.loads(path.read_text())
+        doc["timing"] = {"total_seconds": seconds}
+        doc["environment"] = {"device": "cpu", "threads": 2, "torch": "2.14.1"}
+        path.write_text(json.dumps(doc))
+    write_run(root, "ada_val", final=70.0, nl="AdaB2N", validation=1, kappa=0.4, lambd=0.1)
+    (root / "grid_seconds.txt").write_text("3000 hostA 2026-11-26T01:00:00Z\n725 hostB 2026-11-27T01:00:00Z\n")
+    report_dir = root / "report"
+    write_report(root, report_dir)
+    return report_dir
+
+
+def test_new_page_has_provenance_tables_and_relative_plot_links(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    report_dir = make_results(results)
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    assert results_page.main([str(results), str(report_dir), str(page), "--command", "python run.py --x 1"]) == 0
+    text = page.read_text()
+    assert "python run.py --x 1" in text
+    assert "- Runs: 2 on the test protocol, 1 on the validation split." in text
+    assert "- Machine: cpu, 2 thread(s), torch 2.14.1 (2 runs)." in text
+    assert "- Compute: 4 min 00 s summed over the runs' own wall times." in text
+    assert "- Wall time of the grid command: 1 h 02 min in 2 sitting(s)." in text
+    assert "| BN | 55.00 ± 7.07 (2) |" in text  # the report's table, mean ± std of 50 and 60
+    assert "\n## Class-IL accuracy (%)" not in text and "\n### Class-IL accuracy (%)" in text  # one level down
+    link = "../results/report/accuracy_curve__seq-fmnist_er_ace_200.png"
+    assert f"]({link})" in text and (page.parent / link).is_file()
+    assert "norm_drift__seq-fmnist_er_ace_200.png" in text
+    assert text.index(results_page.BEGIN) < text.index(results_page.END) < text.index("## Reading")
+
+
+def test_rewriting_keeps_the_hand_written_reading(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    report_dir = make_results(results)
+    page = tmp_path / "results.md"
+    page.write_text(f"# Title\n\nintro\n\n{results_page.BEGIN}\nold table\n{results_page.END}\n\n## Reading\n\nmine\n")
+    assert results_page.main([str(results), str(report_dir), str(page), "--command", "cmd"]) == 0
+    text = page.read_text()
+    assert text.startswith("# Title\n\nintro\n\n") and text.endswith("\n\n## Reading\n\nmine\n")
+    assert "old table" not in text and "| BN |" in text
+
+
+def test_page_without_markers_is_refused_and_left_alone(tmp_path: Path, capsys) -> None:
+    results = tmp_path / "results"
+    report_dir = make_results(results)
+    page = tmp_path / "results.md"
+    page.write_text("# hand-made\n")
+    assert results_page.main([str(results), str(report_dir), str(page), "--command", "cmd"]) == 2
+    assert page.read_text() == "# hand-made\n"
+    assert "lacks the markers" in capsys.readouterr().err
