@@ -5,8 +5,9 @@
 #   STEP=report bash scripts/reproduce_fmnist.sh   # only the report and the page, from existing results
 #
 # Environment: RESULTS (results folder, default docs/results/fmnist/runs: the published runs), LAUNCH (run.py's execution flags, default
-# "--cpu_workers 2" without a GPU; on one large GPU e.g. "--max_per_gpu 14 --coldsecs 1 --waitsecs 2"),
-# SPC (training images per class, default 1000 as published; "full" for all 6000).
+# "--cpu_workers 2" without a GPU; on one large GPU e.g. "--max_per_gpu 14 --usage_threshold 0.9 --coldsecs 1"),
+# SPC (training images per class, default 1000 as published; "full" for all 6000), EXTRA_FLAGS (more run flags,
+# e.g. "--compile 1" on a GPU, where it makes AdaB2N's step 3x faster; see BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-docs/results/fmnist/runs}
@@ -15,7 +16,7 @@ STEP=${STEP:-all}
 LAUNCH=${LAUNCH:---cpu_workers 2}
 # --channels_last: about 20 % faster on the CPU, same float32 arithmetic; --ignore_other_metrics: no FWT evaluations
 # (not in the tables), 10 % less time.
-EXTRA="--nf 20 --diagnose_norm 1 --channels_last 1 --ignore_other_metrics 1"
+EXTRA="--nf 20 --diagnose_norm 1 --channels_last 1 --ignore_other_metrics 1 ${EXTRA_FLAGS:-}"
 [[ "$SPC" == full ]] || EXTRA="$EXTRA --samples_per_class $SPC"
 
 PYTHON=${PYTHON:-python}
