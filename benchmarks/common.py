@@ -50,6 +50,12 @@ def build(
     return args, dataset, build_model(args, dataset)
 
 
+def machine(device: torch.device) -> dict[str, object]:
+    """Where a figure was measured: the device (the GPU's name on CUDA), torch's CPU threads, torch's version."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
 def timed(fn: Callable[[], object], device: torch.device) -> float:
     """Wall milliseconds of one call, synchronising the device before and after."""
     if device.type == "cuda":

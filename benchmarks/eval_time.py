@@ -17,7 +17,7 @@ import statistics
 
 import torch
 
-from benchmarks.common import build, timed
+from benchmarks.common import build, machine, timed
 from utils.training import Trainer, evaluate
 from utils.wandb_logger import WandbLogger
 
@@ -76,8 +76,7 @@ def main() -> None:
                 "framework_ips": round(framework_ips, 1),
                 "bare_ips": round(bare_ips, 1),
                 "ratio": round(framework_ips / bare_ips, 3),
-                "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-                "threads": torch.get_num_threads(),
+                **machine(device),
                 "extra": a.extra,
             }
         )

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmarks.common import build, timed
+from benchmarks.common import build, machine, timed
 from models.utils.norms import task_aware_layers, task_counts
 from utils.training import Trainer
 from utils.wandb_logger import WandbLogger
@@ -133,9 +133,7 @@ def main() -> None:
         "framework_ms": round(framework_ms, 3),
         "bare_ms": round(bare_ms, 3),
         "ratio": round(framework_ms / bare_ms, 3),
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **machine(device),
     }
     print(json.dumps(result))
 
