@@ -9,15 +9,26 @@ from tests.test_report import write_run
 from utils import results_page
 from utils.report import write_report
 
+PROTOCOL = {"nf": 20, "samples_per_class": 1000, "buffer_mode": "reservoir"}
+
 
 def make_results(root: Path) -> Path:
     for seed, (final, seconds) in enumerate([(50.0, 100.0), (60.0, 140.0)]):
-        path = write_run(root, f"bn{seed}", final=final, seed=seed, diagnostics=True)
+        path = write_run(
+            root,
+            f"bn{seed}",
+            final=final,
+            seed=seed,
+            diagnostics=True,
+            nf=20,
+            samples_per_class=1000,
+            buffer_mode="reservoir",
+        )
         doc = json.loads(path.read_text())
         doc["timing"] = {"total_seconds": seconds}
         doc["environment"] = {"device": "cpu", "threads": 2, "torch": "2.14.1"}
         path.write_text(json.dumps(doc))
-    write_run(root, "ada_val", final=70.0, nl="AdaB2N", validation=1, kappa=0.4, lambd=0.1)
+    write_run(root, "ada_val", final=70.0, nl="AdaB2N", validation=1, kappa=0.4, lambd=0.1, **PROTOCOL)
     (root / "grid_seconds.txt").write_text("3000 hostA 2026-11-26T01:00:00Z\n725 hostB 2026-11-27T01:00:00Z\n")
     report_dir = root / "report"
     write_report(root, report_dir)
@@ -34,6 +45,10 @@ def test_new_page_has_provenance_tables_and_relative_plot_links(tmp_path: Path) 
     assert "python run.py --x 1" in text
     assert "- Runs: 2 on the test protocol, 1 on the validation split." in text
     assert "- Machine: cpu, 2 thread(s), torch 2.14.1 (2 runs)." in text
+    assert (
+        "- Protocol: `--bs 10`, `--epochs 1`, `--buffer_mode reservoir`, `--nf 20`, `--samples_per_class 1000`" in text
+    )
+    assert "**a subset of the training data**" in text
     assert "- Compute: 4 min 00 s summed over the runs' own wall times." in text
     assert "- Wall time of the grid command: 1 h 02 min in 2 sitting(s)." in text
     assert "| BN | 55.00 ± 7.07 (2) |" in text  # the report's table, mean ± std of 50 and 60

@@ -50,6 +50,7 @@ def provenance(results_dir: Path, command: str) -> list[str]:
     run_seconds = sum(float((d.get("timing") or {}).get("total_seconds", 0.0)) for d in docs)
     validation = sum(r.validation for r in records)
     lines = ["## How these numbers were made", "", "```bash", command.strip(), "```", ""]
+    lines.append(f"- Protocol: {protocol_text([d['args'] for d in docs])}.")
     lines.append(f"- Runs: {len(records) - validation} on the test protocol, {validation} on the validation split.")
     lines += [f"- Machine: {m} ({n} runs)." for m, n in sorted(machines.items())]
     lines.append(f"- Compute: {_hms(run_seconds)} summed over the runs' own wall times.")
@@ -59,6 +60,27 @@ def provenance(results_dir: Path, command: str) -> list[str]:
         lines.append(f"- Wall time of the grid command: {_hms(sum(sittings))} in {len(sittings)} sitting(s).")
     lines += [f"- Warning: {w}" for w in warnings]
     return [*lines, ""]
+
+
+PROTOCOL_FLAGS = (
+    ("batch_size", "--bs"),
+    ("n_epochs", "--epochs"),
+    ("buffer_mode", "--buffer_mode"),
+    ("nf", "--nf"),
+    ("samples_per_class", "--samples_per_class"),
+)
+
+
+def protocol_text(all_args: list[dict]) -> str:
+    """The flags every run shares, and a plain statement when the training data was subsampled."""
+    parts = []
+    for key, flag in PROTOCOL_FLAGS:
+        values = {str(a.get(key)) for a in all_args}
+        parts.append(f"`{flag} {values.pop()}`" if len(values) == 1 else f"{flag} varies ({', '.join(sorted(values))})")
+    text = ", ".join(parts)
+    if any(a.get("samples_per_class") for a in all_args):
+        text += " — **a subset of the training data** (the first N images of each class; the test sets are whole)"
+    return text
 
 
 def tables(report_dir: Path) -> list[str]:
