@@ -37,5 +37,7 @@ if [[ "$STEP" == all || "$STEP" == grid ]]; then
 fi
 if [[ "$STEP" == all || "$STEP" == report ]]; then
   "$PYTHON" -m utils.report "$RESULTS" --out docs/results/fmnist >/dev/null
-  "$PYTHON" -m utils.results_page "$RESULTS" docs/results/fmnist docs/results.md --command "$(printf '%q ' "${GRID[@]}")"
+  planned=$("${GRID[@]}" --dry_run | tail -1 | sed 's/^=> //')
+  "$PYTHON" -m utils.results_page "$RESULTS" docs/results/fmnist docs/results.md --planned "$planned" \
+    --command "$("$PYTHON" -c 'import shlex, sys; print(shlex.join(sys.argv[1:]))' "${GRID[@]}" $LAUNCH)"
 fi

@@ -40,10 +40,11 @@ def test_new_page_has_provenance_tables_and_relative_plot_links(tmp_path: Path) 
     report_dir = make_results(results)
     page = tmp_path / "docs" / "results.md"
     page.parent.mkdir()
-    assert results_page.main([str(results), str(report_dir), str(page), "--command", "python run.py --x 1"]) == 0
+    argv = [str(results), str(report_dir), str(page), "--command", "python run.py --x 1", "--planned", "1 + 4 runs"]
+    assert results_page.main(argv) == 0
     text = page.read_text()
     assert "python run.py --x 1" in text
-    assert "- Runs: 2 on the test protocol, 1 on the validation split." in text
+    assert "- Runs: 2 on the test protocol, 1 on the validation split (the grid: 1 + 4 runs)." in text
     assert "- Machine: cpu, 2 thread(s), torch 2.14.1 (2 runs)." in text
     assert (
         "- Protocol: `--bs 10`, `--epochs 1`, `--buffer_mode reservoir`, `--nf 20`, `--samples_per_class 1000`" in text

@@ -39,7 +39,7 @@ def _hms(seconds: float) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
 
 
-def provenance(results_dir: Path, command: str) -> list[str]:
+def provenance(results_dir: Path, command: str, planned: str = "") -> list[str]:
     """The command, the machines and the time the results took, from the results files themselves."""
     records, warnings = load_records(results_dir)
     docs = [json.loads(r.path.read_text()) for r in records]
@@ -51,7 +51,8 @@ def provenance(results_dir: Path, command: str) -> list[str]:
     validation = sum(r.validation for r in records)
     lines = ["## How these numbers were made", "", "```bash", command.strip(), "```", ""]
     lines.append(f"- Protocol: {protocol_text([d['args'] for d in docs])}.")
-    lines.append(f"- Runs: {len(records) - validation} on the test protocol, {validation} on the validation split.")
+    done = f"- Runs: {len(records) - validation} on the test protocol, {validation} on the validation split"
+    lines.append(f"{done} (the grid: {planned})." if planned else f"{done}.")
     lines += [f"- Machine: {m} ({n} runs)." for m, n in sorted(machines.items())]
     lines.append(f"- Compute: {_hms(run_seconds)} summed over the runs' own wall times.")
     grid = results_dir / "grid_seconds.txt"
@@ -103,8 +104,16 @@ def plots(report_dir: Path, page: Path) -> list[str]:
     return lines
 
 
-def render(results_dir: Path, report_dir: Path, page: Path, command: str) -> str:
-    generated = [BEGIN, "", *provenance(results_dir, command), *tables(report_dir), "", *plots(report_dir, page), END]
+def render(results_dir: Path, report_dir: Path, page: Path, command: str, planned: str = "") -> str:
+    generated = [
+        BEGIN,
+        "",
+        *provenance(results_dir, command, planned),
+        *tables(report_dir),
+        "",
+        *plots(report_dir, page),
+        END,
+    ]
     text = page.read_text() if page.exists() else NEW_PAGE.format(begin=BEGIN, end=END)
     if BEGIN not in text or END not in text:
         raise ValueError(f"{page} lacks the markers of its generated part; add these two lines:\n{BEGIN}\n{END}")
@@ -119,9 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("report_dir", type=Path, help="the folder utils.report wrote")
     p.add_argument("page", type=Path, help="the Markdown page to update (created if missing)")
     p.add_argument("--command", required=True, help="the command that produced the results")
+    p.add_argument("--planned", default="", help="the grid's size, e.g. '72 validation run(s) + 84 test run(s)'")
     a = p.parse_args(argv)
     try:
-        text = render(a.results_dir, a.report_dir, a.page, a.command)
+        text = render(a.results_dir, a.report_dir, a.page, a.command, a.planned)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
