@@ -35,11 +35,13 @@ def run_one(model: str, nl: str, a: argparse.Namespace, results: Path) -> dict:
     cmd += ["--samples_per_class", str(a.samples_per_class)] if a.samples_per_class else []
     cmd += a.extra.split()
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{name} failed: {proc.stderr.read().decode()[-2000:]}")
+    with tempfile.TemporaryFile() as stderr:  # a pipe left unread would block a child that writes much
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            stderr.seek(0)
+            raise SystemExit(f"{name} failed: {stderr.read().decode()[-2000:]}")
     data = json.loads((results / "class-il" / "seq-fmnist" / model / f"{name}.json").read_text())
     timing = data["timing"]
     return {

@@ -24,9 +24,11 @@ step() {  # dataset model nl nf extra...
   local ds=$1 model=$2 nl=$3 nf=$4; shift 4
   local syn=(); [[ $ds == seq-cifar10 ]] && syn=(--synthetic 300)
   local ada=""; [[ $nl == AdaB2N ]] && ada="--lambd 0.1 --kappa 0.4"
-  timeout 90 $PYTHON benchmarks/step_time.py --device cuda --dataset "$ds" "${syn[@]}" --model "$model" --nl "$nl" \
-    --nf "$nf" --steps 40 --warmup 10 --extra "$ada $*" 2>>"$OUT/gpu.log" | tail -1 >>"$OUT/step_time.jsonl"
-  log "step $ds $model $nl nf$nf $*: $(tail -1 "$OUT/step_time.jsonl")"
+  local line
+  line=$(timeout 90 $PYTHON benchmarks/step_time.py --device cuda --dataset "$ds" "${syn[@]}" --model "$model" \
+    --nl "$nl" --nf "$nf" --steps 40 --warmup 10 --extra "$ada $*" 2>>"$OUT/gpu.log" | tail -1)
+  [[ $line == "{"* ]] && echo "$line" >>"$OUT/step_time.jsonl" || line="FAILED or TIMED OUT"
+  log "step $ds $model $nl nf$nf $*: $line"
 }
 if [[ ${BENCH:-1} == 1 ]]; then
 for ds in seq-cifar10 seq-fmnist; do
@@ -42,9 +44,10 @@ step seq-cifar10 er_ace AdaB2N 64 --amp 1 --channels_last 1
 step seq-cifar10 er_ace BN 64 --compile 1
 
 for nl in BN AdaB2N; do
-  timeout 60 $PYTHON benchmarks/eval_time.py --device cuda --dataset seq-fmnist --nl "$nl" --nf 64 \
-    2>>"$OUT/gpu.log" | tail -1 >>"$OUT/eval_time.jsonl"
-  log "eval $nl: $(tail -1 "$OUT/eval_time.jsonl")"
+  line=$(timeout 60 $PYTHON benchmarks/eval_time.py --device cuda --dataset seq-fmnist --nl "$nl" --nf 64 \
+    2>>"$OUT/gpu.log" | tail -1)
+  [[ $line == "{"* ]] && echo "$line" >>"$OUT/eval_time.jsonl" || line="FAILED or TIMED OUT"
+  log "eval $nl: $line"
 done
 
 # Full online Split Fashion-MNIST runs, the two er_ace ones side by side (16 cores; tiny kernels).

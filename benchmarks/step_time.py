@@ -38,7 +38,7 @@ def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
     net = copy.deepcopy(model.net)
     if model.args.compile:
         net.compile()  # a deep copy drops the compiled call (Module.__getstate__): compile the copy too
-    opt = torch.optim.SGD(net.parameters(), lr=model.args.lr)
+    opt = type(model.opt)(net.parameters(), **model.opt.defaults)  # the framework's optimiser and settings
     layers = task_aware_layers(net)
     n_tasks = model.dataset.N_TASKS
 

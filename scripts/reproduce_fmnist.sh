@@ -4,7 +4,8 @@
 #   bash scripts/reproduce_fmnist.sh            # grid (resumable) + report + page, on GPUs if NVML sees any
 #   STEP=report bash scripts/reproduce_fmnist.sh   # only the report and the page, from existing results
 #
-# Environment: RESULTS (results folder, default docs/results/fmnist/runs: the published runs), LAUNCH (run.py's execution flags, default
+# Environment: RESULTS (results folder, default docs/results/fmnist/runs: the published runs; with another, also
+# set REPORT and PAGE so the published report and page are not overwritten), LAUNCH (run.py's execution flags, default
 # "--cpu_workers 2" without a GPU; on one large GPU e.g. "--max_per_gpu 14 --usage_threshold 0.9 --coldsecs 1"),
 # SPC (training images per class, default 1000 as published; "full" for all 6000), EXTRA_FLAGS (more run flags,
 # e.g. "--compile 1" on a GPU, where it makes AdaB2N's step 3x faster; see BENCHMARKS.md).
@@ -14,6 +15,9 @@ RESULTS=${RESULTS:-docs/results/fmnist/runs}
 SPC=${SPC:-1000}
 STEP=${STEP:-all}
 LAUNCH=${LAUNCH:---cpu_workers 2}
+REPORT=${REPORT:-docs/results/fmnist}  # tables and plots
+PAGE=${PAGE:-docs/results.md}          # the page they are published on
+rc=0
 # --channels_last: about 20 % faster on the CPU, same float32 arithmetic; --ignore_other_metrics: no FWT evaluations
 # (not in the tables), 10 % less time.
 EXTRA="--nf 20 --diagnose_norm 1 --channels_last 1 --ignore_other_metrics 1 ${EXTRA_FLAGS:-}"
@@ -31,13 +35,16 @@ if [[ "$STEP" == all || "$STEP" == grid ]]; then
   # One line per invocation, also an interrupted one: the page adds them up (a grid may take several sittings).
   trap 'echo "$(( $(date +%s) - start )) $(hostname) $(date -u +%FT%TZ)" >>"$RESULTS/grid_seconds.txt"' EXIT
   # shellcheck disable=SC2086  # LAUNCH is a list of flags
-  "${GRID[@]}" $LAUNCH
+  "${GRID[@]}" $LAUNCH || rc=$?  # failed runs (exit 1): still rebuild the page from what finished
   trap - EXIT
   echo "$(( $(date +%s) - start )) $(hostname) $(date -u +%FT%TZ)" >>"$RESULTS/grid_seconds.txt"
 fi
 if [[ "$STEP" == all || "$STEP" == report ]]; then
-  "$PYTHON" -m utils.report "$RESULTS" --out docs/results/fmnist >/dev/null
+  "$PYTHON" -m utils.report "$RESULTS" --out "$REPORT" >/dev/null
   planned=$("${GRID[@]}" --dry_run | tail -1 | sed 's/^=> //')
-  "$PYTHON" -m utils.results_page "$RESULTS" docs/results/fmnist docs/results.md --planned "$planned" \
+  # The command as this invocation would run it (its LAUNCH and EXTRA_FLAGS; earlier sittings' are in their logs).
+  # shellcheck disable=SC2086
+  "$PYTHON" -m utils.results_page "$RESULTS" "$REPORT" "$PAGE" --planned "$planned" \
     --command "$("$PYTHON" -c 'import shlex, sys; print(shlex.join(sys.argv[1:]))' "${GRID[@]}" $LAUNCH)"
 fi
+exit "$rc"

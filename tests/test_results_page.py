@@ -79,3 +79,8 @@ def test_page_without_markers_is_refused_and_left_alone(tmp_path: Path, capsys) 
     assert results_page.main([str(results), str(report_dir), str(page), "--command", "cmd"]) == 2
     assert page.read_text() == "# hand-made\n"
     assert "lacks the markers" in capsys.readouterr().err
+
+
+def test_protocol_of_full_data_runs_names_no_subset() -> None:
+    text = results_page.protocol_text([{"batch_size": 10, "n_epochs": 1, "nf": 20, "samples_per_class": None}] * 2)
+    assert text == "`--bs 10`, `--epochs 1`, `--nf 20`"

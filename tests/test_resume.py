@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from utils.errors import UserError
+
 REPO = Path(__file__).resolve().parent.parent
 RUN = [
     "--dataset", "seq-fmnist", "--model", "derpp", "--nl", "AdaB2N", "--kappa", "0.4", "--lambd", "0.1",
@@ -134,3 +136,26 @@ def test_non_finite_loss_stops_with_partial_results(tmp_path: Path) -> None:
     partial = json.loads((folder(tmp_path) / "nan.partial.json").read_text())
     assert partial["final"]["class_il_avg"] is None  # no task was completed
     assert partial["args"]["lr"] == 1e12
+
+
+def _checkpoint_with_args(path: Path, saved_args: dict) -> None:
+    from utils.checkpoint import save_checkpoint
+
+    save_checkpoint(path, {"args": saved_args})
+
+
+def test_speed_flags_may_change_on_resume_and_old_checkpoints_lack_amp(tmp_path: Path) -> None:
+    """A checkpoint written before ``--amp`` existed ran without it; ``--compile``/``--channels_last`` change
+    no number, so a run may resume with or without them. ``--amp`` changes the numbers and must match."""
+    from utils.args import parse_args
+    from utils.checkpoint import comparable_args, load_checkpoint
+
+    args = parse_args([*RUN, "--compile", "1"])
+    saved = {k: v for k, v in comparable_args(args).items() if k != "amp"}
+    saved["channels_last"] = 1  # as written by a checkpoint of the day these flags appeared
+    _checkpoint_with_args(tmp_path / "old.ckpt", saved)
+    assert load_checkpoint(tmp_path / "old.ckpt", args, torch.device("cpu"))["args"] == saved
+
+    amp = parse_args([*RUN, "--amp", "1"])
+    with pytest.raises(UserError, match=r"--amp 0 \(now 1\)"):
+        load_checkpoint(tmp_path / "old.ckpt", amp, torch.device("cpu"))

@@ -25,7 +25,7 @@ from matplotlib.image import imread
 
 from utils import launcher
 from utils.launcher import LocalScheduler, NoGpuError, Run, RunLock, Summary
-from utils.report import write_report
+from utils.report import load_records, select_configs, write_report
 from utils.results import results_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -680,3 +680,29 @@ def test_real_tune_validation_grid_chooses_on_validation_then_tests(
     assert "=> phase 2 (test) summary: 0 done, 2 skipped (results existed), 0 failed" in again
     assert f"AdaB2N runs kappa {best[0]}, lambd 0.1, ada_t0 0" in again
     assert len(list(res.rglob("*.json"))) == 4
+
+
+def test_tune_selection_counts_earlier_validation_runs_of_the_same_protocol_as_the_report_does(
+    tmp_path: Path,
+) -> None:
+    """Validation runs left in the folder by an earlier search (another kappa) take part in the choice, exactly as
+    in the report's; runs of another protocol (here two epochs) do not."""
+    args = launcher.parse_launcher_args(tune_argv(tmp_path))
+    phase1 = launcher.expand_validation(args)
+    for run in phase1:
+        write_results(run, {CONFIG_A: 50.0, CONFIG_B: 60.0}[run.config])
+    earlier = launcher.expand_validation(launcher.parse_launcher_args(tune_argv(tmp_path, "--kappas", "0.1")))
+    for run in earlier:
+        write_results(run, 90.0 if run.buffer_size == 200 else 10.0)
+    other_protocol = next(r for r in earlier if r.buffer_size == 500)
+    doc = json.loads(other_protocol.results.read_text())
+    doc["args"]["n_epochs"], doc["final"]["class_il_avg"] = 2, 99.0
+    other_protocol.results.with_name("two_epochs_val.json").write_text(json.dumps(doc))
+
+    chosen = launcher.select_from_validation(phase1).chosen
+    assert chosen == {("seq-fmnist", "er_ace", 200): (0.1, 0.1, 0), ("seq-fmnist", "er_ace", 500): CONFIG_B}
+    records, _ = load_records(tmp_path / "res")
+    same_protocol = [
+        r for r in records if r.protocol == next(x for x in records if x.path == phase1[0].results).protocol
+    ]
+    assert select_configs(same_protocol) == chosen

@@ -47,8 +47,12 @@ RESUME_FREE_ARGS = frozenset(
         "wandb_entity",
         "wandb_name",
         "wandb_group",
+        "compile",
+        "channels_last",
     }
 )
+ARG_DEFAULTS_BEFORE_THEY_EXISTED = {"amp": 0, "compile": 0, "channels_last": 0}
+"""Flags added after checkpoints were first written: a checkpoint without them ran with these values."""
 
 
 def checkpoint_file(results: Path) -> Path:
@@ -105,7 +109,9 @@ def load_checkpoint(path: Path, args: Namespace, device: torch.device) -> dict[s
             f"checkpoint {path} has format version {found}, this code writes {CHECKPOINT_VERSION}; "
             "delete it to start over or resume with the code that wrote it"
         )
-    saved, current = payload["args"], comparable_args(args)
+    saved = {**ARG_DEFAULTS_BEFORE_THEY_EXISTED, **payload["args"]}
+    saved = {k: v for k, v in saved.items() if k not in RESUME_FREE_ARGS}
+    current = comparable_args(args)
     diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
     if diff:
         shown = ", ".join(f"--{k} {saved.get(k)!r} (now {current.get(k)!r})" for k in diff[:6])

@@ -529,9 +529,16 @@ def select_from_validation(phase1: Sequence[Run]) -> Selection:
     warnings: list[str] = []
     for root in sorted(roots):
         found, notes = load_records(root) if root.is_dir() else ([], [])
-        records += [r for r in found if r.path in wanted]
+        ours = [r for r in found if r.path in wanted]
+        # Other validation runs of a column with the same protocol count too, as they do in the report's choice.
+        protocol = {(r.dataset, r.model, r.buffer_size): r.protocol for r in ours}
+        records += ours + [
+            r
+            for r in found
+            if r.path not in wanted and r.validation and protocol.get((r.dataset, r.model, r.buffer_size)) == r.protocol
+        ]
         warnings += notes
-    loaded = {r.path for r in records}
+    loaded = {r.path for r in records if r.path in wanted}
     columns: dict[GridKey, list[Run]] = {}
     for run in phase1:
         columns.setdefault((run.dataset, run.model, run.buffer_size), []).append(run)

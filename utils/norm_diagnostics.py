@@ -62,7 +62,7 @@ def population_statistics(
         for x in inputs:
             current.clear()
             for start in range(0, len(x), batch_size):
-                net(x[start : start + batch_size])
+                net.forward(x[start : start + batch_size])  # eager: a compiled call would recompile per hook
             for name in layers:
                 total, sq, n = current[name]
                 sums[name].append(torch.stack([total / n, sq / n]))

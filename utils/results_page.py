@@ -76,7 +76,9 @@ def protocol_text(all_args: list[dict]) -> str:
     """The flags every run shares, and a plain statement when the training data was subsampled."""
     parts = []
     for key, flag in PROTOCOL_FLAGS:
-        values = {str(a.get(key)) for a in all_args}
+        values = {str(a.get(key)) for a in all_args if a.get(key) is not None}
+        if not values:
+            continue
         parts.append(f"`{flag} {values.pop()}`" if len(values) == 1 else f"{flag} varies ({', '.join(sorted(values))})")
     text = ", ".join(parts)
     if any(a.get("samples_per_class") for a in all_args):

@@ -15,8 +15,10 @@ every model work with every normalisation layer:
 
 from __future__ import annotations
 
+import contextlib
 from argparse import Namespace
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import ClassVar
 
 import torch
@@ -72,12 +74,16 @@ class ContinualModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if not self.amp:
+            return self.net(x)
         with self.autocast():
             return self.net(x).float()
 
-    def autocast(self) -> torch.autocast:
-        """bf16 autocast of the forward passes under ``--amp`` (a no-op context otherwise)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+    def autocast(self) -> AbstractContextManager:
+        """bf16 autocast of the forward passes under ``--amp``; no context at all otherwise (any device)."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def get_extra_state(self) -> dict[str, int]:
         """Python-side state that checkpoints must carry besides parameters and buffers."""
