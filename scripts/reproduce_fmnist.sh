@@ -8,7 +8,7 @@
 # set REPORT and PAGE so the published report and page are not overwritten), LAUNCH (run.py's execution flags, default
 # "--cpu_workers 2" without a GPU; on one large GPU e.g. "--max_per_gpu 14 --usage_threshold 0.9 --coldsecs 1"),
 # SPC (training images per class, default 1000 as published; "full" for all 6000), EXTRA_FLAGS (more run flags,
-# e.g. "--compile 1" on a GPU, where it makes AdaB2N's step 3x faster; see BENCHMARKS.md).
+# e.g. "--amp 1"; mind that every run records them and the report averages runs only of one protocol).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-docs/results/fmnist/runs}
