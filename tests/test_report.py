@@ -105,7 +105,7 @@ def test_cells_are_mean_and_std_over_seeds_in_the_papers_layout(tmp_path: Path) 
     files = write_report(tmp_path, plots=False)
     text = files.text
     header = "| method | seq-cifar10 er_ace 500 | seq-fmnist er_ace 200 |"
-    assert text.count(header) == 3
+    assert text.count(header) == 4  # three metrics and the gain over BN
     class_il = f"{statistics.mean([40, 44, 45]):.2f} ± {statistics.stdev([40, 44, 45]):.2f} (3)"
     task_il = f"{statistics.mean([80, 84, 83]):.2f} ± {statistics.stdev([80, 84, 83]):.2f} (3)"
     forgetting = f"{statistics.mean([20, 26, 23]):.2f} ± {statistics.stdev([20, 26, 23]):.2f} (3)"
@@ -113,6 +113,7 @@ def test_cells_are_mean_and_std_over_seeds_in_the_papers_layout(tmp_path: Path) 
     assert f"| BN | 90.00 (1) | {task_il} |" in text
     assert f"| BN | 10.00 (1) | {forgetting} |" in text
     assert "| GN |  | 30.00 (1) |" in text
+    assert "| GN |  | -10.00 (1; ahead on 0) |" in text  # seed 0: 30 - 40
     assert text.index("| BN |") < text.index("| GN |")
     assert files.markdown.read_text() == text
     table = rows(files.csv)
@@ -219,6 +220,34 @@ def test_validation_only_results_are_marked(tmp_path: Path) -> None:
     files = write_report(tmp_path, plots=False)
     assert f"| BN | 41.00 ± {statistics.stdev([40, 42]):.2f} (2) † |" in files.text
     assert "validation split" in files.text and rows(files.csv)[0]["split"] == "validation"
+
+
+def test_gain_over_bn_is_paired_by_seed(tmp_path: Path) -> None:
+    # BN 60, 62, 64 and AdaB2N 63, 66, 64 on seeds 0, 1, 2: differences 3, 4, 0 (mean 7/3, std sqrt(13/3)).
+    for seed, (bn, ada) in enumerate([(60.0, 63.0), (62.0, 66.0), (64.0, 64.0)]):
+        write_run(tmp_path, f"bn{seed}", final=bn, seed=seed)
+        write_run(tmp_path, f"ada{seed}", final=ada, seed=seed, nl="AdaB2N", kappa=0.4, lambd=0.1)
+    write_run(tmp_path, "gn2", final=61.0, seed=2, nl="GN")  # only seed 2 pairs: 61 - 64
+    write_run(tmp_path, "cn7", final=70.0, seed=7, nl="CN")  # no BN run of seed 7: no gain
+    write_run(tmp_path, "brn0", final=50.0, seed=0, nl="BRN", validation=1)  # validation: no gain
+    text = write_report(tmp_path, plots=False).text
+    assert "## Gain over BN in class-IL accuracy (points), paired by seed" in text
+    assert "| AdaB2N | +2.33 ± 2.08 (3; ahead on 2) |" in text
+    assert "| GN | -3.00 (1; ahead on 0) |" in text
+    gain_table = text.split("## Gain over BN")[1].split("\n## ")[0]
+    assert "| CN |" not in gain_table and "| BRN |" not in gain_table and "| BN |" not in gain_table
+
+
+def test_running_statistics_after_the_last_task_are_tabulated(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        write_run(tmp_path, f"bn{seed}", final=40.0, seed=seed, diagnostics=True)
+    write_run(tmp_path, "gn0", final=40.0, nl="GN")
+    text = write_report(tmp_path, plots=False).text
+    # write_run's diagnostics after task 3: mean 0.3 / 0.05, var 0.6 / 0.1 (balanced / latest).
+    mean_table = text.split("## Running mean after the last task")[1].split("\n## ")[0]
+    var_table = text.split("## Running var after the last task")[1].split("\n## ")[0]
+    assert "| BN | 0.300 / 0.050 |" in mean_table and "| BN | 0.600 / 0.100 |" in var_table
+    assert "| GN |" not in mean_table
 
 
 def test_plots_are_pngs_and_drift_needs_diagnostics(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import re
@@ -34,9 +35,13 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from utils.atomic import atomic_write_bytes
+
 METHOD_ORDER = ("BN", "BN-joint", "LN", "IN", "GN", "CN", "BRN", "AdaB2N", "AdaB2N-renorm")
 DATASET_ORDER = ("seq-cifar10", "seq-cifar100", "seq-miniimg", "seq-fmnist")
 ADAPTIVE_NORM = "AdaB2N"
+BASELINE = "BN"
+"""The row every other method's paired gain is measured against."""
 PROTOCOL_FIELDS = (
     "n_epochs",
     "batch_size",
@@ -89,6 +94,9 @@ class Record:
     forgetting: float | None
     matrix: list[list[float | None]]
     drift: list[dict[str, float]] | None
+    args: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 def method_of(args: dict[str, Any]) -> str:
@@ -127,6 +135,9 @@ def _record(path: Path, doc: dict[str, Any]) -> Record:
         forgetting=None if final.get("forgetting") is None else float(final["forgetting"]),
         matrix=doc["accuracy_matrix"]["class_il"],
         drift=drift,
+        args=args,
+        environment=doc.get("environment") or {},
+        seconds=float((doc.get("timing") or {}).get("total_seconds", 0.0)),
     )
 
 
@@ -324,6 +335,89 @@ def _config_text(config: Config) -> str:
     return f"κ={config[0]:g}, λ={config[1]:g}, t0={config[2]}"
 
 
+@dataclass(frozen=True)
+class Gain:
+    """A method's lead over the baseline on the same seeds (same class order, same initialisation)."""
+
+    diff: Stat
+    ahead: int
+
+
+def paired_gain(report: Report, method: str, column: Column, metric: str = "class_il") -> Gain | None:
+    """Mean ± std over seeds of ``method − BASELINE`` paired by seed, and on how many seeds the method led; None
+    unless both cells hold test-protocol runs of a common seed. Pairing removes the class-order variation that
+    seeds ≥ 1 introduce, which the unpaired stds include."""
+    entry, base = report.entries.get((method, column)), report.entries.get((BASELINE, column))
+    if method == BASELINE or entry is None or base is None or entry.on_validation or base.on_validation:
+        return None
+    base_of = {r.seed: getattr(r, metric) for r in base.runs}
+    diffs = [getattr(r, metric) - base_of[r.seed] for r in entry.runs if base_of.get(r.seed) is not None]
+    if not diffs:
+        return None
+    return Gain(Stat.of(diffs), sum(d > 0 for d in diffs))
+
+
+def final_drift(entry: Entry) -> dict[str, Stat]:
+    """The running statistics' distances after the last task (``DRIFT_KEYS``), over the cell's seeds."""
+    last = [r.drift[-1] for r in entry.runs if r.drift and len(r.drift) == len(r.matrix)]
+    return {k: Stat.of(d.get(k) for d in last) for k in DRIFT_KEYS}
+
+
+def _gain_text(gain: Gain | None) -> str:
+    if gain is None or gain.diff.mean is None:
+        return ""
+    spread = "" if gain.diff.std is None else f" ± {gain.diff.std:.2f}"
+    return f"{gain.diff.mean:+.2f}{spread} ({gain.diff.n}; ahead on {gain.ahead})"
+
+
+def _drift_text(drift: dict[str, Stat], stat: str) -> str:
+    to_balanced, to_latest = drift[f"{stat}_to_balanced"], drift[f"{stat}_to_latest"]
+    if to_balanced.mean is None or to_latest.mean is None:
+        return ""
+    return f"{to_balanced.mean:.3f} / {to_latest.mean:.3f}"
+
+
+def _gain_table(report: Report, header: str, rule: str) -> list[str]:
+    """The paper's claim in one table: class-IL accuracy gained over the baseline, paired by seed."""
+    rows = []
+    for m in report.methods:
+        cells = [_gain_text(paired_gain(report, m, c)) for c in report.columns]
+        if any(cells):
+            rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        f"## Gain over {BASELINE} in class-IL accuracy (points), paired by seed",
+        "",
+        f"Per cell: mean ± sample std over seeds of (method − {BASELINE}) on the same seed, (number of seeds; on "
+        f"how many the method was ahead of {BASELINE}). Test-protocol runs only.",
+        "",
+        header,
+        rule,
+        *rows,
+        "",
+    ]
+
+
+def _drift_tables(report: Report, header: str, rule: str) -> list[str]:
+    drift = {key: final_drift(e) for key, e in report.entries.items() if not e.on_validation}
+    out: list[str] = []
+    for stat in ("mean", "var"):
+        rows = []
+        for m in report.methods:
+            cells = [_drift_text(drift[(m, c)], stat) if (m, c) in drift else "" for c in report.columns]
+            if any(cells):
+                rows.append(f"| {m} | " + " | ".join(cells) + " |")
+        if rows:
+            out += [f"## Running {stat} after the last task: distance to the task-balanced / to the latest task's", ""]
+            out.append(
+                "RMS over channels, averaged over layers and seeds (`--diagnose_norm 1`, test-protocol runs). "
+                "Recency bias: closer to the latest task than to the balanced statistics."
+            )
+            out += ["", header, rule, *rows, ""]
+    return out
+
+
 def markdown(report: Report, title: str) -> str:
     """The tables as Markdown: one per metric, the AdaB²N selection, and the sensitivity tables."""
     out = [f"# {title}", ""]
@@ -339,6 +433,8 @@ def markdown(report: Report, title: str) -> str:
             cells = [_cell_text(report.entries.get((m, c)), metric) for c in report.columns]
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
+    out += _gain_table(report, header, rule)
+    out += _drift_tables(report, header, rule)
     tuned = [(m, c) for m in report.methods for c in report.columns if (m, c) in report.sensitivity]
     if tuned:
         out += ["## AdaB²N configuration per column", "", "| method | column | kappa | lambd | ada_t0 | chosen on |"]
@@ -377,43 +473,52 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+def _write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> None:
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def _save_figure(fig: Figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
 def write_csv(report: Report, path: Path) -> None:
     """One row per method × column with every metric's mean, std and the seeds (``n_seeds``)."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        header = ["method", "dataset", "model", "buffer_size", "variant", "n_seeds", "seeds"]
-        for metric, _ in METRICS:
-            header += [f"{metric}_mean", f"{metric}_std"]
-        w.writerow([*header, "kappa", "lambd", "ada_t0", "selected_on", "split"])
-        for m in report.methods:
-            for c in report.columns:
-                e = report.entries.get((m, c))
-                if e is None:
-                    continue
-                row: list[Any] = [m, c.dataset, c.model, "" if c.buffer_size < 0 else c.buffer_size]
-                row += [";".join(f"{k}={v}" for k, v in c.variant), len(e.runs), " ".join(map(str, e.seeds))]
-                for metric, _ in METRICS:
-                    s = e.stat(metric)
-                    row += [_num(s.mean), _num(s.std)]
-                row += list(e.config) if e.config else ["", "", ""]
-                row += [e.selected_on, "validation" if e.on_validation else "test"]
-                w.writerow(row)
+    header = ["method", "dataset", "model", "buffer_size", "variant", "n_seeds", "seeds"]
+    for metric, _ in METRICS:
+        header += [f"{metric}_mean", f"{metric}_std"]
+    rows: list[list[Any]] = [[*header, "kappa", "lambd", "ada_t0", "selected_on", "split"]]
+    for m in report.methods:
+        for c in report.columns:
+            e = report.entries.get((m, c))
+            if e is None:
+                continue
+            row: list[Any] = [m, c.dataset, c.model, "" if c.buffer_size < 0 else c.buffer_size]
+            row += [";".join(f"{k}={v}" for k, v in c.variant), len(e.runs), " ".join(map(str, e.seeds))]
+            for metric, _ in METRICS:
+                s = e.stat(metric)
+                row += [_num(s.mean), _num(s.std)]
+            row += list(e.config) if e.config else ["", "", ""]
+            row += [e.selected_on, "validation" if e.on_validation else "test"]
+            rows.append(row)
+    _write_csv(path, rows)
 
 
 def write_sensitivity_csv(report: Report, path: Path) -> None:
     """Every AdaB²N configuration's class-IL accuracy per column, on the split the selection used."""
-    rows = []
+    header = ["method", "dataset", "model", "buffer_size", "variant", "kappa", "lambd", "ada_t0", "n_seeds"]
+    rows: list[list[Any]] = [[*header, "class_il_mean", "class_il_std", "split"]]
     for (m, c), stats in report.sensitivity.items():
         for (kappa, lambd, t0), s in sorted(stats.items()):
             buf = "" if c.buffer_size < 0 else c.buffer_size
             variant = ";".join(f"{k}={v}" for k, v in c.variant)
             split = report.sensitivity_split[(m, c)]
             rows.append([m, c.dataset, c.model, buf, variant, kappa, lambd, t0, s.n, _num(s.mean), _num(s.std), split])
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        header = ["method", "dataset", "model", "buffer_size", "variant", "kappa", "lambd", "ada_t0", "n_seeds"]
-        w.writerow([*header, "class_il_mean", "class_il_std", "split"])
-        w.writerows(rows)
+    _write_csv(path, rows)
 
 
 def _latex_escape(text: str) -> str:
@@ -487,8 +592,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    paths.append(out_dir / f"accuracy_curve__{column.slug}.png")
-    fig.savefig(paths[-1], dpi=120)
+    paths.append(_save_figure(fig, out_dir / f"accuracy_curve__{column.slug}.png"))
 
     fig = Figure(figsize=(3.2 * len(shown) + 0.8, 3.4))
     axes = fig.subplots(1, len(shown), squeeze=False)[0]
@@ -506,8 +610,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="class-IL accuracy (%)")
     fig.suptitle(column.label)
-    paths.append(out_dir / f"accuracy_matrix__{column.slug}.png")
-    fig.savefig(paths[-1], dpi=120)
+    paths.append(_save_figure(fig, out_dir / f"accuracy_matrix__{column.slug}.png"))
 
     with_drift = [(m, e, [r for r in e.runs if r.drift]) for m, e in shown]
     with_drift = [(m, e, runs) for m, e, runs in with_drift if runs]
@@ -531,8 +634,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
         axes[0].legend(fontsize="small")
         fig.suptitle(f"{column.label}: normalization statistics drift")
         fig.tight_layout()
-        paths.append(out_dir / f"norm_drift__{column.slug}.png")
-        fig.savefig(paths[-1], dpi=120)
+        paths.append(_save_figure(fig, out_dir / f"norm_drift__{column.slug}.png"))
     return paths
 
 
@@ -565,10 +667,10 @@ def write_report(root: Path, out_dir: Path | None = None, plots: bool = True) ->
         plots=[],
         text=text,
     )
-    files.markdown.write_text(text)
+    atomic_write_bytes(files.markdown, text.encode())
     write_csv(report, files.csv)
     write_sensitivity_csv(report, files.sensitivity_csv)
-    files.latex.write_text(latex(report))
+    atomic_write_bytes(files.latex, latex(report).encode())
     if plots:
         for column in report.columns:
             files.plots += plot_column(report, column, out_dir)

@@ -9,7 +9,6 @@ after ``utils.report``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -42,15 +41,14 @@ def _hms(seconds: float) -> str:
 def provenance(results_dir: Path, command: str, planned: str = "") -> list[str]:
     """The command, the machines and the time the results took, from the results files themselves."""
     records, warnings = load_records(results_dir)
-    docs = [json.loads(r.path.read_text()) for r in records]
-    envs = [d.get("environment") or {} for d in docs]
+    envs = [r.environment for r in records]
     machines = Counter(
         f"{e.get('device', '?')}, {e.get('threads', '?')} thread(s), torch {e.get('torch', '?')}" for e in envs
     )
-    run_seconds = sum(float((d.get("timing") or {}).get("total_seconds", 0.0)) for d in docs)
+    run_seconds = sum(r.seconds for r in records)
     validation = sum(r.validation for r in records)
     lines = ["## How these numbers were made", "", "```bash", command.strip(), "```", ""]
-    lines.append(f"- Protocol: {protocol_text([d['args'] for d in docs])}.")
+    lines.append(f"- Protocol: {protocol_text([r.args for r in records])}.")
     done = f"- Runs: {len(records) - validation} on the test protocol, {validation} on the validation split"
     lines.append(f"{done} (the grid: {planned})." if planned else f"{done}.")
     lines += [f"- Machine: {m} ({n} runs)." for m, n in sorted(machines.items())]
