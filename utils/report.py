@@ -2,6 +2,9 @@
 
 Rows are normalization methods, columns dataset × model × buffer size; a cell is the mean ± sample standard
 deviation over seeds of the final class-IL accuracy, task-IL accuracy and forgetting, with the number of seeds.
+Below them, each method's class-IL gain over BN paired by seed (a seed fixes class order and initialisation, so
+the paired spread is the one that decides whether a gain is real) and, for ``--diagnose_norm 1`` runs, the running
+statistics' distances to the task-balanced and to the latest task's statistics after the last task.
 A run's method comes from its arguments (``nl``, an explicit ``forward_mode``, ``adab2n_renorm``), so results of
 any launcher — not only ``run.py`` — are grouped the same way.
 
