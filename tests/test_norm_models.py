@@ -94,3 +94,14 @@ def test_diagnostics_give_the_known_distances() -> None:
     after_first = diagnose(nn.Sequential(bn), dataset, last_task=0)["layers"]["0"]
     assert after_first["mean_to_balanced"] == after_first["mean_to_latest"] == pytest.approx(0.3)
     assert math.isclose(after_first["var_to_latest"], 0.25, abs_tol=1e-7)
+
+
+def test_diagnostics_of_cn_compare_with_the_group_normalised_input() -> None:
+    dataset = TwoTasks(Namespace(seed=0), "cpu")
+    cn = NORMS.get("CN")(nn.BatchNorm2d(1))
+    with torch.no_grad():  # every image is constant, so its group-normalised input is exactly 0 in both tasks
+        cn.running_mean.fill_(0.1)
+        cn.running_var.fill_(0.3)
+    layer = diagnose(nn.Sequential(cn), dataset, last_task=1)["layers"]["0"]
+    assert layer["mean_to_balanced"] == layer["mean_to_latest"] == pytest.approx(0.1, abs=1e-7)
+    assert layer["var_to_balanced"] == layer["var_to_latest"] == pytest.approx(0.3, abs=1e-7)

@@ -12,7 +12,9 @@ with
   seen tasks: mean ``μ = (1/T) Σ_t μ_t``, variance ``(1/T) Σ_t E_t[x²] − μ²``;
 * the statistics of the **latest task** alone.
 
-Distances are root-mean-square over channels. A layer with recency bias sits
+A layer whose running statistics describe a transform of its input (CN: the
+group-normalised input) names it in a ``running_stats_input(x)`` method, and the
+population statistics are taken of that. Distances are root-mean-square over channels. A layer with recency bias sits
 close to the latest task and far from the balanced statistics.
 """
 
@@ -46,8 +48,10 @@ def population_statistics(
     current: dict[str, Tensor] = {}
 
     def hook(name: str):
-        def record(_: nn.Module, args: tuple[Tensor, ...]) -> None:
-            x = args[0].double()
+        def record(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            x = args[0]
+            transform = getattr(module, "running_stats_input", None)
+            x = (x if transform is None else transform(x)).double()
             acc = torch.stack([x.sum((0, 2, 3)), x.square().sum((0, 2, 3))])
             n = x.shape[0] * x.shape[2] * x.shape[3]
             prev = current.get(name)

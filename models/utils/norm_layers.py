@@ -76,10 +76,14 @@ class ContinualNorm2d(nn.BatchNorm2d):
             raise ValueError(f"CN: {groups} groups do not divide {num_features} channels")
         self.groups = groups
 
+    def running_stats_input(self, x: Tensor) -> Tensor:
+        """What the running statistics describe: the group-normalised input (``utils/norm_diagnostics.py``)."""
+        return F.group_norm(x, self.groups, None, None, self.eps)
+
     @float32_under_autocast
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        return super().forward(F.group_norm(x, self.groups, None, None, self.eps))
+        return super().forward(self.running_stats_input(x))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, groups={self.groups}"
