@@ -41,7 +41,17 @@ TOP_KEYS = {
 FINAL_KEYS = {
     "class_il_avg", "task_il_avg", "forgetting", "bwt", "fwt", "task_il_forgetting", "task_il_bwt", "task_il_fwt",
 }  # fmt: skip
-ENVIRONMENT_KEYS = {"python", "torch", "torchvision", "numpy", "device", "threads", "git_commit", "hostname"}
+ENVIRONMENT_KEYS = {
+    "python",
+    "torch",
+    "torchvision",
+    "numpy",
+    "device",
+    "threads",
+    "git_commit",
+    "git_dirty",
+    "hostname",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -300,3 +310,22 @@ def test_model_incompatible_with_the_setting(
     assert main([*fmnist("--model", "sgd", "--lr", "0.1"), "--nowand", "1", "--results_path", str(results)]) == 2
     assert_one_line_error(capsys.readouterr().err, ["'sgd'", "class-il", "task-il"])
     assert files_under(results) == []
+
+
+def test_code_version_is_the_commit_and_whether_python_files_differ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(utils.results, "REPO_ROOT", tmp_path)
+    assert utils.results.code_version() == {"git_commit": None, "git_dirty": None}  # not a checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.md").write_text("one\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert utils.results.code_version() == {"git_commit": head, "git_dirty": False}
+    (tmp_path / "notes.md").write_text("two\n")  # not code
+    assert utils.results.code_version()["git_dirty"] is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert utils.results.code_version() == {"git_commit": head, "git_dirty": True}

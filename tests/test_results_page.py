@@ -26,7 +26,13 @@ def make_results(root: Path) -> Path:
         )
         doc = json.loads(path.read_text())
         doc["timing"] = {"total_seconds": seconds}
-        doc["environment"] = {"device": "cpu", "threads": 2, "torch": "2.14.1", "git_commit": f"{seed}" * 40}
+        doc["environment"] = {
+            "device": "cpu",
+            "threads": 2,
+            "torch": "2.14.1",
+            "git_commit": f"{seed}" * 40,
+            "git_dirty": seed == 1,
+        }
         path.write_text(json.dumps(doc))
     write_run(root, "ada_val", final=70.0, nl="AdaB2N", validation=1, kappa=0.4, lambd=0.1, **PROTOCOL)
     (root / "grid_seconds.txt").write_text("3000 hostA 2026-11-26T01:00:00Z\n725 hostB 2026-11-27T01:00:00Z\n")
@@ -46,7 +52,8 @@ def test_new_page_has_provenance_tables_and_relative_plot_links(tmp_path: Path) 
     assert "python run.py --x 1" in text
     assert "- Runs: 2 on the test protocol, 1 on the validation split (the grid: 1 + 4 runs)." in text
     assert "- Machine: cpu, 2 thread(s), torch 2.14.1 (2 runs)." in text
-    assert "- Code: commit `0000000000` (1 runs), commit `1111111111` (1 runs), commit `unknown` (1 runs)." in text
+    code = "commit `0000000000` (1 runs), commit `1111111111` with changed Python files (1 runs), commit `unknown`"
+    assert f"- Code: {code} (1 runs)." in text
     assert (
         "- Protocol: `--bs 10`, `--epochs 1`, `--buffer_mode reservoir`, `--nf 20`, `--samples_per_class 1000`" in text
     )

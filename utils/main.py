@@ -33,7 +33,14 @@ from models.utils.norms import convert_norm
 from utils.args import parse_args
 from utils.checkpoint import checkpoint_file, load_checkpoint
 from utils.errors import UserError
-from utils.results import build_results, partial_results_file, results_file, summary_table, write_results
+from utils.results import (
+    build_results,
+    code_version,
+    partial_results_file,
+    results_file,
+    summary_table,
+    write_results,
+)
 from utils.training import Interrupted, NonFiniteLoss, Trainer, check_trainable
 from utils.wandb_logger import WandbLogger
 
@@ -119,6 +126,7 @@ def apply_speed_options(net: torch.nn.Module, args: Namespace) -> None:
 def run(args: Namespace) -> dict[str, Any]:
     """Train and evaluate as ``args`` says; returns the results document (also written to disk)."""
     start = time.perf_counter()
+    code = code_version()
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     device = resolve_device(args.device)
@@ -145,7 +153,7 @@ def run(args: Namespace) -> dict[str, Any]:
     try:
         history = trainer.run()
     except NonFiniteLoss:
-        partial = build_results(args, trainer.history, model.forward_mode, time.perf_counter() - start)
+        partial = build_results(args, trainer.history, model.forward_mode, time.perf_counter() - start, code)
         if not args.disable_log:
             write_results(partial_results_file(out), partial)
             print(f"results of the completed tasks: {partial_results_file(out)}", file=sys.stderr)
@@ -154,7 +162,7 @@ def run(args: Namespace) -> dict[str, Any]:
     except BaseException:
         trainer.logger.finish(exit_code=1)
         raise
-    results = build_results(args, history, model.forward_mode, time.perf_counter() - start)
+    results = build_results(args, history, model.forward_mode, time.perf_counter() - start, code)
     trainer.logger.log_final(results["final"])
     trainer.logger.finish()
     if not args.disable_log:

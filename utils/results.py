@@ -21,7 +21,9 @@ Format (``format_version`` 1)::
           # with --diagnose_norm 1: RMS distances of each layer's running mean/var to the
           # task-balanced and to the latest task's population statistics (utils/norm_diagnostics.py)
       "timing": {"train_seconds": [...], "eval_seconds": [...], "total_seconds"},
-      "environment": {"python", "torch", "torchvision", "numpy", "device", "threads", "git_commit", "hostname"},
+      "environment": {"python", "torch", "torchvision", "numpy", "device", "threads", "git_commit", "git_dirty",
+                      "hostname"},
+          # git_commit / git_dirty: the code the run started with (dirty: tracked .py files differ from the commit)
       "created": ISO time
     }
 """
@@ -67,14 +69,23 @@ def partial_results_file(results: Path) -> Path:
     return results.with_name(results.stem + ".partial.json")
 
 
-def git_commit() -> str | None:
+def _git(*argv: str) -> subprocess.CompletedProcess[str] | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=True
-        )
+        return subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+
+
+def code_version() -> dict[str, Any]:
+    """The commit of the code and whether its tracked Python files differ from it (None: not a git checkout).
+
+    Taken when a run starts: the code it imported, even if the checkout moves on while it trains."""
+    head = _git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
+        return {"git_commit": None, "git_dirty": None}
+    diff = _git("diff", "--quiet", "HEAD", "--", "*.py")
+    dirty = None if diff is None or diff.returncode not in (0, 1) else diff.returncode == 1
+    return {"git_commit": head.stdout.strip(), "git_dirty": dirty}
 
 
 def final_metrics(history: History) -> dict[str, float | None]:
@@ -97,7 +108,10 @@ def final_metrics(history: History) -> dict[str, float | None]:
     }
 
 
-def build_results(args: Namespace, history: History, forward_mode: str, total_seconds: float) -> dict[str, Any]:
+def build_results(
+    args: Namespace, history: History, forward_mode: str, total_seconds: float, code: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The results document; ``code`` is ``code_version()`` as the run started (taken now if not given)."""
     random = None
     if history.random_class_il is not None:
         random = {"class_il": history.random_class_il, "task_il": history.random_task_il}
@@ -123,7 +137,7 @@ def build_results(args: Namespace, history: History, forward_mode: str, total_se
             "numpy": np.__version__,
             "device": args.device,
             "threads": torch.get_num_threads(),
-            "git_commit": git_commit(),
+            **(code or code_version()),
             "hostname": socket.gethostname(),
         },
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

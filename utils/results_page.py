@@ -52,8 +52,12 @@ def provenance(results_dir: Path, command: str, planned: str = "") -> list[str]:
     done = f"- Runs: {len(records) - validation} on the test protocol, {validation} on the validation split"
     lines.append(f"{done} (the grid: {planned})." if planned else f"{done}.")
     lines += [f"- Machine: {m} ({n} runs)." for m, n in sorted(machines.items())]
-    commits = Counter((e.get("git_commit") or "unknown")[:10] for e in envs)
-    lines.append("- Code: " + ", ".join(f"commit `{c}` ({n} runs)" for c, n in sorted(commits.items())) + ".")
+    commits = Counter(
+        f"commit `{(e.get('git_commit') or 'unknown')[:10]}`"
+        + (" with changed Python files" if e.get("git_dirty") else "")
+        for e in envs
+    )
+    lines.append("- Code: " + ", ".join(f"{c} ({n} runs)" for c, n in sorted(commits.items())) + ".")
     lines.append(f"- Compute: {_hms(run_seconds)} summed over the runs' own wall times.")
     grid = results_dir / "grid_seconds.txt"
     if grid.exists():
