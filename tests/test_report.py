@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,18 @@ def test_plots_are_pngs_and_drift_needs_diagnostics(tmp_path: Path) -> None:
         assert png.read_bytes()[:8] == PNG_SIGNATURE
         image = imread(png)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_layers_without_running_statistics_are_left_out_of_the_drift_plot(tmp_path: Path) -> None:
+    write_run(tmp_path, "bn0", final=40.0, diagnostics=True)
+    gn = write_run(tmp_path, "gn0", final=40.0, nl="GN")
+    doc = json.loads(gn.read_text())
+    doc["norm_diagnostics"] = [{"layers": {}, "summary": {}}] * 3  # what --diagnose_norm 1 writes for GN
+    gn.write_text(json.dumps(doc))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # an all-NaN GN curve warned "Mean of empty slice"
+        files = write_report(tmp_path, tmp_path / "out")
+    assert "norm_drift__seq-fmnist_er_ace_200.png" in {p.name for p in files.plots}
 
 
 def test_cli_prints_and_writes_and_skips_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -615,7 +615,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
     fig.suptitle(column.label)
     paths.append(_save_figure(fig, out_dir / f"accuracy_matrix__{column.slug}.png"))
 
-    with_drift = [(m, e, [r for r in e.runs if r.drift]) for m, e in shown]
+    with_drift = [(m, e, [r for r in e.runs if r.drift and any(r.drift)]) for m, e in shown]
     with_drift = [(m, e, runs) for m, e, runs in with_drift if runs]
     if with_drift:
         fig = Figure(figsize=(10, 4))
