@@ -14,8 +14,9 @@ with
 
 A layer whose running statistics describe a transform of its input (CN: the
 group-normalised input) names it in a ``running_stats_input(x)`` method, and the
-population statistics are taken of that. Distances are root-mean-square over channels. A layer with recency bias sits
-close to the latest task and far from the balanced statistics.
+population statistics are taken of that. Distances are root-mean-square over
+channels. A layer with recency bias sits close to the latest task and far from
+the balanced statistics.
 """
 
 from __future__ import annotations

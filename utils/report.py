@@ -30,7 +30,7 @@ import math
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,8 @@ def _record(path: Path, doc: dict[str, Any]) -> Record:
         config = (float(args["kappa"]), float(args["lambd"]), int(args["ada_t0"]))
     diagnostics = doc.get("norm_diagnostics") or None
     drift = [d.get("summary") or {} for d in diagnostics] if diagnostics else None
+    if drift is not None and not any(drift):
+        drift = None  # layers without running statistics (GN, LN, IN): nothing was measured
     return Record(
         path=path,
         method=method_of(args),
@@ -380,13 +382,19 @@ def _drift_text(drift: dict[str, Stat], stat: str) -> str:
     return f"{to_balanced.mean:.3f} / {to_latest.mean:.3f}"
 
 
-def _gain_table(report: Report, header: str, rule: str) -> list[str]:
-    """The paper's claim in one table: class-IL accuracy gained over the baseline, paired by seed."""
+def _filled_rows(report: Report, cell: Callable[[str, Column], str]) -> list[str]:
+    """Markdown rows of the methods with at least one non-empty cell."""
     rows = []
     for m in report.methods:
-        cells = [_gain_text(paired_gain(report, m, c)) for c in report.columns]
+        cells = [cell(m, c) for c in report.columns]
         if any(cells):
             rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _gain_table(report: Report, header: str, rule: str) -> list[str]:
+    """The paper's claim in one table: class-IL accuracy gained over the baseline, paired by seed."""
+    rows = _filled_rows(report, lambda m, c: _gain_text(paired_gain(report, m, c)))
     if not rows:
         return []
     return [
@@ -406,11 +414,7 @@ def _drift_tables(report: Report, header: str, rule: str) -> list[str]:
     drift = {key: final_drift(e) for key, e in report.entries.items() if not e.on_validation}
     out: list[str] = []
     for stat in ("mean", "var"):
-        rows = []
-        for m in report.methods:
-            cells = [_drift_text(drift[(m, c)], stat) if (m, c) in drift else "" for c in report.columns]
-            if any(cells):
-                rows.append(f"| {m} | " + " | ".join(cells) + " |")
+        rows = _filled_rows(report, lambda m, c, s=stat: _drift_text(drift[(m, c)], s) if (m, c) in drift else "")
         if rows:
             out += [f"## Running {stat} after the last task: distance to the task-balanced / to the latest task's", ""]
             out.append(
@@ -615,7 +619,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
     fig.suptitle(column.label)
     paths.append(_save_figure(fig, out_dir / f"accuracy_matrix__{column.slug}.png"))
 
-    with_drift = [(m, e, [r for r in e.runs if r.drift and any(r.drift)]) for m, e in shown]
+    with_drift = [(m, e, [r for r in e.runs if r.drift]) for m, e in shown]
     with_drift = [(m, e, runs) for m, e, runs in with_drift if runs]
     if with_drift:
         fig = Figure(figsize=(10, 4))

@@ -109,9 +109,9 @@ def final_metrics(history: History) -> dict[str, float | None]:
 
 
 def build_results(
-    args: Namespace, history: History, forward_mode: str, total_seconds: float, code: dict[str, Any] | None = None
+    args: Namespace, history: History, forward_mode: str, total_seconds: float, code: dict[str, Any]
 ) -> dict[str, Any]:
-    """The results document; ``code`` is ``code_version()`` as the run started (taken now if not given)."""
+    """The results document; ``code`` is ``code_version()`` as the run started."""
     random = None
     if history.random_class_il is not None:
         random = {"class_il": history.random_class_il, "task_il": history.random_task_il}
@@ -137,7 +137,7 @@ def build_results(
             "numpy": np.__version__,
             "device": args.device,
             "threads": torch.get_num_threads(),
-            **(code or code_version()),
+            **code,
             "hostname": socket.gethostname(),
         },
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
