@@ -2,6 +2,7 @@
 # Issue 5's GPU figures (and, with the time left, issue 7's grid) in one prepared run on a lent GPU machine.
 #
 #   OUT=/path/to/out DEADLINE=560 bash benchmarks/gpu.sh        # BENCH=0: grid only; GRID=0: benchmarks only
+#   TESTS=1: first the CUDA-only tests; COMPILE_E2E=1: full AdaB2N runs with and without --compile, side by side
 #
 # Needs the Fashion-MNIST IDX files under data/fashion-mnist (the machine has no network) and the repository on
 # PYTHONPATH (set here). Every part runs under its own `timeout`, so whatever finished comes back in $OUT.
@@ -30,6 +31,23 @@ step() {  # dataset model nl nf extra...
   [[ $line == "{"* ]] && echo "$line" >>"$OUT/step_time.jsonl" || line="FAILED or TIMED OUT"
   log "step $ds $model $nl nf$nf $*: $line"
 }
+if [[ ${TESTS:-0} == 1 ]]; then
+  timeout 180 $PYTHON -m pytest -q -p no:cacheprovider -rs tests/test_buffer.py tests/test_adab2n.py \
+    tests/test_norm_layers.py >"$OUT/cuda_tests.txt" 2>&1
+  log "tests exit $?: $(tail -1 "$OUT/cuda_tests.txt")"
+fi
+
+if [[ ${COMPILE_E2E:-0} == 1 ]]; then
+  # What --compile does to a whole AdaB2N run, compilation (per task and batch shape) included.
+  timeout 330 $PYTHON benchmarks/end_to_end.py --device cuda --models er_ace --nls AdaB2N \
+    >"$OUT/e2e_AdaB2N_eager.txt" 2>>"$OUT/gpu.log" &
+  timeout 330 $PYTHON benchmarks/end_to_end.py --device cuda --models er_ace --nls AdaB2N --extra "--compile 1" \
+    >"$OUT/e2e_AdaB2N_compile.txt" 2>>"$OUT/gpu.log" &
+  wait
+  log "e2e AdaB2N eager: $(grep -h '^{' "$OUT/e2e_AdaB2N_eager.txt")"
+  log "e2e AdaB2N compiled: $(grep -h '^{' "$OUT/e2e_AdaB2N_compile.txt")"
+fi
+
 if [[ ${BENCH:-1} == 1 ]]; then
 for ds in seq-cifar10 seq-fmnist; do
   for model in er_ace derpp; do

@@ -205,3 +205,33 @@ def test_separate_forwards_keep_each_regulariser_differentiable() -> None:
         losses.append(layer.norm_loss)
     torch.stack(losses).sum().backward()  # would fail if a later in-place update broke the first graph
     assert layer.task_weight.grad is not None and layer.task_weight.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_the_cpu_arithmetic() -> None:
+    """The same layer on the GPU gives the CPU's outputs, statistics and gradients (float64, so no TF32 or
+    reduction-order differences hide a device-specific bug)."""
+    torch.manual_seed(7)
+    cpu = AdaB2N(4, num_tasks=4, kappa=0.4).double()
+    with torch.no_grad():
+        cpu.task_weight.normal_()
+    cpu.end_task()
+    cpu.end_task()
+    gpu = AdaB2N(4, num_tasks=4, kappa=0.4).double().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    for step in range(3):
+        x = torch.randn(12, 4, 5, 5, dtype=torch.float64)
+        tasks = [0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2] if step != 1 else [2] * 12
+        out_cpu = train_forward(cpu, x.requires_grad_(), tasks)
+        out_gpu = train_forward(gpu, x.detach().cuda().requires_grad_(), tasks)
+        torch.testing.assert_close(out_gpu.cpu(), out_cpu)
+        (out_cpu.square().mean() + cpu.norm_loss).backward()
+        (out_gpu.square().mean() + gpu.norm_loss).backward()
+    for name, value in cpu.state_dict().items():
+        torch.testing.assert_close(gpu.state_dict()[name].cpu(), value, msg=name)
+    torch.testing.assert_close(gpu.task_weight.grad.cpu(), cpu.task_weight.grad)
+    torch.testing.assert_close(gpu.weight.grad.cpu(), cpu.weight.grad)
+    cpu.eval()
+    gpu.eval()
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x))
