@@ -14,7 +14,7 @@ from models.utils.norms import convert_norm, task_aware_layers
 
 def train_forward(layer: AdaB2N, x: torch.Tensor, tasks: list[int] | None) -> torch.Tensor:
     layer.train()
-    layer.set_batch_tasks(None if tasks is None else torch.tensor(tasks))
+    layer.set_batch_tasks(None if tasks is None else torch.tensor(tasks, device=x.device))
     return layer(x)
 
 
