@@ -2,7 +2,8 @@
 # Issue 5's GPU figures (and, with the time left, issue 7's grid) in one prepared run on a lent GPU machine.
 #
 #   OUT=/path/to/out DEADLINE=560 bash benchmarks/gpu.sh        # BENCH=0: grid only; GRID=0: benchmarks only
-#   TESTS=1: first the CUDA-only tests; COMPILE_E2E=1: full AdaB2N runs with and without --compile, side by side
+#   TESTS=1: first the CUDA-only tests; COMPILE_E2E=1: full AdaB2N runs with and without --compile, side by side;
+#   FULLDATA=1: docs/results.md's full-data side check (BN against AdaB2N, er_ace 500, 3 seeds, all 6000 steps)
 #
 # Needs the Fashion-MNIST IDX files under data/fashion-mnist (the machine has no network) and the repository on
 # PYTHONPATH (set here). Every part runs under its own `timeout`, so whatever finished comes back in $OUT.
@@ -46,6 +47,16 @@ if [[ ${COMPILE_E2E:-0} == 1 ]]; then
   wait
   log "e2e AdaB2N eager: $(grep -h '^{' "$OUT/e2e_AdaB2N_eager.txt")"
   log "e2e AdaB2N compiled: $(grep -h '^{' "$OUT/e2e_AdaB2N_compile.txt")"
+fi
+
+if [[ ${FULLDATA:-0} == 1 ]]; then
+  # Does the published reading (1000 images per class) hold on the full training data? The six runs at once.
+  timeout $(( $(left) - 20 )) $PYTHON run.py --datasets seq-fmnist --models er_ace --buffer_sizes 500 \
+    --methods BN AdaB2N --num_seeds 3 --kappas 0.4 --lambdas 0.01 --ada_t0s 0 --bs 10 --epochs 1 \
+    --extra "--nf 20 --diagnose_norm 1 --ignore_other_metrics 1" --results_path fulldata --logdir fulldata/logs \
+    --nowandb --yes --max_per_gpu 6 --usage_threshold 0.9 --coldsecs 0.5 --waitsecs 2 >"$OUT/fulldata.txt" 2>&1
+  log "full-data runs exit $?: $(find fulldata -name '*.json' | wc -l) results files"
+  find fulldata -name '*.json' | tar czf "$OUT/fulldata.tar.gz" -T -
 fi
 
 if [[ ${BENCH:-1} == 1 ]]; then
