@@ -215,6 +215,13 @@ def test_runs_of_different_protocols_are_not_averaged(tmp_path: Path) -> None:
     assert [r["variant"] for r in rows(files.csv)] == ["n_epochs=1", "n_epochs=5"]
 
 
+def test_a_training_subset_is_stated_under_the_tables(tmp_path: Path) -> None:
+    write_run(tmp_path, "full", final=40.0)
+    assert "Trained on a subset" not in write_report(tmp_path, plots=False).text
+    write_run(tmp_path, "subset", final=40.0, seed=1, samples_per_class=1000)
+    assert "**Trained on a subset:** 1000 training images per class" in write_report(tmp_path, plots=False).text
+
+
 def test_validation_only_results_are_marked(tmp_path: Path) -> None:
     write_run(tmp_path, "v0", final=40.0, validation=1)
     write_run(tmp_path, "v1", final=42.0, validation=1, seed=1)
