@@ -219,6 +219,9 @@ def test_a_training_subset_is_stated_under_the_tables(tmp_path: Path) -> None:
     write_run(tmp_path, "full", final=40.0)
     assert "Trained on a subset" not in write_report(tmp_path, plots=False).text
     write_run(tmp_path, "subset", final=40.0, seed=1, samples_per_class=1000)
+    text = write_report(tmp_path, plots=False).text
+    assert "**Trained on a subset (the runs with `--samples_per_class`):** 1000 training images per class" in text
+    (tmp_path / "class-il" / "seq-fmnist" / "er_ace" / "full.json").unlink()
     assert "**Trained on a subset:** 1000 training images per class" in write_report(tmp_path, plots=False).text
 
 

@@ -429,13 +429,13 @@ def markdown(report: Report, title: str) -> str:
     """The tables as Markdown: one per metric, the AdaB²N selection, and the sensitivity tables."""
     out = [f"# {title}", ""]
     out.append("Final values after the last task: mean ± sample std over seeds (number of seeds).")
-    subsets = sorted({r.args["samples_per_class"] for e in report.entries.values() for r in e.runs
-                      if r.args.get("samples_per_class")})  # fmt: skip
+    runs = [r for e in report.entries.values() for r in e.runs]
+    subsets = sorted({r.args["samples_per_class"] for r in runs if r.args.get("samples_per_class")})
     if subsets:
-        counts = " or ".join(str(n) for n in subsets)
+        which = "" if all(r.args.get("samples_per_class") for r in runs) else " (the runs with `--samples_per_class`)"
         out.append(
-            f"**Trained on a subset:** {counts} training images per class (`--samples_per_class`), not the full "
-            "training data; the test sets are whole."
+            f"**Trained on a subset{which}:** {' or '.join(map(str, subsets))} training images per class "
+            "(`--samples_per_class`), not the full training data; the test sets are whole."
         )
     if any(e.on_validation for e in report.entries.values()):
         out.append(f"{VALIDATION_MARK}: measured on the validation split (`--validation 1`), no test runs found.")
