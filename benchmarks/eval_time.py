@@ -17,6 +17,7 @@ import statistics
 
 import torch
 
+import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from benchmarks.common import build, machine, timed
 from utils.training import Trainer, evaluate
 from utils.wandb_logger import WandbLogger

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from benchmarks.common import build, machine, timed
 from models.utils.norms import task_aware_layers, task_counts
 from utils.training import Trainer

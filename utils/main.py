@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from backbone import BACKBONES
 from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from utils.atomic import atomic_write_bytes
 from utils.report import load_records
 

@@ -1,0 +1,99 @@
+"""The entry points import this repository's packages even where same-named packages are installed (issue 17).
+
+Hugging Face's ``datasets`` is in most machine-learning environments, and ``utils`` and ``models`` are common names:
+stand-in packages of those names go on PYTHONPATH and into the site-packages of a virtual environment that also sees
+this project's editable install, and every entry point must still start (``normcl_bootstrap``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STAND_INS = ("datasets", "utils", "models", "backbone")
+
+
+def write_stand_ins(folder: Path) -> Path:
+    """Packages named like the project's, as an installed distribution would bring them (no project names inside)."""
+    for name in STAND_INS:
+        (folder / name).mkdir(parents=True)
+        (folder / name / "__init__.py").write_text(f'"""A stand-in for an installed {name}."""\n__version__ = "9"\n')
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shadowed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
+    """A Python whose site-packages and PYTHONPATH both hold the stand-ins; the project comes from the system's."""
+    root = tmp_path_factory.mktemp("shadowed")
+    env_dir = root / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    python = str(env_dir / "bin" / "python")
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(purelib) != Path(sysconfig.get_paths()["purelib"])
+    write_stand_ins(Path(purelib))
+    env = {**os.environ, "PYTHONPATH": str(write_stand_ins(root / "pythonpath"))}
+    probe = subprocess.run(
+        [python, "-c", "import datasets; print(datasets.__file__)"], env=env, capture_output=True, text=True, cwd=root
+    )
+    assert probe.stdout.startswith(str(root / "pythonpath")), probe.stdout + probe.stderr
+    return python, env
+
+
+@pytest.mark.parametrize(
+    ("command", "cwd"),
+    [
+        (["utils/main.py", "--help"], "elsewhere"),
+        (["utils/main.py", "--help"], "repo"),
+        (["run.py", "--help"], "elsewhere"),
+        (["benchmarks/step_time.py", "--help"], "elsewhere"),
+        (["-m", "utils.main", "--help"], "repo"),
+        (["-m", "utils.report", "--help"], "repo"),
+    ],
+)
+def test_entry_points_start_beside_conflicting_packages(
+    shadowed: tuple[str, dict[str, str]], command: list[str], cwd: str, tmp_path: Path
+) -> None:
+    python, env = shadowed
+    args = command if command[0] == "-m" else [str(REPO / command[0]), *command[1:]]
+    proc = subprocess.run(
+        [python, *args], env=env, cwd=REPO if cwd == "repo" else tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout
+
+
+def test_a_grid_run_started_by_run_py_imports_the_project(shadowed: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    python, env = shadowed
+    res = tmp_path / "res"
+    argv = [
+        "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "--num_seeds", "1",
+        "--buffer_sizes", "200", "--nowandb", "--cpu_workers", "1", "--coldsecs", "0", "--waitsecs", "0",
+        "--extra", "--samples_per_class 20 --nf 8 --non_verbose 1 --num_threads 1 --validation 1",
+        "--results_path", str(res), "--logdir", str(tmp_path / "logs"), "--yes",
+    ]  # fmt: skip
+    proc = subprocess.run([python, str(REPO / "run.py"), *argv], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + "".join(p.read_text() for p in tmp_path.rglob("*.txt"))
+    (results,) = res.rglob("*.json")
+    assert json.loads(results.read_text())["args"]["nl"] == "BN"
+
+
+def test_the_bootstrap_puts_the_repository_first_and_drops_package_folders() -> None:
+    code = "import sys; sys.path.insert(0, sys.argv[1]); "
+    code += "import normcl_bootstrap; print(sys.path[0], sys.argv[1] in sys.path)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "utils")], capture_output=True, text=True, check=True, cwd="/"
+    )
+    assert proc.stdout.split() == [str(REPO), "False"]
