@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from utils.buffer import Buffer
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 CPU = torch.device("cpu")
 

@@ -30,7 +30,7 @@ from datasets.utils.formats import (
     read_idx,
     read_npy_pair,
 )
-from utils.errors import DataError
+from utils.core.errors import DataError
 
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 

@@ -22,7 +22,7 @@ from models.utils.norm_layers import (
     layer_norm,
 )
 from models.utils.norms import NORMS, batch_norm, convert_norm, probe_input_shapes
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 BASELINES = ("BN", "GN", "LN", "IN", "CN", "BRN")
 EPS = 1e-5

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = [

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 
 from utils.buffer import BUFFER_MODES
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 FORWARD_MODES = ("separate", "joint")
 

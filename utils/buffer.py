@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 BUFFER_MODES = ("reservoir", "ring")
 

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.atomic import atomic_write_bytes
-from utils.errors import UserError
+from utils.core.atomic import atomic_write_bytes
+from utils.core.errors import UserError
 
 CHECKPOINT_VERSION = 1
 

@@ -39,7 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 PAPER_DATASETS = ("seq-cifar10", "seq-cifar100", "seq-miniimg")
 PAPER_MODELS = ("derpp", "er_ace")

@@ -33,7 +33,7 @@ from models.utils.continual_model import ContinualModel
 from models.utils.norms import convert_norm
 from utils.args import parse_args
 from utils.checkpoint import checkpoint_file, load_checkpoint
-from utils.errors import UserError
+from utils.core.errors import UserError
 from utils.results import (
     build_results,
     code_version,

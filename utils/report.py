@@ -39,7 +39,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from utils.atomic import atomic_write_bytes
+from utils.core.atomic import atomic_write_bytes
 
 METHOD_ORDER = ("BN", "BN-joint", "LN", "IN", "GN", "CN", "BRN", "AdaB2N", "AdaB2N-renorm")
 DATASET_ORDER = ("seq-cifar10", "seq-cifar100", "seq-miniimg", "seq-fmnist")

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.atomic import atomic_write_bytes
+from utils.core.atomic import atomic_write_bytes
 from utils.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer
 from utils.training import History
 

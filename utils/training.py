@@ -26,7 +26,7 @@ from tqdm import tqdm
 from datasets.utils.continual_dataset import ContinualDataset, TaskData
 from models.utils.continual_model import ContinualModel
 from utils.checkpoint import comparable_args, get_rng_state, save_checkpoint, set_rng_state
-from utils.errors import UserError
+from utils.core.errors import UserError
 from utils.norm_diagnostics import diagnose
 from utils.wandb_logger import WandbLogger
 

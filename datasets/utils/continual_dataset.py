@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from datasets.transforms import Normalize, TrainTransform
-from utils.errors import DataError, UserError
+from utils.core.errors import DataError, UserError
 
 VALIDATION_FRACTION = 0.1
 

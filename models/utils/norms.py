@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from utils.registry import Registry
+from utils.core.registry import Registry
 
 NormBuilder = Callable[..., nn.Module]
 Shape = tuple[int, int, int]
