@@ -1,7 +1,7 @@
 """Run the AdaB²N paper's experiment grid: ``python run.py [--datasets ...] [--launcher local|slurm]``.
 
 Resumable (runs with a results file are skipped), on idle GPUs, CPU workers or Slurm; ``python run.py --report``
-writes the paper's tables and plots. The logic lives in ``utils/launcher.py`` and ``utils/report.py``.
+writes the paper's tables and plots. The logic lives in the ``utils/experiments/`` package (``cli.py`` first).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from utils.launcher import main
+from utils.experiments.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

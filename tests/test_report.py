@@ -1,4 +1,5 @@
-"""``utils/report.py`` on constructed results files: grouping, AdaB²N selection, tables, CSV, LaTeX and plots."""
+"""The report (``python -m utils.report``) on constructed results files: grouping, AdaB²N selection, tables, CSV,
+LaTeX and plots."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from typing import Any
 import pytest
 from matplotlib.image import imread
 
-from utils import report
-from utils.report import method_of, write_report
+from utils.experiments import report
+from utils.experiments.methods import method_of
+from utils.experiments.records import load_records
+from utils.experiments.report import write_report
+from utils.experiments.selection import select_configs
+from utils.experiments.tables import build_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -198,10 +203,10 @@ def test_select_configs_is_the_tables_choice_and_breaks_ties_by_the_smallest_con
                       kappa=kappa, dataset="seq-cifar10", buffer=500)  # fmt: skip
     write_run(tmp_path, "renorm", final=70.0, nl="AdaB2N", adab2n_renorm=1, validation=1, kappa=0.7)
     write_run(tmp_path, "test", final=90.0, nl="AdaB2N", kappa=0.7)
-    records, _ = report.load_records(tmp_path)
-    chosen = report.select_configs(records)
+    records, _ = load_records(tmp_path)
+    chosen = select_configs(records)
     assert chosen == {("seq-fmnist", "er_ace", 200): (0.4, 0.0, 0), ("seq-cifar10", "er_ace", 500): (1.0, 0.0, 0)}
-    built = report.build_report(records)
+    built = build_report(records)
     for (method, column), entry in built.entries.items():
         if method == "AdaB2N":
             assert entry.config == chosen[(column.dataset, column.model, column.buffer_size)]
@@ -316,7 +321,7 @@ def test_cli_prints_and_writes_and_skips_bad_files(tmp_path: Path, capsys: pytes
 
 
 def test_run_py_report_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from utils.launcher import main
+    from utils.experiments.cli import main
 
     write_run(tmp_path, "bn0", final=40.0)
     assert main(["--report", "--results_path", str(tmp_path), "--report_dir", str(tmp_path / "tables")]) == 0

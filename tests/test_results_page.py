@@ -1,4 +1,4 @@
-"""``utils/results_page.py``: the generated part of ``docs/results.md`` is rewritten, the reading is kept."""
+"""``python -m utils.results_page``: the generated part of ``docs/results.md`` is rewritten, the reading is kept."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from tests.test_report import write_run
-from utils import results_page
-from utils.report import write_report
+from utils.experiments import results_page
+from utils.experiments.report import write_report
 
 PROTOCOL = {"nf": 20, "samples_per_class": 1000, "buffer_mode": "reservoir"}
 

@@ -1,4 +1,4 @@
-"""``run.py`` / ``utils/launcher.py``: the paper's grid, GPU placement, resume, failures, and real CPU grids.
+"""``run.py`` (``utils/experiments``): the paper's grid, GPU placement, resume, failures, and real CPU grids.
 
 Scheduling tests use an injected GPU probe and a tiny child command (the interpreter running a ``-c`` script that
 dumps its environment, optionally waits for a release file, and writes the run's results file), so they run
@@ -23,9 +23,16 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from utils import launcher
-from utils.launcher import LocalScheduler, NoGpuError, Run, RunLock, Summary
-from utils.report import load_records, select_configs, write_report
+from utils.experiments import slurm
+from utils.experiments.cli import RESERVED_EXTRA, main, parse_launcher_args
+from utils.experiments.grid import Run, expand_grid, expand_test, expand_validation, validate_runs
+from utils.experiments.methods import METHOD_ORDER, PSEUDO_METHODS, Config, method_flags, method_of, norm_of
+from utils.experiments.processes import RunLock, Summary, default_command, start_run
+from utils.experiments.records import load_records
+from utils.experiments.report import write_report
+from utils.experiments.scheduler import LocalScheduler, NoGpuError, allowed_gpus, choose_gpu, nvml_probe
+from utils.experiments.selection import select_configs
+from utils.experiments.tuning import select_from_validation
 from utils.results import results_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,7 +71,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def small_runs(tmp_path: Path, *extra: str) -> list[Run]:
     argv = [*SMALL_GRID, "--results_path", str(tmp_path / "res"), "--logdir", str(tmp_path / "logs"), *extra]
-    return launcher.expand_grid(launcher.parse_launcher_args(argv))
+    return expand_grid(parse_launcher_args(argv))
 
 
 def fake_command(out: Path, modes: dict[str, str] | None = None) -> Callable[[Run, int | None], list[str]]:
@@ -109,15 +116,15 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 
 
 def test_default_grid_is_the_papers() -> None:
-    args = launcher.parse_launcher_args([])
-    runs = launcher.expand_grid(args)
+    args = parse_launcher_args([])
+    runs = expand_grid(args)
     per_seed = 3 * 2 * 2 * (5 + 32)
     assert per_seed == 444
     assert len(runs) == 3 * per_seed
     assert Counter(r.seed for r in runs) == {0: 444, 1: 444, 2: 444}
     names = [r.name for r in runs]
     assert len(set(names)) == len(names)
-    assert names == [r.name for r in launcher.expand_grid(launcher.parse_launcher_args([]))]
+    assert names == [r.name for r in expand_grid(parse_launcher_args([]))]
     assert all(r.name.replace(".", "").replace("-", "").replace("_", "").isalnum() for r in runs)
 
     seed0 = [r for r in runs if r.seed == 0]
@@ -179,24 +186,44 @@ def test_pseudo_methods_and_registered_norms(tmp_path: Path) -> None:
     assert renorm[renorm.index("--nl") + 1] == "AdaB2N" and renorm[renorm.index("--adab2n_renorm") + 1] == "1"
     assert "--kappa" in renorm and "AdaB2N-renorm_kappa0.4_lambd0.1_ada0" in by_method["AdaB2N-renorm"].name
     assert "--no_affine" in by_method["CN"].argv and "--no_affine" not in by_method["BRN"].argv
-    launcher.validate_runs(runs)
+    validate_runs(runs)
+
+
+def test_the_launchers_methods_come_back_as_the_reports_rows(tmp_path: Path) -> None:
+    """One vocabulary: each of the report's rows is a method ``run.py`` can run, and its runs' flags, as
+    ``utils/main.py`` resolves and records them, come back through the report's ``method_of`` as that row, with
+    the same AdaB²N configuration."""
+    from utils.args import parse_args
+
+    runs = small_runs(tmp_path, "--methods", *METHOD_ORDER, "--num_seeds", "1")
+    assert [r.method for r in runs] == list(METHOD_ORDER)
+    for run in runs:
+        recorded = vars(parse_args(list(run.argv)))
+        assert method_of(recorded) == run.method
+        assert recorded["nl"] == norm_of(run.method) and Config.of(recorded) == run.config
+    assert set(PSEUDO_METHODS) == {"BN-joint", "AdaB2N-renorm"}
+    for method, args in PSEUDO_METHODS.items():
+        assert method_of(args) == method and method_flags(method)[:2] == ["--nl", args["nl"]]
+        assert all(RESERVED_EXTRA[f"--{key}"] == f"--methods {method}" for key in args if key != "nl")
+    assert Config(0.4, 1e-05, 1).flags() == ["--kappa", "0.4", "--lambd", "1e-05", "--ada_t0", "1"]
+    assert Config(1, 0.1, 0).text() == "kappa 1.0, lambd 0.1, ada_t0 0" and Config(1, 0.1, 0) == (1.0, 0.1, 0)
 
 
 def test_extra_goes_last_and_cpu_flags_first(tmp_path: Path) -> None:
     run = small_runs(tmp_path, "--extra", "--samples_per_class 30 --num_threads 1")[0]
-    cmd = launcher.default_command(run, 4)
+    cmd = default_command(run, 4)
     assert cmd[:3] == [sys.executable, "-m", "utils.main"]
     assert cmd[3:7] == ["--device", "cpu", "--num_threads", "4"]
     assert cmd[-4:] == ["--samples_per_class", "30", "--num_threads", "1"]
-    assert "--device" not in launcher.default_command(run, None)
+    assert "--device" not in default_command(run, None)
 
 
 def test_a_run_with_a_checkpoint_continues_from_it(tmp_path: Path) -> None:
     run = small_runs(tmp_path)[0]
-    assert "--resume" not in launcher.default_command(run, None)
+    assert "--resume" not in default_command(run, None)
     run.results.parent.mkdir(parents=True)
     run.results.with_suffix(".ckpt").write_bytes(b"")
-    assert launcher.default_command(run, None)[-2:] == ["--resume", "1"]
+    assert default_command(run, None)[-2:] == ["--resume", "1"]
 
 
 @pytest.mark.parametrize(
@@ -220,10 +247,49 @@ def test_a_run_with_a_checkpoint_continues_from_it(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
-    assert launcher.main([*argv, "--dry_run"]) == 2
+    assert main([*argv, "--dry_run"]) == 2
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+FMNIST_BN = ["--datasets", "seq-fmnist", "--methods", "BN", "--num_seeds", "1", "--nowandb"]
+NO_BEST_ARGS_HINT = 'give the runs their hyper-parameters yourself: --no_best_args --extra "--lr 0.03"'
+
+
+def test_missing_best_args_are_one_line_in_run_py_flags(capsys: pytest.CaptureFixture) -> None:
+    """``utils/main.py``'s own error says to drop ``--load_best_args``, which ``run.py`` sets itself: the grid is
+    checked first and the error names ``run.py``'s flags."""
+    assert main([*FMNIST_BN, "--models", "er_ace", "derpp", "--buffer_sizes", "200", "50", "--dry_run"]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error == (
+        "error: no best args for 'er_ace' on 'seq-fmnist' with buffer size 50; choose --buffer_sizes among 200, 500, "
+        f"2000, or {NO_BEST_ARGS_HINT}"
+    )
+    assert main([*FMNIST_BN, "--models", "joint", "--dry_run"]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error == f"error: no best args for 'joint' on 'seq-fmnist'; {NO_BEST_ARGS_HINT}"
+    assert main([*FMNIST_BN, "--models", "er_ace", "--buffer_sizes", "50", "--no_best_args", "--dry_run"]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("error: --no_best_args needs the runs' hyper-parameters in --extra, at least --lr")
+    assert main([*FMNIST_BN, "--extra=--load_best_args", "--dry_run"]) == 2
+    assert "unless --no_best_args" in capsys.readouterr().err
+
+
+def test_no_best_args_takes_the_hyper_parameters_from_extra(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from utils.args import parse_args
+
+    argv = [*FMNIST_BN, "--models", "er_ace", "derpp", "--buffer_sizes", "50", "--no_best_args"]
+    argv += ["--extra", "--lr 0.05 --alpha 0.2", "--results_path", str(tmp_path / "res"), "--dry_run"]
+    assert main(argv) == 0
+    assert "=> 2 run(s)" in capsys.readouterr().out
+    runs = expand_grid(parse_launcher_args(argv))
+    assert [r.name for r in runs] == [f"seq-fmnist_ep1_{m}_buf50_BN_seed0_reservoir" for m in ("er_ace", "derpp")]
+    for run in runs:
+        assert "--load_best_args" not in run.argv
+        resolved = parse_args(list(run.argv))
+        assert (resolved.lr, resolved.alpha, resolved.buffer_size, resolved.load_best_args) == (0.05, 0.2, 50, 0)
+    assert "--load_best_args" in expand_grid(parse_launcher_args([*FMNIST_BN, "--buffer_sizes", "200"]))[0].argv
 
 
 @pytest.mark.parametrize(
@@ -236,7 +302,7 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys:
 )
 def test_malformed_flags_are_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        launcher.main(argv)
+        main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
@@ -244,7 +310,7 @@ def test_malformed_flags_are_one_line_and_exit_2(argv: list[str], message: str, 
 
 def test_dry_run_prints_the_runs_and_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = [*SMALL_GRID, "--results_path", str(tmp_path / "res"), "--logdir", str(tmp_path / "logs"), "--dry_run"]
-    assert launcher.main(argv, probe=no_gpu, command=fake_command(tmp_path / "out")) == 0
+    assert main(argv, probe=no_gpu, command=fake_command(tmp_path / "out")) == 0
     out = capsys.readouterr().out
     assert "=> 4 run(s)" in out
     assert out.count("[todo] seq-fmnist_ep1_er_ace_buf200_") == 4
@@ -257,24 +323,24 @@ def test_dry_run_prints_the_runs_and_starts_nothing(tmp_path: Path, capsys: pyte
 
 def test_choose_gpu_takes_the_freest_idle_gpu_with_room() -> None:
     usage = [(0, 0.5), (1, 0.05), (2, 0.2), (3, 0.01)]
-    assert launcher.choose_gpu(usage, Counter(), 0.3, 1) == 3
-    assert launcher.choose_gpu(usage, Counter({3: 1}), 0.3, 1) == 1
-    assert launcher.choose_gpu(usage, Counter({3: 1}), 0.3, 2) == 3
-    assert launcher.choose_gpu(usage, Counter({1: 1, 3: 1}), 0.3, 1) == 2
-    assert launcher.choose_gpu(usage, Counter({1: 1, 2: 1, 3: 1}), 0.3, 1) is None
-    assert launcher.choose_gpu(usage, Counter(), 0.01, 4) is None
-    assert launcher.choose_gpu([], Counter(), 0.3, 1) is None
+    assert choose_gpu(usage, Counter(), 0.3, 1) == 3
+    assert choose_gpu(usage, Counter({3: 1}), 0.3, 1) == 1
+    assert choose_gpu(usage, Counter({3: 1}), 0.3, 2) == 3
+    assert choose_gpu(usage, Counter({1: 1, 3: 1}), 0.3, 1) == 2
+    assert choose_gpu(usage, Counter({1: 1, 2: 1, 3: 1}), 0.3, 1) is None
+    assert choose_gpu(usage, Counter(), 0.01, 4) is None
+    assert choose_gpu([], Counter(), 0.3, 1) is None
 
 
 def test_allowed_gpus_follow_the_parents_cuda_visible_devices() -> None:
-    assert launcher.allowed_gpus({}) is None
-    assert launcher.allowed_gpus({"CUDA_VISIBLE_DEVICES": "2,0"}) == {0, 2}
-    assert launcher.allowed_gpus({"CUDA_VISIBLE_DEVICES": "GPU-1a2b"}) is None
+    assert allowed_gpus({}) is None
+    assert allowed_gpus({"CUDA_VISIBLE_DEVICES": "2,0"}) == {0, 2}
+    assert allowed_gpus({"CUDA_VISIBLE_DEVICES": "GPU-1a2b"}) is None
 
 
 def test_nvml_probe_reports_gpus_or_no_gpu() -> None:
     try:
-        usage = launcher.nvml_probe()
+        usage = nvml_probe()
     except NoGpuError:
         return
     assert all(isinstance(i, int) and 0.0 <= u <= 1.0 for i, u in usage)
@@ -380,7 +446,7 @@ def test_the_lock_is_held_by_the_child_after_the_launcher_lets_go(tmp_path: Path
     out = tmp_path / "out"
     lock = RunLock(run.lock)
     assert lock.acquire()
-    proc = launcher.start_run(run, fake_command(out)(run, None), dict(os.environ), lock, 1)
+    proc = start_run(run, fake_command(out)(run, None), dict(os.environ), lock, 1)
     lock.release()  # as if the launcher had been killed with kill -9
     other = RunLock(run.lock)
     try:
@@ -400,14 +466,14 @@ def test_a_failing_run_is_reported_and_the_rest_finish(tmp_path: Path, capsys: p
     out = tmp_path / "out"
     command = fake_command(out, {bad.name: "fail"})
     (out / "release").write_text("")
-    code = launcher.main([*argv, "--coldsecs", "0", "--waitsecs", "0"], probe=no_gpu, command=command)
+    code = main([*argv, "--coldsecs", "0", "--waitsecs", "0"], probe=no_gpu, command=command)
     assert code == 1
     text = capsys.readouterr().out
     assert "3 done, 0 skipped (results existed), 1 failed" in text
     assert f"failed: {bad.name} (exit code 3); log: {bad.log}" in text
     assert all(r.results.exists() for r in runs if r is not bad) and not bad.results.exists()
     assert f"child {bad.name} attempt 1" in bad.log.read_text()
-    assert launcher.main([*argv, "--coldsecs", "0", "--waitsecs", "0"], probe=no_gpu, command=command) == 1
+    assert main([*argv, "--coldsecs", "0", "--waitsecs", "0"], probe=no_gpu, command=command) == 1
     assert invocations(out)[bad.name] == 2 and invocations(out)[runs[0].name] == 1
 
 
@@ -461,24 +527,24 @@ def write_results(run: Run, final: float) -> None:
 def test_tune_validation_phase_1_is_adab2n_on_the_validation_split_for_the_tune_seeds(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    args = launcher.parse_launcher_args(tune_argv(tmp_path))
-    phase1 = launcher.expand_validation(args)
+    args = parse_launcher_args(tune_argv(tmp_path))
+    phase1 = expand_validation(args)
     assert len(phase1) == 2 * 2  # buffers x configs, seed 0 only
     assert {(r.method, r.seed, r.validation) for r in phase1} == {("AdaB2N", 0, True)}
     assert {(r.buffer_size, r.config) for r in phase1} == {(b, c) for b in (200, 500) for c in (CONFIG_A, CONFIG_B)}
     assert phase1[0].name == "seq-fmnist_ep1_er_ace_buf200_AdaB2N_kappa0.4_lambd0.1_ada0_seed0_reservoir_val"
-    test_names = {r.name for r in launcher.expand_grid(args)}
+    test_names = {r.name for r in expand_grid(args)}
     for run in phase1:
         assert run.name.endswith("_val") and run.name[: -len("_val")] in test_names
         assert flag(run, "--validation") == "1" and "--adab2n_renorm" not in run.argv
         assert flag(run, "--run_name") == flag(run, "--wandb_name") == run.name
         assert flag(run, "--wandb_group").endswith("_val") and run.results.name == f"{run.name}.json"
-    more = launcher.expand_validation(launcher.parse_launcher_args(tune_argv(tmp_path, "--tune_seeds", "3", "5")))
+    more = expand_validation(parse_launcher_args(tune_argv(tmp_path, "--tune_seeds", "3", "5")))
     assert Counter(r.seed for r in more) == {3: 4, 5: 4}
     only_renorm = tune_argv(tmp_path, "--methods", "BN", "AdaB2N-renorm")
-    assert {r.method for r in launcher.expand_validation(launcher.parse_launcher_args(only_renorm))} == {"AdaB2N"}
+    assert {r.method for r in expand_validation(parse_launcher_args(only_renorm))} == {"AdaB2N"}
 
-    assert launcher.main([*tune_argv(tmp_path), "--dry_run"]) == 0
+    assert main([*tune_argv(tmp_path), "--dry_run"]) == 0
     out = capsys.readouterr().out
     assert "=> phase 1: 4 AdaB2N validation run(s) (seeds 0): 0 already done, 4 to run" in out
     assert out.count("[todo] ") == 4 + 4  # phase 1, then BN x 2 seeds x 2 buffers
@@ -494,21 +560,21 @@ def test_tune_validation_runs_each_columns_validation_choice_for_adab2n_and_reno
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     argv = tune_argv(tmp_path, "--yes", "--coldsecs", "0", "--waitsecs", "0")
-    args = launcher.parse_launcher_args(argv)
+    args = parse_launcher_args(argv)
     accuracy = {(200, CONFIG_A): 50.0, (200, CONFIG_B): 60.0, (500, CONFIG_A): 70.0, (500, CONFIG_B): 40.0}
-    for run in launcher.expand_validation(args):
+    for run in expand_validation(args):
         write_results(run, accuracy[(run.buffer_size, run.config)])
     out = tmp_path / "out"
     command = fake_command(out)
     (out / "release").write_text("")
-    assert launcher.main(argv, probe=no_gpu, command=command) == 0
+    assert main(argv, probe=no_gpu, command=command) == 0
     text = capsys.readouterr().out
     assert "=> phase 1 (validation) summary: 0 done, 4 skipped (results existed), 0 failed" in text
     assert "=> seq-fmnist er_ace 200: AdaB2N runs kappa 1.0, lambd 0.1, ada_t0 0 (mean validation class-IL" in text
     assert "=> seq-fmnist er_ace 500: AdaB2N runs kappa 0.4, lambd 0.1, ada_t0 0 (mean validation class-IL" in text
     assert "=> phase 2 (test) summary: 12 done, 0 skipped (results existed), 0 failed" in text
     chosen = {("seq-fmnist", "er_ace", 200): CONFIG_B, ("seq-fmnist", "er_ace", 500): CONFIG_A}
-    phase2 = launcher.expand_test(args, chosen)
+    phase2 = expand_test(args, chosen)
     assert invocations(out) == {r.name: 1 for r in phase2}
     adaptive = [r for r in phase2 if r.method != "BN"]
     assert Counter((r.method, r.buffer_size, r.config) for r in adaptive) == {
@@ -517,11 +583,11 @@ def test_tune_validation_runs_each_columns_validation_choice_for_adab2n_and_reno
     }  # fmt: skip
     assert "seq-fmnist_ep1_er_ace_buf200_AdaB2N-renorm_kappa1.0_lambd0.1_ada0_seed1_reservoir" in invocations(out)
 
-    assert launcher.main(argv, probe=no_gpu, command=command) == 0  # resume: the same choice, nothing to run
+    assert main(argv, probe=no_gpu, command=command) == 0  # resume: the same choice, nothing to run
     again = capsys.readouterr().out
     assert "=> phase 2 (test) summary: 0 done, 12 skipped (results existed), 0 failed" in again
     assert invocations(out) == {r.name: 1 for r in phase2}
-    assert launcher.main([*argv, "--dry_run"], command=command) == 0
+    assert main([*argv, "--dry_run"], command=command) == 0
     listing = capsys.readouterr().out
     assert "[later]" not in listing and listing.count("[done] ") == 4 + 12
     assert "=> phase 2: 12 test run(s): 12 already done, 0 to run\n" in listing
@@ -540,8 +606,8 @@ def test_tune_validation_without_a_columns_validation_results_fails_clearly(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     argv = tune_argv(tmp_path, "--yes", "--coldsecs", "0", "--waitsecs", "0")
-    args = launcher.parse_launcher_args(argv)
-    phase1 = launcher.expand_validation(args)
+    args = parse_launcher_args(argv)
+    phase1 = expand_validation(args)
     failing, unreadable = [r for r in phase1 if r.buffer_size == 200]
     for run in phase1:
         if run.buffer_size == 500:
@@ -550,7 +616,7 @@ def test_tune_validation_without_a_columns_validation_results_fails_clearly(
     out = tmp_path / "out"
     command = fake_command(out, {failing.name: "fail"})
     (out / "release").write_text("")
-    assert launcher.main(argv, probe=no_gpu, command=command) == 1
+    assert main(argv, probe=no_gpu, command=command) == 1
     captured = capsys.readouterr()
     assert f"failed: {failing.name} (exit code 3); log: {failing.log}" in captured.out
     (error,) = captured.err.strip().splitlines()
@@ -561,7 +627,7 @@ def test_tune_validation_without_a_columns_validation_results_fails_clearly(
     started = invocations(out)
     assert started[failing.name] == 1
     assert {n for n in started if n != failing.name} == {
-        r.name for r in launcher.expand_test(args, {("seq-fmnist", "er_ace", 500): CONFIG_B})
+        r.name for r in expand_test(args, {("seq-fmnist", "er_ace", 500): CONFIG_B})
     }
     assert not any("_buf200_AdaB2N" in n and not n.endswith("_val") for n in started)
 
@@ -575,8 +641,8 @@ def test_tune_validation_with_no_wait_leaves_phase_2_to_the_next_call(
         submitted.append([r.name for r in runs])
         return Summary(submitted=[(r, f"7_{i}") for i, r in enumerate(runs)])
 
-    monkeypatch.setattr(launcher, "run_submitit", submit)
-    assert launcher.main(tune_argv(tmp_path, "--yes", "--launcher", "slurm", "--no_wait")) == 0
+    monkeypatch.setattr(slurm, "run_submitit", submit)
+    assert main(tune_argv(tmp_path, "--yes", "--launcher", "slurm", "--no_wait")) == 0
     assert len(submitted) == 1 and len(submitted[0]) == 4 and all(n.endswith("_val") for n in submitted[0])
     assert "run the same command again once the validation jobs have finished" in capsys.readouterr().out
 
@@ -626,15 +692,25 @@ def test_real_grid_on_the_cpu_through_run_py_then_resume(tmp_path: Path) -> None
     docs = _check_real_results(res, logs)
     assert all(d["args"]["device"] == "cpu" for d in docs) or "=> GPUs" in proc.stdout
     _check_report(res, docs)
-    assert launcher.main(argv, probe=no_gpu) == 0
+    assert main(argv, probe=no_gpu) == 0
     assert [p.name for p in sorted(res.rglob("*.json"))] == [d["name"] + ".json" for d in docs]
+
+
+def test_real_run_of_a_buffer_size_without_best_args(tmp_path: Path) -> None:
+    res, logs = tmp_path / "res", tmp_path / "logs"
+    argv = [*FMNIST_BN, "--models", "er_ace", "--buffer_sizes", "50", "--no_best_args", "--yes", "--coldsecs", "0"]
+    argv += ["--extra", f"--lr 0.05 {REAL_EXTRA}", "--results_path", str(res), "--logdir", str(logs)]
+    assert main(argv, probe=no_gpu) == 0
+    (path,) = res.rglob("*.json")
+    args = json.loads(path.read_text())["args"]
+    assert (args["load_best_args"], args["lr"], args["buffer_size"], args["nl"]) == (0, 0.05, 50, "BN")
 
 
 def test_real_grid_through_submitit_local_executor(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     res, logs = tmp_path / "res", tmp_path / "logs"
     argv = [*SMALL_GRID, "--extra", REAL_EXTRA, "--cpu_workers", "2", "--launcher", "submitit-local"]
     argv += ["--results_path", str(res), "--logdir", str(logs), "--yes", "--slurm_time", "20"]
-    assert launcher.main(argv) == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.count(": FINISHED, done") == 4
     assert "=> summary: 4 done, 0 skipped (results existed), 0 failed" in out
@@ -675,7 +751,7 @@ def test_real_tune_validation_grid_chooses_on_validation_then_tests(
     for name, doc in test.items():
         assert f"| {name} | {doc['final']['class_il_avg']:.2f} (1) |" in files.text  # the test run, not †
 
-    assert launcher.main(argv, probe=no_gpu) == 0
+    assert main(argv, probe=no_gpu) == 0
     again = capsys.readouterr().out
     assert "=> phase 2 (test) summary: 0 done, 2 skipped (results existed), 0 failed" in again
     assert f"AdaB2N runs kappa {best[0]}, lambd 0.1, ada_t0 0" in again
@@ -687,11 +763,11 @@ def test_tune_selection_counts_earlier_validation_runs_of_the_same_protocol_as_t
 ) -> None:
     """Validation runs left in the folder by an earlier search (another kappa) take part in the choice, exactly as
     in the report's; runs of another protocol (here two epochs) do not."""
-    args = launcher.parse_launcher_args(tune_argv(tmp_path))
-    phase1 = launcher.expand_validation(args)
+    args = parse_launcher_args(tune_argv(tmp_path))
+    phase1 = expand_validation(args)
     for run in phase1:
         write_results(run, {CONFIG_A: 50.0, CONFIG_B: 60.0}[run.config])
-    earlier = launcher.expand_validation(launcher.parse_launcher_args(tune_argv(tmp_path, "--kappas", "0.1")))
+    earlier = expand_validation(parse_launcher_args(tune_argv(tmp_path, "--kappas", "0.1")))
     for run in earlier:
         write_results(run, 90.0 if run.buffer_size == 200 else 10.0)
     other_protocol = next(r for r in earlier if r.buffer_size == 500)
@@ -699,7 +775,7 @@ def test_tune_selection_counts_earlier_validation_runs_of_the_same_protocol_as_t
     doc["args"]["n_epochs"], doc["final"]["class_il_avg"] = 2, 99.0
     other_protocol.results.with_name("two_epochs_val.json").write_text(json.dumps(doc))
 
-    chosen = launcher.select_from_validation(phase1).chosen
+    chosen = select_from_validation(phase1).chosen
     assert chosen == {("seq-fmnist", "er_ace", 200): (0.1, 0.1, 0), ("seq-fmnist", "er_ace", 500): CONFIG_B}
     records, _ = load_records(tmp_path / "res")
     same_protocol = [

@@ -1,0 +1,214 @@
+"""The report's tables written out: Markdown (``report.md``, also printed), CSV (``summary.csv``, ``sensitivity.csv``)
+and LaTeX (``results.tex``); a cell is the mean ± sample standard deviation over seeds, with the number of seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from utils.core.atomic import atomic_write_bytes
+from utils.experiments.methods import BASELINE
+from utils.experiments.records import Stat
+from utils.experiments.tables import ON_TEST, Column, Entry, Gain, Report, final_drift, paired_gain
+
+METRICS = (("class_il", "Class-IL accuracy (%)"), ("task_il", "Task-IL accuracy (%)"), ("forgetting", "Forgetting"))
+VALIDATION_MARK = "†"
+
+
+def _cell_text(entry: Entry | None, metric: str) -> str:
+    if entry is None:
+        return ""
+    text = entry.stat(metric).text()
+    return f"{text} {VALIDATION_MARK}" if entry.on_validation else text
+
+
+def _gain_text(gain: Gain | None) -> str:
+    if gain is None or gain.diff.mean is None:
+        return ""
+    spread = "" if gain.diff.std is None else f" ± {gain.diff.std:.2f}"
+    return f"{gain.diff.mean:+.2f}{spread} ({gain.diff.n}; ahead on {gain.ahead})"
+
+
+def _drift_text(drift: dict[str, Stat], stat: str) -> str:
+    to_balanced, to_latest = drift[f"{stat}_to_balanced"], drift[f"{stat}_to_latest"]
+    if to_balanced.mean is None or to_latest.mean is None:
+        return ""
+    return f"{to_balanced.mean:.3f} / {to_latest.mean:.3f}"
+
+
+def _filled_rows(report: Report, cell: Callable[[str, Column], str]) -> list[str]:
+    """Markdown rows of the methods with at least one non-empty cell."""
+    rows = []
+    for m in report.methods:
+        cells = [cell(m, c) for c in report.columns]
+        if any(cells):
+            rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _gain_table(report: Report, header: str, rule: str) -> list[str]:
+    """The paper's claim in one table: class-IL accuracy gained over the baseline, paired by seed."""
+    rows = _filled_rows(report, lambda m, c: _gain_text(paired_gain(report, m, c)))
+    if not rows:
+        return []
+    return [
+        f"## Gain over {BASELINE} in class-IL accuracy (points), paired by seed",
+        "",
+        f"Per cell: mean ± sample std over seeds of (method − {BASELINE}) on the same seed, (number of seeds; on "
+        f"how many the method was ahead of {BASELINE}). Test-protocol runs only.",
+        "",
+        header,
+        rule,
+        *rows,
+        "",
+    ]
+
+
+def _drift_tables(report: Report, header: str, rule: str) -> list[str]:
+    drift = {key: final_drift(e) for key, e in report.entries.items() if not e.on_validation}
+    out: list[str] = []
+    for stat in ("mean", "var"):
+        rows = _filled_rows(report, lambda m, c, s=stat: _drift_text(drift[(m, c)], s) if (m, c) in drift else "")
+        if rows:
+            out += [f"## Running {stat} after the last task: distance to the task-balanced / to the latest task's", ""]
+            out.append(
+                "RMS over channels, averaged over layers and seeds (`--diagnose_norm 1`, test-protocol runs). "
+                "Recency bias: closer to the latest task than to the balanced statistics."
+            )
+            out += ["", header, rule, *rows, ""]
+    return out
+
+
+def markdown(report: Report, title: str) -> str:
+    """The tables as Markdown: one per metric, the AdaB²N selection, and the sensitivity tables."""
+    out = [f"# {title}", ""]
+    out.append("Final values after the last task: mean ± sample std over seeds (number of seeds).")
+    runs = [r for e in report.entries.values() for r in e.runs]
+    subsets = sorted({r.args["samples_per_class"] for r in runs if r.args.get("samples_per_class")})
+    if subsets:
+        which = "" if all(r.args.get("samples_per_class") for r in runs) else " (the runs with `--samples_per_class`)"
+        out.append(
+            f"**Trained on a subset{which}:** {' or '.join(map(str, subsets))} training images per class "
+            "(`--samples_per_class`), not the full training data; the test sets are whole."
+        )
+    if any(e.on_validation for e in report.entries.values()):
+        out.append(f"{VALIDATION_MARK}: measured on the validation split (`--validation 1`), no test runs found.")
+    out.append("")
+    header = "| method | " + " | ".join(c.label for c in report.columns) + " |"
+    rule = "| --- |" + " --- |" * len(report.columns)
+    for metric, name in METRICS:
+        out += [f"## {name}", "", header, rule]
+        for m in report.methods:
+            cells = [_cell_text(report.entries.get((m, c)), metric) for c in report.columns]
+            out.append(f"| {m} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += _gain_table(report, header, rule)
+    out += _drift_tables(report, header, rule)
+    tuned = [(m, c) for m in report.methods for c in report.columns if (m, c) in report.sensitivity]
+    if tuned:
+        out += ["## AdaB²N configuration per column", "", "| method | column | kappa | lambd | ada_t0 | chosen on |"]
+        out.append("| --- | --- | --- | --- | --- | --- |")
+        for m, c in tuned:
+            e = report.entries[(m, c)]
+            kappa, lambd, t0 = e.config  # type: ignore[misc]
+            note = f"{e.selected_on} (no validation runs)" if e.selected_on == ON_TEST else e.selected_on
+            out.append(f"| {m} | {c.label} | {kappa:g} | {lambd:g} | {t0} | {note} |")
+        out.append("")
+        if any(report.entries[k].selected_on == ON_TEST for k in tuned):
+            out += [
+                "Where no `--validation 1` runs exist, the configuration is chosen on the same final test accuracy "
+                "that the table reports, which is optimistic.",
+                "",
+            ]
+        out += ["## AdaB²N sensitivity (class-IL accuracy, %)", ""]
+        for m, c in tuned:
+            stats = report.sensitivity[(m, c)]
+            split = report.sensitivity_split[(m, c)]
+            for t0 in sorted({cfg[2] for cfg in stats}):
+                kappas = sorted({cfg[0] for cfg in stats if cfg[2] == t0})
+                lambdas = sorted({cfg[1] for cfg in stats if cfg[2] == t0})
+                out += [f"### {m}, {c.label}, ada_t0 = {t0} ({split} split)", ""]
+                out.append("| kappa \\ lambd | " + " | ".join(f"{lam:g}" for lam in lambdas) + " |")
+                out.append("| --- |" + " --- |" * len(lambdas))
+                for k in kappas:
+                    row = [stats[(k, lam, t0)].text() if (k, lam, t0) in stats else "" for lam in lambdas]
+                    out.append(f"| {k:g} | " + " | ".join(row) + " |")
+                out.append("")
+    out += [f"- {w}" for w in report.warnings]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> None:
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def write_csv(report: Report, path: Path) -> None:
+    """One row per method × column with every metric's mean, std and the seeds (``n_seeds``)."""
+    header = ["method", "dataset", "model", "buffer_size", "variant", "n_seeds", "seeds"]
+    for metric, _ in METRICS:
+        header += [f"{metric}_mean", f"{metric}_std"]
+    rows: list[list[Any]] = [[*header, "kappa", "lambd", "ada_t0", "selected_on", "split"]]
+    for m in report.methods:
+        for c in report.columns:
+            e = report.entries.get((m, c))
+            if e is None:
+                continue
+            row: list[Any] = [m, c.dataset, c.model, "" if c.buffer_size < 0 else c.buffer_size]
+            row += [";".join(f"{k}={v}" for k, v in c.variant), len(e.runs), " ".join(map(str, e.seeds))]
+            for metric, _ in METRICS:
+                s = e.stat(metric)
+                row += [_num(s.mean), _num(s.std)]
+            row += list(e.config) if e.config else ["", "", ""]
+            row += [e.selected_on, "validation" if e.on_validation else "test"]
+            rows.append(row)
+    _write_csv(path, rows)
+
+
+def write_sensitivity_csv(report: Report, path: Path) -> None:
+    """Every AdaB²N configuration's class-IL accuracy per column, on the split the selection used."""
+    header = ["method", "dataset", "model", "buffer_size", "variant", "kappa", "lambd", "ada_t0", "n_seeds"]
+    rows: list[list[Any]] = [[*header, "class_il_mean", "class_il_std", "split"]]
+    for (m, c), stats in report.sensitivity.items():
+        for (kappa, lambd, t0), s in sorted(stats.items()):
+            buf = "" if c.buffer_size < 0 else c.buffer_size
+            variant = ";".join(f"{k}={v}" for k, v in c.variant)
+            split = report.sensitivity_split[(m, c)]
+            rows.append([m, c.dataset, c.model, buf, variant, kappa, lambd, t0, s.n, _num(s.mean), _num(s.std), split])
+    _write_csv(path, rows)
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub(r"([_&%#$])", r"\\\1", text).replace("κ", r"$\kappa$").replace("λ", r"$\lambda$")
+
+
+def latex(report: Report) -> str:
+    """One booktabs ``tabular`` per metric, cells ``$mean_{\\pm std}$``."""
+    out = ["% generated by utils/report.py; needs \\usepackage{booktabs}"]
+    for metric, name in METRICS:
+        out += [f"% {name}", "\\begin{tabular}{l" + "c" * len(report.columns) + "}", "\\toprule"]
+        out.append("Method & " + " & ".join(_latex_escape(c.label) for c in report.columns) + " \\\\")
+        out.append("\\midrule")
+        for m in report.methods:
+            cells = []
+            for c in report.columns:
+                e = report.entries.get((m, c))
+                s = e.stat(metric) if e else Stat(None, None, 0)
+                if s.mean is None:
+                    cells.append("--")
+                else:
+                    std = "" if s.std is None else f"_{{\\pm {s.std:.2f}}}"
+                    cells.append(f"${s.mean:.2f}{std}$" + ("$^\\dagger$" if e and e.on_validation else ""))
+            out.append(f"{_latex_escape(m)} & " + " & ".join(cells) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(out)

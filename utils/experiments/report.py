@@ -1,0 +1,90 @@
+"""The paper's tables and plots from a folder of results JSON files: ``python -m utils.report RESULTS_DIR``.
+
+Rows are normalization methods, columns dataset × model × buffer size; a cell is the mean ± sample standard
+deviation over seeds of the final class-IL accuracy, task-IL accuracy and forgetting, with the number of seeds.
+Below them, each method's class-IL gain over BN paired by seed (a seed fixes class order and initialisation, so
+the paired spread is the one that decides whether a gain is real) and, for ``--diagnose_norm 1`` runs, the running
+statistics' distances to the task-balanced and to the latest task's statistics after the last task.
+A run's method comes from its arguments (``nl``, an explicit ``forward_mode``, ``adab2n_renorm``), so results of
+any launcher — not only ``run.py`` — are grouped the same way.
+
+AdaB²N is a family of configurations ``(kappa, lambd, ada_t0)``: per column the report picks the configuration
+with the best mean class-IL accuracy on the validation split when runs with ``--validation 1`` exist (and reports
+the test runs of that configuration), otherwise on the final test accuracy, which the tables then say is
+optimistic. A cell with a single configuration and no validation runs chose nothing on the test accuracy: the
+table says it is AdaB²N's validation choice (``AdaB2N-renorm`` after ``run.py --tune validation``) or the only
+configuration run. The sensitivity tables show every ``kappa × lambd`` configuration.
+
+Writes ``report.md`` (also printed), ``summary.csv``, ``sensitivity.csv``, ``results.tex`` and PNG plots: average
+class-IL accuracy after each task, the accuracy matrix, and — for runs with ``--diagnose_norm 1`` — the distance of
+the running statistics to the task-balanced and to the latest task's statistics after each task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.core.atomic import atomic_write_bytes
+from utils.experiments.formats import latex, markdown, write_csv, write_sensitivity_csv
+from utils.experiments.plots import plot_column
+from utils.experiments.records import load_records
+from utils.experiments.tables import build_report
+
+
+@dataclass
+class ReportFiles:
+    """What :func:`write_report` wrote, and the Markdown it printed."""
+
+    markdown: Path
+    csv: Path
+    sensitivity_csv: Path
+    latex: Path
+    plots: list[Path]
+    text: str
+
+
+def write_report(root: Path, out_dir: Path | None = None, plots: bool = True) -> ReportFiles:
+    """Load ``root``'s results, write every table and plot into ``out_dir`` (default ``root/report``)."""
+    out_dir = out_dir or root / "report"
+    records, warnings = load_records(root)
+    report = build_report(records)
+    report.warnings = warnings
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = markdown(report, f"Results in {root}")
+    files = ReportFiles(
+        markdown=out_dir / "report.md",
+        csv=out_dir / "summary.csv",
+        sensitivity_csv=out_dir / "sensitivity.csv",
+        latex=out_dir / "results.tex",
+        plots=[],
+        text=text,
+    )
+    atomic_write_bytes(files.markdown, text.encode())
+    write_csv(report, files.csv)
+    write_sensitivity_csv(report, files.sensitivity_csv)
+    atomic_write_bytes(files.latex, latex(report).encode())
+    if plots:
+        for column in report.columns:
+            files.plots += plot_column(report, column, out_dir)
+    return files
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m utils.report`` (and ``run.py --report``): write the report and print its Markdown."""
+    p = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.splitlines()[0])
+    p.add_argument("results_dir", type=Path, help="folder searched recursively for results JSON files")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS_DIR/report)")
+    p.add_argument("--no_plots", action="store_true", help="tables only")
+    args = p.parse_args(argv)
+    if not args.results_dir.is_dir():
+        print(f"error: {args.results_dir} is not a folder; pass the --results_path of the runs", file=sys.stderr)
+        return 2
+    files = write_report(args.results_dir, args.out, plots=not args.no_plots)
+    print(files.text)
+    written = [files.markdown, files.csv, files.sensitivity_csv, files.latex, *files.plots]
+    print(f"=> wrote {len(written)} file(s) to {files.markdown.parent}")
+    return 0

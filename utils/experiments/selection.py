@@ -1,0 +1,46 @@
+"""AdaB²N's selection rule, the one the report's tables and ``run.py --tune validation`` both apply, so that phase 2
+runs the configuration that the tables then report: per column, the configuration with the best mean class-IL
+accuracy; ties go to the smallest configuration, so that reruns pick the same one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+
+from utils.experiments.methods import ADAPTIVE_NORM, Config, GridKey
+from utils.experiments.records import Record, Stat
+
+
+def by_config(records: Iterable[Record]) -> dict[Config, list[Record]]:
+    """The records of AdaB²N-family runs grouped by their configuration."""
+    groups: dict[Config, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[r.config].append(r)  # type: ignore[index]
+    return groups
+
+
+def mean_class_il(records: Iterable[Record]) -> float | None:
+    """The mean final class-IL accuracy that the rule compares (finite values only)."""
+    return Stat.of(r.class_il for r in records).mean
+
+
+def best_config(groups: dict[Config, list[Record]]) -> Config:
+    """The rule: the best mean class-IL accuracy; ties go to the smallest configuration."""
+    return max(sorted(groups), key=lambda c: mean_class_il(groups[c]) or -math.inf)
+
+
+def validation_candidates(records: Iterable[Record]) -> dict[GridKey, dict[Config, list[Record]]]:
+    """Per column, plain AdaB²N's validation runs by configuration: what the rule chooses among."""
+    columns: dict[GridKey, list[Record]] = defaultdict(list)
+    for r in records:
+        if r.method == ADAPTIVE_NORM and r.validation and r.config is not None:
+            columns[r.key].append(r)
+    return {key: by_config(runs) for key, runs in columns.items()}
+
+
+def select_configs(records: Iterable[Record]) -> dict[GridKey, Config]:
+    """Per dataset × model × buffer, the AdaB²N configuration with the best mean class-IL accuracy over its
+    validation runs."""
+    return {key: best_config(groups) for key, groups in validation_candidates(records).items()}

@@ -1,0 +1,159 @@
+"""The report's tables as data: the cells (methods × columns), AdaB²N's configuration per cell, the paired gains
+over the baseline and the running statistics' drift; :mod:`.formats` writes them out.
+
+Rows are normalization methods, columns dataset × model × buffer size (split further by protocol differences that
+must not be averaged together); a cell holds the runs it reports, over seeds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from utils.experiments.methods import ADAPTIVE_NORM, BASELINE, DATASET_ORDER, Config, column_label, method_key
+from utils.experiments.methods import slug as file_slug
+from utils.experiments.records import PROTOCOL_FIELDS, Record, Stat
+from utils.experiments.selection import best_config, by_config
+
+DRIFT_KEYS = ("mean_to_balanced", "mean_to_latest", "var_to_balanced", "var_to_latest")
+ON_VALIDATION = "validation"
+ON_TEST = "final test accuracy"
+ON_ADAPTIVE_CHOICE = f"{ADAPTIVE_NORM}'s validation choice"
+ON_SINGLE = "only configuration run"
+"""How an AdaB²N-family cell's configuration was chosen: on its validation runs; on the test accuracy it reports
+(optimistic); it is the one the AdaB2N cell chose on validation (``run.py --tune validation`` runs AdaB2N-renorm so);
+or it is the only one run."""
+
+
+@dataclass(frozen=True, order=True)
+class Column:
+    """dataset × model × buffer, plus any protocol differences that must not be averaged together."""
+
+    dataset_rank: int
+    dataset: str
+    model: str
+    buffer_size: int
+    variant: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        base = column_label((self.dataset, self.model, None if self.buffer_size < 0 else self.buffer_size))
+        extra = f" [{', '.join(f'{k}={v}' for k, v in self.variant)}]" if self.variant else ""
+        return base + extra
+
+    @property
+    def slug(self) -> str:
+        return file_slug(self.label)
+
+
+@dataclass
+class Entry:
+    """A table cell: the runs reported for one method in one column, and how they were chosen."""
+
+    runs: list[Record]
+    config: Config | None = None
+    selected_on: str = ""
+    on_validation: bool = False
+
+    def stat(self, metric: str) -> Stat:
+        return Stat.of(getattr(r, metric) for r in self.runs)
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return sorted({r.seed for r in self.runs}, key=lambda s: -1 if s is None else s)
+
+
+@dataclass
+class Report:
+    """Every cell, and for AdaB²N-family cells every configuration's class-IL accuracy (the sensitivity)."""
+
+    columns: list[Column]
+    methods: list[str]
+    entries: dict[tuple[str, Column], Entry]
+    sensitivity: dict[tuple[str, Column], dict[Config, Stat]] = field(default_factory=dict)
+    sensitivity_split: dict[tuple[str, Column], str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _columns(records: Sequence[Record]) -> dict[Record, Column]:
+    """Column of each record; protocol fields that vary inside one dataset × model × buffer split it further."""
+    groups: dict[tuple[str, str, int], list[Record]] = defaultdict(list)
+    for r in records:
+        groups[(r.dataset, r.model, -1 if r.buffer_size is None else r.buffer_size)].append(r)
+    varying = {
+        f
+        for runs in groups.values()
+        for i, f in enumerate(PROTOCOL_FIELDS)
+        if len({r.protocol[i][1] for r in runs}) > 1
+    }
+    out = {}
+    for (dataset, model, buffer), runs in groups.items():
+        rank = DATASET_ORDER.index(dataset) if dataset in DATASET_ORDER else len(DATASET_ORDER)
+        for r in runs:
+            variant = tuple((k, str(v)) for k, v in r.protocol if k in varying)
+            out[r] = Column(rank, dataset, model, buffer, variant)
+    return out
+
+
+def build_report(records: Sequence[Record]) -> Report:
+    """Group the records into the paper's table; for AdaB²N pick each column's best configuration: on its
+    validation runs when there are any (reporting the test runs of that configuration), else on the test runs."""
+    column_of = _columns(records)
+    cells: dict[tuple[str, Column], list[Record]] = defaultdict(list)
+    for r in records:
+        cells[(r.method, column_of[r])].append(r)
+    columns = sorted(set(column_of.values()))
+    methods = sorted({m for m, _ in cells}, key=method_key)
+    report = Report(columns, methods, {})
+    for key, runs in cells.items():
+        test = [r for r in runs if not r.validation]
+        val = [r for r in runs if r.validation]
+        if runs[0].config is None:
+            chosen = test or val
+            report.entries[key] = Entry(chosen, on_validation=not test)
+            continue
+        groups = by_config(val or test)
+        best = best_config(groups)
+        reported = [r for r in test if r.config == best] or [r for r in val if r.config == best]
+        selected_on = ON_VALIDATION if val else ON_TEST
+        on_validation = not any(r.config == best for r in test)
+        report.entries[key] = Entry(reported, best, selected_on, on_validation)
+        report.sensitivity[key] = {c: Stat.of(r.class_il for r in rs) for c, rs in groups.items()}
+        report.sensitivity_split[key] = "validation" if val else "test"
+    for (method, column), entry in report.entries.items():
+        if entry.selected_on != ON_TEST or len(report.sensitivity[(method, column)]) > 1:
+            continue
+        # One configuration and no validation runs: nothing was chosen on the test accuracy.
+        base = report.entries.get((ADAPTIVE_NORM, column))
+        inherited = base is not None and base.selected_on == ON_VALIDATION and base.config == entry.config
+        entry.selected_on = ON_ADAPTIVE_CHOICE if method != ADAPTIVE_NORM and inherited else ON_SINGLE
+    return report
+
+
+@dataclass(frozen=True)
+class Gain:
+    """A method's lead over the baseline on the same seeds (same class order, same initialisation)."""
+
+    diff: Stat
+    ahead: int
+
+
+def paired_gain(report: Report, method: str, column: Column, metric: str = "class_il") -> Gain | None:
+    """Mean ± std over seeds of ``method − BASELINE`` paired by seed, and on how many seeds the method led; None
+    unless both cells hold test-protocol runs of a common seed. Pairing removes the class-order variation that
+    seeds ≥ 1 introduce, which the unpaired stds include."""
+    entry, base = report.entries.get((method, column)), report.entries.get((BASELINE, column))
+    if method == BASELINE or entry is None or base is None or entry.on_validation or base.on_validation:
+        return None
+    base_of = {r.seed: getattr(r, metric) for r in base.runs}
+    diffs = [getattr(r, metric) - base_of[r.seed] for r in entry.runs if base_of.get(r.seed) is not None]
+    if not diffs:
+        return None
+    return Gain(Stat.of(diffs), sum(d > 0 for d in diffs))
+
+
+def final_drift(entry: Entry) -> dict[str, Stat]:
+    """The running statistics' distances after the last task (``DRIFT_KEYS``), over the cell's seeds."""
+    last = [r.drift[-1] for r in entry.runs if r.drift and len(r.drift) == len(r.matrix)]
+    return {k: Stat.of(d.get(k) for d in last) for k in DRIFT_KEYS}
