@@ -45,7 +45,7 @@ def main() -> None:
     task0 = dataset.task(0)
     for idx in torch.randperm(len(task0.train_y), device=device).split(args.batch_size):
         trainer.train_step(task0, idx)
-    model.end_task(dataset)
+    model.meta_end_task(dataset)
 
     tasks = list(range(dataset.N_TASKS))
     images = sum(len(dataset.task(t).test_y) for t in tasks)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from benchmarks.common import build, machine, timed
-from models.utils.norms import task_aware_layers, task_counts
+from models.utils.task_aware import task_aware_layers, task_counts
 from utils.training import Trainer
 from utils.wandb_logger import WandbLogger
 
@@ -104,7 +104,7 @@ def main() -> None:
     order = torch.randperm(len(task0.train_y), device=device)
     for idx in order.split(args.batch_size):
         trainer.train_step(task0, idx)
-    model.end_task(dataset)
+    model.meta_end_task(dataset)
     task1 = dataset.task(1)
     batches = torch.randperm(len(task1.train_y), device=device).split(args.batch_size)
     framework = [
@@ -119,7 +119,8 @@ def main() -> None:
         x = torch.randn(args.batch_size, c, h, w, device=device)
         y = torch.randint(lo if k == 0 else 0, hi if k == 0 else lo, (args.batch_size,), device=device)
         parts.append((x, y, torch.full((args.batch_size,), 1 if k == 0 else 0, device=device)))
-    step = bare_step(model, parts, args.lambd if model.current_task >= args.ada_t0 else 0.0)
+    weights = [layer.norm_loss_weight(model.current_task) for layer in task_aware_layers(model.net)]
+    step = bare_step(model, parts, max(weights, default=0.0))
     bare = [timed(step, device) for _ in range(a.steps + a.warmup)]
 
     framework_ms = statistics.median(framework[a.warmup :])

@@ -36,7 +36,7 @@ class CifarDataset(ContinualDataset):
         root = data_root(self.args)
         dirs = [root / parent / self.FOLDER for parent in ("", *self.PARENTS)]
         paths = find_or_fetch(
-            self.NAME,
+            self.name,
             dirs,
             self.TRAIN_FILES + self.TEST_FILES,
             how_to_get="run once with internet access to download them",
@@ -52,7 +52,6 @@ class CifarDataset(ContinualDataset):
 class SequentialCIFAR10(CifarDataset):
     """CIFAR-10 split into 5 two-class tasks."""
 
-    NAME = "seq-cifar10"
     N_TASKS = 5
     N_CLASSES_PER_TASK = 2
     MEAN = (0.4914, 0.4822, 0.4465)

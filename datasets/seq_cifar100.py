@@ -17,7 +17,6 @@ from datasets.seq_cifar10 import CifarDataset
 class SequentialCIFAR100(CifarDataset):
     """CIFAR-100 split into 10 ten-class tasks."""
 
-    NAME = "seq-cifar100"
     N_TASKS = 10
     N_CLASSES_PER_TASK = 10
     MEAN = (0.5071, 0.4867, 0.4408)

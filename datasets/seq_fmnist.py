@@ -40,7 +40,6 @@ def _download(root: Path) -> None:
 class SequentialFMNIST(ContinualDataset):
     """Fashion-MNIST split into 5 two-class tasks."""
 
-    NAME = "seq-fmnist"
     N_TASKS = 5
     N_CLASSES_PER_TASK = 2
     SHAPE = (1, 28, 28)
@@ -53,7 +52,7 @@ class SequentialFMNIST(ContinualDataset):
         root = data_root(self.args)
         dirs = [root / "FashionMNIST" / "raw", root / "fashion-mnist", root, DEBIAN_DIR]
         paths = find_or_fetch(
-            self.NAME,
+            self.name,
             dirs,
             FILES,
             how_to_get="run once with internet access to download them, or `apt-get install dataset-fashion-mnist`",

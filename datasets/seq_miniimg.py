@@ -20,7 +20,6 @@ FILES = ("train_x.npy", "train_y.npy", "test_x.npy", "test_y.npy")
 class SequentialMiniImagenet(ContinualDataset):
     """Mini-ImageNet split into 20 five-class tasks."""
 
-    NAME = "seq-miniimg"
     N_TASKS = 20
     N_CLASSES_PER_TASK = 5
     SHAPE = (3, 84, 84)
@@ -36,5 +35,5 @@ class SequentialMiniImagenet(ContinualDataset):
             "or (N, 3, 84, 84), *_y.npy integer labels 0..99; "
             f"unzip it into {root / 'mini-imagenet'}"
         )
-        train_x, train_y, test_x, test_y = find_or_fetch(self.NAME, dirs, FILES, how_to_get=how)
+        train_x, train_y, test_x, test_y = find_or_fetch(self.name, dirs, FILES, how_to_get=how)
         return RawSplit(*read_npy_pair(train_x, train_y)), RawSplit(*read_npy_pair(test_x, test_y))

@@ -5,13 +5,16 @@ from torch import Tensor
 
 from models import MODELS
 from models.utils.continual_model import ContinualModel
+from utils.core.options import Option, at_least
 
 
 @MODELS.register("der")
 class Der(ContinualModel):
-    NAME = "der"
     USES_BUFFER = True
-    DEFAULT_ALPHA = 0.3  # --alpha when not given (mammoth's seq-cifar10 value); 0 would make DER plain SGD
+    # mammoth's seq-cifar10 value when not given; 0 would make DER plain SGD. Other models record 0.
+    OPTIONS = (
+        Option("--alpha", "weight of the logit-replay loss", type=float, default=0.3, check=at_least(0), inactive=0.0),
+    )
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> Tensor:
         assert self.buffer is not None
@@ -25,7 +28,5 @@ class Der(ContinualModel):
         if replay:
             loss = loss + self.args.alpha * F.mse_loss(outputs[1], buf_logits)
         total = self.step(loss)
-        self.buffer.add_data(
-            not_aug_inputs, labels=labels, logits=outputs[0].detach(), task_labels=self.stream_tasks(labels)
-        )
+        self.remember(not_aug_inputs, labels, logits=outputs[0].detach())
         return total

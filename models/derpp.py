@@ -5,14 +5,17 @@ from torch import Tensor
 
 from models import MODELS
 from models.utils.continual_model import ContinualModel
+from utils.core.options import Option, at_least
 
 
 @MODELS.register("derpp")
 class Derpp(ContinualModel):
-    NAME = "derpp"
     USES_BUFFER = True
-    DEFAULT_ALPHA = 0.1  # --alpha / --beta when not given (mammoth's seq-cifar10 values); 0 would drop the replay
-    DEFAULT_BETA = 0.5
+    # mammoth's seq-cifar10 values when not given; 0 would drop the replay. Other models record 0.
+    OPTIONS = (
+        Option("--alpha", "weight of the logit-replay loss", type=float, default=0.1, check=at_least(0), inactive=0.0),
+        Option("--beta", "weight of the label-replay loss", type=float, default=0.5, check=at_least(0), inactive=0.0),
+    )
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> Tensor:
         assert self.buffer is not None
@@ -28,7 +31,5 @@ class Derpp(ContinualModel):
             loss = loss + self.args.alpha * F.mse_loss(outputs[1], buf_logits1)
             loss = loss + self.args.beta * self.loss(outputs[2], buf_labels2)
         total = self.step(loss)
-        self.buffer.add_data(
-            not_aug_inputs, labels=labels, logits=outputs[0].detach(), task_labels=self.stream_tasks(labels)
-        )
+        self.remember(not_aug_inputs, labels, logits=outputs[0].detach())
         return total

@@ -9,7 +9,6 @@ from models.utils.continual_model import ContinualModel
 
 @MODELS.register("er")
 class Er(ContinualModel):
-    NAME = "er"
     USES_BUFFER = True
     REFERENCE_FORWARD = "joint"  # mammoth's ER concatenates stream and replay batches
 
@@ -22,5 +21,5 @@ class Er(ContinualModel):
             targets.append(buf_labels)
         outputs = self.forward_parts(parts)
         loss = self.step(self.loss(torch.cat(outputs), torch.cat(targets)))
-        self.buffer.add_data(not_aug_inputs, labels=labels, task_labels=self.stream_tasks(labels))
+        self.remember(not_aug_inputs, labels)
         return loss

@@ -15,7 +15,6 @@ from models.utils.continual_model import ContinualModel
 
 @MODELS.register("er_ace")
 class ErAce(ContinualModel):
-    NAME = "er_ace"
     USES_BUFFER = True
 
     def __init__(self, *args, **kwargs) -> None:
@@ -46,5 +45,5 @@ class ErAce(ContinualModel):
         if replay:
             loss = loss + self.loss(outputs[1], buf_labels)
         total = self.step(loss)
-        self.buffer.add_data(not_aug_inputs, labels=labels, task_labels=self.stream_tasks(labels))
+        self.remember(not_aug_inputs, labels)
         return total

@@ -11,25 +11,25 @@ from torch import Tensor
 from datasets.utils.continual_dataset import ContinualDataset
 from models import MODELS
 from models.utils.continual_model import ContinualModel
-from utils.stream import iterate_batches
+from utils.stream import batch_indices, n_batches
 
 
 @MODELS.register("joint")
 class Joint(ContinualModel):
-    NAME = "joint"
-
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> Tensor:
         return torch.zeros((), device=self.device)
 
     def end_task(self, dataset: ContinualDataset) -> None:
-        if self.current_task == dataset.N_TASKS - 1:
-            tasks = [dataset.task(t) for t in range(dataset.N_TASKS)]
-            x = torch.cat([t.train_x for t in tasks])
-            y = torch.cat([t.train_y for t in tasks])
-            task_ids = torch.div(y, dataset.N_CLASSES_PER_TASK, rounding_mode="floor")
-            self.net.train()
-            for _ in range(self.args.n_epochs):
-                for idx in iterate_batches(len(y), self.args.batch_size, self.device):
-                    (outputs,) = self.forward_parts([(self.transform(x[idx]), task_ids[idx])])
-                    self.step(self.loss(outputs, y[idx]))
-        super().end_task(dataset)
+        if self.current_task < dataset.N_TASKS - 1:
+            return
+        tasks = [dataset.task(t) for t in range(dataset.N_TASKS)]
+        x = torch.cat([data.train_x for data in tasks])
+        y = torch.cat([data.train_y for data in tasks])
+        task_ids = torch.cat([torch.full_like(data.train_y, t) for t, data in enumerate(tasks)])
+        self.net.train()
+        for _ in range(self.args.n_epochs):
+            order = torch.randperm(len(y), device=self.device)
+            for batch in range(n_batches(len(y), self.args.batch_size)):
+                idx = batch_indices(order, batch, self.args.batch_size)
+                (outputs,) = self.forward_parts([(self.transform(x[idx]), task_ids[idx])])
+                self.step(self.loss(outputs, y[idx]))

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from models.utils.adab2n import AdaB2N
-from models.utils.norms import convert_norm, task_aware_layers
+from models.utils.norms import convert_norm
+from models.utils.task_aware import task_aware_layers
 
 
 def train_forward(layer: AdaB2N, x: torch.Tensor, tasks: list[int] | None) -> torch.Tensor:

@@ -6,17 +6,16 @@ import pytest
 import torch
 
 from utils.buffer import Buffer
-from utils.core.errors import UserError
 
 CPU = torch.device("cpu")
 
 
-def _stream(buffer: Buffer, ids: torch.Tensor, batch_sizes: list[int]) -> None:
+def _stream(buffer: Buffer, ids: torch.Tensor, batch_sizes: list[int], task: int | None = None) -> None:
     """Add `ids` to the buffer as examples, in consecutive batches of the given sizes."""
     assert sum(batch_sizes) == len(ids)
     start = 0
     for size in batch_sizes:
-        buffer.add_data(ids[start : start + size])
+        buffer.add_data(ids[start : start + size], task=task)
         start += size
 
 
@@ -37,7 +36,7 @@ def test_filling_phase_stores_first_samples_in_order():
     buffer.add_data(ids[6:])
     assert len(buffer) == 10 and buffer.num_seen_examples == 10
     assert _stored_ids(buffer) == list(range(100, 110))
-    assert torch.equal(buffer.get_all_data()[0], ids)
+    assert sorted(buffer.get_data(10)[0].tolist()) == ids.tolist()
 
 
 def test_batch_straddling_the_end_of_filling():
@@ -176,41 +175,40 @@ def test_ring_keeps_the_newest_samples_of_each_task():
     buffer = Buffer(50, CPU, mode="ring", n_tasks=5)
     assert buffer.portion == 10
     for task in range(5):
-        ids = torch.arange(37) + 1000 * task
-        buffer.add_data(ids[:7])
+        ids = torch.arange(37) + 1000 * task + 1  # never 0, the value of a slot not yet written
+        buffer.add_data(ids[:7], task=task)
         filled_before = 10 * task
         assert len(buffer) == filled_before + 7
-        # Only filled slots are sampled: those of earlier tasks and the first 7 of this one.
-        index = buffer.get_data(100, return_index=True)[-1]
-        assert sorted(index.tolist()) == list(range(filled_before + 7))
-        _stream(buffer, ids[7:], [5] * 6)
+        # Only filled slots are sampled: the newest 10 of each earlier task and the first 7 of this one.
+        earlier = [1000 * old + 1 + j for old in range(task) for j in range(27, 37)]
+        assert sorted(buffer.get_data(100)[0].tolist()) == sorted(earlier + ids[:7].tolist())
+        _stream(buffer, ids[7:], [5] * 6, task=task)
         assert len(buffer) == filled_before + 10
-        buffer.end_task()
     for task in range(5):
         for j in range(27, 37):
-            assert int(buffer.examples[10 * task + j % 10]) == 1000 * task + j
+            assert int(buffer.examples[10 * task + j % 10]) == 1000 * task + j + 1
     assert buffer.num_seen_examples == 5 * 37 and buffer.task_seen == [37] * 5
 
 
 def test_ring_batch_larger_than_portion_keeps_the_last_samples():
     buffer = Buffer(10, CPU, mode="ring", n_tasks=2)
-    buffer.add_data(torch.arange(3))
-    buffer.add_data(torch.arange(100, 113))  # 13 samples into a portion of 5, ring position 3 onwards
+    buffer.add_data(torch.arange(3), task=0)
+    buffer.add_data(torch.arange(100, 113), task=0)  # 13 samples into a portion of 5, ring position 3 onwards
     assert _stored_ids(buffer)[:5] == [112, 108, 109, 110, 111]
     assert len(buffer) == 5
 
 
 def test_ring_never_samples_unused_slots():
     torch.manual_seed(4)
-    buffer = Buffer(53, CPU, mode="ring", n_tasks=5)  # 3 slots left over
-    for _ in range(5):
-        buffer.add_data(torch.arange(30))
-        buffer.end_task()
+    buffer = Buffer(53, CPU, mode="ring", n_tasks=5)  # 3 slots left over, holding 0 (never written)
+    for task in range(5):
+        buffer.add_data(torch.arange(1, 31), task=task)
     assert len(buffer) == 50
     for _ in range(20):
-        index = buffer.get_data(50, return_index=True)[-1]
-        assert sorted(index.tolist()) == list(range(50))
-    with pytest.raises(UserError, match="5 tasks"):
+        assert sorted(buffer.get_data(50)[0].tolist()) == sorted(list(range(21, 31)) * 5)
+    with pytest.raises(ValueError, match=r"tasks 0 \.\. 4; add_data got task=5"):
+        buffer.add_data(torch.arange(3), task=5)
+    with pytest.raises(ValueError, match="task=None"):
         buffer.add_data(torch.arange(3))
 
 
@@ -223,13 +221,12 @@ def test_uint8_round_trip_and_transform():
     buffer = Buffer(20, CPU)
     buffer.add_data(images, labels=torch.arange(20))
     assert buffer.examples.dtype == torch.uint8 and buffer.examples.element_size() == 1
-    stored, labels = buffer.get_all_data()
+    stored = buffer.examples[:20]
     assert stored.dtype == torch.uint8 and torch.equal(stored, images)
-    assert labels.dtype == torch.int64
-    examples, labels, index = buffer.get_data(8, transform=lambda x: x.float() / 255, return_index=True)
+    assert buffer.labels.dtype == torch.int64
+    examples, labels = buffer.get_data(8, transform=lambda x: x.float() / 255)
     assert examples.dtype == torch.float32 and examples.shape == (8, 3, 8, 8)
-    assert torch.equal(examples, images[index].float() / 255)
-    assert torch.equal(labels, index)
+    assert torch.equal(examples, images[labels].float() / 255)  # label i was stored with image i
 
 
 def test_logits_and_task_labels_stay_aligned():
@@ -244,27 +241,25 @@ def test_logits_and_task_labels_stay_aligned():
             task_labels=ids // 100,
         )
     assert buffer.logits.dtype == torch.float32 and buffer.task_labels.dtype == torch.int64
-    examples, labels, logits, task_labels, index = buffer.get_data(30, return_index=True)
+    examples, labels, logits, task_labels = buffer.get_data(30)
     ids = examples[:, 0].long()
-    assert len(set(ids.tolist())) == 30
+    assert sorted(ids.tolist()) == sorted(buffer.examples[:30, 0].long().tolist())
     assert torch.equal(labels, ids % 7)
     assert torch.equal(logits, ids.float().unsqueeze(1) * torch.tensor([1.0, 2.0, 3.0]))
     assert torch.equal(task_labels, ids // 100)
-    assert torch.equal(buffer.examples[index], examples)
 
 
 def test_get_data_returns_distinct_valid_indices_capped_by_len():
     torch.manual_seed(7)
     buffer = Buffer(10, CPU)
     buffer.add_data(torch.arange(7))
-    examples, index = buffer.get_data(100, return_index=True)
-    assert len(index) == 7 and sorted(index.tolist()) == list(range(7))
-    assert torch.equal(examples, index)
+    (examples,) = buffer.get_data(100)
+    assert sorted(examples.tolist()) == list(range(7))
     for start in range(7, 507, 10):
         buffer.add_data(torch.arange(start, start + 10))
-        (index,) = buffer.get_data(6, return_index=True)[1:]
-        assert len(index) == 6 and len(set(index.tolist())) == 6
-        assert int(index.max()) < buffer.buffer_size  # never the scratch row
+        (sampled,) = buffer.get_data(6)
+        stored = set(buffer.examples[: buffer.buffer_size].tolist())  # not the scratch row's rejected sample
+        assert len(set(sampled.tolist())) == 6 and set(sampled.tolist()) <= stored
     assert len(buffer.get_data(0)[0]) == 0
 
 
@@ -275,7 +270,7 @@ def test_sampling_is_uniform_over_slots():
     trials = 2000
     counts = torch.zeros(10)
     for _ in range(trials):
-        counts[buffer.get_data(3, return_index=True)[-1]] += 1
+        counts[buffer.get_data(3)[0]] += 1  # example i is in slot i
     p = 0.3
     assert (counts - trials * p).abs().max() < 5 * (trials * p * (1 - p)) ** 0.5
 
@@ -288,7 +283,7 @@ def test_empty_and_reuse():
     with pytest.raises(RuntimeError, match="empty"):
         buffer.get_data(1)
     buffer.add_data(torch.arange(3) + 50)
-    assert buffer.get_all_data()[0].tolist() == [50, 51, 52]
+    assert len(buffer) == 3 and buffer.examples[:3].tolist() == [50, 51, 52]
 
 
 def test_inconsistent_inputs_are_rejected():
@@ -317,22 +312,22 @@ def _round_trip(state: dict) -> dict:
 def test_state_dict_round_trip_continues_identically(mode, n_tasks):
     torch.manual_seed(9)
     original = Buffer(12, CPU, mode=mode, n_tasks=n_tasks)
+    task = None if mode == "reservoir" else 0
     for start in range(0, 40, 8):
         ids = torch.arange(start, start + 8)
-        original.add_data(ids.to(torch.uint8).view(8, 1, 1, 1), labels=ids, logits=ids.float().unsqueeze(1))
-    original.end_task()
+        original.add_data(ids.to(torch.uint8).view(8, 1, 1, 1), labels=ids, logits=ids.float().unsqueeze(1), task=task)
     restored = Buffer(12, CPU, mode=mode, n_tasks=n_tasks)
     restored.load_state_dict(_round_trip(original.state_dict()))
-    assert len(restored) == len(original) and restored.current_task == 1
+    assert len(restored) == len(original)
     for buffer in (original, restored):
         torch.manual_seed(10)
         new = torch.full((5, 1, 1, 1), 99, dtype=torch.uint8)
-        buffer.add_data(new, labels=torch.arange(5), logits=torch.ones(5, 1))
+        buffer.add_data(new, labels=torch.arange(5), logits=torch.ones(5, 1), task=None if task is None else 1)
     torch.manual_seed(11)
-    first = original.get_data(6, return_index=True)
+    first = original.get_data(6)
     torch.manual_seed(11)
-    second = restored.get_data(6, return_index=True)
-    assert len(first) == len(second) == 4
+    second = restored.get_data(6)
+    assert len(first) == len(second) == 3
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
     assert original.state_dict().keys() == restored.state_dict().keys()
@@ -342,12 +337,20 @@ def test_state_dict_round_trip_continues_identically(mode, n_tasks):
     assert restored.num_seen_examples == original.num_seen_examples
 
 
-def test_loading_a_different_buffer_is_a_user_error():
+def test_loading_a_different_buffer_is_refused():
     state = Buffer(10, CPU).state_dict()
-    with pytest.raises(UserError, match="buffer_size"):
+    with pytest.raises(ValueError, match="buffer_size"):
         Buffer(20, CPU).load_state_dict(state)
-    with pytest.raises(UserError, match="mode"):
+    with pytest.raises(ValueError, match="mode"):
         Buffer(10, CPU, mode="ring", n_tasks=2).load_state_dict(state)
+
+
+def test_a_checkpoint_from_before_the_model_owned_the_task_index_loads():
+    buffer = Buffer(10, CPU, mode="ring", n_tasks=2)
+    buffer.add_data(torch.arange(4), task=1)
+    restored = Buffer(10, CPU, mode="ring", n_tasks=2)
+    restored.load_state_dict({**buffer.state_dict(), "current_task": 1})
+    assert restored.task_seen == [0, 4] and len(restored) == 4
 
 
 # ---------------------------------------------------------------- bad input
@@ -358,13 +361,13 @@ def test_loading_a_different_buffer_is_a_user_error():
     [
         ({"buffer_size": 0}, "positive"),
         ({"buffer_size": -5}, "positive"),
-        ({"buffer_size": 3, "mode": "ring", "n_tasks": 5}, "--buffer_size 3 is smaller than the 5 tasks"),
+        ({"buffer_size": 3, "mode": "ring", "n_tasks": 5}, "buffer_size 3 is smaller than the 5 tasks"),
         ({"buffer_size": 10, "mode": "ring"}, "number of tasks"),
         ({"buffer_size": 10, "mode": "fifo"}, "reservoir, ring"),
     ],
 )
-def test_bad_configuration_is_a_user_error(kwargs, message):
-    with pytest.raises(UserError, match=message):
+def test_bad_configuration_is_refused_in_the_buffers_own_terms(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         Buffer(device=CPU, **kwargs)
 
 
@@ -385,10 +388,8 @@ def test_no_host_sync_on_cuda(mode, n_tasks):
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step, (images, labels) in enumerate(batches):
-            buffer.add_data(images, labels=labels, logits=labels.float().unsqueeze(1))
-            buffer.get_data(10, transform=lambda x: x.float() / 255, return_index=True)
-            if step % 8 == 7:
-                buffer.end_task()
+            buffer.add_data(images, labels=labels, logits=labels.float().unsqueeze(1), task=step // 8)
+            buffer.get_data(10, transform=lambda x: x.float() / 255)
     finally:
         torch.cuda.set_sync_debug_mode(previous)
     assert len(buffer) == 64

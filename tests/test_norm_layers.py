@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from argparse import Namespace
+import functools
 
 import pytest
 import torch
@@ -21,7 +21,7 @@ from models.utils.norm_layers import (
     instance_norm,
     layer_norm,
 )
-from models.utils.norms import NORMS, batch_norm, convert_norm, probe_input_shapes
+from models.utils.norms import NORMS, convert_norm, probe_input_shapes
 from utils.core.errors import UserError
 
 BASELINES = ("BN", "GN", "LN", "IN", "CN", "BRN")
@@ -109,8 +109,8 @@ def test_layer_norm_normalises_each_sample_over_chw() -> None:
 
 
 def test_layer_norm_needs_shape() -> None:
-    assert getattr(NORMS.get("LN"), "needs_shape", False)
-    with pytest.raises(ValueError, match="shape"):
+    assert NORMS.get("LN").needs_shape and not NORMS.get("GN").needs_shape
+    with pytest.raises(TypeError, match="shape"):
         layer_norm(nn.BatchNorm2d(4))
     with pytest.raises(ValueError, match="channels"):
         layer_norm(nn.BatchNorm2d(4), shape=(5, 2, 2))
@@ -157,7 +157,7 @@ def test_convert_layer_norm_uses_probed_shapes() -> None:
 
 
 def test_instance_norm_per_sample_per_channel() -> None:
-    layer = instance_norm(randomised_bn(3), affine=True)
+    layer = instance_norm(randomised_bn(3))
     assert isinstance(layer, nn.InstanceNorm2d) and layer.weight is None and layer.running_mean is None
     x = torch.randn(4, 3, 5, 5) * 3 + torch.arange(12.0).reshape(4, 3, 1, 1)
     y = layer(x)
@@ -278,14 +278,16 @@ def test_brn_eval_is_bn_eval() -> None:
 
 def test_brn_options_and_validation() -> None:
     bn = nn.BatchNorm2d(4)
-    layer = batch_renorm(bn, args=Namespace(brn_rmax=2.0, brn_dmax=1.5), rmax=9.0, dmax=9.0)
+    layer = batch_renorm(bn, rmax=2.0, dmax=1.5)
     assert (layer.rmax, layer.dmax) == (2.0, 1.5)
     layer = batch_renorm(bn)
     assert (layer.rmax, layer.dmax) == (3.0, 5.0)
-    with pytest.raises(ValueError, match="rmax"):
+    with pytest.raises(ValueError, match=r"BRN: rmax must be >= 1, got 0.5"):
         batch_renorm(bn, rmax=0.5)
-    with pytest.raises(ValueError, match="dmax"):
-        batch_renorm(bn, args=Namespace(brn_rmax=3.0, brn_dmax=-1.0))
+    with pytest.raises(ValueError, match=r"BRN: dmax must be >= 0, got -1"):
+        batch_renorm(bn, dmax=-1.0)
+    flags = {o.flag: (o.keyword, o.default, o.type) for o in NORMS.get("BRN").options}
+    assert flags == {"--brn_rmax": ("rmax", 3.0, float), "--brn_dmax": ("dmax", 5.0, float)}
 
 
 # ---------------------------------------------------------------- convert_norm
@@ -339,7 +341,7 @@ def test_bn_to_bn_keeps_outputs() -> None:
 def test_every_norm_trains_project_resnet18(name: str) -> None:
     torch.manual_seed(0)
     net = ResNet18(num_classes=10, nf=20, in_channels=1)
-    net = convert_norm(net, name, example_input=torch.zeros(1, 1, 28, 28), args=Namespace(brn_rmax=3.0, brn_dmax=5.0))
+    net = convert_norm(net, name, example_input=torch.zeros(1, 1, 28, 28))
     assert not any(type(m) is nn.BatchNorm2d for m in net.modules()) or name == "BN"
     net.train()
     loss = F.cross_entropy(net(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))
@@ -358,8 +360,9 @@ def test_unknown_norm_lists_valid_names() -> None:
 
 @pytest.mark.parametrize("name", ["BN", "GN", "LN", "CN", "BRN", "IN"])
 def test_no_affine_layers_have_no_weight(name: str) -> None:
+    options = {} if name == "IN" else {"affine": False}  # IN never has affine parameters (torch's default)
     net = convert_norm(
-        ResNet18(num_classes=10, nf=20, in_channels=1), name, example_input=torch.zeros(1, 1, 28, 28), affine=False
+        ResNet18(num_classes=10, nf=20, in_channels=1), name, example_input=torch.zeros(1, 1, 28, 28), **options
     )
     layers = [m for m in net.modules() if isinstance(m, EXPECTED_TYPES[name])]
     assert len(layers) == 20
@@ -389,8 +392,28 @@ def test_module_without_batch_norm_is_unchanged() -> None:
     assert convert_norm(net, "GN") is net
 
 
-def test_builders_ignore_unknown_options() -> None:
-    bn = nn.BatchNorm2d(8)
-    for builder in (batch_norm, group_norm, instance_norm, continual_norm, batch_renorm):
-        assert isinstance(builder(bn, num_tasks=5, args=Namespace(), unused=1), nn.Module)
-    assert isinstance(layer_norm(bn, shape=(8, 2, 2), num_tasks=5), nn.LayerNorm)
+@pytest.mark.parametrize("name", [*BASELINES, "AdaB2N"])
+def test_convert_norm_rejects_an_unknown_keyword_by_name(name: str) -> None:
+    net = nn.Sequential(nn.BatchNorm2d(8))
+    with pytest.raises(TypeError, match=f"norm '{name}' takes no keyword 'bogus'"):
+        convert_norm(net, name, example_input=torch.zeros(1, 8, 2, 2), bogus=1)
+    assert isinstance(net[0], nn.BatchNorm2d), "nothing was converted"
+
+
+def test_convert_norm_names_a_missing_keyword_and_what_in_does_not_take() -> None:
+    net = nn.Sequential(nn.BatchNorm2d(8))
+    with pytest.raises(TypeError, match="norm 'AdaB2N' needs the keyword 'num_tasks'"):
+        convert_norm(net, "AdaB2N", kappa=0.4)
+    with pytest.raises(TypeError, match="norm 'IN' takes no keyword 'affine'; its keywords are: none"):
+        convert_norm(net, "IN", affine=False)
+
+
+def test_convert_norm_takes_a_builder_or_a_partial_with_bound_hyper_parameters() -> None:
+    net = convert_norm(nn.Sequential(nn.BatchNorm2d(8)), functools.partial(group_norm, groups=2))
+    assert isinstance(net[0], nn.GroupNorm) and net[0].num_groups == 2
+    net = convert_norm(nn.Sequential(nn.BatchNorm2d(8)), batch_renorm, rmax=1.5)
+    assert isinstance(net[0], BatchRenorm2d) and net[0].rmax == 1.5
+    with pytest.raises(TypeError, match="takes no keyword 'kappa'"):
+        convert_norm(nn.Sequential(nn.BatchNorm2d(8)), group_norm, kappa=0.4)
+    net = convert_norm(nn.Sequential(nn.BatchNorm2d(4)), layer_norm, example_input=torch.zeros(1, 4, 3, 3))
+    assert isinstance(net[0], nn.LayerNorm) and net[0].normalized_shape == (4, 3, 3)

@@ -14,6 +14,7 @@ from torch import nn
 from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset, RawSplit
 from models import MODELS
+from models.er import Er
 from models.utils.adab2n import AdaB2N
 from models.utils.norms import NORMS
 from utils.args import parse_args
@@ -58,10 +59,39 @@ def test_every_norm_trains_under_every_model(fmnist: ContinualDataset, nl: str) 
             assert model.forward_mode == "separate"
 
 
+def test_the_base_class_keeps_the_books_for_hooks_that_never_call_super(fmnist: ContinualDataset) -> None:
+    """A model's ``end_task`` is a hook: the task index, the layers' task count and the ring buffer's task move on
+    without ``super()``, and the hook runs before the bookkeeping (joint trains on the last task there)."""
+
+    class Forgetful(Er):  # overrides both hooks, calls no super()
+        def begin_task(self, dataset: ContinualDataset) -> None:
+            self.calls.append(("begin", self.current_task))
+
+        def end_task(self, dataset: ContinualDataset) -> None:
+            self.calls.append(("end", self.current_task, self.net.bn1._tasks_completed))
+
+    args = parse_args(
+        ["--dataset", "seq-fmnist", "--model", "er", "--lr", "0.05", "--nl", "AdaB2N", "--nf", "8",
+         "--buffer_size", "10", "--buffer_mode", "ring", "--bs", "5"]
+    )  # fmt: skip
+    fmnist.args = args
+    net = build_model(args, fmnist).net
+    model = Forgetful(net, torch.nn.functional.cross_entropy, args, fmnist)
+    model.calls = []
+    layers = [m for m in net.modules() if isinstance(m, AdaB2N)]
+    for task in range(2):
+        model.meta_begin_task(fmnist)
+        x, y = fmnist.task(task).train_x[:5], fmnist.task(task).train_y[:5]
+        model.observe(fmnist.train_transform(x), y, x)
+        model.meta_end_task(fmnist)
+    assert model.calls == [("begin", 0), ("end", 0, 0), ("begin", 1), ("end", 1, 1)]
+    assert model.current_task == 2 and {m._tasks_completed for m in layers} == {2}
+    assert model.buffer.task_seen == [5, 5, 0, 0, 0], "each task's samples went to its own ring"
+
+
 class TwoTasks(ContinualDataset):
     """Two one-class tasks of 2x2 grey images with known pixel statistics (after /255)."""
 
-    NAME = "two-tasks"
     N_TASKS = 2
     N_CLASSES_PER_TASK = 1
     SHAPE = (1, 2, 2)
@@ -98,7 +128,7 @@ def test_diagnostics_give_the_known_distances() -> None:
 
 def test_diagnostics_of_cn_compare_with_the_group_normalised_input() -> None:
     dataset = TwoTasks(Namespace(seed=0), "cpu")
-    cn = NORMS.get("CN")(nn.BatchNorm2d(1))
+    cn = NORMS.get("CN").builder(nn.BatchNorm2d(1))
     with torch.no_grad():  # every image is constant, so its group-normalised input is exactly 0 in both tasks
         cn.running_mean.fill_(0.1)
         cn.running_var.fill_(0.3)

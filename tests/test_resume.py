@@ -53,12 +53,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, ckpt: Path, ready) -> dict:
-    """Poll the checkpoint until ``ready(position)``; returns that position."""
+    """Poll the checkpoint until ``ready(position)``; returns that position, with the model's task index."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before the wanted checkpoint"
         if ckpt.exists():
-            position = torch.load(ckpt, weights_only=True)["position"]
+            payload = torch.load(ckpt, weights_only=True)
+            position = {**payload["position"], "task": payload["model"]["_extra_state"]["current_task"]}
             if ready(position):
                 return position
         time.sleep(0.01)
@@ -86,7 +87,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path: Path, refere
     assert matrices(folder(tmp_path) / f"{label}.json") == reference
 
 
-def test_sigterm_saves_a_loadable_checkpoint_and_exits_143(tmp_path: Path, reference: dict) -> None:
+def test_sigterm_saves_a_checkpoint_that_resumes_also_in_the_older_format(tmp_path: Path, reference: dict) -> None:
     ckpt = folder(tmp_path) / "term.ckpt"
     proc = start(tmp_path, "term")
     wait_for_checkpoint(proc, ckpt, lambda p: p["task"] >= 1)
@@ -98,6 +99,11 @@ def test_sigterm_saves_a_loadable_checkpoint_and_exits_143(tmp_path: Path, refer
     assert payload["position"]["step"] > 0
     assert {"model", "optimizer", "buffer", "rng", "history", "args"} <= set(payload)
     assert any(k.endswith("eta") for k in payload["model"]), "AdaB2N's momentum state is checkpointed"
+    # As the code before the model alone kept the task index wrote it: it must resume the same.
+    payload["position"]["task"] = payload["model"]["_extra_state"]["current_task"]
+    payload["buffer"]["current_task"] = payload["position"]["task"]
+    payload["args"]["num_workers"] = 0
+    torch.save(payload, ckpt)
     resumed = start(tmp_path, "term", "--resume", "1")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out

@@ -9,7 +9,8 @@ from torch import nn
 from backbone.resnet18 import ResNet18
 from models.utils.adab2n import AdaB2N
 from models.utils.norm_layers import BatchRenorm2d, ContinualNorm2d
-from models.utils.norms import convert_norm, task_aware_layers, task_counts
+from models.utils.norms import convert_norm
+from models.utils.task_aware import task_aware_layers, task_counts
 from tests.test_models import small_model
 
 

@@ -4,16 +4,21 @@ Values are resolved in this order: explicit flags, then ``--load_best_args``
 (the reference hyper-parameters), then the dataset's defaults; ``--bs`` and
 ``--epochs`` override everything (the paper's online setting is
 ``--bs 10 --epochs 1``). Binary flags accept both ``--flag`` and ``--flag 1``.
+
+The flags of the framework are declared here; a norm's, model's or dataset's own flags are declared in its own file
+(``Option``, ``utils/core/options.py``) and assembled from the registries, one argument group per kind. A flag that the
+run's component does not declare records its inactive value. Every value is validated here, once, in the flag's
+wording; library code raises ``ValueError`` in its own terms.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from utils.buffer import BUFFER_MODES
+from utils.buffer import BUFFER_MODES, ring_size_problem
 from utils.core.errors import UserError
+from utils.core.options import Check, Option, at_least, binary, merge, positive
 
 FORWARD_MODES = ("separate", "joint")
 
@@ -29,6 +34,34 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _binary(parser: argparse._ActionsContainer, name: str, help_text: str) -> None:
     parser.add_argument(name, type=int, nargs="?", const=1, default=0, choices=(0, 1), help=help_text)
+
+
+def component_options() -> Iterator[tuple[str, str, Option]]:
+    """``(kind, name, option)`` for every flag a registered norm, model or dataset declares in its own file."""
+    from datasets import DATASETS
+    from models import MODELS
+    from models.utils.norms import NORMS
+
+    for name in NORMS.names():
+        yield from (("norm", name, option) for option in NORMS.get(name).options)
+    for name in MODELS.names():
+        yield from (("model", name, option) for option in MODELS.get(name).OPTIONS)
+    for name in DATASETS.names():
+        yield from (("dataset", name, option) for option in DATASETS.get(name).OPTIONS)
+
+
+def _add_component_options(parser: argparse.ArgumentParser) -> None:
+    titles = {"norm": "options of the normalization layers (--nl)", "model": "options of the models (--model)"}
+    titles["dataset"] = "options of the datasets (--dataset)"
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for flag, owners in merge((f"{kind} {name}", o) for kind, name, o in component_options()).items():
+        kind, _ = owners[0][0].split(" ", 1)
+        group = groups.get(kind) or groups.setdefault(kind, parser.add_argument_group(titles[kind]))
+        defaults = "; ".join(f"{owner.split(' ', 1)[1]}: {o.default}" for owner, o in owners)
+        names = ", ".join(owner.split(" ", 1)[1] for owner, _ in owners)
+        option = owners[0][1]
+        kwargs = {"type": binary, "nargs": "?", "const": 1} if option.type is binary else {"type": option.type}
+        group.add_argument(flag, default=None, help=f"{names}: {option.help} (default {defaults})", **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,23 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("replay")
     r.add_argument("--buffer_size", type=int, default=None, help="replay memory size (required by replay models)")
     r.add_argument("--buffer_mode", default="reservoir", help=f"buffer policy: {', '.join(BUFFER_MODES)}")
-    r.add_argument("--alpha", type=float, default=None, help="DER / DER++: weight of the logit-replay loss")
-    r.add_argument("--beta", type=float, default=None, help="DER++: weight of the label-replay loss")
 
     n = p.add_argument_group("normalization layers")
-    n.add_argument("--kappa", type=float, default=1.0, help="AdaB2N: momentum adaptation in [0, 1] (1 = plain EMA)")
-    n.add_argument("--lambd", type=float, default=0.0, help="AdaB2N: weight (>= 0) of the statistics regulariser")
-    n.add_argument("--ada_t0", type=int, default=0, help="AdaB2N: first task (0-based) whose loss has the regulariser")
-    _binary(n, "--adab2n_renorm", "AdaB2N: renormalise the task weights over the tasks present in the batch")
-    n.add_argument("--brn_rmax", type=float, default=3.0, help="BRN: clip of the scale correction r to [1/rmax, rmax]")
-    n.add_argument("--brn_dmax", type=float, default=5.0, help="BRN: clip of the shift correction d to [-dmax, dmax]")
     _binary(n, "--diagnose_norm", "after each task, measure the running statistics' recency bias")
 
     m = p.add_argument_group("management")
     m.add_argument("--data_path", default="data", help="folder with the datasets' files (downloads go here)")
     m.add_argument("--results_path", default="results", help="folder of the results JSON files")
     m.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    m.add_argument("--num_workers", type=int, default=0, help="accepted for compatibility: data is in memory")
     m.add_argument("--num_threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     m.add_argument("--eval_batch_size", type=int, default=256, help="batch size of evaluation")
     m.add_argument(
@@ -111,15 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--wandb_entity", default=None, help="wandb entity (user or team)")
     w.add_argument("--wandb_name", default=None, help="wandb run name (default: --run_name)")
     w.add_argument("--wandb_group", default=None, help="wandb group (run.py: model + buffer + method)")
+    _add_component_options(p)
     return p
 
 
-def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = "non-negative" if allow_zero else "positive"
-        raise UserError(f"--{name} must be {bound}, got {value}")
+def _check(flag: str, value: object, check: Check) -> None:
+    """The command-line side of a check: ``--kappa must lie in [0, 1], got 2``."""
+    problem = None if value is None else check(value)
+    if problem is not None:
+        raise UserError(f"{flag} {problem}, got {value}")
+
+
+def _fill_component_options(args: argparse.Namespace) -> None:
+    """Unset component flags: the run's component's default if it declares the flag, else the inactive value."""
+    chosen = {("norm", args.nl), ("model", args.model), ("dataset", args.dataset)}
+    for flag, owners in merge((f"{kind} {name}", o) for kind, name, o in component_options()).items():
+        dest = owners[0][1].dest
+        if getattr(args, dest) is None:
+            mine = [o for owner, o in owners if tuple(owner.split(" ", 1)) in chosen]
+            setattr(args, dest, mine[0].default if mine else owners[0][1].value_when_inactive)
+        for _, option in owners:
+            if option.check is not None:
+                _check(flag, getattr(args, dest), option.check)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -137,7 +174,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         raise UserError(f"unknown buffer mode '{args.buffer_mode}'; choose one of: {', '.join(BUFFER_MODES)}")
     if model_cls.USES_BUFFER and args.buffer_size is None:
         raise UserError(f"model '{args.model}' replays samples: pass --buffer_size N (e.g. --buffer_size 500)")
-    _positive("buffer_size", args.buffer_size)
+    _check("--buffer_size", args.buffer_size, positive)
+    n_tasks = dataset_cls.N_TASKS
 
     if args.load_best_args:
         buffer = args.buffer_size if model_cls.USES_BUFFER else None
@@ -156,34 +194,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.n_epochs = dataset_cls.N_EPOCHS
     if args.lr is None:
         raise UserError("--lr is required: pass --lr 0.03, or --load_best_args for the reference value")
-    for key in ("alpha", "beta"):
-        if getattr(args, key) is None:
-            setattr(args, key, getattr(model_cls, f"DEFAULT_{key.upper()}", 0.0))
-    _positive("lr", args.lr)
-    for name in ("optim_wd", "optim_mom", "alpha", "beta"):
-        _positive(name, getattr(args, name), allow_zero=True)
+    _fill_component_options(args)
+    _check("--lr", args.lr, positive)
+    for name in ("optim_wd", "optim_mom"):
+        _check(f"--{name}", getattr(args, name), at_least(0))
     for name in ("batch_size", "minibatch_size", "n_epochs", "eval_batch_size", "nf", "num_threads"):
-        _positive(name, getattr(args, name))
-    if not 0.0 <= args.kappa <= 1.0:
-        raise UserError(f"--kappa must lie in [0, 1], got {args.kappa}")
-    _positive("lambd", args.lambd, allow_zero=True)
-    if args.ada_t0 < 0:
-        raise UserError(f"--ada_t0 must be a task index >= 0, got {args.ada_t0}")
-    if args.brn_rmax < 1.0 or args.brn_dmax < 0.0:
-        raise UserError(f"--brn_rmax must be >= 1 and --brn_dmax >= 0, got {args.brn_rmax} and {args.brn_dmax}")
-    if args.checkpoint_every < 0:
-        raise UserError(f"--checkpoint_every must be >= 0 steps, got {args.checkpoint_every}")
+        _check(f"--{name}", getattr(args, name), positive)
+    _check("--checkpoint_every", args.checkpoint_every, at_least(0))
     if args.resume and not args.run_name:
         raise UserError("--resume needs the --run_name of the run to continue")
     if args.resume and args.disable_log:
         raise UserError("--resume needs checkpoints, which --disable_log turns off; drop --disable_log")
-    if args.samples_per_class is not None and args.samples_per_class <= 0:
-        raise UserError(f"--samples_per_class must be a positive integer, got {args.samples_per_class}")
-    if args.buffer_mode == "ring" and args.buffer_size is not None and args.buffer_size < dataset_cls.N_TASKS:
-        raise UserError(
-            f"--buffer_size {args.buffer_size} is smaller than the {dataset_cls.N_TASKS} tasks of the ring buffer; "
-            f"use --buffer_size >= {dataset_cls.N_TASKS} or --buffer_mode reservoir"
-        )
+    _check("--samples_per_class", args.samples_per_class, positive)
+    ring_problem = None
+    if args.buffer_size is not None and args.buffer_mode == "ring":
+        ring_problem = ring_size_problem(args.buffer_size, n_tasks)
+    if ring_problem is not None:
+        fix = f"use --buffer_size >= {n_tasks} or --buffer_mode reservoir"
+        raise UserError(f"--buffer_size {args.buffer_size} {ring_problem}; {fix}")
     if dataset_cls.SETTING not in model_cls.COMPATIBILITY:
         raise UserError(
             f"model '{args.model}' does not support the {dataset_cls.SETTING} setting of '{args.dataset}'; "

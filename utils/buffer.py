@@ -25,8 +25,8 @@ Two modes:
   the stream is kept with probability ``buffer_size / (k + 1)``, so the buffer
   is a uniform sample of everything seen.
 * ``ring``: ``buffer_size // n_tasks`` slots per task, each a FIFO ring of that
-  task's newest samples. The task is the buffer's own `current_task`, advanced
-  by the model through `end_task()`.
+  task's newest samples. The model, which owns the task index, names the task of
+  every batch it adds (``add_data(..., task=t)``).
 """
 
 from collections.abc import Callable
@@ -34,9 +34,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from utils.core.errors import UserError
-
 BUFFER_MODES = ("reservoir", "ring")
+
+
+def ring_size_problem(buffer_size: int, n_tasks: int) -> str | None:
+    """What is wrong with a ring buffer of ``buffer_size`` for ``n_tasks`` tasks (every task needs a slot), if any."""
+    if buffer_size < n_tasks:
+        return f"is smaller than the {n_tasks} tasks of the ring buffer (one slot per task at least)"
+    return None
+
 
 # Stored attributes, in the order `get_data` returns them, and their dtype
 # (None: keep the dtype of the first batch).
@@ -60,24 +66,21 @@ class Buffer:
         self, buffer_size: int, device: torch.device | str, mode: str = "reservoir", n_tasks: int | None = None
     ) -> None:
         if buffer_size <= 0:
-            raise UserError(f"--buffer_size must be positive, got {buffer_size}")
+            raise ValueError(f"buffer_size must be positive, got {buffer_size}")
         if mode not in BUFFER_MODES:
-            raise UserError(f"unknown buffer mode {mode!r}; valid modes: {', '.join(BUFFER_MODES)}")
+            raise ValueError(f"unknown buffer mode {mode!r}; valid modes: {', '.join(BUFFER_MODES)}")
         if mode == "ring":
             if n_tasks is None or n_tasks <= 0:
-                raise UserError(f"the ring buffer needs the number of tasks (a positive int), got {n_tasks}")
-            if buffer_size < n_tasks:
-                raise UserError(
-                    f"--buffer_size {buffer_size} is smaller than the {n_tasks} tasks of the ring buffer; "
-                    f"use --buffer_size >= {n_tasks} or --buffer_mode reservoir"
-                )
+                raise ValueError(f"the ring buffer needs the number of tasks (a positive int), got {n_tasks}")
+            problem = ring_size_problem(buffer_size, n_tasks)
+            if problem is not None:
+                raise ValueError(f"buffer_size {buffer_size} {problem}")
         self.buffer_size = buffer_size
         self.device = torch.device(device)
         self.mode = mode
         self.n_tasks = n_tasks
         self.portion = buffer_size // n_tasks if mode == "ring" and n_tasks else buffer_size
         self.num_seen_examples = 0
-        self.current_task = 0
         self.task_seen: list[int] = [0] * (n_tasks if mode == "ring" and n_tasks else 0)
         self.examples: Tensor | None = None
         self.labels: Tensor | None = None
@@ -101,7 +104,7 @@ class Buffer:
         return len(self) == 0
 
     def empty(self) -> None:
-        """Drop all samples and free the storage; `current_task` is kept (it is training progress)."""
+        """Drop all samples and free the storage."""
         for name in _ATTRIBUTES:
             setattr(self, name, None)
         self._stored = ()
@@ -111,10 +114,6 @@ class Buffer:
         self.num_seen_examples = 0
         self.task_seen = [0] * len(self.task_seen)
 
-    def end_task(self) -> None:
-        """Advance the task counter: in ring mode, later samples go to the next task's portion."""
-        self.current_task += 1
-
     # ---------------------------------------------------------------- insert
 
     def add_data(
@@ -123,10 +122,12 @@ class Buffer:
         labels: Tensor | None = None,
         logits: Tensor | None = None,
         task_labels: Tensor | None = None,
+        task: int | None = None,
     ) -> None:
         """Insert a batch (reservoir or ring rule) with a few vectorized kernels and no host sync.
 
-        Pass tensors already on the device: a copy from pageable host memory blocks the host.
+        ``task`` is the task the batch belongs to (required in ring mode: it picks the ring). Pass tensors already
+        on the device: a copy from pageable host memory blocks the host.
         """
         batch = examples.shape[0]
         given = {"examples": examples, "labels": labels, "logits": logits, "task_labels": task_labels}
@@ -134,11 +135,8 @@ class Buffer:
         for name, value in values.items():
             if value.shape[0] != batch:
                 raise ValueError(f"{name} has {value.shape[0]} rows but examples has {batch}")
-        if self.mode == "ring" and self.current_task >= len(self.task_seen):
-            raise UserError(
-                f"the ring buffer was built for {len(self.task_seen)} tasks but received samples of task "
-                f"{self.current_task + 1}; check the number of tasks of the dataset or use --buffer_mode reservoir"
-            )
+        if self.mode == "ring" and (task is None or not 0 <= task < len(self.task_seen)):
+            raise ValueError(f"the ring buffer holds tasks 0 .. {len(self.task_seen) - 1}; add_data got task={task}")
         if batch == 0:
             return
         if self.examples is None:
@@ -151,13 +149,14 @@ class Buffer:
             if value.shape[1:] != expected:
                 raise ValueError(f"{name} has shape {tuple(value.shape[1:])} per sample, expected {tuple(expected)}")
 
-        slots = self._ring_slots(batch) if self.mode == "ring" else self._reservoir_slots(batch)
+        ring = task if self.mode == "ring" else None  # checked above: a task of the ring in ring mode
+        slots = self._reservoir_slots(batch) if ring is None else self._ring_slots(batch, ring)
         for name, value in values.items():
             getattr(self, name).index_copy_(0, slots, value)
 
         self.num_seen_examples += batch
-        if self.mode == "ring":
-            self.task_seen[self.current_task] += batch
+        if ring is not None:
+            self.task_seen[ring] += batch
 
     def _prepare(self, name: str, value: Tensor) -> Tensor:
         """Move to the device with the stored dtype; detached so the buffer never holds a graph."""
@@ -187,11 +186,11 @@ class Buffer:
         slots = torch.where(slots < self.buffer_size, slots, self.buffer_size)
         return self._resolve_collisions(slots)
 
-    def _ring_slots(self, batch: int) -> Tensor:
-        """Target row of each sample in the current task's FIFO ring."""
-        seen = self.task_seen[self.current_task]
+    def _ring_slots(self, batch: int, task: int) -> Tensor:
+        """Target row of each sample in ``task``'s FIFO ring."""
+        seen = self.task_seen[task]
         offset = torch.arange(seen, seen + batch, dtype=torch.int64, device=self.device) % self.portion
-        slots = offset + self.current_task * self.portion
+        slots = offset + task * self.portion
         return slots if batch <= self.portion else self._resolve_collisions(slots)
 
     def _resolve_collisions(self, slots: Tensor) -> Tensor:
@@ -211,14 +210,11 @@ class Buffer:
 
     # ---------------------------------------------------------------- sample
 
-    def get_data(
-        self, size: int, transform: Callable[[Tensor], Tensor] | None = None, return_index: bool = False
-    ) -> tuple[Tensor, ...]:
+    def get_data(self, size: int, transform: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, ...]:
         """Sample `min(size, len(self))` distinct stored samples uniformly, without replacement.
 
         Returns (examples, labels, logits, task_labels) restricted to the stored
-        attributes, then the slot indices if `return_index`. Uses the global
-        torch RNG, so `torch.manual_seed` makes it reproducible.
+        attributes. Uses the global torch RNG, so `torch.manual_seed` makes it reproducible.
         """
         if size < 0:
             raise ValueError(f"cannot sample {size} examples")
@@ -227,17 +223,6 @@ class Buffer:
             raise RuntimeError("cannot sample from an empty buffer; check is_empty() first")
         perm = torch.randperm(n_valid, device=self.device)[: min(size, n_valid)]
         index = perm if self.mode == "reservoir" else self._valid_slot_tensor().index_select(0, perm)
-        data = self._gather(index, transform)
-        return (*data, index) if return_index else data
-
-    def get_all_data(self, transform: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, ...]:
-        """Every valid sample, in slot order, with the same tuple layout as `get_data`."""
-        if self.is_empty():
-            raise RuntimeError("cannot read an empty buffer; check is_empty() first")
-        if self.mode == "reservoir":
-            index = torch.arange(len(self), dtype=torch.int64, device=self.device)
-        else:
-            index = self._valid_slot_tensor()
         return self._gather(index, transform)
 
     def _gather(self, index: Tensor, transform: Callable[[Tensor], Tensor] | None) -> tuple[Tensor, ...]:
@@ -269,29 +254,27 @@ class Buffer:
             "buffer_size": self.buffer_size,
             "n_tasks": self.n_tasks,
             "num_seen_examples": self.num_seen_examples,
-            "current_task": self.current_task,
             "task_seen": list(self.task_seen),
             "tensors": {name: getattr(self, name)[: self.buffer_size].detach().cpu().clone() for name in self._stored},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a `state_dict`; the buffer must have been built with the same mode, size and tasks."""
+        """Restore a `state_dict`; the buffer must have been built with the same mode, size and tasks.
+
+        A ``current_task`` entry (checkpoints before the model alone kept the task index) is ignored.
+        """
         expected = {"mode": self.mode, "buffer_size": self.buffer_size, "n_tasks": self.n_tasks}
         for key, value in expected.items():
             if state[key] != value:
-                raise UserError(
-                    f"the checkpoint's buffer has {key}={state[key]!r} but this run uses {key}={value!r}; "
-                    f"resume with the same --buffer_size and --buffer_mode as the checkpoint"
-                )
+                raise ValueError(f"the saved buffer has {key}={state[key]!r} but this buffer has {key}={value!r}")
         self.empty()
         self.num_seen_examples = int(state["num_seen_examples"])
-        self.current_task = int(state["current_task"])
         self.task_seen = [int(seen) for seen in state["task_seen"]]
         for name, saved in state["tensors"].items():
             if name not in _ATTRIBUTES:
-                raise UserError(f"the checkpoint's buffer stores an unknown attribute {name!r}")
+                raise ValueError(f"the saved buffer stores an unknown attribute {name!r}")
             if saved.shape[0] != self.buffer_size:
-                raise UserError(f"the checkpoint's buffer {name} has {saved.shape[0]} rows, not {self.buffer_size}")
+                raise ValueError(f"the saved buffer's {name} has {saved.shape[0]} rows, not {self.buffer_size}")
             scratch = torch.zeros((1, *saved.shape[1:]), dtype=saved.dtype)
             setattr(self, name, torch.cat([saved, scratch]).to(self.device))
         self._stored = tuple(name for name in _ATTRIBUTES if name in state["tensors"])

@@ -36,7 +36,6 @@ RESUME_FREE_ARGS = frozenset(
         "checkpoint_every",
         "non_verbose",
         "num_threads",
-        "num_workers",
         "device",
         "data_path",
         "results_path",
@@ -53,6 +52,8 @@ RESUME_FREE_ARGS = frozenset(
 )
 ARG_DEFAULTS_BEFORE_THEY_EXISTED = {"amp": 0, "compile": 0, "channels_last": 0}
 """Flags added after checkpoints were first written: a checkpoint without them ran with these values."""
+ARGS_REMOVED = frozenset({"num_workers"})
+"""Flags that older checkpoints record and this code no longer has (they never affected the numbers)."""
 
 
 def checkpoint_file(results: Path) -> Path:
@@ -110,7 +111,7 @@ def load_checkpoint(path: Path, args: Namespace, device: torch.device) -> dict[s
             "delete it to start over or resume with the code that wrote it"
         )
     saved = {**ARG_DEFAULTS_BEFORE_THEY_EXISTED, **payload["args"]}
-    saved = {k: v for k, v in saved.items() if k not in RESUME_FREE_ARGS}
+    saved = {k: v for k, v in saved.items() if k not in RESUME_FREE_ARGS | ARGS_REMOVED}
     current = comparable_args(args)
     diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
     if diff:

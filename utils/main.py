@@ -30,7 +30,7 @@ from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset
 from models import MODELS
 from models.utils.continual_model import ContinualModel
-from models.utils.norms import convert_norm
+from models.utils.norms import NORMS, convert_norm
 from utils.args import parse_args
 from utils.checkpoint import checkpoint_file, load_checkpoint
 from utils.core.errors import UserError
@@ -101,9 +101,12 @@ def check_disk_space(path: Path, model: ContinualModel, dataset: ContinualDatase
         )
 
 
-def norm_options(args: Namespace, dataset: ContinualDataset) -> dict[str, Any]:
-    """Everything a normalisation layer may need; each layer takes what it uses."""
-    return {"affine": not args.no_affine, "num_tasks": dataset.N_TASKS, "args": args}
+def norm_keywords(args: Namespace, dataset: ContinualDataset) -> dict[str, Any]:
+    """The ``--nl`` builder's keywords: its declared options from ``args``, and the run's facts it takes."""
+    spec = NORMS.get(args.nl)
+    facts = {"affine": not args.no_affine, "num_tasks": dataset.N_TASKS}
+    keywords = {key: value for key, value in facts.items() if spec.takes(key)}
+    return keywords | {o.keyword: o.command_value(getattr(args, o.dest)) for o in spec.options}
 
 
 def build_model(args: Namespace, dataset: ContinualDataset) -> ContinualModel:
@@ -111,7 +114,7 @@ def build_model(args: Namespace, dataset: ContinualDataset) -> ContinualModel:
     net = BACKBONES.get(args.backbone)(num_classes=dataset.n_classes(), nf=args.nf, in_channels=dataset.SHAPE[0])
     net = net.to(dataset.device)
     example = torch.zeros(1, *dataset.SHAPE, device=dataset.device)
-    net = convert_norm(net, args.nl, example_input=example, **norm_options(args, dataset)).to(dataset.device)
+    net = convert_norm(net, args.nl, example_input=example, **norm_keywords(args, dataset)).to(dataset.device)
     apply_speed_options(net, args)
     return MODELS.get(args.model)(net, F.cross_entropy, args, dataset).to(dataset.device)
 
@@ -150,7 +153,7 @@ def run(args: Namespace) -> dict[str, Any]:
     trainer = Trainer(model, dataset, args, WandbLogger(args), ckpt)
     if payload is not None:
         trainer.load_state(payload)
-        print(f"Resuming {args.run_name} at task {trainer.pos.task + 1}, step {trainer.pos.step}", flush=True)
+        print(f"Resuming {args.run_name} at task {model.current_task + 1}, step {trainer.pos.step}", flush=True)
     try:
         history = trainer.run()
     except NonFiniteLoss:

@@ -13,7 +13,8 @@ with
 * the statistics of the **latest task** alone.
 
 A layer whose running statistics describe a transform of its input (CN: the
-group-normalised input) names it in a ``running_stats_input(x)`` method, and the
+group-normalised input) names it in a ``running_stats_input(x)`` method (the
+``StatisticsInput`` protocol of ``models/utils/task_aware.py``), and the
 population statistics are taken of that. Distances are root-mean-square over
 channels. A layer with recency bias sits close to the latest task and far from
 the balanced statistics.
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from datasets.utils.continual_dataset import ContinualDataset
+from models.utils.task_aware import StatisticsInput
 
 MAX_SAMPLES_PER_TASK = 1000
 
@@ -51,8 +53,7 @@ def population_statistics(
     def hook(name: str):
         def record(module: nn.Module, args: tuple[Tensor, ...]) -> None:
             x = args[0]
-            transform = getattr(module, "running_stats_input", None)
-            x = (x if transform is None else transform(x)).double()
+            x = (module.running_stats_input(x) if isinstance(module, StatisticsInput) else x).double()
             acc = torch.stack([x.sum((0, 2, 3)), x.square().sum((0, 2, 3))])
             n = x.shape[0] * x.shape[2] * x.shape[3]
             prev = current.get(name)

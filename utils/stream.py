@@ -1,14 +1,22 @@
-"""Batching of in-memory tensors: a shuffled index per epoch, cut into batches on the device."""
+"""The batch order of in-memory tensors, shared by the training loop and the joint model's offline training.
+
+An epoch draws one permutation of the sample indices (``torch.randperm`` on the device); batch ``b`` is its slice
+``[b * batch_size, (b + 1) * batch_size)``, the last one possibly short. The trainer keeps the permutation in its
+resume state, so a resumed run cuts the same batches.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
 
-import torch
 from torch import Tensor
 
 
-def iterate_batches(n: int, batch_size: int, device: torch.device, shuffle: bool = True) -> Iterator[Tensor]:
-    """Index tensors of consecutive batches over a permutation of ``range(n)`` (last batch may be short)."""
-    order = torch.randperm(n, device=device) if shuffle else torch.arange(n, device=device)
-    yield from order.split(batch_size)
+def n_batches(n: int, batch_size: int) -> int:
+    """Batches in an epoch of ``n`` samples (the last one may be short)."""
+    return math.ceil(n / batch_size)
+
+
+def batch_indices(order: Tensor, batch: int, batch_size: int) -> Tensor:
+    """The sample indices of batch ``batch`` of an epoch whose permutation is ``order``."""
+    return order[batch * batch_size :][:batch_size]

@@ -11,7 +11,6 @@ exactly (see ``utils.checkpoint``).
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 from argparse import Namespace
@@ -28,6 +27,7 @@ from models.utils.continual_model import ContinualModel
 from utils.checkpoint import comparable_args, get_rng_state, save_checkpoint, set_rng_state
 from utils.core.errors import UserError
 from utils.norm_diagnostics import diagnose
+from utils.stream import batch_indices, n_batches
 from utils.wandb_logger import WandbLogger
 
 LOSS_READ_EVERY = 25
@@ -96,13 +96,20 @@ class NonFiniteLoss(FloatingPointError):
 
 @dataclass
 class Position:
-    """Where the stream stands: the next batch to train is ``batch`` of ``epoch`` of ``task``."""
+    """Where the current task's stream stands: the next batch to train is ``batch`` of ``epoch``.
 
-    task: int = 0
+    The task itself is the model's ``current_task`` (the model owns the task index).
+    """
+
     epoch: int = 0
     batch: int = 0
     step: int = 0
     order: Tensor | None = None  # the shuffled indices of the current epoch, once it has started
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Position:
+        """From a checkpoint; the ``task`` entry of checkpoints before the model owned the index is dropped."""
+        return cls(**{k: v for k, v in state.items() if k != "task"})
 
 
 class Trainer:
@@ -145,7 +152,7 @@ class Trainer:
         if self.model.buffer is not None:
             self.model.buffer.load_state_dict(payload["buffer"])
         self.history = History(**payload["history"])
-        self.pos = Position(**payload["position"])
+        self.pos = Position.from_state(payload["position"])
         set_rng_state(payload["rng"])
 
     def save(self) -> None:
@@ -176,19 +183,19 @@ class Trainer:
 
     def _run(self) -> None:
         args, history, n_tasks = self.args, self.history, self.dataset.N_TASKS
-        if self.pos.step == 0 and self.pos.task == 0 and not args.ignore_other_metrics:
+        if self.pos.step == 0 and self.model.current_task == 0 and not args.ignore_other_metrics:
             history.random_class_il, history.random_task_il = self._evaluate(list(range(n_tasks)))
-        while self.pos.task < n_tasks:
-            t = self.pos.task
+        while self.model.current_task < n_tasks:
+            t = self.model.current_task
             self.model.net.train()
             if self.pos.epoch == 0 and self.pos.batch == 0 and self.pos.order is None:
                 if t > 0 and not args.ignore_other_metrics:
                     (c,), (ti,) = self._evaluate([t])
                     history.class_il[t - 1][t], history.task_il[t - 1][t] = c, ti
-                self.model.begin_task(self.dataset)
+                self.model.meta_begin_task(self.dataset)
             start = time.perf_counter()
             self._train_task(t)
-            self.model.end_task(self.dataset)
+            self.model.meta_end_task(self.dataset)
             history.train_seconds.append(time.perf_counter() - start)
             start = time.perf_counter()
             class_il, task_il = self._evaluate(list(range(t + 1)))
@@ -201,15 +208,15 @@ class Trainer:
                 diagnostics = diagnose(self.model.net, self.dataset, t, args.eval_batch_size)
                 history.norm_diagnostics.append(diagnostics)
                 self.logger.log({f"norm/{k}": v for k, v in diagnostics["summary"].items()}, step=self.pos.step)
-            self.pos = Position(task=t + 1, step=self.pos.step)
+            self.pos = Position(step=self.pos.step)
             self.save()
             self._check_signal()
 
     def _train_task(self, t: int) -> None:
         args, pos, data = self.args, self.pos, self.dataset.task(t)
         n = len(data.train_y)
-        n_batches = math.ceil(n / args.batch_size)
-        per_epoch = min(n_batches, DEBUG_STEPS) if args.debug_mode else n_batches
+        per_epoch = n_batches(n, args.batch_size)
+        per_epoch = min(per_epoch, DEBUG_STEPS) if args.debug_mode else per_epoch
         bar = tqdm(
             total=per_epoch * args.n_epochs,
             initial=pos.epoch * per_epoch + pos.batch,
@@ -223,7 +230,7 @@ class Trainer:
                 if pos.order is None:
                     pos.order = torch.randperm(n, device=self.dataset.device)
                 while pos.batch < per_epoch:
-                    loss = self.train_step(data, pos.order[pos.batch * args.batch_size :][: args.batch_size])
+                    loss = self.train_step(data, batch_indices(pos.order, pos.batch, args.batch_size))
                     pos.batch += 1
                     pos.step += 1
                     bar.update(1)
@@ -265,4 +272,4 @@ def check_trainable(dataset: ContinualDataset) -> None:
     """Fail before training if a task has no training data (e.g. a tiny ``--samples_per_class``)."""
     for t in range(dataset.N_TASKS):
         if len(dataset.task(t).train_y) == 0 or len(dataset.task(t).test_y) == 0:
-            raise UserError(f"task {t + 1} of {dataset.NAME} has no training or test samples; check the data files")
+            raise UserError(f"task {t + 1} of {dataset.name} has no training or test samples; check the data files")

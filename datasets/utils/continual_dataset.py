@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from datasets.transforms import Normalize, TrainTransform
-from utils.core.errors import DataError, UserError
+from utils.core.errors import DataError
+from utils.core.options import Option, positive, require
 
 VALIDATION_FRACTION = 0.1
 
@@ -44,7 +45,8 @@ class TaskData:
 class ContinualDataset:
     """A dataset split into ``N_TASKS`` tasks of ``N_CLASSES_PER_TASK`` classes."""
 
-    NAME: ClassVar[str]
+    OPTIONS: ClassVar[tuple[Option, ...]] = ()
+    """The dataset's own command-line flags (``utils/core/options.py``), read back from ``self.args``."""
     SETTING: ClassVar[str] = "class-il"
     N_TASKS: ClassVar[int]
     N_CLASSES_PER_TASK: ClassVar[int]
@@ -64,6 +66,13 @@ class ContinualDataset:
         self.test_transform = Normalize(self.MEAN, self.STD)
         self.class_order = self.make_class_order(getattr(args, "seed", None), getattr(args, "no_task_shuffle", False))
         self._tasks: list[TaskData] | None = None
+
+    @property
+    def name(self) -> str:
+        """The name the dataset is registered under (``--dataset``)."""
+        from datasets import DATASETS
+
+        return DATASETS.name_of(type(self))
 
     @classmethod
     def n_classes(cls) -> int:
@@ -93,17 +102,17 @@ class ContinualDataset:
         x, y = np.asarray(split.x), np.asarray(split.y).astype(np.int64).reshape(-1)
         if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != self.SHAPE:
             raise DataError(
-                f"{self.NAME} {name} images have shape {x.shape} and dtype {x.dtype}, expected "
+                f"{self.name} {name} images have shape {x.shape} and dtype {x.dtype}, expected "
                 f"uint8 (N, {', '.join(map(str, self.SHAPE))}); the files are corrupt: delete them and fetch them again"
             )
         if len(x) != len(y):
             raise DataError(
-                f"{self.NAME} {name} split has {len(x)} images but {len(y)} labels; "
+                f"{self.name} {name} split has {len(x)} images but {len(y)} labels; "
                 "the files are truncated or mismatched: fetch them again"
             )
         if len(y) and (y.min() < 0 or y.max() >= self.n_classes()):
             raise DataError(
-                f"{self.NAME} {name} labels span [{y.min()}, {y.max()}], outside the {self.n_classes()} classes "
+                f"{self.name} {name} labels span [{y.min()}, {y.max()}], outside the {self.n_classes()} classes "
                 f"[0, {self.n_classes() - 1}]; the label file is corrupt: fetch it again"
             )
         return RawSplit(x, y)
@@ -112,8 +121,7 @@ class ContinualDataset:
         """Apply ``--samples_per_class`` and ``--validation`` to the raw splits."""
         spc = getattr(self.args, "samples_per_class", None)
         if spc is not None:
-            if spc <= 0:
-                raise UserError(f"--samples_per_class must be a positive integer, got {spc}")
+            require("samples_per_class", spc, positive)
             keep = np.concatenate([np.flatnonzero(train.y == c)[:spc] for c in range(self.n_classes())])
             keep.sort()
             train = RawSplit(train.x[keep], train.y[keep])

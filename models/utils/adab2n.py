@@ -23,30 +23,35 @@ renormalises over the tasks present instead.
 
 Usage (any model; create the optimiser *after* the swap so ``task_weight`` is trained)::
 
-    net = convert_norm(net, "AdaB2N", num_tasks=5, kappa=0.4)
-    for layer in task_aware_layers(net):
-        layer.set_batch_tasks(task_ids, task_counts(task_ids, 5))   # before each training forward
-    loss = criterion(net(x), y) + lambd * sum(l.norm_loss for l in task_aware_layers(net))
-    ...
-    for layer in task_aware_layers(net):
-        layer.end_task()                  # at each task boundary
+    net = convert_norm(net, "AdaB2N", num_tasks=5, kappa=0.4, lambd=0.1)
+
+then drive the layers through the task-aware protocol (``models/utils/task_aware.py``): task ids before each
+training forward, ``norm_loss_weight(task) * norm_loss`` added to the loss, ``end_task()`` at each task boundary.
+The regulariser's schedule (``lambd`` from task ``ada_t0`` on) is the layer's own option, like ``kappa``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.utils.norms import NORMS, float32_under_autocast, task_counts
+from models.utils.norms import float32_under_autocast, register_norm
+from models.utils.task_aware import task_counts
+from utils.core.options import Option, at_least, between, require
+
+KAPPA = Option("--kappa", "momentum adaptation in [0, 1] (1 = plain EMA, 0 = cumulative)", check=between(0, 1))
+RENORM = Option("--adab2n_renorm", "renormalise the task weights over the tasks present in the batch", keyword="renorm")
+LAMBD = Option("--lambd", "weight of the statistics regulariser in the loss", check=at_least(0))
+ADA_T0 = Option("--ada_t0", "first task (0-based) whose loss has the regulariser", check=at_least(0))
 
 
 class AdaB2N(nn.BatchNorm2d):
     """BatchNorm2d with task-balanced training statistics and adaptive running-statistics momentum."""
 
-    PREFERS_JOINT_FORWARD = True  # the reference normalises stream and replay samples in one batch
+    prefers_joint_forward: ClassVar[bool] = True  # the reference normalises stream and replay samples in one batch
 
     def __init__(
         self,
@@ -58,10 +63,13 @@ class AdaB2N(nn.BatchNorm2d):
         affine: bool = True,
         init_weight: float = 0.0,
         renorm: bool = False,
+        lambd: float = 0.0,
+        ada_t0: int = 0,
         device: torch.device | str | None = None,
     ) -> None:
-        if not 0.0 <= kappa <= 1.0:
-            raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
+        require("kappa", kappa, KAPPA.check)
+        require("lambd", lambd, LAMBD.check)
+        require("ada_t0", ada_t0, ADA_T0.check)
         if momentum is None or not 0.0 < momentum <= 1.0:
             raise ValueError(f"AdaB2N needs a momentum in (0, 1], got {momentum}")
         if num_tasks < 1:
@@ -70,6 +78,8 @@ class AdaB2N(nn.BatchNorm2d):
         self.num_tasks = num_tasks
         self.kappa = float(kappa)
         self.renorm = renorm
+        self.lambd = float(lambd)
+        self.ada_t0 = int(ada_t0)
         self.task_weight = nn.Parameter(torch.full((num_tasks,), float(init_weight), device=device))
         self.register_buffer("tasks_completed", torch.zeros((), dtype=torch.long, device=device))
         # η of the last training forward; 0 = none yet. float64 like the reference's Python float.
@@ -96,7 +106,12 @@ class AdaB2N(nn.BatchNorm2d):
         return new
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, num_tasks={self.num_tasks}, kappa={self.kappa}, renorm={self.renorm}"
+        options = f"kappa={self.kappa}, renorm={self.renorm}, lambd={self.lambd}, ada_t0={self.ada_t0}"
+        return f"{super().extra_repr()}, num_tasks={self.num_tasks}, {options}"
+
+    def norm_loss_weight(self, task: int) -> float:
+        """``lambd`` from task ``ada_t0`` on, else 0 (the reference's schedule of the regulariser)."""
+        return self.lambd if task >= self.ada_t0 else 0.0
 
     def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None) -> None:
         """Task index of every sample of the next training batch (``None``: plain batch statistics).
@@ -172,9 +187,16 @@ class AdaB2N(nn.BatchNorm2d):
         return out
 
 
-@NORMS.register("AdaB2N")
-def adab2n(bn: nn.BatchNorm2d, num_tasks: int = 1, affine: bool = True, args: Any = None, **_: Any) -> AdaB2N:
-    """AdaB²N with ``--kappa`` and ``--adab2n_renorm`` from ``args`` (defaults: kappa 1, reference weights)."""
-    kappa = getattr(args, "kappa", 1.0)
-    renorm = bool(getattr(args, "adab2n_renorm", False))
-    return AdaB2N.from_bn(bn, num_tasks, kappa, affine=affine, renorm=renorm)
+@register_norm("AdaB2N", KAPPA, RENORM, LAMBD, ADA_T0)
+def adab2n(
+    bn: nn.BatchNorm2d,
+    *,
+    num_tasks: int,
+    affine: bool = True,
+    kappa: float = 1.0,
+    renorm: bool = False,
+    lambd: float = 0.0,
+    ada_t0: int = 0,
+) -> AdaB2N:
+    """AdaB²N for ``num_tasks`` tasks (defaults: kappa 1, the reference's task weights, no regulariser)."""
+    return AdaB2N.from_bn(bn, num_tasks, kappa, affine=affine, renorm=renorm, lambd=lambd, ada_t0=ada_t0)

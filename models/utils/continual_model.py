@@ -1,16 +1,20 @@
 """The base of every continual-learning method.
 
-A model sees the stream one batch at a time through ``observe`` and is told of
-task boundaries through ``begin_task`` / ``end_task``. Two shared places make
-every model work with every normalisation layer:
+A model sees the stream one batch at a time through ``observe``. The trainer announces task boundaries through
+the template methods ``meta_begin_task`` / ``meta_end_task``, which own the bookkeeping (the task index, which the
+model alone keeps; the layers and the buffer are told of it) and call the subclass hooks ``begin_task`` /
+``end_task``, so a subclass never calls ``super()`` for it. A model declares its own command-line flags in
+``OPTIONS`` (``utils/core/options.py``). Shared places make every model work with every normalisation layer, through
+the protocol of ``models/utils/task_aware.py``:
 
 * ``forward_parts`` runs the stream batch and the replayed batches through the
   network, either as *separate* forward passes (the reference baselines: BN's
   batch statistics come from each sub-batch alone) or as one *joint*
   concatenated pass (the reference AdaB²N), and first hands each sample's task
-  id to the layers that ask for it;
-* ``step`` adds the layers' regularisers (``norm_loss``) to the method's loss
-  before the backward pass.
+  id to the task-aware layers;
+* ``step`` adds the layers' weighted regularisers (``norm_loss``) to the method's
+  loss before the backward pass;
+* ``remember`` stores a stream batch in the buffer with the current task.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from datasets.utils.continual_dataset import ContinualDataset
-from models.utils.norms import task_aware_layers, task_counts
+from models.utils.task_aware import task_aware_layers, task_counts
 from utils.buffer import Buffer
+from utils.core.options import Option
 
 Part = tuple[Tensor, Tensor | int]
 
@@ -34,8 +39,9 @@ Part = tuple[Tensor, Tensor | int]
 class ContinualModel(nn.Module):
     """A network, its optimiser, and the rules by which it learns from a stream."""
 
-    NAME: ClassVar[str]
-    COMPATIBILITY: ClassVar[tuple[str, ...]] = ("class-il", "task-il")
+    OPTIONS: ClassVar[tuple[Option, ...]] = ()
+    """The model's own command-line flags, read back from ``self.args``."""
+    COMPATIBILITY: ClassVar[tuple[str, ...]] = ("class-il",)
     USES_BUFFER: ClassVar[bool] = False
     REFERENCE_FORWARD: ClassVar[str] = "separate"
 
@@ -58,7 +64,7 @@ class ContinualModel(nn.Module):
         if self.USES_BUFFER:
             self.buffer = Buffer(args.buffer_size, self.device, args.buffer_mode, dataset.N_TASKS)
         self._task_aware = task_aware_layers(net)
-        self._norm_losses: list[Tensor] = []
+        self._norm_losses: list[tuple[float, Tensor]] = []
         self.opt = self.get_optimizer()
 
     def get_optimizer(self) -> torch.optim.Optimizer:
@@ -107,9 +113,8 @@ class ContinualModel(nn.Module):
             layer.set_batch_tasks(task_ids, counts)
         out = self(x)
         for layer in self._task_aware:
-            extra = getattr(layer, "norm_loss", None)
-            if extra is not None:
-                self._norm_losses.append(extra)
+            if layer.norm_loss is not None:
+                self._norm_losses.append((layer.norm_loss_weight(self.current_task), layer.norm_loss))
         return out
 
     def forward_parts(self, parts: Sequence[Part]) -> list[Tensor]:
@@ -125,35 +130,51 @@ class ContinualModel(nn.Module):
         ids = torch.cat([self._tasks_tensor(t, len(x)) for x, t in parts]) if want_ids else None
         return list(self._run(torch.cat([x for x, _ in parts]), ids).split(sizes))
 
-    def aux_loss_weight(self) -> float:
-        """Weight of the layers' regularisers in the loss (``--lambd`` from task ``--ada_t0`` on)."""
-        lambd = getattr(self.args, "lambd", 0.0) or 0.0
-        return lambd if self.current_task >= getattr(self.args, "ada_t0", 0) else 0.0
+    def regularised(self, loss: Tensor) -> Tensor:
+        """``loss`` plus ``weight · Σ norm_loss`` of the forwards since the last step, per weight the layers give."""
+        by_weight: dict[float, list[Tensor]] = {}
+        for weight, norm_loss in self._norm_losses:
+            if weight:
+                by_weight.setdefault(weight, []).append(norm_loss)
+        self._norm_losses.clear()
+        for weight, norm_losses in by_weight.items():
+            loss = loss + weight * torch.stack(norm_losses).sum()
+        return loss
 
     def step(self, loss: Tensor) -> Tensor:
         """Add the norm layers' regularisers, back-propagate and update; returns the total loss, detached."""
-        weight = self.aux_loss_weight()
-        if self._norm_losses and weight:
-            loss = loss + weight * torch.stack(self._norm_losses).sum()
-        self._norm_losses.clear()
+        loss = self.regularised(loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         return loss.detach()
+
+    def remember(self, examples: Tensor, labels: Tensor, logits: Tensor | None = None) -> None:
+        """Offer a stream batch (un-augmented) to the buffer, with the current task's id for every sample."""
+        assert self.buffer is not None
+        self.buffer.add_data(
+            examples, labels=labels, logits=logits, task_labels=self.stream_tasks(labels), task=self.current_task
+        )
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> Tensor:
         """Learn from one stream batch; returns the loss as a detached tensor (no host sync)."""
         raise NotImplementedError
 
     def begin_task(self, dataset: ContinualDataset) -> None:
-        """Called before the first batch of each task."""
+        """Hook before the first batch of each task (``self.current_task`` is that task)."""
 
     def end_task(self, dataset: ContinualDataset) -> None:
-        """Called after the last batch of each task; subclasses call ``super().end_task``."""
+        """Hook after the last batch of each task, before the bookkeeping moves to the next task."""
+
+    def meta_begin_task(self, dataset: ContinualDataset) -> None:
+        """The trainer's call before a task: the subclass hook (no bookkeeping is due yet)."""
+        self.begin_task(dataset)
+
+    def meta_end_task(self, dataset: ContinualDataset) -> None:
+        """The trainer's call after a task: the subclass hook, then the layers are told, then the next task."""
+        self.end_task(dataset)
         for layer in self._task_aware:
             layer.end_task()
-        if self.buffer is not None:
-            self.buffer.end_task()
         self.current_task += 1
 
 
@@ -162,6 +183,6 @@ def resolve_forward_mode(args: Namespace, model_cls: type[ContinualModel], net: 
     mode = getattr(args, "forward_mode", None)
     if mode:
         return mode
-    if any(getattr(m, "PREFERS_JOINT_FORWARD", False) for m in net.modules()):
+    if any(layer.prefers_joint_forward for layer in task_aware_layers(net)):
         return "joint"
     return model_cls.REFERENCE_FORWARD

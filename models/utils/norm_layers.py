@@ -8,20 +8,23 @@
 * ``BRN`` Batch Renormalization (Ioffe, NeurIPS 2017, arXiv 1702.03275).
 
 These are the comparison points of the AdaB²N paper (Lyu et al., NeurIPS 2023,
-arXiv 2310.08855). Every builder takes ``(bn, affine=True, **options)`` and
-ignores the options it does not use.
+arXiv 2310.08855). Every builder takes ``(bn, *, <its keywords>)``; BRN declares its
+clipping bounds as command-line options (``--brn_rmax``, ``--brn_dmax``).
 """
 
 from __future__ import annotations
 
-from argparse import Namespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.utils.norms import NORMS, Shape, copy_matching_state, float32_under_autocast, needs_shape
+from models.utils.norms import Shape, copy_matching_state, float32_under_autocast, register_norm
+from utils.core.options import Option, at_least, require
+
+RMAX = Option("--brn_rmax", "clip of the scale correction r to [1/rmax, rmax]", keyword="rmax", check=at_least(1))
+DMAX = Option("--brn_dmax", "clip of the shift correction d to [-dmax, dmax]", keyword="dmax", check=at_least(0))
 
 
 def group_count(channels: int, target: int = 32) -> int:
@@ -36,28 +39,25 @@ def group_count(channels: int, target: int = 32) -> int:
     return next(g for g in range(min(target, channels), 0, -1) if channels % g == 0)
 
 
-@NORMS.register("GN")
-def group_norm(bn: nn.BatchNorm2d, affine: bool = True, groups: int = 32, **_: Any) -> nn.Module:
+@register_norm("GN")
+def group_norm(bn: nn.BatchNorm2d, *, affine: bool = True, groups: int = 32) -> nn.Module:
     """GroupNorm: per-sample statistics, so no running statistics to drift across tasks."""
     new = nn.GroupNorm(group_count(bn.num_features, groups), bn.num_features, eps=bn.eps, affine=affine)
     copy_matching_state(bn, new)
     return new
 
 
-@NORMS.register("LN")
-@needs_shape
-def layer_norm(bn: nn.BatchNorm2d, affine: bool = True, shape: Shape | None = None, **_: Any) -> nn.Module:
+@register_norm("LN")
+def layer_norm(bn: nn.BatchNorm2d, *, shape: Shape, affine: bool = True) -> nn.Module:
     """LayerNorm over the whole C x H x W feature map of each sample (its size comes from ``convert_norm``'s probe)."""
-    if shape is None:
-        raise ValueError("LN needs the layer's input shape=(C, H, W); convert with convert_norm(..., example_input=x)")
     if shape[0] != bn.num_features:
         raise ValueError(f"LN shape {tuple(shape)} does not match the layer's {bn.num_features} channels")
     return nn.LayerNorm(list(shape), eps=bn.eps, elementwise_affine=affine)
 
 
-@NORMS.register("IN")
-def instance_norm(bn: nn.BatchNorm2d, affine: bool = True, **_: Any) -> nn.Module:
-    """InstanceNorm with torch's defaults (no affine, no running stats) as the reference uses; ``affine`` is ignored."""
+@register_norm("IN")
+def instance_norm(bn: nn.BatchNorm2d) -> nn.Module:
+    """InstanceNorm with torch's defaults (no affine, no running stats), as the reference uses it."""
     return nn.InstanceNorm2d(bn.num_features, eps=bn.eps, affine=False, track_running_stats=False)
 
 
@@ -89,8 +89,8 @@ class ContinualNorm2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, groups={self.groups}"
 
 
-@NORMS.register("CN")
-def continual_norm(bn: nn.BatchNorm2d, affine: bool = True, groups: int = 32, **_: Any) -> nn.Module:
+@register_norm("CN")
+def continual_norm(bn: nn.BatchNorm2d, *, affine: bool = True, groups: int = 32) -> nn.Module:
     """Continual Normalization with the GN group rule (``group_count``); BN's state is kept."""
     new = ContinualNorm2d(
         bn.num_features, group_count(bn.num_features, groups), eps=bn.eps, momentum=bn.momentum, affine=affine
@@ -113,10 +113,8 @@ class BatchRenorm2d(nn.BatchNorm2d):
     """
 
     def __init__(self, num_features: int, rmax: float = 3.0, dmax: float = 5.0, **kwargs: Any) -> None:
-        if not rmax >= 1.0:
-            raise ValueError(f"BRN: rmax must be >= 1, got {rmax}")
-        if not dmax >= 0.0:
-            raise ValueError(f"BRN: dmax must be >= 0, got {dmax}")
+        require("BRN: rmax", rmax, RMAX.check)
+        require("BRN: dmax", dmax, DMAX.check)
         super().__init__(num_features, **kwargs)
         self.rmax = float(rmax)
         self.dmax = float(dmax)
@@ -164,19 +162,9 @@ class BatchRenorm2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}"
 
 
-@NORMS.register("BRN")
-def batch_renorm(
-    bn: nn.BatchNorm2d,
-    affine: bool = True,
-    args: Namespace | None = None,
-    rmax: float = 3.0,
-    dmax: float = 5.0,
-    **_: Any,
-) -> nn.Module:
-    """Batch Renormalization; ``rmax``/``dmax`` come from ``args.brn_rmax``/``args.brn_dmax`` when ``args`` is given."""
-    if args is not None:
-        rmax = getattr(args, "brn_rmax", rmax)
-        dmax = getattr(args, "brn_dmax", dmax)
+@register_norm("BRN", RMAX, DMAX)
+def batch_renorm(bn: nn.BatchNorm2d, *, affine: bool = True, rmax: float = 3.0, dmax: float = 5.0) -> nn.Module:
+    """Batch Renormalization with the clipping bounds ``rmax`` / ``dmax``; BN's state is kept."""
     new = BatchRenorm2d(bn.num_features, rmax, dmax, eps=bn.eps, momentum=bn.momentum, affine=affine)
     copy_matching_state(bn, new)
     return new

@@ -1,23 +1,22 @@
 """Normalisation layers by name (``--nl``) and a converter that swaps them into any model.
 
-``convert_norm(model, "BN")`` replaces every ``nn.BatchNorm2d`` of a module,
-in the spirit of ``nn.SyncBatchNorm.convert_sync_batchnorm``. A registered norm
-is a function ``(bn: nn.BatchNorm2d, **options) -> nn.Module`` that builds the
-replacement for one layer, copying its state where the parameters match; it
-takes the options it uses and ignores the rest. The new layer is placed on the
-device (and floating dtype) of the layer it replaces.
+``convert_norm(model, "GN")`` replaces every ``nn.BatchNorm2d`` of a module, in the spirit of
+``nn.SyncBatchNorm.convert_sync_batchnorm``; the norm is given by registered name or as a builder (a function, or a
+``functools.partial`` with its hyper-parameters bound, as timm's ``create_norm``). A builder is
+``(bn: nn.BatchNorm2d, *, <typed keywords>) -> nn.Module``: it builds the replacement of one layer, copying its state
+where the parameters match, and its keywords are its hyper-parameters. ``convert_norm`` rejects a keyword the
+builder does not take with a ``TypeError`` naming it. The new layer is placed on the device (and floating dtype) of
+the layer it replaces.
 
-Some norms depend on each layer's input size (LayerNorm normalises over
-C x H x W). Their builder is marked with ``needs_shape``; ``convert_norm`` then
-runs one probe forward of ``example_input`` to record every BatchNorm's input
-``(C, H, W)`` and passes it to the builder as ``shape``.
+A norm is registered in its own file with ``@register_norm(name, *options)``: the options are its command-line
+flags (``utils/core/options.py``), each setting one keyword of the builder, with the builder's default; so adding a
+norm with its own hyper-parameter is adding one file to ``models/utils/``.
 
-Layers may also take part in the *task-aware protocol* used by the models:
-``set_batch_tasks(task_ids, counts)`` before a training forward (``counts`` =
-``task_counts(task_ids, num_tasks)``, computed once per batch for all layers), ``norm_loss`` (a
-differentiable regulariser) after it, and ``end_task()`` at task boundaries.
-The models call these through ``task_aware_layers``; the training loop never
-knows which norm is in use.
+A builder that takes a ``shape`` keyword depends on each layer's input size (LayerNorm normalises over C x H x W):
+``convert_norm`` then runs one probe forward of ``example_input`` to record every BatchNorm's input ``(C, H, W)``
+and passes it as ``shape``.
+
+Layers may also take part in the task-aware protocol of ``models/utils/task_aware.py`` (AdaB²N does).
 
 Example::
 
@@ -25,30 +24,78 @@ Example::
     import torchvision
     net = convert_norm(torchvision.models.resnet18(), "GN")
     net = convert_norm(torchvision.models.resnet18(), "LN", example_input=torch.randn(1, 3, 224, 224))
+    net = convert_norm(torchvision.models.resnet18(), "AdaB2N", num_tasks=5, kappa=0.4)
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from utils.core.options import Option
 from utils.core.registry import Registry
 
 NormBuilder = Callable[..., nn.Module]
 Shape = tuple[int, int, int]
+SHAPE_KEYWORD = "shape"
 
-NORMS: Registry = Registry("normalization layer", "models.utils")
+
+@dataclass(frozen=True)
+class NormSpec:
+    """A normalisation layer: its builder and the command-line options it declares (typed, with defaults)."""
+
+    name: str
+    builder: NormBuilder
+    options: tuple[Option, ...] = ()
+
+    @functools.cached_property
+    def keywords(self) -> frozenset[str] | None:
+        """The keywords the builder takes besides the layer it replaces; ``None``: any (``**kwargs``)."""
+        parameters = list(inspect.signature(self.builder).parameters.values())[1:]
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return None
+        return frozenset(p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+
+    @property
+    def needs_shape(self) -> bool:
+        return self.keywords is not None and SHAPE_KEYWORD in self.keywords
+
+    def takes(self, keyword: str) -> bool:
+        return self.keywords is None or keyword in self.keywords
+
+    def check_keywords(self, given: Mapping[str, Any]) -> None:
+        """``TypeError`` naming a keyword the builder does not take, or a required one that is missing."""
+        if self.keywords is None:
+            return
+        allowed = self.keywords - {SHAPE_KEYWORD}
+        for keyword in given:
+            if keyword not in allowed:
+                takes = ", ".join(sorted(allowed)) or "none"
+                raise TypeError(f"norm '{self.name}' takes no keyword {keyword!r}; its keywords are: {takes}")
+        parameters = list(inspect.signature(self.builder).parameters.values())[1:]
+        for p in parameters:
+            if p.default is inspect.Parameter.empty and p.name not in given and p.name != SHAPE_KEYWORD:
+                raise TypeError(f"norm '{self.name}' needs the keyword {p.name!r}")
 
 
-def needs_shape(builder: NormBuilder) -> NormBuilder:
-    """Mark a builder that wants each layer's input ``shape=(C, H, W)``, so ``convert_norm`` probes for it."""
-    builder.needs_shape = True  # type: ignore[attr-defined]
-    return builder
+NORMS: Registry[NormSpec] = Registry("normalization layer", "models.utils")
+
+
+def register_norm(name: str, *options: Option) -> Callable[[NormBuilder], NormBuilder]:
+    """Register a builder under ``name`` with its command-line options (type and default from its signature)."""
+
+    def decorator(builder: NormBuilder) -> NormBuilder:
+        NORMS.register(name)(NormSpec(name, builder, tuple(o.from_signature(builder) for o in options)))
+        return builder
+
+    return decorator
 
 
 def copy_matching_state(src: nn.Module, dst: nn.Module) -> list[str]:
@@ -64,8 +111,8 @@ def copy_matching_state(src: nn.Module, dst: nn.Module) -> list[str]:
     return copied
 
 
-@NORMS.register("BN")
-def batch_norm(bn: nn.BatchNorm2d, affine: bool = True, **_: Any) -> nn.Module:
+@register_norm("BN")
+def batch_norm(bn: nn.BatchNorm2d, *, affine: bool = True) -> nn.Module:
     """Plain BatchNorm (a copy of ``bn``), the baseline every other norm is compared with."""
     new = nn.BatchNorm2d(bn.num_features, bn.eps, bn.momentum, affine=affine, track_running_stats=True)
     copy_matching_state(bn, new)
@@ -118,31 +165,34 @@ def probe_input_shapes(module: nn.Module, example_input: Tensor) -> dict[nn.Modu
     return shapes
 
 
-def convert_norm(module: nn.Module, name: str, example_input: Tensor | None = None, **options: Any) -> nn.Module:
-    """Replace every ``nn.BatchNorm2d`` in ``module`` by the norm called ``name``; returns the new module.
+def convert_norm(
+    module: nn.Module, norm: str | NormBuilder, example_input: Tensor | None = None, **options: Any
+) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` in ``module`` by ``norm`` (a registered name or a builder); returns it.
 
-    ``example_input`` (a batch the module accepts, on its device) is required
-    only by norms that need each layer's input size, e.g. ``"LN"``. A module
-    without any BatchNorm2d is returned unchanged.
+    ``options`` are the builder's keywords (e.g. ``num_tasks=5, kappa=0.4`` for AdaB²N); an unknown one raises
+    ``TypeError``. ``example_input`` (a batch the module accepts, on its device) is required only by norms that
+    need each layer's input size, e.g. ``"LN"``. A module without any BatchNorm2d is returned unchanged.
     """
-    builder = NORMS.get(name)
+    spec = NORMS.get(norm) if isinstance(norm, str) else NormSpec(getattr(norm, "__name__", repr(norm)), norm)
+    spec.check_keywords(options)
     if not _batch_norms(module):
         return module
     shapes: dict[nn.Module, Shape] | None = None
-    if getattr(builder, "needs_shape", False):
+    if spec.needs_shape:
         if example_input is None:
             raise ValueError(
-                f"norm '{name}' depends on each layer's input size: pass example_input=<a batch the model accepts>"
+                f"norm '{spec.name}' depends on each layer's input size: pass example_input=<a batch the model accepts>"
             )
         shapes = probe_input_shapes(module, example_input)
-    return _replace(module, builder, shapes, options)
+    return _replace(module, spec.builder, shapes, options)
 
 
 def _replace(
     module: nn.Module, builder: NormBuilder, shapes: dict[nn.Module, Shape] | None, options: dict[str, Any]
 ) -> nn.Module:
     if isinstance(module, nn.BatchNorm2d):
-        extra = {} if shapes is None else {"shape": shapes[module]}
+        extra = {} if shapes is None else {SHAPE_KEYWORD: shapes[module]}
         return _place_like(builder(module, **options, **extra), module)
     for child_name, child in module.named_children():
         new = _replace(child, builder, shapes, options)
@@ -167,14 +217,3 @@ def float32_under_autocast(forward: Callable[[Any, Tensor], Tensor]) -> Callable
             return forward(self, x.float())
 
     return wrapper
-
-
-def task_counts(task_ids: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Samples of each task ``0 .. n-1`` in a batch, as floats; an ``index_add`` (``bincount`` would sync a GPU)."""
-    counts = torch.zeros(n, dtype=dtype, device=task_ids.device)
-    return counts.index_add(0, task_ids, torch.ones_like(task_ids, dtype=dtype))
-
-
-def task_aware_layers(module: nn.Module) -> list[nn.Module]:
-    """Layers that want each sample's task id (``set_batch_tasks``) before a training forward."""
-    return [m for m in module.modules() if callable(getattr(m, "set_batch_tasks", None))]

@@ -44,6 +44,15 @@ class Registry(Generic[T]):
             if not info.name.startswith("_") and not info.ispkg:
                 importlib.import_module(f"{self.package}.{info.name}")
 
+    def name_of(self, obj: object) -> str:
+        """The name ``obj`` is registered under (a subclass: its nearest registered base's); else its ``__name__``."""
+        self._load()
+        for candidate in getattr(obj, "__mro__", (obj,)):
+            for name, item in self._items.items():
+                if item is candidate:
+                    return name
+        return getattr(obj, "__name__", repr(obj))
+
     def names(self) -> list[str]:
         self._load()
         return sorted(self._items)

@@ -206,6 +206,7 @@ def validate_args(args: Namespace) -> None:
     """Reject bad launcher input before anything starts (unknown names, negative counts, kappa outside [0, 1])."""
     from datasets import DATASETS
     from models import MODELS
+    from models.utils.adab2n import ADA_T0, KAPPA, LAMBD
     from models.utils.norms import NORMS
 
     _check_names("dataset", args.datasets, DATASETS.names())
@@ -234,12 +235,15 @@ def validate_args(args: Namespace) -> None:
         raise UserError(f"--buffer_sizes must be positive, got {args.buffer_sizes}")
     if args.usage_threshold is not None and not 0.0 < args.usage_threshold <= 1.0:
         raise UserError(f"--usage_threshold must lie in (0, 1], got {args.usage_threshold}")
-    if any(not 0.0 <= k <= 1.0 for k in args.kappas):
-        raise UserError(f"--kappas must lie in [0, 1], got {args.kappas}")
-    if args.lambdas is not None and any(not lam >= 0.0 for lam in args.lambdas):
-        raise UserError(f"--lambdas must be >= 0, got {args.lambdas}")
-    if min(args.ada_t0s) < 0:
-        raise UserError(f"--ada_t0s must be task indices >= 0, got {args.ada_t0s}")
+    searched = {
+        "--kappas": (args.kappas, KAPPA),
+        "--lambdas": (args.lambdas or [], LAMBD),
+        "--ada_t0s": (args.ada_t0s, ADA_T0),
+    }
+    for flag, (values, option) in searched.items():
+        problem = next(filter(None, map(option.check, values)), None)  # AdaB2N's own range for the flag
+        if problem is not None:
+            raise UserError(f"{flag} {problem}, got {values}")
     missing = [d for d in args.datasets if d not in PAPER_BUFFERS]
     if args.buffer_sizes is None and missing:
         raise UserError(f"no default buffer sizes for {', '.join(missing)}; pass --buffer_sizes N ...")

@@ -1,0 +1,68 @@
+"""The protocol between the training loop and task-aware normalisation layers: every hook the loop calls.
+
+A norm layer that wants each sample's task (AdaB²N) implements :class:`TaskAwareNorm`; ``ContinualModel`` is its
+only caller (``forward_parts``, ``step`` and ``meta_end_task``), so models, the trainer and the buffer never know
+which norm is in use. The model owns the task index: the layers are told of every completed task and are handed the
+current one when asked for their regulariser's weight. A layer whose running statistics describe a transform of its
+input (CN) says so through :class:`StatisticsInput`, which the recency-bias diagnostics use.
+
+Outside this framework (e.g. in another library's training loop), the same calls are::
+
+    counts = task_counts(task_ids, num_tasks)
+    for layer in task_aware_layers(net):
+        layer.set_batch_tasks(task_ids, counts)          # before each training forward
+    out = net(x)
+    layers = task_aware_layers(net)
+    loss = criterion(out, y) + sum(layer.norm_loss_weight(task) * layer.norm_loss for layer in layers)
+    ...
+    for layer in task_aware_layers(net):
+        layer.end_task()                                 # at each task boundary
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+
+@runtime_checkable
+class TaskAwareNorm(Protocol):
+    """A norm layer whose training statistics depend on each sample's task, with an optional regulariser."""
+
+    prefers_joint_forward: ClassVar[bool]
+    """Whether the reference normalises stream and replay samples in one joint forward (the default mode)."""
+
+    norm_loss: Tensor | None
+    """After a training forward, that forward's differentiable regulariser (``None``: none)."""
+
+    def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None) -> None:
+        """Task index of every sample of the next training forward; ``counts = task_counts(task_ids, n)``."""
+        ...
+
+    def norm_loss_weight(self, task: int) -> float:
+        """The weight of ``norm_loss`` in the loss while training task ``task`` (0: leave it out)."""
+        ...
+
+    def end_task(self) -> None:
+        """One more task completed."""
+        ...
+
+
+@runtime_checkable
+class StatisticsInput(Protocol):
+    """A layer whose running statistics describe ``running_stats_input(x)`` rather than its input ``x``."""
+
+    def running_stats_input(self, x: Tensor) -> Tensor: ...
+
+
+def task_aware_layers(module: nn.Module) -> list[TaskAwareNorm]:
+    """The layers of ``module`` that take part in the protocol, in module order."""
+    return [m for m in module.modules() if isinstance(m, TaskAwareNorm)]
+
+
+def task_counts(task_ids: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Samples of each task ``0 .. n-1`` in a batch, as floats; an ``index_add`` (``bincount`` would sync a GPU)."""
+    counts = torch.zeros(n, dtype=dtype, device=task_ids.device)
+    return counts.index_add(0, task_ids, torch.ones_like(task_ids, dtype=dtype))
