@@ -1,0 +1,90 @@
+"""Extending the framework is adding one file: a norm, a model or a dataset with a flag of its own (issue 13).
+
+Each test copies the repository's code to a temporary clone, writes the new component's file there and nothing
+else, and runs that clone's ``utils/main.py`` end to end: the new flag is parsed, validated, handed to the component
+and recorded in the results file. The files written are the README's examples ("Extending the framework").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+SMALL = [
+    "--lr", "0.03", "--bs", "10", "--epochs", "1", "--nf", "8", "--samples_per_class", "20", "--validation", "1",
+    "--seed", "1", "--nowand", "1", "--non_verbose", "1", "--device", "cpu", "--num_threads", "1",
+    "--ignore_other_metrics", "1",
+]  # fmt: skip
+
+
+def readme_example(path: str) -> str:
+    """The Python block that follows the README's line naming ``path`` (so the README shows what is tested)."""
+    match = re.search(rf"`{re.escape(path)}`[^\n]*:\n\n```python\n(.*?)```", README, re.S)
+    assert match, f"the README has no example for {path}"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository's code, without its tests, documents, results or history, plus the README's three examples."""
+    root = tmp_path_factory.mktemp("clone") / "normcl"
+    ignored = shutil.ignore_patterns(".*", "docs", "tests", "results", "data", "logs", "__pycache__", "*.egg-info")
+    shutil.copytree(REPO, root, ignore=ignored)
+    for path in ("models/utils/scaled_bn.py", "models/er_smooth.py", "datasets/seq_fmnist3.py"):
+        assert not (root / path).exists()
+        (root / path).write_text(readme_example(path))
+    return root
+
+
+def run_main(clone: Path, tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NORMCL_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    command = [sys.executable, str(clone / "utils" / "main.py"), *argv, "--results_path", str(tmp_path / "res")]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def results_args(tmp_path: Path) -> dict:
+    (path,) = (tmp_path / "res").rglob("*.json")
+    return json.loads(path.read_text())["args"]
+
+
+def test_a_new_norm_with_its_own_flag_runs_end_to_end(clone: Path, tmp_path: Path) -> None:
+    argv = ["--dataset", "seq-fmnist", "--model", "er", "--buffer_size", "20", "--nl", "ScaledBN", "--bn_scale", "0.5"]
+    proc = run_main(clone, tmp_path, *SMALL, *argv)
+    assert proc.returncode == 0, proc.stderr
+    args = results_args(tmp_path)
+    assert (args["nl"], args["bn_scale"]) == ("ScaledBN", 0.5)
+
+
+def test_the_new_flag_is_validated_and_listed(clone: Path, tmp_path: Path) -> None:
+    proc = run_main(
+        clone, tmp_path, *SMALL, "--dataset", "seq-fmnist", "--model", "sgd", "--nl", "ScaledBN", "--bn_scale", "-1"
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --bn_scale must be positive, got -1.0"
+    assert not (tmp_path / "res").exists() or not any((tmp_path / "res").rglob("*.json"))
+    help_text = run_main(clone, tmp_path, "--help").stdout
+    assert "--bn_scale" in help_text and "ScaledBN" in help_text and "--smoothing" in help_text
+
+
+def test_a_new_model_with_its_own_flag_runs_end_to_end(clone: Path, tmp_path: Path) -> None:
+    argv = ["--dataset", "seq-fmnist", "--model", "er_smooth", "--buffer_size", "20", "--smoothing", "0.2"]
+    proc = run_main(clone, tmp_path, *SMALL, *argv)
+    assert proc.returncode == 0, proc.stderr
+    args = results_args(tmp_path)
+    assert (args["model"], args["smoothing"]) == ("er_smooth", 0.2)
+
+
+def test_a_new_dataset_runs_end_to_end(clone: Path, tmp_path: Path) -> None:
+    proc = run_main(clone, tmp_path, *SMALL, "--dataset", "seq-fmnist3", "--model", "sgd")
+    assert proc.returncode == 0, proc.stderr
+    (path,) = (tmp_path / "res").rglob("*.json")
+    assert len(json.loads(path.read_text())["accuracy_matrix"]["class_il"]) == 3
