@@ -16,6 +16,7 @@ from models.utils.continual_model import ContinualModel
 @MODELS.register("er_ace")
 class ErAce(ContinualModel):
     USES_BUFFER = True
+    NORM_LOSS_ONLY_WHEN_REPLAYING = True  # er_ace_ada.py: the first task (no replay yet) is cross-entropy alone
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -133,6 +133,27 @@ def test_same_seed_same_results(run_model: RunFn, tmp_path: Path, monkeypatch: p
 # ---------------------------------------------------------------- units
 
 
+@pytest.mark.parametrize(("model", "first_task_regularised"), [("er_ace", False), ("derpp", True)])
+def test_the_norm_regulariser_joins_only_the_steps_that_replay_as_in_the_reference(
+    model: str, first_task_regularised: bool, tmp_path: Path
+) -> None:
+    """er_ace_ada.py trains its first task without replay on cross-entropy alone, whatever ada_t0 says; derpp_ada.py
+    replays from its second step on. At --ada_t0 0 the first task must therefore ignore --lambd with ER-ACE only."""
+    rows = []
+    for lambd, ada_t0 in (("0", "0"), ("1", "0"), ("1", "1")):
+        argv = ["--dataset", "seq-fmnist", "--model", model, "--buffer_size", "50", "--nl", "AdaB2N", "--lambd", lambd]
+        argv += ["--ada_t0", ada_t0, "--lr", "0.03", "--bs", "10", "--epochs", "1", "--nf", "8", "--seed", "1"]
+        argv += ["--debug_mode", "1", "--eval_batch_size", "2000", "--ignore_other_metrics", "1", "--nowand", "1"]
+        argv += ["--non_verbose", "1", "--device", "cpu", "--num_threads", "1", "--disable_log", "1"]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("NORMCL_OFFLINE", "1")
+            rows.append(run(parse_args(argv))["accuracy_matrix"]["class_il"])
+    assert (rows[0][0] != rows[1][0]) is first_task_regularised, rows
+    assert rows[0][1] != rows[1][1], "from the second task on both regularise"
+    assert (rows[1] == rows[2]) is not first_task_regularised, "ER-ACE: --ada_t0 0 and 1 are the same run"
+    assert MODELS.get(model).NORM_LOSS_ONLY_WHEN_REPLAYING
+
+
 def small_model(model: str, *extra: str) -> ContinualModel:
     """A model on seq-fmnist with ``--nf 8``, built without loading any data."""
     args = parse_args(["--model", model, "--buffer_size", "50", *COMMON, *extra])

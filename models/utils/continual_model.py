@@ -44,6 +44,10 @@ class ContinualModel(nn.Module):
     COMPATIBILITY: ClassVar[tuple[str, ...]] = ("class-il",)
     USES_BUFFER: ClassVar[bool] = False
     REFERENCE_FORWARD: ClassVar[str] = "separate"
+    NORM_LOSS_ONLY_WHEN_REPLAYING: ClassVar[bool] = False
+    """Whether the norm regulariser joins the loss only in steps that replay, as in the reference code of the replay
+    methods (``er_ace_ada.py``, ``derpp_ada.py``): their step without replay (ER-ACE's first task, DER++'s first
+    step) is cross-entropy alone, whatever ``--ada_t0`` says."""
 
     def __init__(
         self, net: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], args: Namespace, dataset: ContinualDataset
@@ -65,6 +69,7 @@ class ContinualModel(nn.Module):
             self.buffer = Buffer(args.buffer_size, self.device, args.buffer_mode, dataset.N_TASKS)
         self._task_aware = task_aware_layers(net)
         self._norm_losses: list[tuple[float, Tensor]] = []
+        self._replaying = False
         self.opt = self.get_optimizer()
 
     def get_optimizer(self) -> torch.optim.Optimizer:
@@ -124,6 +129,7 @@ class ContinualModel(nn.Module):
         stream) or a LongTensor with one id per sample (e.g. replay).
         """
         want_ids = bool(self._task_aware)
+        self._replaying = len(parts) > 1
         if self.forward_mode == "separate" or len(parts) == 1:
             return [self._run(x, self._tasks_tensor(t, len(x)) if want_ids else None) for x, t in parts]
         sizes = [len(x) for x, _ in parts]
@@ -131,9 +137,11 @@ class ContinualModel(nn.Module):
         return list(self._run(torch.cat([x for x, _ in parts]), ids).split(sizes))
 
     def regularised(self, loss: Tensor) -> Tensor:
-        """``loss`` plus ``weight · Σ norm_loss`` of the forwards since the last step, per weight the layers give."""
+        """``loss`` plus ``weight · Σ norm_loss`` of the forwards since the last step, per weight the layers give
+        (none in a step without replay when ``NORM_LOSS_ONLY_WHEN_REPLAYING``)."""
         by_weight: dict[float, list[Tensor]] = {}
-        for weight, norm_loss in self._norm_losses:
+        counted = self._replaying or not self.NORM_LOSS_ONLY_WHEN_REPLAYING
+        for weight, norm_loss in self._norm_losses if counted else ():
             if weight:
                 by_weight.setdefault(weight, []).append(norm_loss)
         self._norm_losses.clear()
