@@ -19,6 +19,7 @@ import torch
 
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from benchmarks.common import build, machine, timed
+from utils.stream import epoch_batches
 from utils.training import Trainer, evaluate
 from utils.wandb_logger import WandbLogger
 
@@ -43,7 +44,7 @@ def main() -> None:
     device = dataset.device
     trainer = Trainer(model, dataset, args, WandbLogger(args))
     task0 = dataset.task(0)
-    for idx in torch.randperm(len(task0.train_y), device=device).split(args.batch_size):
+    for idx in epoch_batches(len(task0.train_y), args.batch_size, device):
         trainer.train_step(task0, idx)
     model.meta_end_task(dataset)
 

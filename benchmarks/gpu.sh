@@ -34,7 +34,7 @@ step() {  # dataset model nl nf extra...
 }
 if [[ ${TESTS:-0} == 1 ]]; then
   timeout 180 $PYTHON -m pytest -q -p no:cacheprovider -rs tests/test_buffer.py tests/test_adab2n.py \
-    tests/test_norm_layers.py >"$OUT/cuda_tests.txt" 2>&1
+    tests/test_norm_layers.py tests/test_convert_norm.py >"$OUT/cuda_tests.txt" 2>&1
   log "tests exit $?: $(tail -1 "$OUT/cuda_tests.txt")"
 fi
 

@@ -26,6 +26,7 @@ from torch import Tensor
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from benchmarks.common import build, machine, timed
 from models.utils.task_aware import task_aware_layers, task_counts
+from utils.stream import epoch_batches
 from utils.training import Trainer
 from utils.wandb_logger import WandbLogger
 
@@ -101,12 +102,11 @@ def main() -> None:
     trainer = Trainer(model, dataset, args, WandbLogger(args))
 
     task0 = dataset.task(0)
-    order = torch.randperm(len(task0.train_y), device=device)
-    for idx in order.split(args.batch_size):
+    for idx in epoch_batches(len(task0.train_y), args.batch_size, device):
         trainer.train_step(task0, idx)
     model.meta_end_task(dataset)
     task1 = dataset.task(1)
-    batches = torch.randperm(len(task1.train_y), device=device).split(args.batch_size)
+    batches = epoch_batches(len(task1.train_y), args.batch_size, device)
     framework = [
         timed(lambda i=i: trainer.train_step(task1, batches[i % len(batches)]), device)
         for i in range(a.steps + a.warmup)

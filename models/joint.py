@@ -11,7 +11,7 @@ from torch import Tensor
 from datasets.utils.continual_dataset import ContinualDataset
 from models import MODELS
 from models.utils.continual_model import ContinualModel
-from utils.stream import batch_indices, n_batches
+from utils.stream import epoch_batches
 
 
 @MODELS.register("joint")
@@ -28,8 +28,6 @@ class Joint(ContinualModel):
         task_ids = torch.cat([torch.full_like(data.train_y, t) for t, data in enumerate(tasks)])
         self.net.train()
         for _ in range(self.args.n_epochs):
-            order = torch.randperm(len(y), device=self.device)
-            for batch in range(n_batches(len(y), self.args.batch_size)):
-                idx = batch_indices(order, batch, self.args.batch_size)
+            for idx in epoch_batches(len(y), self.args.batch_size, self.device):
                 (outputs,) = self.forward_parts([(self.transform(x[idx]), task_ids[idx])])
                 self.step(self.loss(outputs, y[idx]))

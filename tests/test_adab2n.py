@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from backbone.resnet18 import ResNet18
 from models.utils.adab2n import AdaB2N
 from models.utils.norms import convert_norm
 from models.utils.task_aware import task_aware_layers
@@ -185,6 +186,17 @@ def test_convert_norm_swaps_every_batchnorm_and_keeps_state() -> None:
     assert len(layers) == 2 and all(isinstance(m, AdaB2N) and isinstance(m, nn.BatchNorm2d) for m in layers)
     torch.testing.assert_close(net[1].running_mean, torch.full((4,), 0.3))
     assert net[1].task_weight.shape == (5,)
+
+
+def test_convert_norm_builds_the_hyper_parameters_it_is_given() -> None:
+    """The usage of adab2n.py's docstring: every layer gets exactly these options (they were once dropped)."""
+    net = convert_norm(ResNet18(num_classes=10, nf=8, in_channels=1), "AdaB2N", num_tasks=5, kappa=0.4, lambd=0.1)
+    layers = task_aware_layers(net)
+    assert len(layers) == 20
+    assert {(m.num_tasks, m.kappa, m.lambd, m.ada_t0, m.renorm) for m in layers} == {(5, 0.4, 0.1, 0, False)}
+    assert [layers[0].norm_loss_weight(t) for t in (0, 1)] == [0.1, 0.1]
+    net = convert_norm(ResNet18(num_classes=10, nf=8, in_channels=1), "AdaB2N", num_tasks=5, lambd=2.0, ada_t0=1)
+    assert [task_aware_layers(net)[0].norm_loss_weight(t) for t in (0, 1, 4)] == [0.0, 2.0, 2.0]
 
 
 def test_bad_hyper_parameters_are_refused() -> None:

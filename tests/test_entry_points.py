@@ -22,10 +22,13 @@ STAND_INS = ("datasets", "utils", "models", "backbone")
 
 
 def write_stand_ins(folder: Path) -> Path:
-    """Packages named like the project's, as an installed distribution would bring them (no project names inside)."""
+    """Packages named like the project's, as installed distributions would bring them, with modules named like the
+    project's that refuse to be imported (an installed ``utils`` may well have an ``args`` or a ``main``)."""
     for name in STAND_INS:
         (folder / name).mkdir(parents=True)
         (folder / name / "__init__.py").write_text(f'"""A stand-in for an installed {name}."""\n__version__ = "9"\n')
+    for module in ("utils/main.py", "utils/args.py", "models/utils.py", "datasets/utils.py"):
+        (folder / module).write_text(f'raise SystemExit("the stand-in {module} was imported")\n')
     return folder
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 
 from utils.buffer import BUFFER_MODES, ring_size_problem
 from utils.core.errors import UserError
-from utils.core.options import Check, Option, at_least, binary, merge, positive
+from utils.core.options import BINARY_FLAG, Check, Option, at_least, binary, merge, positive
 
 FORWARD_MODES = ("separate", "joint")
 
@@ -33,7 +33,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _binary(parser: argparse._ActionsContainer, name: str, help_text: str) -> None:
-    parser.add_argument(name, type=int, nargs="?", const=1, default=0, choices=(0, 1), help=help_text)
+    parser.add_argument(name, default=0, help=help_text, **BINARY_FLAG)
 
 
 def component_options() -> Iterator[tuple[str, str, Option]]:
@@ -42,12 +42,16 @@ def component_options() -> Iterator[tuple[str, str, Option]]:
     from models import MODELS
     from models.utils.norms import NORMS
 
-    for name in NORMS.names():
-        yield from (("norm", name, option) for option in NORMS.get(name).options)
-    for name in MODELS.names():
-        yield from (("model", name, option) for option in MODELS.get(name).OPTIONS)
-    for name in DATASETS.names():
-        yield from (("dataset", name, option) for option in DATASETS.get(name).OPTIONS)
+    declared = [("norm", name, NORMS.get(name).options) for name in NORMS.names()]
+    declared += [("model", name, MODELS.get(name).OPTIONS) for name in MODELS.names()]
+    declared += [("dataset", name, DATASETS.get(name).OPTIONS) for name in DATASETS.names()]
+    for kind, name, options in declared:
+        for option in options:
+            if not option.resolved:
+                raise TypeError(
+                    f"{kind} '{name}': {option.flag} needs type= and default= (only a norm's come from its builder)"
+                )
+            yield kind, name, option
 
 
 def _add_component_options(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +64,7 @@ def _add_component_options(parser: argparse.ArgumentParser) -> None:
         defaults = "; ".join(f"{owner.split(' ', 1)[1]}: {o.default}" for owner, o in owners)
         names = ", ".join(owner.split(" ", 1)[1] for owner, _ in owners)
         option = owners[0][1]
-        kwargs = {"type": binary, "nargs": "?", "const": 1} if option.type is binary else {"type": option.type}
+        kwargs = BINARY_FLAG if option.type is binary else {"type": option.type}
         group.add_argument(flag, default=None, help=f"{names}: {option.help} (default {defaults})", **kwargs)
 
 

@@ -2,10 +2,10 @@
 
 A checkpoint holds everything the rest of a run depends on: the model (the
 network with every normalisation layer's buffers, AdaB²N's counter and η
-included, and the model's own state), the optimiser, the replay buffer, the
-RNG states of Python, NumPy and torch (CPU and CUDA), the position in the data
-stream (task, epoch, batch and the epoch's shuffled order) and the results so
-far. Resuming from it replays the remaining steps bit for bit on the CPU.
+included, and the model's own state with its task index), the optimiser, the
+replay buffer, the RNG states of Python, NumPy and torch (CPU and CUDA), the
+position in the current task's stream (epoch, batch and the epoch's shuffled
+order) and the results so far. Resuming from it replays the remaining steps bit for bit on the CPU.
 
 Files are written atomically (temporary file, then rename) and read with
 ``torch.load(..., weights_only=True)``: a checkpoint can hold only tensors and

@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
+
+
+def epoch_order(n: int, device: torch.device | str) -> Tensor:
+    """A new epoch's permutation of the sample indices ``0 .. n-1``, drawn on the device."""
+    return torch.randperm(n, device=device)
+
+
+def epoch_batches(n: int, batch_size: int, device: torch.device | str) -> list[Tensor]:
+    """The sample indices of every batch of a new epoch (a helper for loops that need not resume mid-epoch)."""
+    order = epoch_order(n, device)
+    return [batch_indices(order, b, batch_size) for b in range(n_batches(n, batch_size))]
 
 
 def n_batches(n: int, batch_size: int) -> int:

@@ -1,8 +1,9 @@
 """The continual-learning loop: train on each task in turn, evaluate every seen task after each.
 
 The loop knows no model or normalisation layer by name: it hands stream
-batches to ``model.observe`` and task boundaries to ``begin_task`` /
-``end_task``. Each task's data is one uint8 tensor on the training device,
+batches to ``model.observe`` and task boundaries to the model's template
+methods ``meta_begin_task`` / ``meta_end_task``, and reads the task from the
+model's ``current_task`` (the model owns the index). Each task's data is one uint8 tensor on the training device,
 shuffled by index and augmented in batches; the loss is read back from the
 device only every ``LOSS_READ_EVERY`` steps, so the device never waits on the
 progress bar. ``Trainer`` checkpoints its whole state so a killed run resumes
@@ -27,7 +28,7 @@ from models.utils.continual_model import ContinualModel
 from utils.checkpoint import comparable_args, get_rng_state, save_checkpoint, set_rng_state
 from utils.core.errors import UserError
 from utils.norm_diagnostics import diagnose
-from utils.stream import batch_indices, n_batches
+from utils.stream import batch_indices, epoch_order, n_batches
 from utils.wandb_logger import WandbLogger
 
 LOSS_READ_EVERY = 25
@@ -228,7 +229,7 @@ class Trainer:
         try:
             while pos.epoch < args.n_epochs:
                 if pos.order is None:
-                    pos.order = torch.randperm(n, device=self.dataset.device)
+                    pos.order = epoch_order(n, self.dataset.device)
                 while pos.batch < per_epoch:
                     loss = self.train_step(data, batch_indices(pos.order, pos.batch, args.batch_size))
                     pos.batch += 1

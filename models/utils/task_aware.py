@@ -1,9 +1,10 @@
 """The protocol between the training loop and task-aware normalisation layers: every hook the loop calls.
 
 A norm layer that wants each sample's task (AdaB²N) implements :class:`TaskAwareNorm`; ``ContinualModel`` is its
-only caller (``forward_parts``, ``step`` and ``meta_end_task``), so models, the trainer and the buffer never know
-which norm is in use. The model owns the task index: the layers are told of every completed task and are handed the
-current one when asked for their regulariser's weight. A layer whose running statistics describe a transform of its
+only caller (task ids and the regulariser with its weight around each forward in ``forward_parts``, the weighted sum
+in ``step``, task boundaries in ``meta_end_task``), so models, the trainer and the buffer never know which norm is in
+use. The model owns the task index: the layers are told of every completed task and are handed the current one when
+asked for their regulariser's weight. A layer whose running statistics describe a transform of its
 input (CN) says so through :class:`StatisticsInput`, which the recency-bias diagnostics use.
 
 Outside this framework (e.g. in another library's training loop), the same calls are::
@@ -57,9 +58,25 @@ class StatisticsInput(Protocol):
     def running_stats_input(self, x: Tensor) -> Tensor: ...
 
 
+def _members(protocol: type) -> list[str]:
+    """A protocol's attributes and methods, as ``isinstance`` checks them (``typing.get_protocol_members``, 3.13)."""
+    methods = [k for k, v in vars(protocol).items() if callable(v) and not k.startswith("_")]
+    return [*protocol.__annotations__, *methods]
+
+
 def task_aware_layers(module: nn.Module) -> list[TaskAwareNorm]:
-    """The layers of ``module`` that take part in the protocol, in module order."""
-    return [m for m in module.modules() if isinstance(m, TaskAwareNorm)]
+    """The layers of ``module`` that take part in the protocol, in module order.
+
+    A layer that asks for task ids (``set_batch_tasks``) but lacks another hook is an error, not silently left out.
+    """
+    layers = []
+    for name, m in module.named_modules():
+        if isinstance(m, TaskAwareNorm):
+            layers.append(m)
+        elif hasattr(m, "set_batch_tasks"):
+            missing = ", ".join(k for k in _members(TaskAwareNorm) if not hasattr(m, k))
+            raise TypeError(f"{name or type(m).__name__} has set_batch_tasks but not {missing} of TaskAwareNorm")
+    return layers
 
 
 def task_counts(task_ids: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:

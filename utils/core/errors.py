@@ -5,7 +5,7 @@ traceback, so every message must name the problem *and* the fix.
 """
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Bad input: unknown names, invalid values, incompatible options."""
 
 

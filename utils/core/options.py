@@ -39,9 +39,12 @@ def between(low: float, high: float) -> Check:
 
 def require(name: str, value: Any, check: Check) -> None:
     """Library side of a check: ``ValueError("kappa must lie in [0, 1], got 2")``."""
-    problem = check(value)
+    try:
+        problem = check(value)
+    except TypeError:  # not a number at all
+        problem = "must be a number"
     if problem is not None:
-        raise ValueError(f"{name} {problem}, got {value}")
+        raise ValueError(f"{name} {problem}, got {value!r}")
 
 
 def binary(text: str) -> int:
@@ -49,6 +52,10 @@ def binary(text: str) -> int:
     if text not in ("0", "1"):
         raise argparse.ArgumentTypeError(f"invalid choice: '{text}' (choose from 0, 1)")
     return int(text)
+
+
+BINARY_FLAG: dict[str, Any] = {"type": binary, "nargs": "?", "const": 1, "metavar": "{0,1}"}
+"""``add_argument`` keywords of a binary flag: ``--flag``, ``--flag 1`` and ``--flag 0``."""
 
 
 _MISSING = object()

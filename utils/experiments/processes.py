@@ -28,14 +28,19 @@ def cpu_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+MAIN_SCRIPT = Path(__file__).resolve().parents[2] / "utils" / "main.py"
+"""This clone's entry point. A run starts it by path, not as ``-m utils.main``: from the user's directory, a package
+named ``utils`` on PYTHONPATH would win over this clone's before its bootstrap could act."""
+
+
 def default_command(run: Run, threads: int | None) -> list[str]:
-    """``INTERPRETER -m utils.main FLAGS``; CPU placement adds ``--device cpu --num_threads N`` before the flags
+    """``INTERPRETER utils/main.py FLAGS``; CPU placement adds ``--device cpu --num_threads N`` before the flags
     so that ``--extra`` can still override them, and a run interrupted earlier continues from its checkpoint."""
     from utils.checkpoint import checkpoint_file
 
     cpu = ["--device", "cpu", "--num_threads", str(threads)] if threads is not None else []
     resume = ["--resume", "1"] if checkpoint_file(run.results).exists() else []
-    return [run.interpreter, "-m", "utils.main", *cpu, *run.argv, *resume]
+    return [run.interpreter, str(MAIN_SCRIPT), *cpu, *run.argv, *resume]
 
 
 class RunLock:

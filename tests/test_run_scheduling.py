@@ -1,0 +1,198 @@
+"""``run.py``'s local scheduler: GPU placement, CPU workers, resuming an interrupted grid, locks, failures and
+retries, with an injected GPU probe and a tiny child command instead of training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from run_helpers import (  # _offline: importing the autouse fixture applies it to this module
+    SMALL_GRID,
+    _offline,  # noqa: F401
+    fake_command,
+    invocations,
+    no_gpu,
+    scheduler,
+    small_runs,
+    wait_until,
+)
+
+from utils.experiments.cli import main
+from utils.experiments.grid import Run
+from utils.experiments.processes import RunLock, Summary, start_run
+from utils.experiments.scheduler import NoGpuError, allowed_gpus, choose_gpu, nvml_probe
+
+# ----------------------------------------------------------------------------------------------- GPU placement
+
+
+def test_choose_gpu_takes_the_freest_idle_gpu_with_room() -> None:
+    usage = [(0, 0.5), (1, 0.05), (2, 0.2), (3, 0.01)]
+    assert choose_gpu(usage, Counter(), 0.3, 1) == 3
+    assert choose_gpu(usage, Counter({3: 1}), 0.3, 1) == 1
+    assert choose_gpu(usage, Counter({3: 1}), 0.3, 2) == 3
+    assert choose_gpu(usage, Counter({1: 1, 3: 1}), 0.3, 1) == 2
+    assert choose_gpu(usage, Counter({1: 1, 2: 1, 3: 1}), 0.3, 1) is None
+    assert choose_gpu(usage, Counter(), 0.01, 4) is None
+    assert choose_gpu([], Counter(), 0.3, 1) is None
+
+
+def test_allowed_gpus_follow_the_parents_cuda_visible_devices() -> None:
+    assert allowed_gpus({}) is None
+    assert allowed_gpus({"CUDA_VISIBLE_DEVICES": "2,0"}) == {0, 2}
+    assert allowed_gpus({"CUDA_VISIBLE_DEVICES": "GPU-1a2b"}) is None
+
+
+def test_nvml_probe_reports_gpus_or_no_gpu() -> None:
+    try:
+        usage = nvml_probe()
+    except NoGpuError:
+        return
+    assert all(isinstance(i, int) and 0.0 <= u <= 1.0 for i, u in usage)
+
+
+def test_runs_go_to_the_freest_gpus_within_max_per_gpu_and_keep_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NORMCL_PARENT_MARKER", "kept")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    probes = Counter[str]()
+
+    def probe() -> list[tuple[int, float]]:
+        probes["calls"] += 1
+        return [(0, 0.5), (1, 0.05), (2, 0.2)]
+
+    runs = small_runs(tmp_path, "--num_seeds", "3")[:5]
+    out = tmp_path / "out"
+    sched = scheduler(runs, out, probe=probe, max_per_gpu=2)
+    result: list[Summary] = []
+    thread = threading.Thread(target=lambda: result.append(sched.run()))
+    thread.start()
+    try:
+        wait_until(lambda: len(list(out.glob("*.env.json"))) == 4, "four runs started")
+        calls = probes["calls"]
+        wait_until(lambda: probes["calls"] >= calls + 3, "the launcher polled again for the fifth run")
+        envs = {p.name[: -len(".1.env.json")]: json.loads(p.read_text()) for p in out.glob("*.env.json")}
+        assert len(envs) == 4, "a fifth run started although every idle GPU had max_per_gpu runs"
+        assert [envs[r.name]["CUDA_VISIBLE_DEVICES"] for r in runs[:4]] == ["1", "1", "2", "2"]
+    finally:
+        (out / "release").write_text("")
+        thread.join()
+    summary = result[0]
+    assert [r.name for r in summary.done] == [r.name for r in runs]
+    fifth = json.loads(next(out.glob(f"{runs[4].name}.1.env.json")).read_text())
+    assert fifth["CUDA_VISIBLE_DEVICES"] in ("1", "2")
+    for name in [r.name for r in runs]:
+        env = json.loads((out / f"{name}.1.env.json").read_text())
+        assert env["NORMCL_PARENT_MARKER"] == "kept"
+        assert env["PATH"] == os.environ["PATH"] and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+def test_without_gpus_runs_use_cpu_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NORMCL_PARENT_MARKER", "kept")
+    seen: list[int | None] = []
+    base = fake_command(tmp_path / "out")
+
+    def command(run: Run, threads: int | None) -> list[str]:
+        seen.append(threads)
+        return base(run, threads)
+
+    (tmp_path / "out" / "release").write_text("")
+    summary = scheduler(small_runs(tmp_path), tmp_path / "out", command=command, cpu_workers=2).run()
+    assert len(summary.done) == 4 and summary.exit_code == 0
+    assert seen == [max(1, (os.cpu_count() or 1) // 2)] * 4
+    env = json.loads(next((tmp_path / "out").glob("*.env.json")).read_text())
+    assert env["NORMCL_PARENT_MARKER"] == "kept"
+
+
+# ----------------------------------------------------------------------------------------------- resume, failures
+
+
+def test_an_interrupted_grid_finishes_only_the_missing_runs(tmp_path: Path) -> None:
+    runs = small_runs(tmp_path)
+    for run in runs[:2]:
+        run.results.parent.mkdir(parents=True, exist_ok=True)
+        run.results.write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "release").write_text("")
+    summary = scheduler(runs, out).run()
+    assert invocations(out) == {r.name: 1 for r in runs[2:]}
+    assert summary.skipped == runs[:2] and summary.done == runs[2:]
+    again = scheduler(runs, out).run()
+    assert again.skipped == runs and not again.done
+    assert invocations(out) == {r.name: 1 for r in runs[2:]}
+
+
+def test_a_run_in_flight_from_a_killed_launcher_is_not_started_again(tmp_path: Path) -> None:
+    runs = small_runs(tmp_path)
+    orphan = runs[1]
+    lock = RunLock(orphan.lock)
+    assert lock.acquire()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "release").write_text("")
+    result: list[Summary] = []
+    thread = threading.Thread(target=lambda: result.append(scheduler(runs, out).run()))
+    thread.start()
+    try:
+        wait_until(lambda: all(r.results.exists() for r in runs if r is not orphan), "the other runs finished")
+        orphan.results.parent.mkdir(parents=True, exist_ok=True)
+        orphan.results.write_text("{}")
+    finally:
+        lock.release()
+        thread.join()
+    assert orphan.name not in invocations(out)
+    assert result[0].skipped == [orphan] and len(result[0].done) == 3
+
+
+def test_the_lock_is_held_by_the_child_after_the_launcher_lets_go(tmp_path: Path) -> None:
+    run = small_runs(tmp_path)[0]
+    out = tmp_path / "out"
+    lock = RunLock(run.lock)
+    assert lock.acquire()
+    proc = start_run(run, fake_command(out)(run, None), dict(os.environ), lock, 1)
+    lock.release()  # as if the launcher had been killed with kill -9
+    other = RunLock(run.lock)
+    try:
+        assert not other.acquire(), "the orphaned run must keep its lock"
+    finally:
+        (out / "release").write_text("")
+        assert proc.wait() == 0
+    assert other.acquire()
+    other.release()
+    assert run.log.read_text().startswith("# ") and f"child {run.name} attempt 1" in run.log.read_text()
+
+
+def test_a_failing_run_is_reported_and_the_rest_finish(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = [*SMALL_GRID, "--results_path", str(tmp_path / "res"), "--logdir", str(tmp_path / "logs"), "--yes"]
+    runs = small_runs(tmp_path)
+    bad = runs[1]
+    out = tmp_path / "out"
+    command = fake_command(out, {bad.name: "fail"})
+    (out / "release").write_text("")
+    code = main([*argv, "--coldsecs", "0", "--waitsecs", "0"], probe=no_gpu, command=command)
+    assert code == 1
+    text = capsys.readouterr().out
+    assert "3 done, 0 skipped (results existed), 1 failed" in text
+    assert f"failed: {bad.name} (exit code 3); log: {bad.log}" in text
+    assert all(r.results.exists() for r in runs if r is not bad) and not bad.results.exists()
+    assert f"child {bad.name} attempt 1" in bad.log.read_text()
+    assert main([*argv, "--coldsecs", "0", "--waitsecs", "0"], probe=no_gpu, command=command) == 1
+    assert invocations(out)[bad.name] == 2 and invocations(out)[runs[0].name] == 1
+
+
+def test_retries_rerun_a_failed_run(tmp_path: Path) -> None:
+    runs = small_runs(tmp_path)
+    out = tmp_path / "out"
+    flaky = runs[0]
+    command = fake_command(out, {flaky.name: "flaky", runs[1].name: "fail"})
+    (out / "release").write_text("")
+    summary = scheduler(runs, out, command=command, retries=2).run()
+    assert invocations(out) == {flaky.name: 2, runs[1].name: 3, runs[2].name: 1, runs[3].name: 1}
+    assert flaky in summary.done and [r for r, _ in summary.failed] == [runs[1]]
+    assert flaky.log.read_text().count("# ") == 2 and summary.exit_code == 1
