@@ -142,6 +142,8 @@ def test_non_finite_loss_stops_with_partial_results(tmp_path: Path) -> None:
     partial = json.loads((folder(tmp_path) / "nan.partial.json").read_text())
     assert partial["final"]["class_il_avg"] is None  # no task was completed
     assert partial["args"]["lr"] == 1e12
+    step = int(done.stderr.split("NaN or infinite at step ")[1].split()[0])
+    assert partial["stopped"] == {"reason": "non-finite loss", "task": 0, "step": step}
 
 
 def _checkpoint_with_args(path: Path, saved_args: dict) -> None:

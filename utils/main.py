@@ -156,8 +156,9 @@ def run(args: Namespace) -> dict[str, Any]:
         print(f"Resuming {args.run_name} at task {model.current_task + 1}, step {trainer.pos.step}", flush=True)
     try:
         history = trainer.run()
-    except NonFiniteLoss:
+    except NonFiniteLoss as e:
         partial = build_results(args, trainer.history, model.forward_mode, time.perf_counter() - start, code)
+        partial["stopped"] = e.record()
         if not args.disable_log:
             write_results(partial_results_file(out), partial)
             print(f"results of the completed tasks: {partial_results_file(out)}", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 A run that stops on a non-finite loss writes what it measured so far to
 ``{run_name}.partial.json`` instead, so launchers never mistake it for a
-finished run.
+finished run, with ``"stopped": {"reason": "non-finite loss", "task": T, "step": S}``
+(task 0-based, step 1-based over the run; files written before this entry lack it,
+but a non-finite loss was then the only reason for a partial file too).
 
 Format (``format_version`` 1)::
 

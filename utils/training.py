@@ -92,7 +92,15 @@ class Interrupted(Exception):
 
 
 class NonFiniteLoss(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite at ``step`` (1-based, over the run) of ``task`` (0-based)."""
+
+    def __init__(self, step: int, task: int) -> None:
+        super().__init__(f"the loss became NaN or infinite at step {step} (task {task + 1})")
+        self.step, self.task = step, task
+
+    def record(self) -> dict[str, Any]:
+        """The ``stopped`` entry of the partial results file."""
+        return {"reason": "non-finite loss", "task": self.task, "step": self.step}
 
 
 @dataclass
@@ -254,7 +262,7 @@ class Trainer:
         """The only host synchronisation of the loop: every ``LOSS_READ_EVERY`` steps and at epoch ends."""
         bad = int(first_bad)
         if bad >= 0:
-            raise NonFiniteLoss(f"the loss became NaN or infinite at step {bad} (task {t + 1})")
+            raise NonFiniteLoss(bad, t)
         value = float(loss)
         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         self.logger.log({"loss": value, "lr": self.args.lr, "task": t, "epoch": self.pos.epoch}, step=self.pos.step)
