@@ -64,8 +64,8 @@ class TrainTransform:
         self.padding = padding
         self.hflip = hflip
 
-    def __call__(self, x: Tensor) -> Tensor:
-        x = random_crop(x, self.padding)
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        x = random_crop(x, self.padding, generator)
         if self.hflip:
-            x = random_hflip(x)
+            x = random_hflip(x, generator)
         return self.normalize(x)

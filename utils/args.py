@@ -21,6 +21,7 @@ from utils.core.errors import UserError
 from utils.core.options import BINARY_FLAG, Check, Option, at_least, binary, merge, positive
 
 FORWARD_MODES = ("separate", "joint")
+DTYPES = ("float32", "float64")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -89,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the reference's choice: joint for AdaB2N, else the model's own)",
     )
     g.add_argument("--seed", type=int, default=None, help="seeds Python, NumPy, torch and the class order")
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="precision of the network and its inputs; float64 to check that two code paths agree (slow)",
+    )
     _binary(g, "--no_task_shuffle", "keep the natural class order for every seed")
     _binary(g, "--validation", "hold out 10%% of each task's training data and test on it")
     g.add_argument("--samples_per_class", type=int, default=None, help="use only the first N training images per class")

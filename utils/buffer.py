@@ -63,7 +63,12 @@ class Buffer:
     """Fixed-size replay memory on the training device (see the module docstring)."""
 
     def __init__(
-        self, buffer_size: int, device: torch.device | str, mode: str = "reservoir", n_tasks: int | None = None
+        self,
+        buffer_size: int,
+        device: torch.device | str,
+        mode: str = "reservoir",
+        n_tasks: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         if buffer_size <= 0:
             raise ValueError(f"buffer_size must be positive, got {buffer_size}")
@@ -77,6 +82,7 @@ class Buffer:
                 raise ValueError(f"buffer_size {buffer_size} {problem}")
         self.buffer_size = buffer_size
         self.device = torch.device(device)
+        self.generator = generator  # None: torch's default generator (a run alone); a stacked run's member: its own
         self.mode = mode
         self.n_tasks = n_tasks
         self.portion = buffer_size // n_tasks if mode == "ring" and n_tasks else buffer_size
@@ -172,7 +178,7 @@ class Buffer:
 
     def _draw_slots(self, n: Tensor) -> Tensor:
         """Draw r uniform in [0, n] for every entry of `n` (global stream positions), on the device."""
-        raw = torch.randint(0, _DRAW_RANGE, n.shape, dtype=torch.int64, device=self.device)
+        raw = torch.randint(0, _DRAW_RANGE, n.shape, dtype=torch.int64, device=self.device, generator=self.generator)
         return raw % (n + 1)
 
     def _reservoir_slots(self, batch: int) -> Tensor:
@@ -214,14 +220,15 @@ class Buffer:
         """Sample `min(size, len(self))` distinct stored samples uniformly, without replacement.
 
         Returns (examples, labels, logits, task_labels) restricted to the stored
-        attributes. Uses the global torch RNG, so `torch.manual_seed` makes it reproducible.
+        attributes. Draws from the buffer's generator (default: torch's global one, so `torch.manual_seed` makes
+        it reproducible).
         """
         if size < 0:
             raise ValueError(f"cannot sample {size} examples")
         n_valid = len(self)
         if n_valid == 0:
             raise RuntimeError("cannot sample from an empty buffer; check is_empty() first")
-        perm = torch.randperm(n_valid, device=self.device)[: min(size, n_valid)]
+        perm = torch.randperm(n_valid, device=self.device, generator=self.generator)[: min(size, n_valid)]
         index = perm if self.mode == "reservoir" else self._valid_slot_tensor().index_select(0, perm)
         return self._gather(index, transform)
 

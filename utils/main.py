@@ -115,6 +115,8 @@ def build_model(args: Namespace, dataset: ContinualDataset) -> ContinualModel:
     net = net.to(dataset.device)
     example = torch.zeros(1, *dataset.SHAPE, device=dataset.device)
     net = convert_norm(net, args.nl, example_input=example, **norm_keywords(args, dataset)).to(dataset.device)
+    if args.dtype != "float32":
+        net = net.to(getattr(torch, args.dtype))
     apply_speed_options(net, args)
     return MODELS.get(args.model)(net, F.cross_entropy, args, dataset).to(dataset.device)
 

@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 
-def epoch_order(n: int, device: torch.device | str) -> Tensor:
-    """A new epoch's permutation of the sample indices ``0 .. n-1``, drawn on the device."""
-    return torch.randperm(n, device=device)
+def epoch_order(n: int, device: torch.device | str, generator: torch.Generator | None = None) -> Tensor:
+    """A new epoch's permutation of the sample indices ``0 .. n-1``, drawn on the device (from ``generator``:
+    torch's global one by default, a stacked run's member's own otherwise)."""
+    return torch.randperm(n, device=device, generator=generator)
 
 
 def epoch_batches(n: int, batch_size: int, device: torch.device | str) -> list[Tensor]:

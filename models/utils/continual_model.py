@@ -63,6 +63,7 @@ class ContinualModel(nn.Module):
         self.current_task = 0
         self.forward_mode = resolve_forward_mode(args, type(self), net)
         self.amp = bool(getattr(args, "amp", False))
+        self.dtype = getattr(torch, getattr(args, "dtype", "float32"))
         self.channels_last = bool(getattr(args, "channels_last", False))
         self.buffer: Buffer | None = None
         if self.USES_BUFFER:
@@ -83,6 +84,8 @@ class ContinualModel(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != self.dtype:  # --dtype float64: the inputs follow the network
+            x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if not self.amp:

@@ -119,7 +119,7 @@ def batch_norm(bn: nn.BatchNorm2d, *, affine: bool = True) -> nn.Module:
     return new
 
 
-def _place_like(new: nn.Module, old: nn.Module) -> nn.Module:
+def place_like(new: nn.Module, old: nn.Module) -> nn.Module:
     """Move ``new`` to the device and floating dtype of ``old``'s first floating tensor (if it has one)."""
     for t in itertools.chain(old.parameters(), old.buffers()):
         if t.is_floating_point():
@@ -193,7 +193,7 @@ def _replace(
 ) -> nn.Module:
     if isinstance(module, nn.BatchNorm2d):
         extra = {} if shapes is None else {SHAPE_KEYWORD: shapes[module]}
-        return _place_like(builder(module, **options, **extra), module)
+        return place_like(builder(module, **options, **extra), module)
     for child_name, child in module.named_children():
         new = _replace(child, builder, shapes, options)
         if new is not child:

@@ -1,0 +1,156 @@
+"""AdaB²N for K stacked members (``models/utils/stacking.py``): each member's task weights, momentum and regulariser.
+
+The input is ``[N, K·C, H, W]`` with member k's channels in the k-th block, and each member has its own task ids
+(``[K, N]``: members with other seeds replay other samples), task logits, ``kappa`` (so its own ``η``), ``lambd``
+and ``ada_t0``. The arithmetic is :class:`~models.utils.adab2n.AdaB2N`'s, member by member: the weighted means are
+one ``einsum`` over the members, the running statistics one update over K·C channels.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.utils.adab2n import AdaB2N
+from models.utils.norms import float32_under_autocast
+
+
+class StackedAdaB2N(nn.Module):
+    """K AdaB²N layers of C channels as one layer of K·C channels; implements the task-aware protocol per member."""
+
+    prefers_joint_forward: ClassVar[bool] = AdaB2N.prefers_joint_forward
+
+    def __init__(self, layers: Sequence[AdaB2N]) -> None:
+        super().__init__()
+        first, k = layers[0], len(layers)
+        for name in ("num_features", "num_tasks", "eps", "momentum", "affine", "renorm"):
+            if len({getattr(layer, name) for layer in layers}) > 1:
+                raise ValueError(f"cannot stack AdaB2N layers whose {name} differ")
+        self.members, self.num_features, self.num_tasks = k, first.num_features, first.num_tasks
+        self.eps, self.momentum, self.affine, self.renorm = first.eps, first.momentum, first.affine, first.renorm
+        self.kappas = [layer.kappa for layer in layers]
+        device = first.running_mean.device
+        cat = lambda name: torch.cat([getattr(layer, name).detach() for layer in layers])  # noqa: E731
+        stack = lambda name: torch.stack([getattr(layer, name).detach() for layer in layers])  # noqa: E731
+        self.weight = nn.Parameter(cat("weight")) if first.affine else None
+        self.bias = nn.Parameter(cat("bias")) if first.affine else None
+        self.task_weight = nn.Parameter(stack("task_weight"))
+        self.register_buffer("running_mean", cat("running_mean"))
+        self.register_buffer("running_var", cat("running_var"))
+        self.register_buffer("eta", stack("eta"))
+        for name in ("num_batches_tracked", "tasks_completed"):
+            if any(not torch.equal(getattr(layer, name), getattr(first, name)) for layer in layers):
+                raise ValueError(f"cannot stack AdaB2N layers whose {name} differ")
+            self.register_buffer(name, getattr(first, name).detach().clone())
+        self._tasks_completed = first._tasks_completed
+        # The per-member constants of the momentum recursion and of the regulariser's schedule, on the device.
+        as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device)  # noqa: E731
+        self.register_buffer("_kappa", as_tensor(self.kappas, torch.float64), persistent=False)
+        first_eta = [first.momentum**kappa for kappa in self.kappas]
+        decay = [(1.0 - first.momentum) ** kappa for kappa in self.kappas]
+        self.register_buffer("_first_eta", as_tensor(first_eta, torch.float64), persistent=False)
+        self.register_buffer("_decay", as_tensor(decay, torch.float64), persistent=False)
+        self.register_buffer("_lambd", as_tensor([layer.lambd for layer in layers], torch.float64), persistent=False)
+        self.register_buffer("_ada_t0", as_tensor([layer.ada_t0 for layer in layers], torch.long), persistent=False)
+        self._batch_tasks: Tensor | None = None
+        self._batch_counts: Tensor | None = None
+        self.norm_loss: Tensor | None = None
+
+    @classmethod
+    def stack(cls, layers: Sequence[AdaB2N]) -> StackedAdaB2N:
+        return cls(layers)
+
+    def member(self, k: int, template: AdaB2N) -> AdaB2N:
+        """Member ``k`` as an :class:`AdaB2N` layer like ``template``, with its current state."""
+        member = copy.deepcopy(template)
+        c = self.num_features
+        with torch.no_grad():
+            if self.weight is not None and self.bias is not None:
+                member.weight.copy_(self.weight[k * c : (k + 1) * c])
+                member.bias.copy_(self.bias[k * c : (k + 1) * c])
+            member.task_weight.copy_(self.task_weight[k])
+            member.running_mean.copy_(self.running_mean[k * c : (k + 1) * c])
+            member.running_var.copy_(self.running_var[k * c : (k + 1) * c])
+            member.eta.copy_(self.eta[k])
+            member.num_batches_tracked.copy_(self.num_batches_tracked)
+            member.tasks_completed.copy_(self.tasks_completed)
+        member._tasks_completed = self._tasks_completed
+        return member
+
+    # -- the task-aware protocol, per member -------------------------------------------------------------------
+    def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None) -> None:
+        """Each member's task ids ``[K, N]``; ``counts = task_counts(task_ids, n)``, ``[K, n]``."""
+        self._batch_tasks, self._batch_counts = task_ids, counts
+
+    def norm_loss_weight(self, task: int) -> Tensor:
+        """Each member's weight of its regulariser while training ``task``: its ``lambd`` from its ``ada_t0`` on
+        (float64, as a Python float; the model casts it to the loss's dtype)."""
+        return torch.where(self._ada_t0 <= task, self._lambd, 0.0)
+
+    def end_task(self) -> None:
+        self.tasks_completed += 1
+        self._tasks_completed += 1
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._tasks_completed = int(self.tasks_completed)
+
+    # -- arithmetic ----------------------------------------------------------------------------------------------
+    def next_eta(self) -> Tensor:
+        """Each member's momentum of this training forward, as :meth:`AdaB2N.next_eta` computes it."""
+        momentum = torch.full_like(self.eta, self.momentum)
+        cumulative = 1.0 / self.num_batches_tracked.to(self.eta.dtype)
+        recursive = torch.where(self.eta > 0, self.eta / (self.eta + self._decay), self._first_eta)
+        return torch.where(self._kappa == 1.0, momentum, torch.where(self._kappa == 0.0, cumulative, recursive))
+
+    def sample_weights(self, task_ids: Tensor, counts: Tensor) -> Tensor:
+        """Each member's per-sample weights ``[K, N]`` (:meth:`AdaB2N.sample_weights`)."""
+        t = self._tasks_completed + 1
+        counts = counts[:, :t]
+        concentration = self.task_weight[:, :t].exp() + counts
+        if self.renorm:
+            concentration = concentration * (counts > 0)
+        task_weights = concentration / concentration.sum(1, keepdim=True)
+        return task_weights.gather(1, task_ids) / counts.gather(1, task_ids)
+
+    def _weighted(self, per_sample: Tensor, weights: Tensor) -> Tensor:
+        """``Σ_i s_ki v_i`` per member and channel: ``[N, K·C]`` values and ``[K, N]`` weights -> ``[1, K·C, 1, 1]``."""
+        n = per_sample.shape[0]
+        out = torch.einsum("nkc,kn->kc", per_sample.reshape(n, self.members, -1), weights.to(per_sample.dtype))
+        return out.reshape(1, -1, 1, 1)
+
+    @float32_under_autocast
+    def forward(self, input: Tensor) -> Tensor:
+        if not self.training:
+            return F.batch_norm(
+                input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        task_ids, counts, self._batch_tasks, self._batch_counts = self._batch_tasks, self._batch_counts, None, None
+        if task_ids is not None and self._tasks_completed > 0:
+            assert counts is not None
+            weights = self.sample_weights(task_ids, counts)
+            mean = self._weighted(input.mean([2, 3]), weights)
+            var = self._weighted((input - mean).square().mean([2, 3]), weights)
+        else:
+            var, mean = torch.var_mean(input, [0, 2, 3], correction=0, keepdim=True)
+        out = (input - mean) / torch.sqrt(var + self.eps)
+        if self.weight is not None and self.bias is not None:
+            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            eta = self.next_eta()
+            self.eta.copy_(eta)
+            c = self.num_features
+            keep = (1.0 - eta).to(self.running_var.dtype).repeat_interleave(c)
+            eta = eta.to(self.running_mean.dtype).repeat_interleave(c)
+            self.running_mean.add_((mean.flatten() - self.running_mean) * eta)
+            self.running_var.mul_(keep).add_(var.flatten() * eta)
+        running_mean, running_var = self.running_mean.clone(), self.running_var.clone()
+        per_member = lambda a, b: (a.flatten() - b).square().view(self.members, -1).mean(1)  # noqa: E731
+        self.norm_loss = per_member(mean, running_mean) + per_member(var, running_var)
+        return out

@@ -1,0 +1,118 @@
+"""A stacked network is its members side by side: every norm, in float64, forward, backward and state (issue 14).
+
+K reduced ResNet-18s with different seeds (and, for AdaB²N, different kappa, lambd and ada_t0) are stacked; one
+training step of the stack on the members' own inputs and task ids must give each member's outputs, gradients,
+running statistics and regulariser, and ``member(k)`` must give member k back.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from backbone.resnet18 import ResNet18
+from models.utils.norms import convert_norm
+from models.utils.stacking import StackedNet
+from models.utils.task_aware import task_aware_layers, task_counts
+
+K, B, TASKS = 3, 6, 5
+NORMS = {
+    "BN": [{}] * K,
+    "GN": [{}] * K,
+    "LN": [{}] * K,
+    "IN": [{}] * K,
+    "CN": [{"affine": False}] * K,
+    "BRN": [{"rmax": 2.0, "dmax": 1.0}] * K,
+    "AdaB2N": [
+        {"num_tasks": TASKS, "kappa": kappa, "lambd": lambd, "ada_t0": t0}
+        for kappa, lambd, t0 in ((0.4, 0.1, 0), (1.0, 1.0, 1), (0.0, 0.01, 0))
+    ],
+    "AdaB2N-renorm": [{"num_tasks": TASKS, "kappa": kappa, "renorm": True} for kappa in (0.1, 0.7, 1.0)],
+}
+
+
+def members(norm: str) -> list[nn.Module]:
+    nets = []
+    for k, options in enumerate(NORMS[norm]):
+        torch.manual_seed(10 + k)
+        net = ResNet18(num_classes=10, nf=4, in_channels=1)
+        net = convert_norm(net, norm.split("-")[0], example_input=torch.zeros(1, 1, 12, 12), **options)
+        nets.append(net.double().train())
+    return nets
+
+
+def hand_tasks(nets: list[nn.Module], stacked: nn.Module, ids: torch.Tensor) -> None:
+    """One completed task everywhere, then each member's task ids (and the stack's, all members at once)."""
+    for net, k in zip(nets, range(K), strict=True):
+        for layer in task_aware_layers(net):
+            layer.end_task()
+            layer.set_batch_tasks(ids[k], task_counts(ids[k], TASKS))
+    counts = torch.stack([task_counts(row, TASKS) for row in ids])
+    for layer in task_aware_layers(stacked):
+        layer.end_task()
+        layer.set_batch_tasks(ids, counts)
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_a_training_step_of_the_stack_is_each_members(norm: str) -> None:
+    nets = members(norm)
+    stacked = StackedNet([copy.deepcopy(net) for net in nets])
+    torch.manual_seed(0)
+    x = torch.randn(K, B, 1, 12, 12, dtype=torch.float64)
+    ids = torch.tensor([[0, 0, 0, 1, 1, 0], [1, 1, 0, 0, 0, 0], [0, 1, 0, 1, 0, 1]])
+    hand_tasks(nets, stacked, ids)
+
+    out = stacked(x)
+    alone = torch.stack([net(x[k]) for k, net in enumerate(nets)])
+    torch.testing.assert_close(out, alone, rtol=1e-10, atol=1e-12)
+    stacked_layers, member_layers = task_aware_layers(stacked), [task_aware_layers(net) for net in nets]
+    for i, layer in enumerate(stacked_layers):  # AdaB²N: each member's regulariser and its weight
+        alone_losses = torch.stack([m[i].norm_loss for m in member_layers])
+        torch.testing.assert_close(layer.norm_loss, alone_losses, rtol=1e-10, atol=1e-14)
+        for task in (0, 1):
+            weights = torch.tensor([m[i].norm_loss_weight(task) for m in member_layers], dtype=torch.float64)
+            assert torch.equal(layer.norm_loss_weight(task), weights)
+    (out.square().sum() + sum(layer.norm_loss.sum() for layer in stacked_layers)).backward()
+    for k, net in enumerate(nets):
+        loss = alone[k].square().sum() + sum(layer.norm_loss for layer in task_aware_layers(net))
+        loss.backward(retain_graph=True)
+
+    stacked.eval()
+    x_eval = torch.randn(K, B, 1, 12, 12, dtype=torch.float64)
+    for k, net in enumerate(nets):
+        member = stacked.member(k)
+        for (name, a), b in zip(net.state_dict().items(), member.state_dict().values(), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=f"member {k}: {name}")
+        grads = {name: p.grad for name, p in net.named_parameters()}
+        stacked_grads = dict(zip(dict(net.named_parameters()), _member_grads(stacked, k), strict=True))
+        for name, grad in grads.items():
+            torch.testing.assert_close(stacked_grads[name], grad, rtol=1e-9, atol=1e-12, msg=f"member {k}: {name}")
+        net.eval()
+        torch.testing.assert_close(stacked(x_eval)[k], net(x_eval[k]), rtol=1e-10, atol=1e-12)
+
+
+def _member_grads(stacked: StackedNet, k: int) -> list[torch.Tensor]:
+    """Member ``k``'s block of every stacked parameter's gradient, in the members' parameter order."""
+    grads = []
+    for p in stacked.parameters():
+        block = p.grad.reshape(stacked.members, -1, *p.shape[1:])[k]
+        grads.append(block.reshape(-1, *p.shape[1:]).squeeze(0) if p.shape[0] == stacked.members else block)
+    return grads
+
+
+def test_member_index_names_each_block_of_a_stacked_parameter() -> None:
+    stacked = StackedNet(members("BN"))
+    conv = stacked.inner.conv1.weight  # 3 members x 4 output channels
+    assert stacked.member_index(conv).flatten().tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert stacked.member_index(stacked.inner.classifier.weight).flatten().tolist() == [0, 1, 2]
+
+
+def test_layers_that_differ_in_shape_or_kind_are_refused() -> None:
+    with pytest.raises(ValueError, match="cannot stack Conv2d layers whose out_channels differ"):
+        StackedNet([ResNet18(10, nf=4, in_channels=1), ResNet18(10, nf=8, in_channels=1)])
+    gn = convert_norm(ResNet18(10, nf=4, in_channels=1), "GN")
+    with pytest.raises(ValueError, match="different types: BatchNorm2d, GroupNorm"):
+        StackedNet([ResNet18(10, nf=4, in_channels=1), gn])
