@@ -2,8 +2,8 @@
 probe, and the autouse ``_offline`` fixture, which each test module imports so that it applies there.
 
 Scheduling tests use an injected GPU probe and a tiny child command (the interpreter running a ``-c`` script that
-dumps its environment, optionally waits for a release file, and writes the run's results file), so they run
-without GPUs and without training.
+dumps its environment, optionally waits for a release file, and writes the run's results file, or its partial file
+as ``utils/main.py`` does when the loss diverges), so they run without GPUs and without training.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ SMALL_GRID = [
 ]  # fmt: skip
 FMNIST_BN = ["--datasets", "seq-fmnist", "--methods", "BN", "--num_seeds", "1", "--nowandb"]
 
+STOPPED = {"reason": "non-finite loss", "task": 1, "step": 42}
+"""The ``stopped`` entry of the child's partial file in ``diverge`` mode: step 42, in the second task."""
 CHILD = r"""
 import json, os, sys, time
 from pathlib import Path
-out, results, name, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+out, results, partial, name, mode = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:6]
 count_file = out / f"{name}.count"
 count = int(count_file.read_text()) + 1 if count_file.exists() else 1
 count_file.write_text(str(count))
@@ -40,9 +42,13 @@ while not (out / "release").exists():
 print(f"child {name} attempt {count}")
 if mode == "fail" or (mode == "flaky" and count == 1):
     sys.exit(3)
+if mode == "diverge":
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text(json.dumps({"stopped": STOPPED}))
+    sys.exit(3)
 results.parent.mkdir(parents=True, exist_ok=True)
 results.write_text("{}")
-"""
+""".replace("STOPPED", repr(STOPPED))
 
 
 @pytest.fixture(autouse=True)
@@ -57,12 +63,13 @@ def small_runs(tmp_path: Path, *extra: str) -> list[Run]:
 
 
 def fake_command(out: Path, modes: dict[str, str] | None = None) -> Callable[[Run, int | None], list[str]]:
-    """A command builder whose child records its environment and writes the results file (or fails)."""
+    """A command builder whose child records its environment and writes the results file, or fails (``modes``:
+    run name -> ``fail``, ``flaky`` (fails once), ``diverge`` (a partial file, exit code 3) or ``ok``)."""
     out.mkdir(parents=True, exist_ok=True)
 
     def build(run: Run, threads: int | None) -> list[str]:
         mode = (modes or {}).get(run.name, "ok")
-        return [sys.executable, "-c", CHILD, str(out), str(run.results), run.name, mode]
+        return [sys.executable, "-c", CHILD, str(out), str(run.results), str(run.partial), run.name, mode]
 
     return build
 

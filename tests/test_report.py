@@ -314,8 +314,8 @@ def test_cli_prints_and_writes_and_skips_bad_files(tmp_path: Path, capsys: pytes
     incomplete.write_text(json.dumps(doc))
     assert report.main([str(tmp_path), "--no_plots"]) == 0
     out = capsys.readouterr().out
-    assert "| BN | 40.00 (1) |" in out
-    assert f"skipped {partial}: partial results" in out and f"skipped {incomplete}: the last task" in out
+    assert "| BN | 40.00 (1 + 1 diverged) |" in out  # a partial file: a diverged run, not in the mean
+    assert f"skipped {partial}" not in out and f"skipped {incomplete}: the last task" in out
     assert report.main([str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
 

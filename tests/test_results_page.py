@@ -92,3 +92,18 @@ def test_page_without_markers_is_refused_and_left_alone(tmp_path: Path, capsys) 
 def test_protocol_of_full_data_runs_names_no_subset() -> None:
     text = results_page.protocol_text([{"batch_size": 10, "n_epochs": 1, "nf": 20, "samples_per_class": None}] * 2)
     assert text == "`--bs 10`, `--epochs 1`, `--nf 20`"
+
+
+def test_diverged_runs_are_counted_and_their_table_marks_kept(tmp_path: Path) -> None:
+    from tests.test_report_diverged import write_partial
+
+    results = tmp_path / "results"
+    report_dir = make_results(results)
+    write_partial(results, "ada_val_diverged", nl="AdaB2N", validation=1, kappa=1.0, lambd=10.0, **PROTOCOL)
+    write_report(results, report_dir, plots=False)
+    page = tmp_path / "results.md"
+    assert results_page.main([str(results), str(report_dir), str(page), "--command", "cmd"]) == 0
+    text = page.read_text()
+    assert "- Runs: 2 on the test protocol, 2 on the validation split, 1 of them diverged (non-finite loss).\n" in text
+    assert "| 1 |  | diverged (1) |" in text and "\n### Runs that diverged (1)\n" in text
+    assert "- Warning:" not in text

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,90 @@ def test_retries_rerun_a_failed_run(tmp_path: Path) -> None:
     assert invocations(out) == {flaky.name: 2, runs[1].name: 3, runs[2].name: 1, runs[3].name: 1}
     assert flaky in summary.done and [r for r, _ in summary.failed] == [runs[1]]
     assert flaky.log.read_text().count("# ") == 2 and summary.exit_code == 1
+
+
+# ----------------------------------------------------------------------------------------------- diverged runs
+
+RERUN_HINT = "   a diverged run is not started again; to run one again, delete its .partial.json file"
+
+
+def test_a_diverged_run_is_done_not_retried_nor_a_failure_until_its_partial_file_is_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A NaN loss is deterministic: a run that left a partial file (an earlier sitting's without ``stopped``, or one
+    diverging now) is never started again, and the grid still exits 0."""
+    argv = [*SMALL_GRID, "--results_path", str(tmp_path / "res"), "--logdir", str(tmp_path / "logs"), "--yes"]
+    argv += ["--coldsecs", "0", "--waitsecs", "0", "--retries", "2"]
+    runs = small_runs(tmp_path)
+    earlier, now = runs[0], runs[1]
+    earlier.partial.parent.mkdir(parents=True)
+    earlier.partial.write_text(json.dumps({"final": {"class_il_avg": None}}))  # written before "stopped" existed
+    out = tmp_path / "out"
+    command = fake_command(out, {now.name: "diverge"})
+    (out / "release").write_text("")
+    assert main(argv, probe=no_gpu, command=command) == 0
+    text = capsys.readouterr().out
+    assert "=> 4 run(s) in the grid: 1 already done (1 diverged), 3 to run\n" in text
+    assert f"=> {now.name} diverged (non-finite loss at step 42, task 2); not retried, log {now.log}\n" in text
+    summary = text[text.index("=> summary: ") :]
+    assert summary.splitlines() == [
+        "=> summary: 2 done, 0 skipped (results existed), 0 failed, 2 diverged (non-finite loss, not rerun)",
+        f"   diverged: {earlier.name} (non-finite loss); partial results: {earlier.partial}",
+        f"   diverged: {now.name} (non-finite loss at step 42, task 2); partial results: {now.partial}",
+        RERUN_HINT,
+    ]
+    assert invocations(out) == {now.name: 1, runs[2].name: 1, runs[3].name: 1}
+    assert earlier.done and now.done and now.diverged and not now.results.exists()
+
+    assert main(argv, probe=no_gpu, command=command) == 0  # the next sitting starts nothing
+    again = capsys.readouterr().out
+    assert "=> 4 run(s) in the grid: 4 already done (2 diverged), 0 to run\n" in again
+    assert "=> summary: 0 done, 2 skipped (results existed), 0 failed, 2 diverged (non-finite" in again
+    assert invocations(out) == {now.name: 1, runs[2].name: 1, runs[3].name: 1}
+    assert main([*argv, "--dry_run"], command=command) == 0
+    listing = capsys.readouterr().out
+    assert f"[diverged] {earlier.name}: " in listing and f"[diverged] {now.name}: " in listing
+    assert listing.count("[done] ") == 2
+
+    now.partial.unlink()  # as the summary says: delete the partial file to run it again
+    assert main(argv, probe=no_gpu, command=fake_command(out)) == 0
+    last = capsys.readouterr().out
+    assert "=> summary: 1 done, 2 skipped (results existed), 0 failed, 1 diverged (non-finite" in last
+    assert invocations(out)[now.name] == 2 and now.results.exists() and not now.diverged
+
+
+def test_slurm_jobs_report_a_diverged_run_and_do_not_resubmit_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Through the Slurm path (submitit replaced by an executor that runs each job at once): a job whose run
+    diverges is neither retried nor failed, and the next submission leaves the run out."""
+    from utils.experiments import slurm
+
+    class Job:
+        def __init__(self, outcome: slurm.JobOutcome, index: int) -> None:
+            self.outcome, self.job_id, self.state = outcome, f"7_{index}", "COMPLETED"
+
+        def result(self) -> slurm.JobOutcome:
+            return self.outcome
+
+    class Executor:
+        def map_array(self, fn: Callable[..., slurm.JobOutcome], *columns: list) -> list[Job]:
+            return [Job(fn(*job), i) for i, job in enumerate(zip(*columns, strict=True))]
+
+    runs = small_runs(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "release").write_text("")
+    monkeypatch.setattr(slurm, "make_executor", lambda args, folder: Executor())
+    monkeypatch.setattr(slurm, "default_command", fake_command(out, {runs[1].name: "diverge"}))
+    argv = [*SMALL_GRID, "--results_path", str(tmp_path / "res"), "--logdir", str(tmp_path / "logs"), "--yes"]
+    argv += ["--launcher", "slurm", "--retries", "1"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"=> job 7_1 {runs[1].name}: COMPLETED, diverged" in text
+    assert "=> summary: 3 done, 0 skipped (results existed), 0 failed, 1 diverged (non-finite loss, not rerun)" in text
+    assert f"   diverged: {runs[1].name} (non-finite loss at step 42, task 2); partial results:" in text
+    assert RERUN_HINT in text and invocations(out) == {r.name: 1 for r in runs}
+    assert main(argv) == 0
+    assert "=> summary: 0 done, 3 skipped (results existed), 0 failed, 1 diverged" in capsys.readouterr().out
+    assert invocations(out) == {r.name: 1 for r in runs}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from run_helpers import (  # _offline: importing the autouse fixture applies it to this module
+    STOPPED,
     _offline,  # noqa: F401
     fake_command,
     flag,
@@ -209,3 +210,69 @@ def test_tune_selection_counts_earlier_validation_runs_of_the_same_protocol_as_t
         r for r in records if r.protocol == next(x for x in records if x.path == phase1[0].results).protocol
     ]
     assert select_configs(same_protocol) == chosen
+
+
+def write_partial(run: Run, stopped: dict | None = STOPPED) -> None:
+    """What ``utils/main.py`` leaves when ``run``'s loss diverges: its partial file, here with a high accuracy on
+    the tasks it finished (which must not count), and no results file."""
+    write_results(run, 99.0)
+    doc = json.loads(run.results.read_text())
+    doc["final"] = {"class_il_avg": 99.0, "task_il_avg": 99.0, "forgetting": None}
+    run.partial.write_text(json.dumps(doc if stopped is None else {**doc, "stopped": stopped}))
+    run.results.unlink()
+
+
+def test_tune_validation_chooses_past_a_diverged_configuration_and_never_chooses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Buffer 200: configuration A diverged on validation, B is chosen; buffer 500: both diverged, so no choice and
+    no AdaB²N test runs, a warning, yet exit code 0; the diverged validation runs are not started again."""
+    argv = tune_argv(tmp_path, "--yes", "--coldsecs", "0", "--waitsecs", "0")
+    args = parse_launcher_args(argv)
+    phase1 = expand_validation(args)
+    for run in phase1:
+        if run.buffer_size == 200 and run.config == CONFIG_B:
+            write_results(run, 60.0)
+        else:
+            write_partial(run, None if run.buffer_size == 500 else STOPPED)  # 500: partial files of before "stopped"
+    out = tmp_path / "out"
+    command = fake_command(out)
+    (out / "release").write_text("")
+    assert main([*argv, "--dry_run"], command=command) == 0
+    listing = capsys.readouterr().out
+    assert "=> phase 1: 4 AdaB2N validation run(s) (seeds 0): 4 already done (3 diverged), 0 to run\n" in listing
+    assert listing.count("[diverged] ") == 3 + 1 and "[later]" not in listing
+    assert "[diverged] seq-fmnist er_ace 500 AdaB2N, AdaB2N-renorm x 2 seed(s): not run, every AdaB2N " in listing
+    assert "=> 4 validation run(s) + 8 test run(s)" in listing  # BN x 2 buffers x 2 seeds, AdaB2N(-renorm) 200
+
+    assert main(argv, probe=no_gpu, command=command) == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    assert (
+        "=> phase 1 (validation) summary: 0 done, 1 skipped (results existed), 0 failed, 3 diverged (non-finite "
+        "loss, not rerun)"
+    ) in text
+    a200 = next(r for r in phase1 if r.buffer_size == 200 and r.config == CONFIG_A)
+    assert f"   diverged: {a200.name} (non-finite loss at step 42, task 2); partial results: {a200.partial}" in text
+    assert (
+        "=> seq-fmnist er_ace 200: AdaB2N runs kappa 1.0, lambd 0.1, ada_t0 0 (mean validation class-IL accuracy "
+        "60.00%; 1 diverged configuration(s) never chosen)\n"
+    ) in text
+    assert "=> seq-fmnist er_ace 500: AdaB2N runs" not in text
+    assert "=> phase 2 (test) summary: 8 done, 0 skipped (results existed), 0 failed" in text
+    assert captured.err.splitlines() == [
+        "warning: no AdaB2N configuration for seq-fmnist er_ace 500, so its AdaB2N runs are not started: every "
+        "configuration has a diverged validation run (non-finite loss); choose other --lambdas or --kappas, or "
+        "delete the .partial.json files of its validation runs to run them again"
+    ]
+    chosen = {("seq-fmnist", "er_ace", 200): CONFIG_B}
+    assert invocations(out) == {r.name: 1 for r in expand_test(args, chosen)}
+    assert not any(name.endswith("_val") for name in invocations(out))
+    selection = select_from_validation(phase1)
+    assert selection.chosen == chosen and not selection.missing
+    assert selection.diverged == {
+        ("seq-fmnist", "er_ace", 200): [CONFIG_A], ("seq-fmnist", "er_ace", 500): [CONFIG_A, CONFIG_B],
+    }  # fmt: skip
+    assert selection.all_diverged == [("seq-fmnist", "er_ace", 500)]
+    records, _ = load_records(tmp_path / "res")
+    assert select_configs(records) == chosen  # the report's rule, on the same files

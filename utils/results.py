@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from utils.core.atomic import atomic_write_bytes
+from utils.core.partial import partial_results_file as partial_results_file  # utils/main.py's name
 from utils.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer
 from utils.training import History
 
@@ -64,11 +65,6 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
-
-
-def partial_results_file(results: Path) -> Path:
-    """Where a run that failed (non-finite loss) leaves the results it had: never the final name."""
-    return results.with_name(results.stem + ".partial.json")
 
 
 def _git(*argv: str) -> subprocess.CompletedProcess[str] | None:

@@ -6,7 +6,7 @@ On top of the reference launcher (``lvyilin/AdaB2N``, ``run.py``):
   saves one when stopped by SIGTERM / SIGINT) continues from it with ``--resume 1``; a run left running by a killed
   launcher holds its lock and is waited for instead of started twice (:mod:`.processes`);
 * **failures** — a failing run does not stop the grid; ``--retries`` retries it, and a summary lists each
-  failure with its log;
+  failure with its log; a run that diverged (non-finite loss, a partial results file) is done, not a failure;
 * **tuning** — ``--tune validation`` chooses AdaB²N's configuration on the validation split first (:mod:`.tuning`);
 * **where** — ``--launcher local`` places runs on idle GPUs found through NVML (or on CPU workers without GPUs,
   :mod:`.scheduler`), ``--launcher slurm`` submits a submitit job array (:mod:`.slurm`);
@@ -40,7 +40,7 @@ from utils.experiments.grid import (
     validate_runs,
 )
 from utils.experiments.methods import NO_AFFINE_METHODS, PSEUDO_METHODS
-from utils.experiments.processes import CommandBuilder, confirm, default_command, print_runs
+from utils.experiments.processes import CommandBuilder, confirm, default_command, done_text, print_runs
 from utils.experiments.scheduler import GpuProbe, execute, nvml_probe
 from utils.experiments.slurm import slurm_minutes
 from utils.experiments.tuning import run_tuned
@@ -281,7 +281,7 @@ def main(
     if args.tune == "validation":
         return run_tuned(args, phase1, runs, probe, command)
     done = [r for r in runs if r.done]
-    print(f"=> {len(runs)} run(s) in the grid: {len(done)} already done, {len(runs) - len(done)} to run", flush=True)
+    print(f"=> {len(runs)} run(s) in the grid: {done_text(runs)}", flush=True)
     if args.dry_run:
         print_runs(runs, command)
         print(f"=> {len(runs)} run(s)")

@@ -1,5 +1,7 @@
 """The report's tables written out: Markdown (``report.md``, also printed), CSV (``summary.csv``, ``sensitivity.csv``)
-and LaTeX (``results.tex``); a cell is the mean ± sample standard deviation over seeds, with the number of seeds.
+and LaTeX (``results.tex``); a cell is the mean ± sample standard deviation over seeds, with the number of seeds, and
+the number of runs that diverged (non-finite loss), which the mean leaves out: ``41.00 ± 1.41 (2 + 1 diverged)``, or
+``diverged (3)`` when every run of the cell did (the CSV files: ``n_diverged``, and ``diverged`` for the mean).
 """
 
 from __future__ import annotations
@@ -12,18 +14,24 @@ from pathlib import Path
 from typing import Any
 
 from utils.core.atomic import atomic_write_bytes
+from utils.core.partial import PARTIAL_SUFFIX
 from utils.experiments.methods import BASELINE
-from utils.experiments.records import Stat
+from utils.experiments.records import DIVERGED, Stat, describe_stop
 from utils.experiments.tables import ON_TEST, Column, Entry, Gain, Report, final_drift, paired_gain
 
 METRICS = (("class_il", "Class-IL accuracy (%)"), ("task_il", "Task-IL accuracy (%)"), ("forgetting", "Forgetting"))
 VALIDATION_MARK = "†"
+DIVERGED_LEGEND = (
+    f"`(n + k {DIVERGED})`: the mean is over n runs; k more stopped on a non-finite training loss (their results "
+    f"are `NAME{PARTIAL_SUFFIX}`) and are left out. `{DIVERGED} (k)`: all k runs did. An AdaB²N configuration with "
+    "a diverged run is never chosen."
+)
 
 
 def _cell_text(entry: Entry | None, metric: str) -> str:
     if entry is None:
         return ""
-    text = entry.stat(metric).text()
+    text = entry.text(metric)
     return f"{text} {VALIDATION_MARK}" if entry.on_validation else text
 
 
@@ -31,7 +39,8 @@ def _gain_text(gain: Gain | None) -> str:
     if gain is None or gain.diff.mean is None:
         return ""
     spread = "" if gain.diff.std is None else f" ± {gain.diff.std:.2f}"
-    return f"{gain.diff.mean:+.2f}{spread} ({gain.diff.n}; ahead on {gain.ahead})"
+    more = f"; {gain.diverged} {DIVERGED}" if gain.diverged else ""
+    return f"{gain.diff.mean:+.2f}{spread} ({gain.diff.n}; ahead on {gain.ahead}{more})"
 
 
 def _drift_text(drift: dict[str, Stat], stat: str) -> str:
@@ -98,6 +107,8 @@ def markdown(report: Report, title: str) -> str:
         )
     if any(e.on_validation for e in report.entries.values()):
         out.append(f"{VALIDATION_MARK}: measured on the validation split (`--validation 1`), no test runs found.")
+    if report.diverged:
+        out.append(DIVERGED_LEGEND)
     out.append("")
     header = "| method | " + " | ".join(c.label for c in report.columns) + " |"
     rule = "| --- |" + " --- |" * len(report.columns)
@@ -115,9 +126,9 @@ def markdown(report: Report, title: str) -> str:
         out.append("| --- | --- | --- | --- | --- | --- |")
         for m, c in tuned:
             e = report.entries[(m, c)]
-            kappa, lambd, t0 = e.config  # type: ignore[misc]
+            values = ("–",) * 3 if e.config is None else (f"{e.config[0]:g}", f"{e.config[1]:g}", str(e.config[2]))
             note = f"{e.selected_on} (no validation runs)" if e.selected_on == ON_TEST else e.selected_on
-            out.append(f"| {m} | {c.label} | {kappa:g} | {lambd:g} | {t0} | {note} |")
+            out.append(f"| {m} | {c.label} | {' | '.join(values)} | {note} |")
         out.append("")
         if any(report.entries[k].selected_on == ON_TEST for k in tuned):
             out += [
@@ -127,24 +138,42 @@ def markdown(report: Report, title: str) -> str:
             ]
         out += ["## AdaB²N sensitivity (class-IL accuracy, %)", ""]
         for m, c in tuned:
-            stats = report.sensitivity[(m, c)]
+            cells = report.sensitivity[(m, c)]
             split = report.sensitivity_split[(m, c)]
-            for t0 in sorted({cfg[2] for cfg in stats}):
-                kappas = sorted({cfg[0] for cfg in stats if cfg[2] == t0})
-                lambdas = sorted({cfg[1] for cfg in stats if cfg[2] == t0})
+            for t0 in sorted({cfg[2] for cfg in cells}):
+                kappas = sorted({cfg[0] for cfg in cells if cfg[2] == t0})
+                lambdas = sorted({cfg[1] for cfg in cells if cfg[2] == t0})
                 out += [f"### {m}, {c.label}, ada_t0 = {t0} ({split} split)", ""]
                 out.append("| kappa \\ lambd | " + " | ".join(f"{lam:g}" for lam in lambdas) + " |")
                 out.append("| --- |" + " --- |" * len(lambdas))
                 for k in kappas:
-                    row = [stats[(k, lam, t0)].text() if (k, lam, t0) in stats else "" for lam in lambdas]
+                    row = [cells[(k, lam, t0)].text("class_il") if (k, lam, t0) in cells else "" for lam in lambdas]
                     out.append(f"| {k:g} | " + " | ".join(row) + " |")
                 out.append("")
+    out += _diverged_runs(report)
     out += [f"- {w}" for w in report.warnings]
     return "\n".join(out).rstrip() + "\n"
 
 
+def _diverged_runs(report: Report) -> list[str]:
+    """Which runs diverged and where: to judge them, or to delete their partial files and run them again."""
+    if not report.diverged:
+        return []
+    out = [f"## Runs that {DIVERGED} ({len(report.diverged)})", ""]
+    out += [f"- `{r.args.get('run_name') or r.path.name}`: {describe_stop(r.stopped)}" for r in report.diverged]
+    return [*out, ""]
+
+
 def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
+
+
+def _mean_std(entry: Entry, metric: str) -> list[str]:
+    """The CSV's mean and std of a metric; the mean says ``diverged`` when every run of the cell did."""
+    if entry.diverged and not entry.runs:
+        return [DIVERGED, ""]
+    s = entry.stat(metric)
+    return [_num(s.mean), _num(s.std)]
 
 
 def _write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> None:
@@ -154,11 +183,12 @@ def _write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> None:
 
 
 def write_csv(report: Report, path: Path) -> None:
-    """One row per method × column with every metric's mean, std and the seeds (``n_seeds``)."""
+    """One row per method × column with every metric's mean, std and the seeds (``n_seeds``), and the runs that
+    diverged (``n_diverged``, last so that the earlier columns keep their places)."""
     header = ["method", "dataset", "model", "buffer_size", "variant", "n_seeds", "seeds"]
     for metric, _ in METRICS:
         header += [f"{metric}_mean", f"{metric}_std"]
-    rows: list[list[Any]] = [[*header, "kappa", "lambd", "ada_t0", "selected_on", "split"]]
+    rows: list[list[Any]] = [[*header, "kappa", "lambd", "ada_t0", "selected_on", "split", "n_diverged"]]
     for m in report.methods:
         for c in report.columns:
             e = report.entries.get((m, c))
@@ -167,24 +197,24 @@ def write_csv(report: Report, path: Path) -> None:
             row: list[Any] = [m, c.dataset, c.model, "" if c.buffer_size < 0 else c.buffer_size]
             row += [";".join(f"{k}={v}" for k, v in c.variant), len(e.runs), " ".join(map(str, e.seeds))]
             for metric, _ in METRICS:
-                s = e.stat(metric)
-                row += [_num(s.mean), _num(s.std)]
+                row += _mean_std(e, metric)
             row += list(e.config) if e.config else ["", "", ""]
-            row += [e.selected_on, "validation" if e.on_validation else "test"]
+            row += [e.selected_on, "validation" if e.on_validation else "test", len(e.diverged)]
             rows.append(row)
     _write_csv(path, rows)
 
 
 def write_sensitivity_csv(report: Report, path: Path) -> None:
-    """Every AdaB²N configuration's class-IL accuracy per column, on the split the selection used."""
+    """Every AdaB²N configuration's class-IL accuracy per column, on the split the selection used (``n_seeds``
+    runs averaged, ``n_diverged`` left out; ``diverged`` for the mean when all of them diverged)."""
     header = ["method", "dataset", "model", "buffer_size", "variant", "kappa", "lambd", "ada_t0", "n_seeds"]
-    rows: list[list[Any]] = [[*header, "class_il_mean", "class_il_std", "split"]]
-    for (m, c), stats in report.sensitivity.items():
-        for (kappa, lambd, t0), s in sorted(stats.items()):
+    rows: list[list[Any]] = [[*header, "class_il_mean", "class_il_std", "split", "n_diverged"]]
+    for (m, c), cells in report.sensitivity.items():
+        for (kappa, lambd, t0), e in sorted(cells.items()):
             buf = "" if c.buffer_size < 0 else c.buffer_size
             variant = ";".join(f"{k}={v}" for k, v in c.variant)
-            split = report.sensitivity_split[(m, c)]
-            rows.append([m, c.dataset, c.model, buf, variant, kappa, lambd, t0, s.n, _num(s.mean), _num(s.std), split])
+            row = [m, c.dataset, c.model, buf, variant, kappa, lambd, t0, len(e.runs), *_mean_std(e, "class_il")]
+            rows.append([*row, report.sensitivity_split[(m, c)], len(e.diverged)])
     _write_csv(path, rows)
 
 
@@ -193,8 +223,11 @@ def _latex_escape(text: str) -> str:
 
 
 def latex(report: Report) -> str:
-    """One booktabs ``tabular`` per metric, cells ``$mean_{\\pm std}$``."""
+    """One booktabs ``tabular`` per metric, cells ``$mean_{\\pm std}$`` (``+k diverged`` above them when k runs
+    diverged, ``diverged`` when all did)."""
     out = ["% generated by utils/report.py; needs \\usepackage{booktabs}"]
+    if report.diverged:
+        out.append(f"% +k {DIVERGED}: k more runs stopped on a non-finite loss, left out of the mean")
     for metric, name in METRICS:
         out += [f"% {name}", "\\begin{tabular}{l" + "c" * len(report.columns) + "}", "\\toprule"]
         out.append("Method & " + " & ".join(_latex_escape(c.label) for c in report.columns) + " \\\\")
@@ -204,11 +237,14 @@ def latex(report: Report) -> str:
             for c in report.columns:
                 e = report.entries.get((m, c))
                 s = e.stat(metric) if e else Stat(None, None, 0)
-                if s.mean is None:
+                if e and e.diverged and not e.runs:
+                    cells.append(DIVERGED)
+                elif s.mean is None:
                     cells.append("--")
                 else:
                     std = "" if s.std is None else f"_{{\\pm {s.std:.2f}}}"
-                    cells.append(f"${s.mean:.2f}{std}$" + ("$^\\dagger$" if e and e.on_validation else ""))
+                    more = f"\\textsuperscript{{+{len(e.diverged)} {DIVERGED}}}" if e and e.diverged else ""
+                    cells.append(f"${s.mean:.2f}{std}$" + ("$^\\dagger$" if e and e.on_validation else "") + more)
             out.append(f"{_latex_escape(m)} & " + " & ".join(cells) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}", ""]
     return "\n".join(out)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from utils.core.errors import UserError
+from utils.core.partial import partial_results_file
 from utils.experiments.methods import (
     ADAPTIVE_NORM,
     Config,
@@ -80,9 +81,21 @@ class Run:
         return self.results.parent / f".{self.results.name}.lock"
 
     @property
+    def partial(self) -> Path:
+        """Where ``utils/main.py`` leaves the results of the run if its loss becomes NaN or infinite."""
+        return partial_results_file(self.results)
+
+    @property
+    def diverged(self) -> bool:
+        """The run stopped on a non-finite loss (a partial results file, no final one). Same seed, same step: a
+        rerun would only diverge again, so it counts as done until someone deletes the partial file."""
+        return self.partial.exists() and not self.results.exists()
+
+    @property
     def done(self) -> bool:
-        """A run is done when its results file exists: what resume, the scheduler and the counts all check."""
-        return self.results.exists()
+        """A run is done when its results file exists or it diverged: what resume, the scheduler and the counts
+        all check."""
+        return self.results.exists() or self.partial.exists()
 
     @property
     def key(self) -> GridKey:

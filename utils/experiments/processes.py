@@ -1,6 +1,9 @@
 """Executing one run, shared by the local scheduler and the Slurm jobs: its command, its lock, its process, and the
 summary of what became of the grid's runs.
 
+A run that diverged (its loss became NaN or infinite: a partial results file) is done: the same seed diverges at the
+same step, so no launcher starts it again, and it is no failure; deleting its partial file runs it again.
+
 A run is executed while holding an ``flock`` on a hidden lock file next to its results file, and the child process
 inherits the lock, so a run left running by a killed launcher is waited for instead of started twice.
 """
@@ -17,7 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from utils.core.partial import PARTIAL_SUFFIX
 from utils.experiments.grid import Run
+from utils.experiments.records import DIVERGED, describe_stop, read_stopped
 
 CommandBuilder = Callable[[Run, int | None], list[str]]
 """Builds a run's command line; the second argument is the CPU thread count when the run goes to the CPU."""
@@ -112,15 +117,29 @@ def start_run(run: Run, command: Sequence[str], env: dict[str, str], lock: RunLo
         )
 
 
+RERUN_DIVERGED = f"a {DIVERGED} run is not started again; to run one again, delete its {PARTIAL_SUFFIX} file"
+
+
+def divergence(run: Run) -> str:
+    """Where a diverged run stopped, from its partial results file (``non-finite loss at step S, task T``)."""
+    return describe_stop(read_stopped(run.partial))
+
+
 @dataclass
 class Summary:
-    """What became of each run: done, skipped (results existed), failed (with its log) or interrupted."""
+    """What became of each run: done, skipped (results existed), diverged (now or before), failed (with its log)
+    or interrupted."""
 
     done: list[Run] = field(default_factory=list)
     skipped: list[Run] = field(default_factory=list)
     failed: list[tuple[Run, str]] = field(default_factory=list)
     interrupted: list[Run] = field(default_factory=list)
     submitted: list[tuple[Run, str]] = field(default_factory=list)
+    diverged: list[Run] = field(default_factory=list)
+
+    def skip(self, run: Run) -> None:
+        """A run found done: skipped, or diverged when its done is a partial file."""
+        (self.diverged if run.diverged else self.skipped).append(run)
 
     @property
     def exit_code(self) -> int:
@@ -131,24 +150,42 @@ class Summary:
     def format(self, title: str = "summary") -> str:
         parts = [f"{len(self.done)} done", f"{len(self.skipped)} skipped (results existed)"]
         parts.append(f"{len(self.failed)} failed")
+        if self.diverged:
+            parts.append(f"{len(self.diverged)} {DIVERGED} (non-finite loss, not rerun)")
         if self.interrupted:
             parts.append(f"{len(self.interrupted)} interrupted")
         if self.submitted:
             parts.append(f"{len(self.submitted)} submitted, not waited for")
         lines = [f"=> {title}: {', '.join(parts)}"]
         lines += [f"   failed: {run.name} ({why}); log: {run.log}" for run, why in self.failed]
+        for run in self.diverged:
+            lines.append(f"   {DIVERGED}: {run.name} ({divergence(run)}); partial results: {run.partial}")
         lines += [f"   interrupted: {run.name}; log: {run.log}" for run in self.interrupted]
         lines += [f"   submitted: {run.name} as job {job}; log: {run.log}" for run, job in self.submitted]
+        if self.diverged:
+            lines.append(f"   {RERUN_DIVERGED}")
         if self.interrupted:
             lines.append("   run the same command again to finish the missing runs")
         return "\n".join(lines)
 
 
+def state(run: Run) -> str:
+    """``done``, ``diverged`` or ``todo``: a run's state in ``--dry_run``'s listing."""
+    return DIVERGED if run.diverged else "done" if run.done else "todo"
+
+
+def done_text(runs: Sequence[Run]) -> str:
+    """``N already done, M to run``, with ``(K diverged)`` after the done ones when some diverged."""
+    done = sum(r.done for r in runs)
+    diverged = sum(r.diverged for r in runs)
+    of_which = f" ({diverged} {DIVERGED})" if diverged else ""
+    return f"{done} already done{of_which}, {len(runs) - done} to run"
+
+
 def print_runs(runs: Iterable[Run], command: CommandBuilder) -> None:
     """``--dry_run``'s listing: each run's state and command."""
     for run in runs:
-        status = "done" if run.done else "todo"
-        print(f"[{status}] {run.name}: {shlex.join(command(run, None))}")
+        print(f"[{state(run)}] {run.name}: {shlex.join(command(run, None))}")
 
 
 def confirm(count: int) -> bool:

@@ -1,20 +1,22 @@
 """Results JSON files as records: what the report, the results page and ``--tune validation``'s choice read.
 
 A run's method comes from its arguments (:func:`~utils.experiments.methods.method_of`), so results of any launcher,
-not only ``run.py``, are grouped the same way.
+not only ``run.py``, are grouped the same way. A partial results file (``NAME.partial.json``: the loss became NaN
+or infinite) is a *diverged* record: its arguments count, its accuracies do not.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from utils.core.partial import PARTIAL_SUFFIX
 from utils.experiments.methods import Config, GridKey, method_of
 
 PROTOCOL_FIELDS = (
@@ -36,13 +38,16 @@ PROTOCOL_FIELDS = (
 """Arguments that change the experiment itself: runs differing in them are never averaged together."""
 PROTOCOL_DEFAULTS = {"amp": 0}
 """Values of protocol fields added later, for results files written before them."""
-PARTIAL_SUFFIX = ".partial.json"
-"""``utils.results.partial_results_file``: what a run stopped by a non-finite loss leaves; never a result."""
+DIVERGED = "diverged"
+"""How the tables, the CSV files and the launcher name a run stopped by a non-finite loss."""
+STOP_REASON = "non-finite loss"
+"""The reason of partial files written before their ``stopped`` entry: then the only writer of partial files."""
 
 
 @dataclass(frozen=True, eq=False)
 class Record:
-    """One results file, reduced to what the tables and plots need."""
+    """One results file, reduced to what the tables and plots need; a diverged run's has no accuracies (``None``,
+    an empty matrix) and keeps where it stopped."""
 
     path: Path
     method: str
@@ -53,14 +58,16 @@ class Record:
     seed: int | None
     validation: bool
     protocol: tuple[tuple[str, Any], ...]
-    class_il: float
-    task_il: float
+    class_il: float | None
+    task_il: float | None
     forgetting: float | None
     matrix: list[list[float | None]]
     drift: list[dict[str, float]] | None
     args: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    diverged: bool = False
+    stopped: dict[str, Any] | None = None
 
     @property
     def key(self) -> GridKey:
@@ -84,21 +91,46 @@ class Stat:
         std = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
         return cls(float(np.mean(vals)), std, len(vals))
 
-    def text(self, n: int | None = None) -> str:
+    def text(self, n: int | None = None, diverged: int = 0) -> str:
+        """``mean ± std (n)``, or ``(n + k diverged)`` when k more runs diverged and are left out of the mean."""
         if self.mean is None:
             return "–"
         body = f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
-        return f"{body} ({self.n if n is None else n})"
+        more = f" + {diverged} {DIVERGED}" if diverged else ""
+        return f"{body} ({self.n if n is None else n}{more})"
 
 
-def _record(path: Path, doc: dict[str, Any]) -> Record:
+def describe_stop(stopped: Mapping[str, Any] | None) -> str:
+    """``non-finite loss at step S, task T`` (T 1-based, as ``utils/main.py`` prints it); only the reason for files
+    written before the ``stopped`` entry."""
+    if not stopped:
+        return STOP_REASON
+    step, task = stopped.get("step"), stopped.get("task")
+    where = "" if step is None else f" at step {step}" + ("" if task is None else f", task {int(task) + 1}")
+    return f"{stopped.get('reason', STOP_REASON)}{where}"
+
+
+def read_stopped(partial: Path) -> dict[str, Any] | None:
+    """A partial results file's ``stopped`` entry; ``None`` when it has none or cannot be read (the launcher's
+    summary then says only why)."""
+    try:
+        stopped = json.loads(partial.read_text()).get("stopped")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return stopped if isinstance(stopped, dict) else None
+
+
+def _record(path: Path, doc: dict[str, Any], diverged: bool = False) -> Record:
+    """The record of a results file; of a partial one (``diverged``) only the run's identity, protocol and where it
+    stopped: the tasks it finished would compare it with runs that were measured on all of them."""
     args = doc["args"]
-    final = doc["final"]
+    final = {} if diverged else doc["final"]
     config = Config.of(args)
-    diagnostics = doc.get("norm_diagnostics") or None
+    diagnostics = None if diverged else doc.get("norm_diagnostics") or None
     drift = [d.get("summary") or {} for d in diagnostics] if diagnostics else None
     if drift is not None and not any(drift):
         drift = None  # layers without running statistics (GN, LN, IN): nothing was measured
+    stopped = doc.get("stopped") if diverged else None
     return Record(
         path=path,
         method=method_of(args),
@@ -109,34 +141,37 @@ def _record(path: Path, doc: dict[str, Any]) -> Record:
         seed=args.get("seed"),
         validation=bool(args.get("validation")),
         protocol=tuple((f, args.get(f, PROTOCOL_DEFAULTS.get(f))) for f in PROTOCOL_FIELDS),
-        class_il=float(final["class_il_avg"]),
-        task_il=float(final["task_il_avg"]),
-        forgetting=None if final.get("forgetting") is None else float(final["forgetting"]),
-        matrix=doc["accuracy_matrix"]["class_il"],
+        class_il=None if diverged else float(final["class_il_avg"]),
+        task_il=None if diverged else float(final["task_il_avg"]),
+        forgetting=None if diverged or final.get("forgetting") is None else float(final["forgetting"]),
+        matrix=[] if diverged else doc["accuracy_matrix"]["class_il"],
         drift=drift,
         args=args,
         environment=doc.get("environment") or {},
         seconds=float((doc.get("timing") or {}).get("total_seconds", 0.0)),
+        diverged=diverged,
+        stopped=stopped if isinstance(stopped, dict) else None,
     )
 
 
 def load_records(root: Path) -> tuple[list[Record], list[str]]:
-    """Every completed class-IL results file under ``root``; partial, incomplete and unreadable files are listed
-    as warnings, not fatal."""
+    """Every completed class-IL results file under ``root``, and every diverged run's partial file as a diverged
+    record (unless the run's final results exist: it was run again); incomplete and unreadable files are listed as
+    warnings, not fatal."""
     records, warnings = [], []
     for path in sorted(root.rglob("*.json")):
-        if path.name.endswith(PARTIAL_SUFFIX):
-            warnings.append(f"skipped {path}: partial results of a run that stopped early")
+        partial = path.name.endswith(PARTIAL_SUFFIX)
+        if partial and path.with_name(path.name.removesuffix(PARTIAL_SUFFIX) + ".json").exists():
             continue
         try:
             doc = json.loads(path.read_text())
             if doc.get("setting", "class-il") != "class-il":
                 continue
-            record = _record(path, doc)
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            record = _record(path, doc, diverged=partial)
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
             warnings.append(f"skipped {path}: not a results file ({type(e).__name__}: {e})")
             continue
-        if not record.matrix or record.matrix[-1][-1] is None:
+        if not partial and (not record.matrix or record.matrix[-1][-1] is None):
             warnings.append(f"skipped {path}: the last task was never evaluated")
             continue
         records.append(record)

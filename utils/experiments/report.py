@@ -15,6 +15,10 @@ optimistic. A cell with a single configuration and no validation runs chose noth
 table says it is AdaB²N's validation choice (``AdaB2N-renorm`` after ``run.py --tune validation``) or the only
 configuration run. The sensitivity tables show every ``kappa × lambd`` configuration.
 
+A run that diverged (``NAME.partial.json``: its loss became NaN or infinite) is in no mean, but every cell counts it
+(``(2 + 1 diverged)``, ``diverged (3)`` when all did), its configuration is never chosen, and a section lists where
+each diverged run stopped.
+
 Writes ``report.md`` (also printed), ``summary.csv``, ``sensitivity.csv``, ``results.tex`` and PNG plots: average
 class-IL accuracy after each task, the accuracy matrix, and — for runs with ``--diagnose_norm 1`` — the distance of
 the running statistics to the task-balanced and to the latest task's statistics after each task.

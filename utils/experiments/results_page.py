@@ -48,9 +48,11 @@ def provenance(results_dir: Path, command: str, planned: str = "") -> list[str]:
     )
     run_seconds = sum(r.seconds for r in records)
     validation = sum(r.validation for r in records)
+    diverged = sum(r.diverged for r in records)
     lines = ["## How these numbers were made", "", "```bash", command.strip(), "```", ""]
     lines.append(f"- Protocol: {protocol_text([r.args for r in records])}.")
     done = f"- Runs: {len(records) - validation} on the test protocol, {validation} on the validation split"
+    done += f", {diverged} of them diverged (non-finite loss)" if diverged else ""
     lines.append(f"{done} (the grid: {planned})." if planned else f"{done}.")
     lines += [f"- Machine: {m} ({n} runs)." for m, n in sorted(machines.items())]
     commits = Counter(

@@ -1,7 +1,8 @@
 """``--launcher local``: runs on idle GPUs found through NVML, or on CPU workers when there is none; and
 :func:`execute`, which sends a list of runs to this scheduler or to Slurm.
 
-A failing run does not stop the grid: ``--retries`` retries it, and the summary lists each failure with its log.
+A failing run does not stop the grid: ``--retries`` retries it, and the summary lists each failure with its log. A
+run that diverges (non-finite loss: it left a partial results file) is not retried, nor counted as a failure.
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ from typing import TextIO
 
 from utils.experiments import slurm
 from utils.experiments.grid import Run
-from utils.experiments.processes import CommandBuilder, RunLock, Summary, claim, cpu_threads, default_command, start_run
+from utils.experiments.processes import (
+    CommandBuilder,
+    RunLock,
+    Summary,
+    claim,
+    cpu_threads,
+    default_command,
+    divergence,
+    start_run,
+)
+from utils.experiments.records import DIVERGED
 
 POLL_SECONDS = 0.2
 """How often the local scheduler looks for finished processes."""
@@ -171,7 +182,7 @@ class LocalScheduler:
                     run = pending[0]
                     if run.done:  # skipped at once, without waiting for a slot
                         pending.popleft()
-                        summary.skipped.append(run)
+                        summary.skip(run)
                         continue
                     free, gpu = self._slot(run, running)
                     if free:
@@ -183,7 +194,7 @@ class LocalScheduler:
                             deferred.append(run)
                             continue
                         if lock is None:
-                            summary.skipped.append(run)
+                            summary.skip(run)
                             continue
                         attempts[run.name] += 1
                         running.append(self._start(run, gpu, lock, attempts[run.name]))
@@ -223,6 +234,9 @@ class LocalScheduler:
             if code == 0:
                 summary.done.append(item.run)
                 self._say(f"=> finished {item.run.name}")
+            elif item.run.diverged:  # deterministic: a retry would stop at the same step
+                summary.diverged.append(item.run)
+                self._say(f"=> {item.run.name} {DIVERGED} ({divergence(item.run)}); not retried, log {item.run.log}")
             elif attempts[item.run.name] <= self.retries:
                 self._say(f"=> {item.run.name} failed (exit code {code}); retrying, log {item.run.log}")
                 pending.append(item.run)

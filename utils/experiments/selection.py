@@ -1,6 +1,7 @@
 """AdaB²N's selection rule, the one the report's tables and ``run.py --tune validation`` both apply, so that phase 2
 runs the configuration that the tables then report: per column, the configuration with the best mean class-IL
-accuracy; ties go to the smallest configuration, so that reruns pick the same one.
+accuracy; ties go to the smallest configuration, so that reruns pick the same one. A configuration with a diverged
+run (non-finite loss) is never chosen, as if its accuracy were −∞: the same seed diverges again in a rerun.
 """
 
 from __future__ import annotations
@@ -26,13 +27,29 @@ def mean_class_il(records: Iterable[Record]) -> float | None:
     return Stat.of(r.class_il for r in records).mean
 
 
-def best_config(groups: dict[Config, list[Record]]) -> Config:
-    """The rule: the best mean class-IL accuracy; ties go to the smallest configuration."""
-    return max(sorted(groups), key=lambda c: mean_class_il(groups[c]) or -math.inf)
+def diverged_configs(groups: dict[Config, list[Record]]) -> list[Config]:
+    """The configurations that the rule never chooses: a run of theirs diverged."""
+    return sorted(c for c, runs in groups.items() if any(r.diverged for r in runs))
+
+
+def score(records: Iterable[Record]) -> float:
+    """What the rule maximises: the mean class-IL accuracy; −∞ when a run diverged or none has an accuracy."""
+    runs = list(records)
+    mean = None if any(r.diverged for r in runs) else mean_class_il(runs)
+    return -math.inf if mean is None else mean
+
+
+def best_config(groups: dict[Config, list[Record]]) -> Config | None:
+    """The rule: the best mean class-IL accuracy; ties go to the smallest configuration; ``None`` when every
+    configuration diverged (there is nothing to choose)."""
+    left_out = set(diverged_configs(groups))
+    choosable = sorted(c for c in groups if c not in left_out)
+    return max(choosable, key=lambda c: score(groups[c])) if choosable else None
 
 
 def validation_candidates(records: Iterable[Record]) -> dict[GridKey, dict[Config, list[Record]]]:
-    """Per column, plain AdaB²N's validation runs by configuration: what the rule chooses among."""
+    """Per column, plain AdaB²N's validation runs by configuration (diverged ones too): what the rule chooses
+    among."""
     columns: dict[GridKey, list[Record]] = defaultdict(list)
     for r in records:
         if r.method == ADAPTIVE_NORM and r.validation and r.config is not None:
@@ -42,5 +59,6 @@ def validation_candidates(records: Iterable[Record]) -> dict[GridKey, dict[Confi
 
 def select_configs(records: Iterable[Record]) -> dict[GridKey, Config]:
     """Per dataset × model × buffer, the AdaB²N configuration with the best mean class-IL accuracy over its
-    validation runs."""
-    return {key: best_config(groups) for key, groups in validation_candidates(records).items()}
+    validation runs; a column whose configurations all diverged has none."""
+    chosen = {key: best_config(groups) for key, groups in validation_candidates(records).items()}
+    return {key: config for key, config in chosen.items() if config is not None}

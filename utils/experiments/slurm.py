@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from utils.experiments.grid import Run
 from utils.experiments.processes import Summary, claim, cpu_threads, default_command, start_run
+from utils.experiments.records import DIVERGED
 
 
 def slurm_minutes(text: str) -> int:
@@ -32,7 +33,7 @@ def slurm_minutes(text: str) -> int:
 
 @dataclass(frozen=True)
 class JobOutcome:
-    """What a submitit job reports back: ``state`` is done, skipped, busy or failed."""
+    """What a submitit job reports back: ``state`` is done, skipped, busy, diverged or failed."""
 
     state: str
     detail: str = ""
@@ -48,7 +49,9 @@ def job_entry(run: Run, threads: int | None, attempt: int = 1) -> JobOutcome:
         code = proc.wait()
     finally:
         lock.release()
-    return JobOutcome("done") if code == 0 else JobOutcome("failed", f"exit code {code}")
+    if code == 0:
+        return JobOutcome("done")
+    return JobOutcome(DIVERGED) if run.diverged else JobOutcome("failed", f"exit code {code}")
 
 
 def make_executor(args: Namespace, folder: Path) -> Any:
@@ -93,7 +96,9 @@ def run_submitit(runs: Sequence[Run], args: Namespace, out: TextIO | None = None
         threads = cpu_threads(args.cpu_workers)
     summary = Summary()
     todo = [r for r in runs if not r.done]
-    summary.skipped += [r for r in runs if r.done]
+    for run in runs:
+        if run.done:
+            summary.skip(run)
     for attempt in range(1, args.retries + 2):
         if not todo:
             break
@@ -119,8 +124,10 @@ def run_submitit(runs: Sequence[Run], args: Namespace, out: TextIO | None = None
             print(f"=> job {job.job_id} {run.name}: {job.state}, {outcome.state}", file=out, flush=True)
             if outcome.state == "done":
                 summary.done.append(run)
+            elif outcome.state == DIVERGED:  # deterministic: not retried
+                summary.diverged.append(run)
             elif outcome.state in ("skipped", "busy"):
-                summary.skipped.append(run)
+                summary.skip(run)
             elif attempt <= args.retries:
                 retry.append(run)
             else:

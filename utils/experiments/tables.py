@@ -2,7 +2,8 @@
 over the baseline and the running statistics' drift; :mod:`.formats` writes them out.
 
 Rows are normalization methods, columns dataset × model × buffer size (split further by protocol differences that
-must not be averaged together); a cell holds the runs it reports, over seeds.
+must not be averaged together); a cell holds the runs it reports, over seeds, and apart from them the runs that
+diverged (non-finite loss), which no mean includes but every table counts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 from utils.experiments.methods import ADAPTIVE_NORM, BASELINE, DATASET_ORDER, Config, column_label, method_key
 from utils.experiments.methods import slug as file_slug
-from utils.experiments.records import PROTOCOL_FIELDS, Record, Stat
+from utils.experiments.records import DIVERGED, PROTOCOL_FIELDS, Record, Stat
 from utils.experiments.selection import best_config, by_config
 
 DRIFT_KEYS = ("mean_to_balanced", "mean_to_latest", "var_to_balanced", "var_to_latest")
@@ -21,9 +22,10 @@ ON_VALIDATION = "validation"
 ON_TEST = "final test accuracy"
 ON_ADAPTIVE_CHOICE = f"{ADAPTIVE_NORM}'s validation choice"
 ON_SINGLE = "only configuration run"
+ON_NONE = f"none: every configuration {DIVERGED}"
 """How an AdaB²N-family cell's configuration was chosen: on its validation runs; on the test accuracy it reports
 (optimistic); it is the one the AdaB2N cell chose on validation (``run.py --tune validation`` runs AdaB2N-renorm so);
-or it is the only one run."""
+it is the only one run; or not at all, every configuration having diverged."""
 
 
 @dataclass(frozen=True, order=True)
@@ -49,15 +51,31 @@ class Column:
 
 @dataclass
 class Entry:
-    """A table cell: the runs reported for one method in one column, and how they were chosen."""
+    """A table cell: the runs reported for one method in one column (``diverged``: those of them that stopped on a
+    non-finite loss, kept apart from the means), and how they were chosen."""
 
     runs: list[Record]
     config: Config | None = None
     selected_on: str = ""
     on_validation: bool = False
+    diverged: list[Record] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, records: Sequence[Record], config: Config | None = None, selected_on: str = "") -> Entry:
+        """The cell of ``records``, the diverged ones set apart; on the validation split when all of them are."""
+        runs = [r for r in records if not r.diverged]
+        on_validation = bool(records) and all(r.validation for r in records)
+        return cls(runs, config, selected_on, on_validation, [r for r in records if r.diverged])
 
     def stat(self, metric: str) -> Stat:
         return Stat.of(getattr(r, metric) for r in self.runs)
+
+    def text(self, metric: str) -> str:
+        """The cell as the tables print it: ``mean ± std (n)``, ``(n + k diverged)`` when k more runs diverged,
+        ``diverged (k)`` when all k did."""
+        if self.diverged and not self.runs:
+            return f"{DIVERGED} ({len(self.diverged)})"
+        return self.stat(metric).text(diverged=len(self.diverged))
 
     @property
     def seeds(self) -> list[int | None]:
@@ -66,14 +84,16 @@ class Entry:
 
 @dataclass
 class Report:
-    """Every cell, and for AdaB²N-family cells every configuration's class-IL accuracy (the sensitivity)."""
+    """Every cell, for AdaB²N-family cells every configuration's class-IL accuracy (the sensitivity), and every run
+    that diverged."""
 
     columns: list[Column]
     methods: list[str]
     entries: dict[tuple[str, Column], Entry]
-    sensitivity: dict[tuple[str, Column], dict[Config, Stat]] = field(default_factory=dict)
+    sensitivity: dict[tuple[str, Column], dict[Config, Entry]] = field(default_factory=dict)
     sensitivity_split: dict[tuple[str, Column], str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    diverged: list[Record] = field(default_factory=list)
 
 
 def _columns(records: Sequence[Record]) -> dict[Record, Column]:
@@ -98,28 +118,29 @@ def _columns(records: Sequence[Record]) -> dict[Record, Column]:
 
 def build_report(records: Sequence[Record]) -> Report:
     """Group the records into the paper's table; for AdaB²N pick each column's best configuration: on its
-    validation runs when there are any (reporting the test runs of that configuration), else on the test runs."""
+    validation runs when there are any (reporting the test runs of that configuration), else on the test runs;
+    never one with a diverged run, and none when all diverged."""
     column_of = _columns(records)
     cells: dict[tuple[str, Column], list[Record]] = defaultdict(list)
     for r in records:
         cells[(r.method, column_of[r])].append(r)
     columns = sorted(set(column_of.values()))
     methods = sorted({m for m, _ in cells}, key=method_key)
-    report = Report(columns, methods, {})
+    report = Report(columns, methods, {}, diverged=[r for r in records if r.diverged])
     for key, runs in cells.items():
         test = [r for r in runs if not r.validation]
         val = [r for r in runs if r.validation]
         if runs[0].config is None:
-            chosen = test or val
-            report.entries[key] = Entry(chosen, on_validation=not test)
+            report.entries[key] = Entry.of(test or val)
             continue
         groups = by_config(val or test)
         best = best_config(groups)
         reported = [r for r in test if r.config == best] or [r for r in val if r.config == best]
-        selected_on = ON_VALIDATION if val else ON_TEST
-        on_validation = not any(r.config == best for r in test)
-        report.entries[key] = Entry(reported, best, selected_on, on_validation)
-        report.sensitivity[key] = {c: Stat.of(r.class_il for r in rs) for c, rs in groups.items()}
+        if best is None:  # every configuration diverged: the cell counts the runs the choice had
+            reported = val or test
+        selected_on = ON_NONE if best is None else ON_VALIDATION if val else ON_TEST
+        report.entries[key] = Entry.of(reported, best, selected_on)
+        report.sensitivity[key] = {c: Entry.of(rs, c) for c, rs in groups.items()}
         report.sensitivity_split[key] = "validation" if val else "test"
     for (method, column), entry in report.entries.items():
         if entry.selected_on != ON_TEST or len(report.sensitivity[(method, column)]) > 1:
@@ -133,10 +154,12 @@ def build_report(records: Sequence[Record]) -> Report:
 
 @dataclass(frozen=True)
 class Gain:
-    """A method's lead over the baseline on the same seeds (same class order, same initialisation)."""
+    """A method's lead over the baseline on the same seeds (same class order, same initialisation); ``diverged``:
+    the method's runs that diverged, so paired with nothing."""
 
     diff: Stat
     ahead: int
+    diverged: int = 0
 
 
 def paired_gain(report: Report, method: str, column: Column, metric: str = "class_il") -> Gain | None:
@@ -147,10 +170,11 @@ def paired_gain(report: Report, method: str, column: Column, metric: str = "clas
     if method == BASELINE or entry is None or base is None or entry.on_validation or base.on_validation:
         return None
     base_of = {r.seed: getattr(r, metric) for r in base.runs}
-    diffs = [getattr(r, metric) - base_of[r.seed] for r in entry.runs if base_of.get(r.seed) is not None]
+    values = [(getattr(r, metric), base_of.get(r.seed)) for r in entry.runs]
+    diffs = [value - ref for value, ref in values if value is not None and ref is not None]
     if not diffs:
         return None
-    return Gain(Stat.of(diffs), sum(d > 0 for d in diffs))
+    return Gain(Stat.of(diffs), sum(d > 0 for d in diffs), len(entry.diverged))
 
 
 def final_drift(entry: Entry) -> dict[str, Stat]:

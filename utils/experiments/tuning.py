@@ -1,7 +1,9 @@
 """``--tune validation``: AdaB²N's configuration chosen as the paper does, with the report's own rule.
 
 Phase 1 runs AdaB²N's configurations on the validation split (``--validation 1``, names ending in ``_val``) for
-``--tune_seeds``; phase 2 the test grid with, for AdaB²N and its pseudo-methods, only each column's choice.
+``--tune_seeds``; phase 2 the test grid with, for AdaB²N and its pseudo-methods, only each column's choice. A validation
+run that diverged (non-finite loss) is done: its configuration is never chosen, and a column whose configurations all
+diverged gets no choice.
 """
 
 from __future__ import annotations
@@ -12,28 +14,36 @@ from argparse import Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from utils.core.partial import PARTIAL_SUFFIX
 from utils.experiments.grid import Run, expand_test
 from utils.experiments.methods import ADAPTIVE_NORM, Config, GridKey, column_label, norm_of
-from utils.experiments.processes import CommandBuilder, Summary, confirm, print_runs
-from utils.experiments.records import Record, load_records
+from utils.experiments.processes import CommandBuilder, Summary, confirm, done_text, print_runs
+from utils.experiments.records import DIVERGED, Record, load_records
 from utils.experiments.scheduler import GpuProbe, execute
-from utils.experiments.selection import best_config, mean_class_il, validation_candidates
+from utils.experiments.selection import best_config, diverged_configs, mean_class_il, validation_candidates
 
 
 @dataclass
 class Selection:
-    """What the validation runs chose: a configuration per column, its mean validation accuracy, and for each
-    column without a choice why (the validation runs without results, with their logs)."""
+    """What the validation runs chose: a configuration per column, its mean validation accuracy, for each column
+    without a choice yet why (the validation runs without results, with their logs), and per column the
+    configurations never chosen because a validation run diverged."""
 
     chosen: dict[GridKey, Config] = field(default_factory=dict)
     accuracy: dict[GridKey, float] = field(default_factory=dict)
     missing: dict[GridKey, list[str]] = field(default_factory=dict)
+    diverged: dict[GridKey, list[Config]] = field(default_factory=dict)
+
+    @property
+    def all_diverged(self) -> list[GridKey]:
+        """The columns that will never have a choice: every configuration has a diverged validation run."""
+        return [key for key in self.diverged if key not in self.chosen]
 
 
 def _validation_records(phase1: Sequence[Run]) -> tuple[list[Record], list[str]]:
     """The phase-1 runs' own records, and other validation runs of their columns with the same protocol, as the
     report's choice counts them too; with the loader's warnings."""
-    wanted = {run.results for run in phase1}
+    wanted = {path for run in phase1 for path in (run.results, run.partial)}
     records: list[Record] = []
     warnings: list[str] = []
     for root in sorted({run.results.parent for run in phase1}):
@@ -49,8 +59,9 @@ def _validation_records(phase1: Sequence[Run]) -> tuple[list[Record], list[str]]
 def select_from_validation(phase1: Sequence[Run]) -> Selection:
     """Choose each column's AdaB²N configuration from its phase-1 results with the report's loader and rule
     (:mod:`utils.experiments.selection`), so ``run.py`` runs the configuration that the tables will report. Only
-    the phase-1 runs' own results files count as done, and a column is chosen only once all of them exist: choosing
-    among the runs that happened to succeed would pick another configuration after they are retried."""
+    the phase-1 runs' own results files count as done, and a column is chosen only once all of them exist, final or
+    partial (diverged): choosing among the runs that happened to succeed would pick another configuration after
+    they are retried."""
     selection = Selection()
     if not phase1:
         return selection
@@ -62,10 +73,11 @@ def select_from_validation(phase1: Sequence[Run]) -> Selection:
     for key, runs in columns.items():
         reasons = []
         for run in runs:
-            if run.results in loaded:
+            if run.results in loaded or run.partial in loaded:
                 continue
             if run.done:
-                why = next((w for w in warnings if str(run.results) in w), "unreadable results file")
+                paths = (str(run.results), str(run.partial))
+                why = next((w for w in warnings if any(p in w for p in paths)), "unreadable results file")
                 reasons.append(f"{run.name} ({why})")
             else:
                 reasons.append(f"{run.name} (no results; log {run.log})")
@@ -73,27 +85,55 @@ def select_from_validation(phase1: Sequence[Run]) -> Selection:
             selection.missing[key] = reasons
     usable = [r for r in records if r.key not in selection.missing]
     for key, groups in validation_candidates(usable).items():
+        if left_out := diverged_configs(groups):
+            selection.diverged[key] = left_out
         config = best_config(groups)
+        if config is None:
+            continue
         selection.chosen[key] = config
         mean = mean_class_il(groups[config])
         selection.accuracy[key] = math.nan if mean is None else mean
     return selection
 
 
+def _columns_text(columns: dict[GridKey, list[Run]]) -> dict[GridKey, str]:
+    """``seq-fmnist er_ace 200 AdaB2N, AdaB2N-renorm x 2 seed(s)``: the AdaB²N runs of each column, in brief."""
+    out = {}
+    for key, runs in columns.items():
+        methods = ", ".join(dict.fromkeys(r.method for r in runs))
+        out[key] = f"{column_label(key)} {methods} x {len({r.seed for r in runs})} seed(s)"
+    return out
+
+
 def _dry_run(
-    phase1: Sequence[Run], phase2: Sequence[Run], later: dict[GridKey, list[Run]], n_later: int, command: CommandBuilder
+    phase1: Sequence[Run],
+    phase2: Sequence[Run],
+    later: dict[GridKey, list[Run]],
+    never: dict[GridKey, list[Run]],
+    n_later: int,
+    command: CommandBuilder,
 ) -> int:
-    """``--dry_run``'s listing: both phases, and the AdaB²N runs that wait for a choice."""
+    """``--dry_run``'s listing: both phases, the AdaB²N runs that wait for a choice, and those that never get one."""
     print("=> phase 1 (validation split):")
     print_runs(phase1, command)
     print("=> phase 2 (test):")
     print_runs(phase2, command)
-    for key, runs in later.items():
-        methods = ", ".join(dict.fromkeys(r.method for r in runs))
-        n_seeds = len({r.seed for r in runs})
-        print(f"[later] {column_label(key)} {methods} x {n_seeds} seed(s): (config chosen after the validation runs)")
+    for text in _columns_text(later).values():
+        print(f"[later] {text}: (config chosen after the validation runs)")
+    for text in _columns_text(never).values():
+        print(f"[{DIVERGED}] {text}: not run, every AdaB2N configuration has a diverged validation run")
     print(f"=> {len(phase1)} validation run(s) + {len(phase2) + n_later} test run(s)")
     return 0
+
+
+def _no_choice(selection: Selection) -> list[str]:
+    """One line per column whose configurations all diverged: nothing to run, and why."""
+    return [
+        f"warning: no AdaB2N configuration for {column_label(key)}, so its AdaB2N runs are not started: every "
+        "configuration has a diverged validation run (non-finite loss); choose other --lambdas or --kappas, or "
+        f"delete the {PARTIAL_SUFFIX} files of its validation runs to run them again"
+        for key in selection.all_diverged
+    ]
 
 
 def run_tuned(
@@ -103,24 +143,25 @@ def run_tuned(
     each column's chosen configuration); returns the exit code.
 
     A column whose validation runs did not all finish gets no AdaB²N runs in phase 2, the other runs still go
-    ahead, and the exit code is 1 with one error line per such column; rerunning the command retries them."""
+    ahead, and the exit code is 1 with one error line per such column; rerunning the command retries them. A column
+    whose configurations all diverged gets none either, with a warning, but exit code 0: a rerun would diverge
+    again."""
     selection = select_from_validation(phase1)
     phase2 = expand_test(args, selection.chosen)
     later: dict[GridKey, list[Run]] = {}
+    never: dict[GridKey, list[Run]] = {}
     for run in grid:
         if norm_of(run.method) == ADAPTIVE_NORM and run.key not in selection.chosen:
-            later.setdefault(run.key, []).append(run)
+            (never if run.key in selection.all_diverged else later).setdefault(run.key, []).append(run)
     n_later = sum(len({(r.seed, r.method) for r in runs}) for runs in later.values())
-    done1 = sum(r.done for r in phase1)
-    done2 = sum(r.done for r in phase2)
     seeds = " ".join(map(str, args.tune_seeds))
-    todo1 = len(phase1) - done1
-    print(f"=> phase 1: {len(phase1)} AdaB2N validation run(s) (seeds {seeds}): {done1} already done, {todo1} to run")
+    todo1 = sum(not r.done for r in phase1)
+    print(f"=> phase 1: {len(phase1)} AdaB2N validation run(s) (seeds {seeds}): {done_text(phase1)}")
     pending = f", {n_later} more once the validation runs have chosen their configuration" if n_later else ""
-    print(f"=> phase 2: {len(phase2)} test run(s): {done2} already done, {len(phase2) - done2} to run{pending}")
+    print(f"=> phase 2: {len(phase2)} test run(s): {done_text(phase2)}{pending}")
     if args.dry_run:
-        return _dry_run(phase1, phase2, later, n_later, command)
-    todo = todo1 + len(phase2) - done2 + n_later
+        return _dry_run(phase1, phase2, later, never, n_later, command)
+    todo = todo1 + sum(not r.done for r in phase2) + n_later
     if not args.yes and todo and not confirm(todo):
         print("=> nothing started")
         return 1
@@ -137,7 +178,9 @@ def run_tuned(
     selection = select_from_validation(phase1)
     for key, config in selection.chosen.items():
         accuracy = f"mean validation class-IL accuracy {selection.accuracy[key]:.2f}%"
-        print(f"=> {column_label(key)}: AdaB2N runs {config.text()} ({accuracy})")
+        left_out = len(selection.diverged.get(key, []))
+        never_chosen = f"; {left_out} {DIVERGED} configuration(s) never chosen" if left_out else ""
+        print(f"=> {column_label(key)}: AdaB2N runs {config.text()} ({accuracy}{never_chosen})")
     phase2 = expand_test(args, selection.chosen)
     second = execute(phase2, args, probe, command) if phase2 else Summary()
     print(second.format("phase 2 (test) summary"), flush=True)
@@ -147,6 +190,8 @@ def run_tuned(
             f"validation run(s) without results: {'; '.join(reasons)}; fix them and run the same command again"
         )
         print(message, file=sys.stderr)
+    for line in _no_choice(selection):
+        print(line, file=sys.stderr)
     if second.interrupted:
         return second.exit_code
     return 1 if first.failed or second.failed or selection.missing else 0
