@@ -1,6 +1,5 @@
 """Dark Experience Replay (Buzzega et al. 2020): replay the logits the network gave each stored sample."""
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from models import MODELS
@@ -27,7 +26,7 @@ class Der(ContinualModel):
         outputs = self.forward_parts(parts)
         loss = self.loss(outputs[0], labels)
         if replay:
-            loss = loss + self.args.alpha * F.mse_loss(outputs[1], buf_logits)
+            loss = loss + self.args.alpha * self.mse(outputs[1], buf_logits)
         total = self.step(loss)
         self.remember(not_aug_inputs, labels, logits=outputs[0].detach())
         return total

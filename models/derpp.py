@@ -1,6 +1,5 @@
 """DER++ (Buzzega et al. 2020): DER's logit replay plus cross-entropy on a second buffer draw."""
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from models import MODELS
@@ -29,7 +28,7 @@ class Derpp(ContinualModel):
         outputs = self.forward_parts(parts)
         loss = self.loss(outputs[0], labels)
         if replay:
-            loss = loss + self.args.alpha * F.mse_loss(outputs[1], buf_logits1)
+            loss = loss + self.args.alpha * self.mse(outputs[1], buf_logits1)
             loss = loss + self.args.beta * self.loss(outputs[2], buf_labels2)
         total = self.step(loss)
         self.remember(not_aug_inputs, labels, logits=outputs[0].detach())

@@ -21,6 +21,7 @@ class Er(ContinualModel):
             parts.append((buf_inputs, buf_tasks))
             targets.append(buf_labels)
         outputs = self.forward_parts(parts)
-        loss = self.step(self.loss(torch.cat(outputs), torch.cat(targets)))
+        dim = self.batch_dim
+        loss = self.step(self.loss(torch.cat(outputs, dim), torch.cat(targets, dim)))
         self.remember(not_aug_inputs, labels)
         return loss

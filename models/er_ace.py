@@ -20,15 +20,17 @@ class ErAce(ContinualModel):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.register_buffer("seen_classes", torch.zeros(self.n_classes, dtype=torch.bool, device=self.device))
+        shape = (self.n_classes,) if self.members is None else (self.members.count, self.n_classes)
+        self.register_buffer("seen_classes", torch.zeros(shape, dtype=torch.bool, device=self.device))
         self._class_ids = torch.arange(self.n_classes, device=self.device)
 
     def _stream_mask(self, labels: Tensor) -> Tensor:
-        present = torch.zeros_like(self.seen_classes).index_fill_(0, labels, True)
+        """The classes the stream loss sees, ``[..., 1, classes]`` (a stack: each member's)."""
+        present = torch.zeros_like(self.seen_classes).scatter_(-1, labels, True)
         self.seen_classes |= present
-        max_seen = torch.where(self.seen_classes, self._class_ids, -1).max()
+        max_seen = torch.where(self.seen_classes, self._class_ids, -1).max(-1, keepdim=True).values
         future = (self._class_ids >= max_seen) & (max_seen < self.n_classes - 1)
-        return present | future
+        return (present | future).unsqueeze(-2)
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> Tensor:
         assert self.buffer is not None

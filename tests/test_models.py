@@ -192,7 +192,7 @@ def test_er_ace_stream_mask_constructed_example():
     ]
     seen: set[int] = set()
     for labels, expected in steps:
-        mask = model._stream_mask(torch.tensor(labels))
+        mask = model._stream_mask(torch.tensor(labels)).squeeze(-2)
         ref, seen = reference_mask(seen, labels, n)
         assert classes(mask) == expected, labels
         assert torch.equal(mask.cpu(), ref), labels
@@ -207,7 +207,7 @@ def test_er_ace_stream_mask_matches_reference_on_random_stream():
     for step in range(60):
         high = min(10, 2 + step // 10 * 2)  # classes arrive task by task, as in the stream
         labels = torch.randint(0, high, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)
-        mask = model._stream_mask(labels)
+        mask = model._stream_mask(labels).squeeze(-2)
         ref, seen = reference_mask(seen, labels.tolist(), model.n_classes)
         assert torch.equal(mask.cpu(), ref), (step, labels.tolist())
     assert high == 10 and seen == set(range(10))

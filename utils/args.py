@@ -14,6 +14,7 @@ wording; library code raises ``ValueError`` in its own terms.
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Iterator, Sequence
 
 from utils.buffer import BUFFER_MODES, ring_size_problem
@@ -21,6 +22,9 @@ from utils.core.errors import UserError
 from utils.core.options import BINARY_FLAG, Check, Option, at_least, binary, merge, positive
 
 FORWARD_MODES = ("separate", "joint")
+MEMBER_FLAG = "--member"
+MEMBER_FREE = ("seed", "lr", "run_name", "wandb_name")
+"""What a stacked run's members may differ in besides their norm's and model's own options."""
 DTYPES = ("float32", "float64")
 
 
@@ -100,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     _binary(g, "--validation", "hold out 10%% of each task's training data and test on it")
     g.add_argument("--samples_per_class", type=int, default=None, help="use only the first N training images per class")
     g.add_argument("--run_name", default=None, help="name of the results file (default: derived from the arguments)")
+    g.add_argument(
+        MEMBER_FLAG,
+        action="append",
+        metavar="FLAGS",
+        help="train this run as a member of a stack: the shared flags plus these, e.g. --member '--seed 1 --kappa 0.4'"
+        f" (repeat; members may differ only in {', '.join('--' + k for k in MEMBER_FREE)} and their norm's and "
+        "model's options)",
+    )
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--lr", type=float, default=None, help="learning rate (required unless --load_best_args)")
@@ -231,3 +243,52 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.backbone is None:
         args.backbone = dataset_cls.BACKBONE
     return args
+
+
+def split_members(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The shared flags and each ``--member``'s own flags."""
+    shared, members, tokens = [], [], iter(argv)
+    for token in tokens:
+        if token == MEMBER_FLAG:
+            members.append(next(tokens, None))
+            if members[-1] is None:
+                raise UserError(f"{MEMBER_FLAG} needs the member's flags, e.g. {MEMBER_FLAG} '--seed 1 --kappa 0.4'")
+        elif token.startswith(MEMBER_FLAG + "="):
+            members.append(token.split("=", 1)[1])
+        else:
+            shared.append(token)
+    return shared, members
+
+
+def parse_members(shared: Sequence[str], members: Sequence[str]) -> list[argparse.Namespace]:
+    """Each member's arguments (the shared flags, then its own), validated as a run alone, then as a stack."""
+    from models import MODELS
+    from models.utils.norms import NORMS
+
+    try:
+        runs = [parse_args([*shared, *shlex.split(member)]) for member in members]
+    except ValueError as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{MEMBER_FLAG} flags cannot be split ({e}); quote each member's flags once") from None
+    first = runs[0]
+    own = {o.dest for o in NORMS.get(first.nl).options} | {o.dest for o in MODELS.get(first.model).OPTIONS}
+    free = {*MEMBER_FREE, *own}
+    for run in runs[1:]:
+        for key, value in vars(run).items():
+            if key not in free and value != getattr(first, key):
+                allowed = ", ".join(f"--{k}" for k in sorted(free))
+                raise UserError(
+                    f"stacked members differ in --{key} ({getattr(first, key)!r} and {value!r}); members may differ "
+                    f"only in {allowed}: run the others in another stack"
+                )
+    if any(run.seed is None for run in runs):
+        raise UserError(
+            f"every stacked member needs a --seed (its generator starts from it): add it to each {MEMBER_FLAG}"
+        )
+    names = [run.run_name for run in runs if run.run_name is not None]
+    if len(set(names)) < len(names):
+        raise UserError(f"stacked members share a --run_name ({sorted(names)}); give each member its own")
+    if first.resume or first.checkpoint_every:
+        raise UserError("--resume and --checkpoint_every are not available for stacked runs yet; drop them")
+    return runs

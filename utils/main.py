@@ -8,30 +8,18 @@ file is written; ``--resume 1 --run_name NAME`` continues from it.
 
 from __future__ import annotations
 
-import math
-import os
-import random
-import shutil
 import sys
 import time
 from argparse import Namespace
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from backbone import BACKBONES
 from datasets import get_dataset_class
-from datasets.utils.continual_dataset import ContinualDataset
-from models import MODELS
-from models.utils.continual_model import ContinualModel
-from models.utils.norms import NORMS, convert_norm
-from utils.args import parse_args
+from utils.args import parse_args, parse_members, split_members
 from utils.checkpoint import checkpoint_file, load_checkpoint
 from utils.core.errors import UserError
 from utils.results import (
@@ -42,91 +30,17 @@ from utils.results import (
     summary_table,
     write_results,
 )
+from utils.run_setup import (
+    build_model,
+    check_disk_space,
+    check_writable,
+    default_run_name,
+    resolve_device,
+    set_seed,
+)
+from utils.stack_training import run_stack
 from utils.training import Interrupted, NonFiniteLoss, Trainer, check_trainable
 from utils.wandb_logger import WandbLogger
-
-
-def set_seed(seed: int | None) -> None:
-    """Seed every generator the run draws from (Python, NumPy, torch on CPU and CUDA)."""
-    if seed is None:
-        return
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"--device '{name}' is not a torch device ({e}); use cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
-    return device
-
-
-def default_run_name(args: Namespace) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    buffer = f"_buf{args.buffer_size}" if args.buffer_size is not None else ""
-    return f"{args.dataset}_{args.model}_{args.nl}{buffer}_seed{args.seed}_{stamp}_{os.getpid()}"
-
-
-def check_writable(path: Path) -> None:
-    """Fail before training, not after, when the results cannot be saved."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--results_path {path} is a file; pass a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"--results_path {path} is not writable ({e.strerror}); pass a writable directory") from None
-
-
-def check_disk_space(path: Path, model: ContinualModel, dataset: ContinualDataset) -> None:
-    """Refuse to start when the checkpoints (model, optimiser state, buffer; written twice over) cannot fit."""
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    buffer = (
-        0 if model.buffer is None else model.args.buffer_size * (math.prod(dataset.SHAPE) + 8 * dataset.n_classes())
-    )
-    needed = 3 * (2 * params + buffer) + (1 << 20)
-    free = shutil.disk_usage(path).free
-    if free < needed:
-        raise UserError(
-            f"--results_path {path} has {free / 2**20:.1f} MiB free, checkpoints need about {needed / 2**20:.1f} MiB; "
-            "free some space or pass another --results_path"
-        )
-
-
-def norm_keywords(args: Namespace, dataset: ContinualDataset) -> dict[str, Any]:
-    """The ``--nl`` builder's keywords: its declared options from ``args``, and the run's facts it takes."""
-    spec = NORMS.get(args.nl)
-    facts = {"affine": not args.no_affine, "num_tasks": dataset.N_TASKS}
-    keywords = {key: value for key, value in facts.items() if spec.takes(key)}
-    return keywords | {o.keyword: o.command_value(getattr(args, o.dest)) for o in spec.options}
-
-
-def build_model(args: Namespace, dataset: ContinualDataset) -> ContinualModel:
-    """Backbone with the requested norm layers, wrapped in the requested method (optimiser made last)."""
-    net = BACKBONES.get(args.backbone)(num_classes=dataset.n_classes(), nf=args.nf, in_channels=dataset.SHAPE[0])
-    net = net.to(dataset.device)
-    example = torch.zeros(1, *dataset.SHAPE, device=dataset.device)
-    net = convert_norm(net, args.nl, example_input=example, **norm_keywords(args, dataset)).to(dataset.device)
-    if args.dtype != "float32":
-        net = net.to(getattr(torch, args.dtype))
-    apply_speed_options(net, args)
-    return MODELS.get(args.model)(net, F.cross_entropy, args, dataset).to(dataset.device)
-
-
-def apply_speed_options(net: torch.nn.Module, args: Namespace) -> None:
-    """``--channels_last`` and ``--compile``, in place (state-dict keys unchanged, so checkpoints stay portable)."""
-    if getattr(args, "channels_last", False):
-        net.to(memory_format=torch.channels_last)
-    if getattr(args, "compile", False):
-        net.compile()
 
 
 def run(args: Namespace) -> dict[str, Any]:
@@ -185,7 +99,11 @@ def run(args: Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input, 3 non-finite loss (partial results saved), 128 + N stopped by signal N."""
     try:
-        run(parse_args(argv))
+        shared, members = split_members(sys.argv[1:] if argv is None else argv)
+        if members:
+            run_stack(parse_members(shared, members))
+        else:
+            run(parse_args(shared))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,7 +28,8 @@ def wandb_api_key_configured() -> bool:
 class WandbLogger:
     """Losses per step and accuracies per task, as the reference logs them; a no-op when disabled."""
 
-    def __init__(self, args: Namespace) -> None:
+    def __init__(self, args: Namespace, concurrent: bool = False) -> None:
+        """``concurrent``: one of several runs of this process (a stack's members), each its own wandb run."""
         self.run = None
         if args.nowand:
             return
@@ -48,6 +49,7 @@ class WandbLogger:
             config=vars(args),
             mode=mode,
             dir=args.results_path,
+            **({"reinit": "create_new"} if concurrent else {}),
         )
 
     def log(self, values: dict[str, Any], step: int) -> None:

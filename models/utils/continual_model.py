@@ -26,9 +26,11 @@ from contextlib import AbstractContextManager
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datasets.utils.continual_dataset import ContinualDataset
+from models.utils.members import Members, StackedBuffer, StackedSGD, per_member_loss
 from models.utils.task_aware import task_aware_layers, task_counts
 from utils.buffer import Buffer
 from utils.core.options import Option
@@ -50,43 +52,65 @@ class ContinualModel(nn.Module):
     step) is cross-entropy alone, whatever ``--ada_t0`` says."""
 
     def __init__(
-        self, net: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], args: Namespace, dataset: ContinualDataset
+        self,
+        net: nn.Module,
+        loss: Callable[..., Tensor],
+        args: Namespace,
+        dataset: ContinualDataset,
+        members: Members | None = None,
     ) -> None:
+        """``members``: the runs of a stack (``net`` is then a ``StackedNet`` and ``args`` the members' shared ones);
+        every tensor of the model's code then has the member as its first dimension and every loss is ``[K]``."""
         super().__init__()
         self.net = net
-        self.loss = loss
-        self.args = args
+        self.members = members
         self.dataset = dataset
-        self.transform = dataset.train_transform
         self.device = dataset.device
+        self.dtype = getattr(torch, getattr(args, "dtype", "float32"))
+        self.args = args if members is None else members.model_args(self.OPTIONS, self.device, self.dtype)
+        self.loss = loss if members is None else per_member_loss(loss, members.count)
+        self._mse = F.mse_loss if members is None else per_member_loss(F.mse_loss, members.count)
+        self.transform = dataset.train_transform if members is None else members.transform(dataset.train_transform)
         self.n_classes = dataset.n_classes()
         self.current_task = 0
         self.forward_mode = resolve_forward_mode(args, type(self), net)
         self.amp = bool(getattr(args, "amp", False))
-        self.dtype = getattr(torch, getattr(args, "dtype", "float32"))
         self.channels_last = bool(getattr(args, "channels_last", False))
-        self.buffer: Buffer | None = None
+        self.buffer: Buffer | StackedBuffer | None = None
         if self.USES_BUFFER:
-            self.buffer = Buffer(args.buffer_size, self.device, args.buffer_mode, dataset.N_TASKS)
+            make = Buffer if members is None else members.buffer
+            self.buffer = make(args.buffer_size, self.device, args.buffer_mode, dataset.N_TASKS)
         self._task_aware = task_aware_layers(net)
         self._norm_losses: list[tuple[float, Tensor]] = []
         self._replaying = False
         self.opt = self.get_optimizer()
 
     def get_optimizer(self) -> torch.optim.Optimizer:
-        """SGD with the mammoth flags; built after the norm swap so new parameters are trained too."""
+        """SGD with the mammoth flags; built after the norm swap so new parameters are trained too (a stack: each
+        member's learning rate on its blocks)."""
+        a = self.args
+        if self.members is not None:
+            lrs = [member.lr for member in self.members.args]
+            return StackedSGD(
+                list(self.net.parameters()), lrs, self.net.member_index, a.optim_mom, a.optim_wd, a.optim_nesterov
+            )
         return torch.optim.SGD(
-            self.net.parameters(),
-            lr=self.args.lr,
-            weight_decay=self.args.optim_wd,
-            momentum=self.args.optim_mom,
-            nesterov=self.args.optim_nesterov,
+            self.net.parameters(), lr=a.lr, weight_decay=a.optim_wd, momentum=a.optim_mom, nesterov=a.optim_nesterov
         )
+
+    @property
+    def batch_dim(self) -> int:
+        """The batch dimension of the model's tensors: 0 alone, 1 in a stack (after the member)."""
+        return 0 if self.members is None else 1
+
+    def mse(self, a: Tensor, b: Tensor) -> Tensor:
+        """Mean squared error (DER's logit replay), each member's in a stack."""
+        return self._mse(a, b)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != self.dtype:  # --dtype float64: the inputs follow the network
             x = x.to(self.dtype)
-        if self.channels_last:
+        if self.channels_last and x.dim() == 4:  # a stack's [K, B, C, H, W]: the StackedNet lays it out
             x = x.contiguous(memory_format=torch.channels_last)
         if not self.amp:
             return self.net(x)
@@ -113,7 +137,8 @@ class ContinualModel(nn.Module):
     def _tasks_tensor(self, ids: Tensor | int, n: int) -> Tensor:
         if isinstance(ids, Tensor):
             return ids
-        return torch.full((n,), ids, dtype=torch.long, device=self.device)
+        shape = (n,) if self.members is None else (self.members.count, n)
+        return torch.full(shape, ids, dtype=torch.long, device=self.device)
 
     def _run(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         counts = None if task_ids is None else task_counts(task_ids, self.dataset.N_TASKS)
@@ -131,19 +156,24 @@ class ContinualModel(nn.Module):
         Task ids are an int (the whole part comes from one task, e.g. the
         stream) or a LongTensor with one id per sample (e.g. replay).
         """
-        want_ids = bool(self._task_aware)
+        want_ids, dim = bool(self._task_aware), self.batch_dim
         self._replaying = len(parts) > 1
         if self.forward_mode == "separate" or len(parts) == 1:
-            return [self._run(x, self._tasks_tensor(t, len(x)) if want_ids else None) for x, t in parts]
-        sizes = [len(x) for x, _ in parts]
-        ids = torch.cat([self._tasks_tensor(t, len(x)) for x, t in parts]) if want_ids else None
-        return list(self._run(torch.cat([x for x, _ in parts]), ids).split(sizes))
+            return [self._run(x, self._tasks_tensor(t, x.shape[dim]) if want_ids else None) for x, t in parts]
+        sizes = [x.shape[dim] for x, _ in parts]
+        ids = torch.cat([self._tasks_tensor(t, x.shape[dim]) for x, t in parts], dim) if want_ids else None
+        return list(self._run(torch.cat([x for x, _ in parts], dim), ids).split(sizes, dim))
 
     def regularised(self, loss: Tensor) -> Tensor:
         """``loss`` plus ``weight · Σ norm_loss`` of the forwards since the last step, per weight the layers give
         (none in a step without replay when ``NORM_LOSS_ONLY_WHEN_REPLAYING``)."""
-        by_weight: dict[float, list[Tensor]] = {}
         counted = self._replaying or not self.NORM_LOSS_ONLY_WHEN_REPLAYING
+        if self.members is not None:  # each member's weight (the same in every layer) times its summed regulariser
+            terms, self._norm_losses = (self._norm_losses if counted else []), []
+            if not terms:
+                return loss
+            return loss + terms[0][0].to(loss.dtype) * torch.stack([norm_loss for _, norm_loss in terms], 1).sum(1)
+        by_weight: dict[float, list[Tensor]] = {}
         for weight, norm_loss in self._norm_losses if counted else ():
             if weight:
                 by_weight.setdefault(weight, []).append(norm_loss)
@@ -156,7 +186,7 @@ class ContinualModel(nn.Module):
         """Add the norm layers' regularisers, back-propagate and update; returns the total loss, detached."""
         loss = self.regularised(loss)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if self.members is None else loss.sum()).backward()  # a stack: the members' parameters are disjoint
         self.opt.step()
         return loss.detach()
 

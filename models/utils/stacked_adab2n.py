@@ -119,10 +119,11 @@ class StackedAdaB2N(nn.Module):
         return task_weights.gather(1, task_ids) / counts.gather(1, task_ids)
 
     def _weighted(self, per_sample: Tensor, weights: Tensor) -> Tensor:
-        """``Σ_i s_ki v_i`` per member and channel: ``[N, K·C]`` values and ``[K, N]`` weights -> ``[1, K·C, 1, 1]``."""
-        n = per_sample.shape[0]
-        out = torch.einsum("nkc,kn->kc", per_sample.reshape(n, self.members, -1), weights.to(per_sample.dtype))
-        return out.reshape(1, -1, 1, 1)
+        """``Σ_i s_ki v_i`` per member and channel: ``[N, K·C]`` values and ``[K, N]`` weights -> ``[1, K·C, 1, 1]``;
+        one matrix-vector product per member, the member's own arithmetic alone."""
+        c = self.num_features
+        products = [per_sample[:, k * c : (k + 1) * c].t().matmul(weights[k]) for k in range(self.members)]
+        return torch.cat(products).view(1, -1, 1, 1)
 
     @float32_under_autocast
     def forward(self, input: Tensor) -> Tensor:

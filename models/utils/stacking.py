@@ -70,7 +70,10 @@ def _slice(stacked: nn.Module, template: nn.Module, k: int, members: int, shared
 
 
 class StackedLayerNorm(nn.Module):
-    """LayerNorm over each member's C×H×W block of a ``[N, K·C, H, W]`` input, with each member's affine."""
+    """LayerNorm over each member's C×H×W block of a ``[N, K·C, H, W]`` input, with each member's affine.
+
+    One ``layer_norm`` per member: the same kernel on the same sizes as the member alone (exact in float64).
+    """
 
     def __init__(self, members: int, shape: Sequence[int], eps: float, affine: bool) -> None:
         super().__init__()
@@ -79,16 +82,16 @@ class StackedLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(members * shape[0], *shape[1:])) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        n = x.shape[0]
-        out = F.layer_norm(x.reshape(n, self.members, -1), (x[0].numel() // self.members,), eps=self.eps)
-        out = out.reshape(x.shape)
-        if self.weight is not None and self.bias is not None:
-            out = out * self.weight + self.bias
-        return out
+        c = self.shape[0]
+        blocks = [slice(k * c, (k + 1) * c) for k in range(self.members)]
+        pick = lambda t, b: None if t is None else t[b]  # noqa: E731
+        return torch.cat(
+            [F.layer_norm(x[:, b], self.shape, pick(self.weight, b), pick(self.bias, b), self.eps) for b in blocks], 1
+        )
 
 
 class StackedLinear(nn.Module):
-    """K linear heads as one batched product: ``[N, K·F]`` features -> ``[N, K, classes]`` logits."""
+    """K linear heads: ``[N, K·F]`` features -> ``[N, K, classes]`` logits, one ``linear`` per member (exact)."""
 
     def __init__(self, members: int, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -97,8 +100,9 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(members, out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        out = torch.einsum("nkf,kof->nko", x.reshape(x.shape[0], self.members, -1), self.weight)
-        return out if self.bias is None else out + self.bias
+        features = x.reshape(x.shape[0], self.members, -1)
+        bias = [None] * self.members if self.bias is None else self.bias
+        return torch.stack([F.linear(features[:, k], self.weight[k], bias[k]) for k in range(self.members)], 1)
 
 
 def _conv(layers: Sequence[nn.Conv2d]) -> nn.Module:

@@ -80,6 +80,11 @@ def task_aware_layers(module: nn.Module) -> list[TaskAwareNorm]:
 
 
 def task_counts(task_ids: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Samples of each task ``0 .. n-1`` in a batch, as floats; an ``index_add`` (``bincount`` would sync a GPU)."""
-    counts = torch.zeros(n, dtype=dtype, device=task_ids.device)
-    return counts.index_add(0, task_ids, torch.ones_like(task_ids, dtype=dtype))
+    """Samples of each task ``0 .. n-1`` in a batch, as floats; an ``index_add`` (``bincount`` would sync a GPU).
+
+    Task ids ``[K, N]`` (a stack's members) give each member's counts, ``[K, n]``.
+    """
+    ones = torch.ones_like(task_ids, dtype=dtype)
+    if task_ids.dim() == 2:
+        return torch.zeros(task_ids.shape[0], n, dtype=dtype, device=task_ids.device).scatter_add(1, task_ids, ones)
+    return torch.zeros(n, dtype=dtype, device=task_ids.device).index_add(0, task_ids, ones)
