@@ -70,6 +70,29 @@ def test_run_without_api_key_logs_offline(no_wandb_credentials: Path, tmp_path: 
     assert not (no_wandb_credentials / ".netrc").exists(), "no login was attempted"
 
 
+def test_each_stacked_member_is_its_own_wandb_run(no_wandb_credentials: Path, tmp_path: Path):
+    results = tmp_path / "results"
+    argv = [
+        "--dataset", "seq-fmnist", "--model", "sgd", "--bs", "10", "--epochs", "1", "--nf", "8",
+        "--samples_per_class", "20", "--validation", "1", "--debug_mode", "1", "--non_verbose", "1",
+        "--device", "cpu", "--num_threads", "1", "--results_path", str(results), "--wandb_group", "g",
+        "--member", "--seed 0 --lr 0.03 --run_name first", "--member", "--seed 1 --lr 0.01 --run_name second",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, "utils/main.py", *argv], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((results / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    # The records are protobuf: each run's config holds its run_name as the JSON string '"NAME"' (the command line,
+    # also recorded, names both members unquoted).
+    logs = [next(run.glob("*.wandb")).read_bytes() for run in runs]
+    names = [[name for name in (b'"first"', b'"second"') if name in log] for log in logs]
+    assert sorted(names) == [[b'"first"'], [b'"second"']], names
+
+
 def test_nowand_creates_nothing(tmp_path: Path):
     results = tmp_path / "results"
     args = parse_args(

@@ -49,7 +49,8 @@ class WandbLogger:
             config=vars(args),
             mode=mode,
             dir=args.results_path,
-            **({"reinit": "create_new"} if concurrent else {}),
+            # Several runs in one process: each its own, and no console capture (it would copy every member's output).
+            **({"reinit": "create_new", "settings": wandb.Settings(console="off")} if concurrent else {}),
         )
 
     def log(self, values: dict[str, Any], step: int) -> None:
