@@ -4,6 +4,8 @@
 #   OUT=/path/to/out DEADLINE=560 bash benchmarks/gpu.sh        # BENCH=0: grid only; GRID=0: benchmarks only
 #   TESTS=1: first the CUDA-only tests; COMPILE_E2E=1: full AdaB2N runs with and without --compile, side by side;
 #   FULLDATA=1: docs/results.md's full-data side check (BN against AdaB2N, er_ace 500, 3 seeds, all 6000 steps)
+#   STACK=1: issue 14's figures, benchmarks/stack.py for K = 1, 4, 8, 16, 32 (whole runs stacked against separate
+#   processes packed --max_per_gpu MAX_PER_GPU on the GPU), then BENCH/GRID as set (e.g. STACK=1 BENCH=0 GRID=0)
 #
 # Needs the Fashion-MNIST IDX files under data/fashion-mnist (the machine has no network) and the repository on
 # PYTHONPATH (set here). Every part runs under its own `timeout`, so whatever finished comes back in $OUT.
@@ -34,7 +36,7 @@ step() {  # dataset model nl nf extra...
 }
 if [[ ${TESTS:-0} == 1 ]]; then
   timeout 180 $PYTHON -m pytest -q -p no:cacheprovider -rs tests/test_buffer.py tests/test_adab2n.py \
-    tests/test_norm_layers.py tests/test_convert_norm.py >"$OUT/cuda_tests.txt" 2>&1
+    tests/test_norm_layers.py tests/test_convert_norm.py tests/test_stacking.py >"$OUT/cuda_tests.txt" 2>&1
   log "tests exit $?: $(tail -1 "$OUT/cuda_tests.txt")"
 fi
 
@@ -57,6 +59,16 @@ if [[ ${FULLDATA:-0} == 1 ]]; then
     --nowandb --yes --max_per_gpu 6 --usage_threshold 0.9 --coldsecs 0.5 --waitsecs 2 >"$OUT/fulldata.txt" 2>&1
   log "full-data runs exit $?: $(find fulldata -name '*.json' | wc -l) results files"
   find fulldata -name '*.json' | tar czf "$OUT/fulldata.tar.gz" -T -
+fi
+
+if [[ ${STACK:-0} == 1 ]]; then
+  for k in 1 4 8 16 32; do
+    (( $(left) > 60 )) || break
+    line=$(timeout $(( $(left) - 30 )) $PYTHON benchmarks/stack.py --device cuda --members "$k" \
+      --samples_per_class "${STACK_SPC:-1000}" --workers "${MAX_PER_GPU:-14}" 2>>"$OUT/gpu.log" | tail -1)
+    [[ $line == "{"* ]] && echo "$line" >>"$OUT/stack.jsonl" || line="FAILED or TIMED OUT"
+    log "stack K=$k: $line"
+  done
 fi
 
 if [[ ${BENCH:-1} == 1 ]]; then

@@ -167,3 +167,35 @@ def test_speed_flags_may_change_on_resume_and_old_checkpoints_lack_amp(tmp_path:
     amp = parse_args([*RUN, "--amp", "1"])
     with pytest.raises(UserError, match=r"--amp 0 \(now 1\)"):
         load_checkpoint(tmp_path / "old.ckpt", amp, torch.device("cpu"))
+
+
+SEED = RUN.index("--seed")
+STACK = [*RUN[:SEED], *RUN[SEED + 2 :], "--member", "--seed 1 --run_name s1"]
+STACK += ["--member", "--seed 2 --kappa 1.0 --lambd 1 --run_name s2"]
+
+
+def test_sigkill_of_a_stack_then_resume_gives_every_member_the_uninterrupted_results(tmp_path: Path) -> None:
+    """A stack (AdaB²N, two members with other seeds and options) killed mid-task continues with ``--resume 1``:
+    its checkpoint holds each member's generator, buffer, history and the stacked network."""
+
+    def start_stack(results: Path, *extra: str) -> subprocess.Popen:
+        cmd = [sys.executable, "utils/main.py", *STACK, "--results_path", str(results), *extra]
+        return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    uninterrupted = start_stack(tmp_path / "ref")
+    out, _ = uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0, out
+    proc = start_stack(tmp_path / "killed", "--checkpoint_every", "4")
+    ckpt = folder(tmp_path / "killed") / "s1.stack.ckpt"
+    wait_for_checkpoint(proc, ckpt, lambda p: p["task"] == 1 and p["batch"] > 0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    resumed = start_stack(tmp_path / "killed", "--checkpoint_every", "4", "--resume", "1")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert "Resuming the stack of 2 runs at task 2" in out
+    assert not ckpt.exists(), "a finished stack removes its checkpoint"
+    for name in ("s1", "s2"):
+        assert matrices(folder(tmp_path / "killed") / f"{name}.json") == matrices(
+            folder(tmp_path / "ref") / f"{name}.json"
+        )

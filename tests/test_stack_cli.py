@@ -91,7 +91,10 @@ BAD_MEMBERS = {
     "no seed": (["--seed 0", "--run_name x"], "every stacked member needs a --seed"),
     "same name": (["--seed 0 --run_name x", "--seed 1 --run_name x"], "stacked members share a --run_name"),
     "bad value": (["--seed 0", "--seed 1 --lr -1"], "--lr must be positive, got -1.0"),
-    "resume": (["--seed 0 --resume 1 --run_name r", "--seed 1 --resume 1 --run_name s"], "not available for stacked"),
+    "resume without names": (
+        ["--seed 0 --resume 1 --run_name r", "--seed 1 --resume 1"],
+        "--resume needs the --run_name of the run to continue",
+    ),
     "unbalanced quotes": (["--seed 0", "--seed '1"], "--member flags cannot be split"),
 }
 

@@ -289,6 +289,4 @@ def parse_members(shared: Sequence[str], members: Sequence[str]) -> list[argpars
     names = [run.run_name for run in runs if run.run_name is not None]
     if len(set(names)) < len(names):
         raise UserError(f"stacked members share a --run_name ({sorted(names)}); give each member its own")
-    if first.resume or first.checkpoint_every:
-        raise UserError("--resume and --checkpoint_every are not available for stacked runs yet; drop them")
     return runs

@@ -56,9 +56,10 @@ ARGS_REMOVED = frozenset({"num_workers"})
 """Flags that older checkpoints record and this code no longer has (they never affected the numbers)."""
 
 
-def checkpoint_file(results: Path) -> Path:
-    """The checkpoint of the run whose results file is ``results`` (same folder, ``.ckpt``)."""
-    return results.with_suffix(".ckpt")
+def checkpoint_file(results: Path, stack: bool = False) -> Path:
+    """The checkpoint of the run whose results file is ``results`` (same folder, ``.ckpt``); a stack's is named
+    after its first member's (``.stack.ckpt``), so a run alone never takes it for its own."""
+    return results.with_suffix(".stack.ckpt" if stack else ".ckpt")
 
 
 def comparable_args(args: Namespace) -> dict[str, Any]:
@@ -96,8 +97,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, args: Namespace, device: torch.device) -> dict[str, Any]:
-    """Read a checkpoint and check that it belongs to a run with the same configuration."""
+def load_checkpoint(path: Path, args: Namespace | list[Namespace], device: torch.device) -> dict[str, Any]:
+    """Read a checkpoint and check that it belongs to a run (a stack: runs) with the same configuration."""
     if not path.is_file():
         raise UserError(f"--resume: no checkpoint at {path}; run without --resume to start from scratch")
     try:
@@ -110,14 +111,18 @@ def load_checkpoint(path: Path, args: Namespace, device: torch.device) -> dict[s
             f"checkpoint {path} has format version {found}, this code writes {CHECKPOINT_VERSION}; "
             "delete it to start over or resume with the code that wrote it"
         )
-    saved = {**ARG_DEFAULTS_BEFORE_THEY_EXISTED, **payload["args"]}
-    saved = {k: v for k, v in saved.items() if k not in RESUME_FREE_ARGS | ARGS_REMOVED}
-    current = comparable_args(args)
-    diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
-    if diff:
-        shown = ", ".join(f"--{k} {saved.get(k)!r} (now {current.get(k)!r})" for k in diff[:6])
-        raise UserError(
-            f"checkpoint {path} was written by a run with other arguments: {shown}; "
-            "resume with the same arguments or pick another --run_name"
-        )
+    runs, saved_runs = (args, payload["args"]) if isinstance(args, list) else ([args], [payload["args"]])
+    if not isinstance(saved_runs, list) or len(saved_runs) != len(runs):
+        raise UserError(f"checkpoint {path} was written by another number of runs; resume with the same --member flags")
+    for run, saved_args in zip(runs, saved_runs, strict=True):
+        saved = {**ARG_DEFAULTS_BEFORE_THEY_EXISTED, **saved_args}
+        saved = {k: v for k, v in saved.items() if k not in RESUME_FREE_ARGS | ARGS_REMOVED}
+        current = comparable_args(run)
+        diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+        if diff:
+            shown = ", ".join(f"--{k} {saved.get(k)!r} (now {current.get(k)!r})" for k in diff[:6])
+            raise UserError(
+                f"checkpoint {path} was written by a run with other arguments: {shown}; "
+                "resume with the same arguments or pick another --run_name"
+            )
     return payload

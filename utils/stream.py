@@ -31,5 +31,6 @@ def n_batches(n: int, batch_size: int) -> int:
 
 
 def batch_indices(order: Tensor, batch: int, batch_size: int) -> Tensor:
-    """The sample indices of batch ``batch`` of an epoch whose permutation is ``order``."""
-    return order[batch * batch_size :][:batch_size]
+    """The sample indices of batch ``batch`` of an epoch whose permutation is ``order`` (``[..., n]``: a stack's
+    members' permutations give each member's batch)."""
+    return order[..., batch * batch_size :][..., :batch_size]

@@ -8,6 +8,11 @@ shuffled by index and augmented in batches; the loss is read back from the
 device only every ``LOSS_READ_EVERY`` steps, so the device never waits on the
 progress bar. ``Trainer`` checkpoints its whole state so a killed run resumes
 exactly (see ``utils.checkpoint``).
+
+The same loop trains the members of a stack (``utils/stack_training.py``) in lockstep: then every dataset, history,
+logger and argument list has one entry per member, the epoch order is each member's draw from its own generator,
+the batches and losses carry the member as their first dimension, and a member whose loss turns non-finite stops
+alone (``stopped``) while the others go on.
 """
 
 from __future__ import annotations
@@ -55,32 +60,42 @@ class History:
 
 
 @torch.no_grad()
-def evaluate(
-    model: ContinualModel, dataset: ContinualDataset, tasks: list[int], batch_size: int, debug: bool = False
-) -> tuple[list[float], list[float]]:
-    """Class-IL and task-IL accuracy (percent) of ``model`` on the test sets of ``tasks``.
+def evaluate_members(
+    model: ContinualModel, datasets: list[ContinualDataset], tasks: list[int], batch_size: int, debug: bool = False
+) -> list[tuple[list[float], list[float]]]:
+    """Each member's class-IL and task-IL accuracy (percent) on its own test sets of ``tasks`` (a run alone: one).
 
     ``debug`` (``--debug_mode``) scores only the first batch of each test set, as mammoth's debug mode.
     """
     was_training = model.net.training
     model.net.eval()
-    class_il, task_il = [], []
+    stacked = model.members is not None
+    scores: list[tuple[list[float], list[float]]] = [([], []) for _ in datasets]
     for t in tasks:
-        data = dataset.task(t)
-        lo, hi = dataset.task_classes(t)
-        correct = torch.zeros(2, dtype=torch.long, device=dataset.device)
-        n = min(len(data.test_y), batch_size) if debug else len(data.test_y)
+        data = [dataset.task(t) for dataset in datasets]
+        lo, hi = datasets[0].task_classes(t)
+        correct = torch.zeros(len(datasets), 2, dtype=torch.long, device=datasets[0].device)
+        n = min(len(data[0].test_y), batch_size) if debug else len(data[0].test_y)
         for start in range(0, n, batch_size):
-            y = data.test_y[start : start + batch_size]
-            out = model(dataset.test_transform(data.test_x[start : start + batch_size]))
-            correct[0] += (out.argmax(1) == y).sum()
-            correct[1] += (out[:, lo:hi].argmax(1) + lo == y).sum()
-        n = max(n, 1)
-        c, ti = (correct.double() * 100.0 / n).tolist()
-        class_il.append(c)
-        task_il.append(ti)
+            part = slice(start, start + batch_size)
+            x = torch.stack([d.test_x[part] for d in data]) if stacked else data[0].test_x[part]
+            y = torch.stack([d.test_y[part] for d in data])
+            out = model(datasets[0].test_transform(x))
+            out = out if stacked else out.unsqueeze(0)
+            correct[:, 0] += (out.argmax(-1) == y).sum(1)
+            correct[:, 1] += (out[..., lo:hi].argmax(-1) + lo == y).sum(1)
+        for member, (c, ti) in enumerate((correct.double() * 100.0 / max(n, 1)).tolist()):
+            scores[member][0].append(c)
+            scores[member][1].append(ti)
     model.net.train(was_training)
-    return class_il, task_il
+    return scores
+
+
+def evaluate(
+    model: ContinualModel, dataset: ContinualDataset, tasks: list[int], batch_size: int, debug: bool = False
+) -> tuple[list[float], list[float]]:
+    """Class-IL and task-IL accuracy (percent) of a run alone on the test sets of ``tasks``."""
+    return evaluate_members(model, [dataset], tasks, batch_size, debug)[0]
 
 
 class Interrupted(Exception):
@@ -102,12 +117,17 @@ class NonFiniteLoss(FloatingPointError):
         """The ``stopped`` entry of the partial results file."""
         return {"reason": "non-finite loss", "task": self.task, "step": self.step}
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> NonFiniteLoss:
+        return cls(int(record["step"]), int(record["task"]))
+
 
 @dataclass
 class Position:
     """Where the current task's stream stands: the next batch to train is ``batch`` of ``epoch``.
 
-    The task itself is the model's ``current_task`` (the model owns the task index).
+    The task itself is the model's ``current_task`` (the model owns the task index). ``order`` is the epoch's
+    permutation, ``[n]`` (a stack: each member's, ``[K, n]``).
     """
 
     epoch: int = 0
@@ -121,31 +141,49 @@ class Position:
         return cls(**{k: v for k, v in state.items() if k != "task"})
 
 
+def _listed(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
 class Trainer:
     """Runs the sequence of tasks, checkpointing so that a killed run resumes exactly.
 
     Checkpoints are written after every task and every ``--checkpoint_every``
     steps; SIGTERM and SIGINT save one at the next step boundary and stop.
+    ``dataset``, ``args`` and ``logger`` are lists, one entry per member, for a stacked model.
     """
 
     def __init__(
         self,
         model: ContinualModel,
-        dataset: ContinualDataset,
-        args: Namespace,
-        logger: WandbLogger,
+        dataset: ContinualDataset | list[ContinualDataset],
+        args: Namespace | list[Namespace],
+        logger: WandbLogger | list[WandbLogger],
         checkpoint: Path | None = None,
     ) -> None:
-        self.model, self.dataset, self.args, self.logger = model, dataset, args, logger
-        self.checkpoint = checkpoint
-        self.history = History(dataset.N_TASKS)
+        self.model, self.checkpoint = model, checkpoint
+        self.datasets, self.member_args, self.loggers = _listed(dataset), _listed(args), _listed(logger)
+        self.dataset, self.args, self.logger = self.datasets[0], self.member_args[0], self.loggers[0]
+        self.stacked = model.members is not None
+        self.histories = [History(self.dataset.N_TASKS) for _ in self.datasets]
+        self.stopped: dict[int, NonFiniteLoss] = {}
         self.pos = Position()
         self._signal: int | None = None
+
+    @property
+    def history(self) -> History:
+        """A run alone's history (the first member's in a stack)."""
+        return self.histories[0]
+
+    @property
+    def active(self) -> list[int]:
+        """The members still training (a run alone: ``[0]``)."""
+        return [k for k in range(len(self.datasets)) if k not in self.stopped]
 
     # -- state ----------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         buffer = self.model.buffer
-        return {
+        state = {
             "args": comparable_args(self.args),
             "position": asdict(self.pos),
             "model": self.model.state_dict(),
@@ -154,15 +192,28 @@ class Trainer:
             "history": asdict(self.history),
             "rng": get_rng_state(),
         }
+        if self.stacked:
+            assert self.model.members is not None
+            state["args"] = [comparable_args(args) for args in self.member_args]
+            state["history"] = [asdict(history) for history in self.histories]
+            state["generators"] = [g.get_state() for g in self.model.members.generators]
+            state["stopped"] = {str(k): e.record() for k, e in self.stopped.items()}
+        return state
 
     def load_state(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
         self.model.opt.load_state_dict(payload["optimizer"])
         if self.model.buffer is not None:
             self.model.buffer.load_state_dict(payload["buffer"])
-        self.history = History(**payload["history"])
+        self.histories = [History(**h) for h in _listed(payload["history"])]
         self.pos = Position.from_state(payload["position"])
         set_rng_state(payload["rng"])
+        if self.stacked:
+            assert self.model.members is not None
+            for generator, saved in zip(self.model.members.generators, payload["generators"], strict=True):
+                generator.set_state(saved)
+            for k, record in payload["stopped"].items():
+                self._stop(int(k), NonFiniteLoss.from_record(record))
 
     def save(self) -> None:
         if self.checkpoint is not None:
@@ -187,63 +238,85 @@ class Trainer:
                 signal.signal(sig, handler)
         return self.history
 
-    def _evaluate(self, tasks: list[int]) -> tuple[list[float], list[float]]:
-        return evaluate(self.model, self.dataset, tasks, self.args.eval_batch_size, bool(self.args.debug_mode))
+    def _evaluate(self, tasks: list[int]) -> list[tuple[list[float], list[float]]]:
+        args = self.args
+        return evaluate_members(self.model, self.datasets, tasks, args.eval_batch_size, bool(args.debug_mode))
 
     def _run(self) -> None:
-        args, history, n_tasks = self.args, self.history, self.dataset.N_TASKS
+        args, n_tasks = self.args, self.dataset.N_TASKS
         if self.pos.step == 0 and self.model.current_task == 0 and not args.ignore_other_metrics:
-            history.random_class_il, history.random_task_il = self._evaluate(list(range(n_tasks)))
-        while self.model.current_task < n_tasks:
+            for history, (c, ti) in zip(self.histories, self._evaluate(list(range(n_tasks))), strict=True):
+                history.random_class_il, history.random_task_il = c, ti
+        while self.model.current_task < n_tasks and self.active:
             t = self.model.current_task
             self.model.net.train()
             if self.pos.epoch == 0 and self.pos.batch == 0 and self.pos.order is None:
                 if t > 0 and not args.ignore_other_metrics:
-                    (c,), (ti,) = self._evaluate([t])
-                    history.class_il[t - 1][t], history.task_il[t - 1][t] = c, ti
+                    for history, ((c,), (ti,)) in zip(self.histories, self._evaluate([t]), strict=True):
+                        history.class_il[t - 1][t], history.task_il[t - 1][t] = c, ti
                 self.model.meta_begin_task(self.dataset)
             start = time.perf_counter()
             self._train_task(t)
             self.model.meta_end_task(self.dataset)
-            history.train_seconds.append(time.perf_counter() - start)
+            train_seconds = time.perf_counter() - start
             start = time.perf_counter()
-            class_il, task_il = self._evaluate(list(range(t + 1)))
-            history.eval_seconds.append(time.perf_counter() - start)
-            history.class_il[t][: t + 1] = class_il
-            history.task_il[t][: t + 1] = task_il
-            report_task(t, class_il, task_il)
-            self.logger.log_task(t, class_il, task_il, self.pos.step)
-            if args.diagnose_norm:
-                diagnostics = diagnose(self.model.net, self.dataset, t, args.eval_batch_size)
-                history.norm_diagnostics.append(diagnostics)
-                self.logger.log({f"norm/{k}": v for k, v in diagnostics["summary"].items()}, step=self.pos.step)
+            scores = self._evaluate(list(range(t + 1)))
+            eval_seconds = time.perf_counter() - start
+            for k in self.active:
+                self._record_task(k, t, scores[k], train_seconds, eval_seconds)
             self.pos = Position(step=self.pos.step)
             self.save()
             self._check_signal()
 
+    def _record_task(
+        self, k: int, t: int, scores: tuple[list[float], list[float]], train_seconds: float, eval_seconds: float
+    ) -> None:
+        """Member ``k``'s accuracies after task ``t``: history, printed report, logger, diagnostics."""
+        (class_il, task_il), history, logger = scores, self.histories[k], self.loggers[k]
+        history.train_seconds.append(train_seconds)
+        history.eval_seconds.append(eval_seconds)
+        history.class_il[t][: t + 1], history.task_il[t][: t + 1] = class_il, task_il
+        if self.stacked:
+            print(f"\n[{self.member_args[k].run_name}]", end="")
+        report_task(t, class_il, task_il)
+        logger.log_task(t, class_il, task_il, self.pos.step)
+        if self.args.diagnose_norm:
+            net = self.model.net.member(k) if self.stacked else self.model.net
+            diagnostics = diagnose(net, self.datasets[k], t, self.args.eval_batch_size)
+            history.norm_diagnostics.append(diagnostics)
+            logger.log({f"norm/{n}": v for n, v in diagnostics["summary"].items()}, step=self.pos.step)
+
+    def _new_order(self, n: int) -> Tensor:
+        """A new epoch's permutation: the global generator's alone, each member's own in a stack."""
+        if self.model.members is None:
+            return epoch_order(n, self.dataset.device)
+        return torch.stack([epoch_order(n, self.dataset.device, g) for g in self.model.members.generators])
+
     def _train_task(self, t: int) -> None:
-        args, pos, data = self.args, self.pos, self.dataset.task(t)
-        n = len(data.train_y)
+        args, pos, data = self.args, self.pos, [dataset.task(t) for dataset in self.datasets]
+        n = len(data[0].train_y)
         per_epoch = n_batches(n, args.batch_size)
         per_epoch = min(per_epoch, DEBUG_STEPS) if args.debug_mode else per_epoch
+        runs = f" ({len(self.active)} runs)" if self.stacked else ""
         bar = tqdm(
             total=per_epoch * args.n_epochs,
             initial=pos.epoch * per_epoch + pos.batch,
-            desc=f"Task {t + 1}/{self.dataset.N_TASKS}",
+            desc=f"Task {t + 1}/{self.dataset.N_TASKS}{runs}",
             disable=bool(args.non_verbose),
             unit="step",
         )
-        first_bad = torch.full((), -1, dtype=torch.long, device=self.dataset.device)
+        first_bad = torch.full((len(data),), -1, dtype=torch.long, device=self.dataset.device)
+        stream = data if self.stacked else data[0]
         try:
-            while pos.epoch < args.n_epochs:
+            while pos.epoch < args.n_epochs and self.active:
                 if pos.order is None:
-                    pos.order = epoch_order(n, self.dataset.device)
-                while pos.batch < per_epoch:
-                    loss = self.train_step(data, batch_indices(pos.order, pos.batch, args.batch_size))
+                    pos.order = self._new_order(n)
+                while pos.batch < per_epoch and self.active:
+                    loss = self.train_step(stream, batch_indices(pos.order, pos.batch, args.batch_size))
                     pos.batch += 1
                     pos.step += 1
                     bar.update(1)
-                    first_bad = torch.where(torch.isfinite(loss) | (first_bad >= 0), first_bad, pos.step)
+                    first_bad = torch.where(torch.isfinite(loss.reshape(-1)) | (first_bad >= 0), first_bad, pos.step)
                     if pos.batch % LOSS_READ_EVERY == 0 or pos.batch == per_epoch:
                         self._read_loss(loss, first_bad, bar, t)
                     if args.checkpoint_every and pos.step % args.checkpoint_every == 0:
@@ -253,19 +326,34 @@ class Trainer:
         finally:
             bar.close()
 
-    def train_step(self, data: TaskData, idx: Tensor) -> Tensor:
-        """One step of the stream: gather the batch, augment it on the device, let the model learn from it."""
-        not_aug = data.train_x[idx]
-        return self.model.observe(self.dataset.train_transform(not_aug), data.train_y[idx], not_aug)
+    def train_step(self, data: TaskData | list[TaskData], idx: Tensor) -> Tensor:
+        """One step of the stream: gather the batch, augment it on the device, let the model learn from it
+        (a stack: each member's batch ``idx[k]`` of its own task data)."""
+        if isinstance(data, list):
+            not_aug = torch.stack([d.train_x[i] for d, i in zip(data, idx, strict=True)])
+            labels = torch.stack([d.train_y[i] for d, i in zip(data, idx, strict=True)])
+        else:
+            not_aug, labels = data.train_x[idx], data.train_y[idx]
+        return self.model.observe(self.model.transform(not_aug), labels, not_aug)
+
+    def _stop(self, k: int, error: NonFiniteLoss) -> None:
+        self.stopped[k] = error
+        self.model.opt.stop(k)
 
     def _read_loss(self, loss: Tensor, first_bad: Tensor, bar: tqdm, t: int) -> None:
-        """The only host synchronisation of the loop: every ``LOSS_READ_EVERY`` steps and at epoch ends."""
-        bad = int(first_bad)
-        if bad >= 0:
-            raise NonFiniteLoss(bad, t)
-        value = float(loss)
-        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-        self.logger.log({"loss": value, "lr": self.args.lr, "task": t, "epoch": self.pos.epoch}, step=self.pos.step)
+        """The only host synchronisation of the loop: every ``LOSS_READ_EVERY`` steps and at epoch ends. A run
+        alone stops on a non-finite loss (``NonFiniteLoss``); a stack's member stops alone."""
+        bad, values = first_bad.tolist(), loss.reshape(-1).tolist()
+        if not self.stacked and bad[0] >= 0:
+            raise NonFiniteLoss(bad[0], t)
+        for k in self.active:
+            if bad[k] >= 0:
+                self._stop(k, NonFiniteLoss(bad[k], t))
+                continue
+            lr = self.member_args[k].lr
+            self.loggers[k].log({"loss": values[k], "lr": lr, "task": t, "epoch": self.pos.epoch}, step=self.pos.step)
+        if self.active:
+            bar.set_postfix(loss=f"{sum(values[k] for k in self.active) / len(self.active):.4f}", refresh=False)
 
 
 def report_task(t: int, class_il: list[float], task_il: list[float]) -> None:
