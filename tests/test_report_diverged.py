@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_report import rows, write_run
 
-from tests.test_report import rows, write_run
 from utils.core.partial import PARTIAL_SUFFIX
 from utils.experiments.records import load_records
 from utils.experiments.report import write_report

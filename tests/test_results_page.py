@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.test_report import write_run
+from test_report import write_run
+
 from utils.experiments import results_page
 from utils.experiments.report import write_report
 
@@ -95,7 +96,7 @@ def test_protocol_of_full_data_runs_names_no_subset() -> None:
 
 
 def test_diverged_runs_are_counted_and_their_table_marks_kept(tmp_path: Path) -> None:
-    from tests.test_report_diverged import write_partial
+    from test_report_diverged import write_partial
 
     results = tmp_path / "results"
     report_dir = make_results(results)

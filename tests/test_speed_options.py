@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_models import small_model
 from torch import nn
 
 from backbone.resnet18 import ResNet18
@@ -11,7 +12,6 @@ from models.utils.adab2n import AdaB2N
 from models.utils.norm_layers import BatchRenorm2d, ContinualNorm2d
 from models.utils.norms import convert_norm
 from models.utils.task_aware import task_aware_layers, task_counts
-from tests.test_models import small_model
 
 
 def test_task_counts_by_hand() -> None:
