@@ -4,6 +4,8 @@
 #   OUT=/path/to/out DEADLINE=560 bash benchmarks/gpu.sh        # BENCH=0: grid only; GRID=0: benchmarks only
 #   TESTS=1: first the CUDA-only tests; COMPILE_E2E=1: full AdaB2N runs with and without --compile, side by side;
 #   FULLDATA=1: docs/results.md's full-data side check (BN against AdaB2N, er_ace 500, 3 seeds, all 6000 steps)
+#   NORM=1: issue 15's figures first: benchmarks/norm_layer.py (AdaB2N's layer against BN, eager and compiled, nf 20
+#   and 64), then whole AdaB2N and BN runs with --compile 1 and with --compile_mode reduce-overhead (CUDA graphs)
 #   STACK=1: issue 14's figures, benchmarks/stack.py for K = 1, 4, 8, 16, 32 (whole runs stacked against separate
 #   processes packed --max_per_gpu MAX_PER_GPU on the GPU), then BENCH/GRID as set (e.g. STACK=1 BENCH=0 GRID=0)
 #
@@ -40,8 +42,28 @@ if [[ ${TESTS:-0} == 1 ]]; then
   log "tests exit $?: $(tail -1 "$OUT/cuda_tests.txt")"
 fi
 
+if [[ ${NORM:-0} == 1 ]]; then
+  for nf in 20 64; do
+    for c in 0 1; do
+      line=$(timeout 150 $PYTHON benchmarks/norm_layer.py --device cuda --nf $nf --compile $c --repeats 100 \
+        2>>"$OUT/gpu.log" | tail -1)
+      [[ $line == "{"* ]] && echo "$line" >>"$OUT/norm_layer.jsonl" || line="FAILED or TIMED OUT"
+      log "norm layer nf$nf compile $c: $line"
+    done
+  done
+  # Whole runs (compilation included), four at once: the GPU is launch-bound, 16 cores feed it.
+  for nl in BN AdaB2N; do
+    for mode in default reduce-overhead; do
+      timeout 330 $PYTHON benchmarks/end_to_end.py --device cuda --models er_ace --nls "$nl" \
+        --extra "--compile 1 --compile_mode $mode" >"$OUT/e2e_${nl}_compile_$mode.txt" 2>>"$OUT/gpu.log" &
+    done
+  done
+  wait
+  log "e2e compiled: $(grep -h '^{' "$OUT"/e2e_*_compile_*.txt | tr '\n' ' ')"
+fi
+
 if [[ ${COMPILE_E2E:-0} == 1 ]]; then
-  # What --compile does to a whole AdaB2N run, compilation (per task and batch shape) included.
+  # What --compile does to a whole AdaB2N run, compilation (per batch shape) included.
   timeout 330 $PYTHON benchmarks/end_to_end.py --device cuda --models er_ace --nls AdaB2N \
     >"$OUT/e2e_AdaB2N_eager.txt" 2>>"$OUT/gpu.log" &
   timeout 330 $PYTHON benchmarks/end_to_end.py --device cuda --models er_ace --nls AdaB2N --extra "--compile 1" \
@@ -102,8 +124,8 @@ fi
 
 if [[ ${GRID:-1} == 1 && $(left) -gt 120 ]]; then
   # Issue 7's grid (scripts/reproduce_fmnist.sh), resumed where the published runs stop; only the results files
-  # come back (logs and checkpoints stay). No --compile: each 1000-step run would compile anew, per task (the
-  # number of seen tasks is part of AdaB2N's graph) and per batch shape, which is not measured to pay off.
+  # come back (logs and checkpoints stay). No --compile: each 1000-step run would compile anew per batch shape,
+  # which is not measured to pay off for runs this short.
   log "grid with $(left)s left"
   LAUNCH="--max_per_gpu ${MAX_PER_GPU:-14} --usage_threshold 0.9 --coldsecs 0.5 --waitsecs 2" \
     STEP=grid timeout $(( $(left) - 25 )) bash scripts/reproduce_fmnist.sh \

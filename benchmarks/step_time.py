@@ -1,13 +1,11 @@
 """Milliseconds per training step: the framework's loop against a bare loop of the same network.
 
-``framework_ms`` is the median time of ``Trainer.train_step`` in task 1, once
-task 0 has filled the buffer: batch gathering, on-device augmentation, buffer
-sampling and insertion, the model's losses, the norm layers' task ids and
-regularisers. ``bare_ms`` is the median time of forward + backward + SGD on
-pre-made tensors of the same batch composition (ER-ACE: 10 stream + 10 replay;
-DER++: 10 + 10 + 10) and the same forward structure (separate passes or one
-joint pass, as the run uses), through the same backbone with the same norm
-layers. The last output line is a JSON object.
+``framework_ms`` is the median time of ``Trainer.train_step`` in task 1, once task 0 has filled the buffer:
+batch gathering, on-device augmentation, buffer sampling and insertion, the model's losses, the norm layers' task
+ids and regularisers. ``bare_ms`` is the median time of forward + backward + SGD of a copy of the network on
+pre-made tensors of the same batch composition (ER-ACE: 10 stream + 10 replay; DER++: 10 + 10 + 10) and the same
+forward structure (separate passes or one joint pass, as the run uses), with the same norm layers. The two are
+timed in turn (A, B, A, B, ...) so that the machine's drift cancels. The last output line is a JSON object.
 
     python benchmarks/step_time.py --dataset seq-fmnist --model er_ace --nl AdaB2N --buffer_size 500 --nf 20
 """
@@ -26,6 +24,7 @@ from torch import Tensor
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from benchmarks.common import build, machine, timed
 from models.utils.task_aware import task_aware_layers, task_counts
+from utils.run_setup import apply_speed_options
 from utils.stream import epoch_batches
 from utils.training import Trainer
 from utils.wandb_logger import WandbLogger
@@ -38,8 +37,7 @@ def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
     for layer in task_aware_layers(model.net):
         layer.norm_loss = None  # a graph node: not copyable
     net = copy.deepcopy(model.net)
-    if model.args.compile:
-        net.compile()  # a deep copy drops the compiled call (Module.__getstate__): compile the copy too
+    apply_speed_options(net, model.args)  # a deep copy drops the compiled call (Module.__getstate__): compile it too
     opt = type(model.opt)(net.parameters(), **model.opt.defaults)  # the framework's optimiser and settings
     layers = task_aware_layers(net)
     n_tasks = model.dataset.N_TASKS
@@ -107,11 +105,6 @@ def main() -> None:
     model.meta_end_task(dataset)
     task1 = dataset.task(1)
     batches = epoch_batches(len(task1.train_y), args.batch_size, device)
-    framework = [
-        timed(lambda i=i: trainer.train_step(task1, batches[i % len(batches)]), device)
-        for i in range(a.steps + a.warmup)
-    ]
-
     c, h, w = dataset.SHAPE
     lo, hi = dataset.task_classes(1)
     parts = []
@@ -121,7 +114,10 @@ def main() -> None:
         parts.append((x, y, torch.full((args.batch_size,), 1 if k == 0 else 0, device=device)))
     weights = [layer.norm_loss_weight(model.current_task) for layer in task_aware_layers(model.net)]
     step = bare_step(model, parts, max(weights, default=0.0))
-    bare = [timed(step, device) for _ in range(a.steps + a.warmup)]
+    framework, bare = [], []
+    for i in range(a.steps + a.warmup):  # interleaved (A, B, A, B, ...): the machine's drift cancels
+        framework.append(timed(lambda i=i: trainer.train_step(task1, batches[i % len(batches)]), device))
+        bare.append(timed(step, device))
 
     framework_ms = statistics.median(framework[a.warmup :])
     bare_ms = statistics.median(bare[a.warmup :])

@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     _binary(s, "--amp", "bf16 autocast for forward passes (CUDA; CPUs with bf16); norm statistics stay float32")
     _binary(s, "--channels_last", "channels-last memory format for the network and its inputs")
     _binary(s, "--compile", "torch.compile the network (the first steps of each new shape compile)")
+    s.add_argument(
+        "--compile_mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        help="torch.compile's mode with --compile 1 (reduce-overhead replays the compiled network as CUDA graphs)",
+    )
 
     w = p.add_argument_group("wandb")
     _binary(w, "--nowand", "disable wandb")

@@ -50,7 +50,14 @@ RESUME_FREE_ARGS = frozenset(
         "channels_last",
     }
 )
-ARG_DEFAULTS_BEFORE_THEY_EXISTED = {"amp": 0, "compile": 0, "channels_last": 0, "dtype": "float32", "member": None}
+ARG_DEFAULTS_BEFORE_THEY_EXISTED = {
+    "amp": 0,
+    "compile": 0,
+    "channels_last": 0,
+    "dtype": "float32",
+    "member": None,
+    "compile_mode": "default",
+}
 """Flags added after checkpoints were first written: a checkpoint without them ran with these values."""
 ARGS_REMOVED = frozenset({"num_workers"})
 """Flags that older checkpoints record and this code no longer has (they never affected the numbers)."""

@@ -113,4 +113,5 @@ def apply_speed_options(net: torch.nn.Module, args: Namespace) -> None:
     if getattr(args, "channels_last", False):
         net.to(memory_format=torch.channels_last)
     if getattr(args, "compile", False):
-        net.compile()
+        mode = getattr(args, "compile_mode", "default")
+        net.compile(**({} if mode == "default" else {"mode": mode}))

@@ -84,7 +84,9 @@ class AdaB2N(nn.BatchNorm2d):
         self.register_buffer("tasks_completed", torch.zeros((), dtype=torch.long, device=device))
         # η of the last training forward; 0 = none yet. float64 like the reference's Python float.
         self.register_buffer("eta", torch.zeros((), dtype=torch.float64, device=device))
-        self._tasks_completed = 0  # host mirror of the buffer: shapes depend on it, reading it would sync
+        # Task k takes part in the statistics once k <= tasks_completed: a mask over every task, read on the device,
+        # so a training forward is the same operations for every task (no host read, no recompilation per task).
+        self.register_buffer("_tasks", torch.arange(num_tasks, device=device), persistent=False)
         self._batch_tasks: Tensor | None = None
         self._batch_counts: Tensor | None = None
         self.norm_loss: Tensor | None = None
@@ -116,7 +118,7 @@ class AdaB2N(nn.BatchNorm2d):
     def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None) -> None:
         """Task index of every sample of the next training batch (``None``: plain batch statistics).
 
-        ``counts`` (optional) is ``task_counts(task_ids, n)`` for any ``n > tasks_completed``: a model computes it
+        ``counts`` (optional) is ``task_counts(task_ids, num_tasks)``: a model computes it
         once per batch and hands it to every layer instead of each layer counting again.
         """
         self._batch_tasks = task_ids
@@ -125,11 +127,6 @@ class AdaB2N(nn.BatchNorm2d):
     def end_task(self) -> None:
         """One more task completed: its samples now get their own weight in the statistics."""
         self.tasks_completed += 1
-        self._tasks_completed += 1
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._tasks_completed = int(self.tasks_completed)
 
     def next_eta(self) -> Tensor:
         """The momentum of this training forward (``num_batches_tracked`` already counts it).
@@ -145,10 +142,12 @@ class AdaB2N(nn.BatchNorm2d):
         return torch.where(self.eta > 0, self.eta / (self.eta + (1.0 - self.momentum) ** self.kappa), first)
 
     def sample_weights(self, task_ids: Tensor, counts: Tensor | None = None) -> Tensor:
-        """Per-sample weights ``s_i = π_{k(i)} / n_{k(i)}`` with ``π_k ∝ exp(w_k) + n_k`` over tasks ``k <= T``."""
-        t = self._tasks_completed + 1
-        counts = task_counts(task_ids, t, self.task_weight.dtype) if counts is None else counts[:t]
-        concentration = self.task_weight[:t].exp() + counts
+        """Per-sample weights ``s_i = π_{k(i)} / n_{k(i)}`` with ``π_k ∝ exp(w_k) + n_k`` over tasks ``k <= T``.
+
+        Before any completed task every sample is task 0 and ``s_i = 1 / N``: the plain batch statistics.
+        """
+        counts = task_counts(task_ids, self.num_tasks, self.task_weight.dtype) if counts is None else counts
+        concentration = (self.task_weight.exp() + counts) * (self._tasks <= self.tasks_completed)
         if self.renorm:
             concentration = concentration * (counts > 0)
         task_weights = concentration / concentration.sum()
@@ -164,27 +163,66 @@ class AdaB2N(nn.BatchNorm2d):
         task_ids, counts, self._batch_tasks, self._batch_counts = self._batch_tasks, self._batch_counts, None, None
         if task_ids is not None and len(task_ids) != len(input):
             raise ValueError(f"set_batch_tasks got {len(task_ids)} task ids for a batch of {len(input)} samples")
-        if task_ids is not None and self._tasks_completed > 0:
-            weights = self.sample_weights(task_ids, counts)
-            mean = input.mean([2, 3]).t().matmul(weights).view(1, -1, 1, 1)
-            var = (input - mean).square().mean([2, 3]).t().matmul(weights).view(1, -1, 1, 1)
+        if task_ids is None:
+            var, mean = torch.var_mean(input, [0, 2, 3], correction=0)
         else:
-            var, mean = torch.var_mean(input, [0, 2, 3], correction=0, keepdim=True)
-        out = (input - mean) / torch.sqrt(var + self.eps)
-        if self.affine:
-            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+            mean_i, square_i = SampleMoments.apply(input)
+            mean, var = weighted_statistics(mean_i, square_i, self.sample_weights(task_ids, counts))
+        out = normalized(input, mean, var, self.eps, self.weight, self.bias)
         with torch.no_grad():
             self.num_batches_tracked += 1
             eta = self.next_eta()
             self.eta.copy_(eta)
             keep, eta = (1.0 - eta).to(self.running_var.dtype), eta.to(self.running_mean.dtype)
-            self.running_mean.add_((mean.flatten() - self.running_mean) * eta)
-            self.running_var.mul_(keep).add_(var.flatten() * eta)
+            self.running_mean.add_((mean - self.running_mean) * eta)
+            self.running_var.mul_(keep).add_(var * eta)
         # Against the statistics *after* this update, as the reference; cloned so a later forward's
         # in-place update cannot invalidate this loss's graph (separate forward passes).
         running_mean, running_var = self.running_mean.clone(), self.running_var.clone()
-        self.norm_loss = F.mse_loss(mean.flatten(), running_mean) + F.mse_loss(var.flatten(), running_var)
+        self.norm_loss = F.mse_loss(mean, running_mean) + F.mse_loss(var, running_var)
         return out
+
+
+class SampleMoments(torch.autograd.Function):
+    """Each sample's mean and mean of squares per channel over H×W, ``[N, C]`` each, with a one-pass backward.
+
+    Autograd of ``x.mean`` and ``x.square().mean`` would take five passes over the input's size backward (two
+    expansions, two products, a sum); ``dx = dm / HW + x · 2 dq / HW`` is one multiply-add.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, input: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(input)
+        flat = input.flatten(2)
+        return flat.mean(2), torch.linalg.vecdot(flat, flat) / flat.shape[2]
+
+    @staticmethod
+    def backward(ctx: Any, d_mean: Tensor, d_square: Tensor) -> Tensor:
+        (input,) = ctx.saved_tensors
+        area = input.shape[2] * input.shape[3]
+        return torch.addcmul((d_mean / area)[:, :, None, None], input, (d_square * (2.0 / area))[:, :, None, None])
+
+
+def weighted_statistics(mean_i: Tensor, square_i: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Task-balanced mean and variance per channel from each sample's mean and mean of squares over H×W (``[N, C]``).
+
+    ``μ = Σ_i s_i m_i`` and the reference's ``σ² = Σ_i s_i mean_HW((x_i − μ)²) = Σ_i s_i q_i − μ² (2 − Σ_i s_i)``
+    (the weights sum to less than one when a seen task is missing from the batch): one product of ``[2C, N]`` with
+    the weights serves both, after two plain reductions over the input instead of a second pass against ``μ``.
+    """
+    mean, square = torch.cat([mean_i, square_i], 1).t().matmul(weights).split(mean_i.shape[1])
+    return mean, square - mean.square() * (2.0 - weights.sum())
+
+
+def normalized(
+    input: Tensor, mean: Tensor, var: Tensor, eps: float, weight: Tensor | None, bias: Tensor | None
+) -> Tensor:
+    """``γ (x − μ) / sqrt(σ² + eps) + β`` as one multiply-add over the input (``x · scale + shift`` per channel)."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return torch.addcmul(shift.view(1, -1, 1, 1), input, scale.view(1, -1, 1, 1))
 
 
 @register_norm("AdaB2N", KAPPA, RENORM, LAMBD, ADA_T0)

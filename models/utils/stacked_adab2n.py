@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.utils.adab2n import AdaB2N
+from models.utils.adab2n import AdaB2N, SampleMoments, normalized, weighted_statistics
 from models.utils.norms import float32_under_autocast
 
 
@@ -47,7 +47,7 @@ class StackedAdaB2N(nn.Module):
             if any(not torch.equal(getattr(layer, name), getattr(first, name)) for layer in layers):
                 raise ValueError(f"cannot stack AdaB2N layers whose {name} differ")
             self.register_buffer(name, getattr(first, name).detach().clone())
-        self._tasks_completed = first._tasks_completed
+        self.register_buffer("_tasks", first._tasks.clone(), persistent=False)
         # The per-member constants of the momentum recursion and of the regulariser's schedule, on the device.
         as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device)  # noqa: E731
         self.register_buffer("_kappa", as_tensor(self.kappas, torch.float64), persistent=False)
@@ -79,12 +79,11 @@ class StackedAdaB2N(nn.Module):
             member.eta.copy_(self.eta[k])
             member.num_batches_tracked.copy_(self.num_batches_tracked)
             member.tasks_completed.copy_(self.tasks_completed)
-        member._tasks_completed = self._tasks_completed
         return member
 
     # -- the task-aware protocol, per member -------------------------------------------------------------------
     def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None) -> None:
-        """Each member's task ids ``[K, N]``; ``counts = task_counts(task_ids, n)``, ``[K, n]``."""
+        """Each member's task ids ``[K, N]``; ``counts = task_counts(task_ids, num_tasks)``, ``[K, num_tasks]``."""
         self._batch_tasks, self._batch_counts = task_ids, counts
 
     def norm_loss_weight(self, task: int) -> Tensor:
@@ -94,11 +93,6 @@ class StackedAdaB2N(nn.Module):
 
     def end_task(self) -> None:
         self.tasks_completed += 1
-        self._tasks_completed += 1
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._tasks_completed = int(self.tasks_completed)
 
     # -- arithmetic ----------------------------------------------------------------------------------------------
     def next_eta(self) -> Tensor:
@@ -110,20 +104,22 @@ class StackedAdaB2N(nn.Module):
 
     def sample_weights(self, task_ids: Tensor, counts: Tensor) -> Tensor:
         """Each member's per-sample weights ``[K, N]`` (:meth:`AdaB2N.sample_weights`)."""
-        t = self._tasks_completed + 1
-        counts = counts[:, :t]
-        concentration = self.task_weight[:, :t].exp() + counts
+        concentration = (self.task_weight.exp() + counts) * (self._tasks <= self.tasks_completed)
         if self.renorm:
             concentration = concentration * (counts > 0)
         task_weights = concentration / concentration.sum(1, keepdim=True)
         return task_weights.gather(1, task_ids) / counts.gather(1, task_ids)
 
-    def _weighted(self, per_sample: Tensor, weights: Tensor) -> Tensor:
-        """``Σ_i s_ki v_i`` per member and channel: ``[N, K·C]`` values and ``[K, N]`` weights -> ``[1, K·C, 1, 1]``;
-        one matrix-vector product per member, the member's own arithmetic alone."""
+    def _weighted(self, input: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """Each member's :func:`~models.utils.adab2n.weighted_statistics` over its own channels, ``[K·C]`` each:
+        the member's own arithmetic alone (one small product per member)."""
         c = self.num_features
-        products = [per_sample[:, k * c : (k + 1) * c].t().matmul(weights[k]) for k in range(self.members)]
-        return torch.cat(products).view(1, -1, 1, 1)
+        mean_i, square_i = SampleMoments.apply(input)
+        parts = [
+            weighted_statistics(mean_i[:, k * c : (k + 1) * c], square_i[:, k * c : (k + 1) * c], weights[k])
+            for k in range(self.members)
+        ]
+        return torch.cat([mean for mean, _ in parts]), torch.cat([var for _, var in parts])
 
     @float32_under_autocast
     def forward(self, input: Tensor) -> Tensor:
@@ -132,16 +128,12 @@ class StackedAdaB2N(nn.Module):
                 input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
         task_ids, counts, self._batch_tasks, self._batch_counts = self._batch_tasks, self._batch_counts, None, None
-        if task_ids is not None and self._tasks_completed > 0:
-            assert counts is not None
-            weights = self.sample_weights(task_ids, counts)
-            mean = self._weighted(input.mean([2, 3]), weights)
-            var = self._weighted((input - mean).square().mean([2, 3]), weights)
+        if task_ids is None:
+            var, mean = torch.var_mean(input, [0, 2, 3], correction=0)
         else:
-            var, mean = torch.var_mean(input, [0, 2, 3], correction=0, keepdim=True)
-        out = (input - mean) / torch.sqrt(var + self.eps)
-        if self.weight is not None and self.bias is not None:
-            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+            assert counts is not None
+            mean, var = self._weighted(input, self.sample_weights(task_ids, counts))
+        out = normalized(input, mean, var, self.eps, self.weight, self.bias)
         with torch.no_grad():
             self.num_batches_tracked += 1
             eta = self.next_eta()
@@ -149,9 +141,9 @@ class StackedAdaB2N(nn.Module):
             c = self.num_features
             keep = (1.0 - eta).to(self.running_var.dtype).repeat_interleave(c)
             eta = eta.to(self.running_mean.dtype).repeat_interleave(c)
-            self.running_mean.add_((mean.flatten() - self.running_mean) * eta)
-            self.running_var.mul_(keep).add_(var.flatten() * eta)
+            self.running_mean.add_((mean - self.running_mean) * eta)
+            self.running_var.mul_(keep).add_(var * eta)
         running_mean, running_var = self.running_mean.clone(), self.running_var.clone()
-        per_member = lambda a, b: (a.flatten() - b).square().view(self.members, -1).mean(1)  # noqa: E731
+        per_member = lambda a, b: (a - b).square().view(self.members, -1).mean(1)  # noqa: E731
         self.norm_loss = per_member(mean, running_mean) + per_member(var, running_var)
         return out

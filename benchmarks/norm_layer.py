@@ -1,0 +1,89 @@
+"""Milliseconds of forward + backward of the backbone with AdaB²N against the same backbone with BatchNorm.
+
+Both networks get the same joint batch (``--batch`` images, half of them from task 0 and half from task 1, after
+one completed task, as a replay step of the second task sees them) and their AdaB²N regulariser joins the loss. The
+two measurements are interleaved (A, B, A, B, ...) so that the machine's drift cancels; the median of each is
+reported. The last output line is one JSON object.
+
+    python benchmarks/norm_layer.py --nl AdaB2N --nf 20 [--device cuda] [--threads 2] [--repeats 60] [--compile 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
+from backbone.resnet18 import ResNet18
+from benchmarks.common import machine, timed
+from models.utils.norms import convert_norm
+from models.utils.task_aware import task_aware_layers, task_counts
+
+TASKS = 5
+
+
+def step_of(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor):
+    """One forward + backward of ``net`` on the batch, task ids handed to its task-aware layers first."""
+    layers = task_aware_layers(net)
+    counts = task_counts(ids, TASKS)
+
+    def step() -> None:
+        for layer in layers:
+            layer.set_batch_tasks(ids, counts)
+        loss = F.cross_entropy(net(x), y)
+        losses = [layer.norm_loss for layer in layers if layer.norm_loss is not None]
+        if losses:
+            loss = loss + 0.1 * torch.stack(losses).sum()
+        net.zero_grad(set_to_none=True)
+        loss.backward()
+
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nl", default="AdaB2N", help="the norm measured against BN")
+    p.add_argument("--nf", type=int, default=20, help="ResNet-18 width")
+    p.add_argument("--batch", type=int, default=20, help="joint batch: stream + replay images")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=60, help="timed steps of each network (after 10 warm-up steps)")
+    p.add_argument("--compile", type=int, default=0, choices=[0, 1], help="torch.compile both networks first")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    base = ResNet18(num_classes=10, nf=a.nf, in_channels=1).to(device).train()
+    options = {"num_tasks": TASKS, "kappa": 0.4, "lambd": 0.1} if a.nl == "AdaB2N" else {}
+    other = convert_norm(copy.deepcopy(base), a.nl, example_input=torch.zeros(1, 1, 28, 28, device=device), **options)
+    for layer in task_aware_layers(other):
+        layer.end_task()  # the second task: the task-balanced statistics are in use
+    if a.compile:
+        base.compile()
+        other.compile()
+    x = torch.randn(a.batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 4, (a.batch,), device=device)
+    ids = (torch.arange(a.batch, device=device) >= a.batch // 2).long()
+    steps = {"bn": step_of(base, x, y, ids), "other": step_of(other, x, y, ids)}
+    times: dict[str, list[float]] = {"bn": [], "other": []}
+    for i in range(10 + a.repeats):
+        for name, step in steps.items():
+            ms = timed(step, device)
+            if i >= 10:
+                times[name].append(ms)
+    bn_ms, other_ms = statistics.median(times["bn"]), statistics.median(times["other"])
+    name = "adab2n_ms" if a.nl == "AdaB2N" else f"{a.nl.lower()}_ms"
+    result = {"nl": a.nl, "nf": a.nf, "batch": a.batch, "compile": a.compile}
+    result |= {name: round(other_ms, 3), "bn_ms": round(bn_ms, 3)}
+    result |= {"ratio": round(other_ms / bn_ms, 3), **machine(device)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
