@@ -177,6 +177,45 @@ def test_reference_arithmetic_on_a_random_case() -> None:
     torch.testing.assert_close(layer.running_var, (1 - eta) + eta * var.flatten())
 
 
+def test_gradients_equal_autograd_of_the_reference_formulas() -> None:
+    """float64: the one-pass statistics (with their hand-written backward) give the reference's gradients for the
+    input, the affine parameters and the task logits, through the output and the regulariser, with a seen task
+    missing from the batch (weights summing to less than one)."""
+    torch.manual_seed(5)
+    layer = AdaB2N(4, num_tasks=5, kappa=0.4).double()
+    with torch.no_grad():
+        layer.task_weight.normal_()
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.normal_()
+    for _ in range(3):
+        layer.end_task()
+    x = (torch.randn(10, 4, 3, 3, dtype=torch.float64) + 2.0).requires_grad_()
+    ids = torch.tensor([0, 0, 3, 3, 3, 3, 3, 3, 3, 3])  # tasks 1 and 2 seen, absent here
+    probe = torch.randn(10, 4, 3, 3, dtype=torch.float64)
+    out = train_forward(layer, x, ids.tolist())
+    ((out * probe).sum() + layer.norm_loss).backward()
+    got = [x.grad, layer.weight.grad, layer.bias.grad, layer.task_weight.grad]
+
+    params = [x.detach().clone().requires_grad_()] + [
+        p.detach().clone().requires_grad_() for p in (layer.weight, layer.bias, layer.task_weight)
+    ]
+    xr, weight, bias, logits = params
+    counts = torch.bincount(ids, minlength=5).double()
+    concentration = (logits.exp() + counts)[:4]
+    sample_weights = (concentration / concentration.sum())[ids] / counts[ids]
+    mean = xr.mean([2, 3]).t().matmul(sample_weights).view(1, -1, 1, 1)
+    var = (xr - mean).square().mean([2, 3]).t().matmul(sample_weights).view(1, -1, 1, 1)
+    ref = (xr - mean) / torch.sqrt(var + 1e-5) * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+    loss = torch.nn.functional.mse_loss(mean.flatten(), layer.running_mean) + torch.nn.functional.mse_loss(
+        var.flatten(), layer.running_var
+    )
+    ((ref * probe).sum() + loss).backward()
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for g, p in zip(got, params, strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12)
+    assert got[3][4] == 0 and got[3][:3].abs().min() > 0  # task 4 not yet seen takes no part
+
+
 def test_convert_norm_swaps_every_batchnorm_and_keeps_state() -> None:
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
     with torch.no_grad():
