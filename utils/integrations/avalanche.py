@@ -1,0 +1,259 @@
+"""This project's norms inside Avalanche (``avalanche-lib`` 0.6, Carta et al., CVPR-W 2023, arXiv 2302.01766).
+
+Every norm is one ``convert_norm`` call on the strategy's model (create the optimiser after it); a *task-aware* one
+(AdaB²N, Lyu et al., NeurIPS 2023) also needs each sample's task, its regulariser in the loss and the task boundaries,
+which :class:`TaskAwareNormPlugin` supplies through the protocol of ``models/utils/task_aware.py``, as
+``ContinualModel`` does in this framework::
+
+    model = convert_norm(model, "AdaB2N", num_tasks=5, kappa=0.4, lambd=0.1)
+    strategy = ER_ACE(model=model, optimizer=SGD(model.parameters(), lr=0.03), plugins=[TaskAwareNormPlugin()])
+
+Avalanche's strategies assemble their batches differently, so the plugin hooks the model itself: before every
+training forward it finds the batch (``strategy.mb_x`` — with DER's replay already concatenated into it — or ER-ACE's
+separate ``strategy.mb_buffer_x``), maps each label to its task and hands the ids to the layers; after it, it
+collects the layers' regularisers. Nothing of the strategies or their buffers changes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
+from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+from avalanche.core import SupervisedPlugin
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from datasets.utils.continual_dataset import ContinualDataset
+from models.utils.task_aware import TaskAwareNorm, task_aware_layers, task_counts
+
+NAME = "TaskAwareNormPlugin"
+
+
+class _SharedHook:
+    """A model hook that ``copy.deepcopy`` keeps as is: a copy of the model (LwF's teacher, a snapshot) must not
+    deep-copy the plugin and with it the whole strategy; the hook ignores every module but the strategy's model."""
+
+    def __init__(self, fn: Callable[..., None]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> None:
+        self.fn(*args)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedHook:
+        return self
+
+
+class TaskAwareNormPlugin(SupervisedPlugin):
+    """Drives the task-aware norm layers of an Avalanche strategy's model, as ``ContinualModel`` does here.
+
+    * **Task of a sample** (stream and replay alike): the experience in which its class was first seen, counted in
+      experiences trained (class-incremental streams carry task label 0; the labels are those of ``mb_y``, after
+      any remapping of the benchmark). A class that reappears in a later experience is an error.
+    * **Regulariser**: ``norm_loss_weight(task) · norm_loss`` of every layer and every training forward since the
+      last backward (ER-ACE: stream and buffer forwards) is added to ``strategy.loss`` before the backward pass, i.e.
+      ``lambd · Σ norm_loss`` from ``ada_t0`` on (the reference AdaB²N). ``only_when_replaying=True`` adds it only in
+      iterations whose batch holds a sample of an earlier task, as this project's replay models do
+      (``ContinualModel.NORM_LOSS_ONLY_WHEN_REPLAYING``: ER-ACE's first task is cross-entropy alone).
+    * **Task boundaries**: ``end_task()`` on every layer after each training experience.
+
+    A training forward of other inputs than the strategy's batches (e.g. GEM's reference gradients) is an error,
+    since their classes are unknown; evaluation forwards and copies of the model are left alone. Each layer's
+    ``norm_loss`` passes to the plugin right after its forward (the attribute then reads ``None``), so the model
+    stays deep-copyable between forwards. Checking every label costs one host sync per training forward.
+
+    Forward structure is the strategy's: DER normalises stream and replay jointly, as the reference AdaB²N; ER-ACE
+    forwards them separately (this project's ``--forward_mode separate``), which the plugin warns of once.
+    """
+
+    def __init__(self, only_when_replaying: bool = False) -> None:
+        super().__init__()
+        self.only_when_replaying = only_when_replaying
+        self.class_tasks: dict[int, int] = {}
+        """Class (as in ``mb_y``) -> task index, the count of experiences trained before it first appeared."""
+        self.current_task = 0
+        """The task being trained: experiences completed so far, the layers' own task count."""
+        self._strategy: Any = None
+        self._layers: list[TaskAwareNorm] = []
+        self._num_tasks: int | None = None
+        self._lookup = torch.full((1,), -1, dtype=torch.long)
+        self._handles: list[Any] = []
+        self._terms: list[tuple[float, Tensor]] = []
+        self._driven = False
+        self._forwards = 0
+        self._replaying = False
+        self._warned = False
+
+    # Avalanche's callbacks, in the order of a training experience.
+
+    def before_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        """Find the layers, map the experience's classes to the current task, hook the model."""
+        self._release()
+        self._layers = task_aware_layers(strategy.model)
+        if not self._layers:
+            raise ValueError(
+                f"{NAME}: the strategy's model has no task-aware norm layer; convert it first, e.g. "
+                "convert_norm(model, 'AdaB2N', num_tasks=<experiences>), or leave the plugin out for other norms"
+            )
+        limits = [n for n in (getattr(layer, "num_tasks", None) for layer in self._layers) if isinstance(n, int)]
+        self._num_tasks = min(limits) if limits else None
+        if self._num_tasks is not None and self.current_task >= self._num_tasks:
+            raise ValueError(
+                f"{NAME}: experience {self.current_task + 1} is task {self.current_task}, but the layers were built "
+                f"for num_tasks={self._num_tasks}: convert_norm(..., num_tasks=<number of experiences>)"
+            )
+        self._add_classes(_experience_classes(strategy.experience))
+        self._strategy = strategy
+        model: nn.Module = strategy.model
+        self._handles = [
+            model.register_forward_pre_hook(_SharedHook(self._before_forward)),
+            model.register_forward_hook(_SharedHook(self._after_forward)),
+        ]
+
+    def before_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._terms, self._forwards, self._replaying = [], 0, False
+
+    def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        """``strategy.loss += regulariser()``, then the iteration's terms are spent."""
+        term = self.regulariser()
+        if term is not None:
+            strategy.loss += term
+        self._terms = []
+
+    def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        """One more task completed, for the layers and for the plugin."""
+        for layer in self._layers:
+            layer.end_task()
+        self.current_task += 1
+        self._release()
+
+    def after_training(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._release()
+
+    # The plugin's own API.
+
+    def task_ids(self, labels: Tensor) -> Tensor:
+        """Each label's task; ``ValueError`` for a class no trained experience has announced."""
+        lookup = self._lookup.to(labels.device)  # its last entry is -1, the task of every other label
+        ids = lookup[torch.where((labels >= 0) & (labels < len(lookup) - 1), labels, len(lookup) - 1)]
+        if bool((ids < 0).any()):
+            unknown = sorted({int(c) for c in labels[ids < 0].tolist()})
+            raise ValueError(f"{NAME}: the batch holds classes {unknown} of no experience trained so far")
+        return ids
+
+    def regulariser(self) -> Tensor | None:
+        """``Σ weight · Σ norm_loss`` over the training forwards since the last backward (``None``: nothing to add).
+
+        Summed per weight as ``ContinualModel.regularised`` does, so the two agree to the last bit.
+        """
+        if self.only_when_replaying and not self._replaying:
+            return None
+        by_weight: dict[float, list[Tensor]] = {}
+        for weight, norm_loss in self._terms:
+            if weight:
+                by_weight.setdefault(weight, []).append(norm_loss)
+        terms = [weight * torch.stack(norm_losses).sum() for weight, norm_losses in by_weight.items()]
+        return sum(terms[1:], terms[0]) if terms else None
+
+    # Model hooks.
+
+    def _before_forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._driven = False
+        if not module.training or self._strategy is None or module is not self._strategy.model:
+            return  # evaluation (running statistics), or a copy of the model
+        task_ids = self.task_ids(self._labels_of(args[0]))
+        counts = None if self._num_tasks is None else task_counts(task_ids, self._num_tasks)
+        for layer in self._layers:
+            layer.norm_loss = None  # a layer this forward does not reach adds nothing
+            layer.set_batch_tasks(task_ids, counts)
+        if self.only_when_replaying and not self._replaying:
+            self._replaying = bool((task_ids < self.current_task).any())
+        self._forwards += 1
+        self._driven = True
+        if self._forwards == 2 and not self._warned and any(layer.prefers_joint_forward for layer in self._layers):
+            self._warned = True
+            warnings.warn(
+                f"{NAME}: {type(self._strategy).__name__} runs stream and replay samples in separate forwards; the "
+                "reference normalises them in one joint forward (prefers_joint_forward), so the layers' statistics "
+                "are those of this project's --forward_mode separate",
+                stacklevel=2,
+            )
+
+    def _after_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self._driven:
+            return
+        self._driven = False
+        for layer in self._layers:
+            if layer.norm_loss is not None:
+                self._terms.append((layer.norm_loss_weight(self.current_task), layer.norm_loss))
+                layer.norm_loss = None  # the plugin holds it now: a graph node would make the model uncopyable
+
+    # Helpers.
+
+    def _labels_of(self, inputs: Any) -> Tensor:
+        """The labels of a training forward's inputs: the strategy's mini-batch, or ER-ACE's buffer batch."""
+        s = self._strategy
+        for x_name, y_name in (("mb_x", "mb_y"), ("mb_buffer_x", "mb_buffer_y")):
+            if inputs is getattr(s, x_name, None):
+                return getattr(s, y_name)
+        raise ValueError(
+            f"{NAME}: a training forward of {type(s).__name__}'s model got inputs that are neither strategy.mb_x nor "
+            "strategy.mb_buffer_x, so their classes (hence tasks) are unknown"
+        )
+
+    def _add_classes(self, classes: Iterable[int]) -> None:
+        classes = sorted(int(c) for c in classes)
+        seen = {c: self.class_tasks[c] for c in classes if c in self.class_tasks}
+        if seen:
+            raise ValueError(
+                f"{NAME}: classes {sorted(seen)} of task {self.current_task} were already seen in task(s) "
+                f"{sorted(set(seen.values()))}; a sample's task is its class's first experience, so each class must "
+                "belong to one experience (a class-incremental stream)"
+            )
+        self.class_tasks.update(dict.fromkeys(classes, self.current_task))
+        lookup = torch.full((max(self.class_tasks) + 2,), -1, dtype=torch.long)
+        lookup[list(self.class_tasks)] = torch.tensor(list(self.class_tasks.values()))
+        self._lookup = lookup
+
+    def _release(self) -> None:
+        """Unhook the model (hooks live from ``before_training_exp`` to ``after_training_exp``)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._strategy, self._terms, self._driven = [], None, [], False
+
+
+def _experience_classes(experience: Any) -> list[int]:
+    """An experience's classes: Avalanche's classes timeline, else its dataset's targets."""
+    classes = getattr(experience, "classes_in_this_experience", None)
+    if classes is None:
+        classes = experience.dataset.targets.uniques
+    return [int(c) for c in classes]
+
+
+def avalanche_benchmark(
+    dataset: ContinualDataset, test_samples_per_class: int | None = None, dtype: torch.dtype = torch.float32
+) -> CLScenario:
+    """An Avalanche class-incremental benchmark of this project's dataset: its tasks as experiences, in its order.
+
+    Images are normalised as the framework evaluates them (no augmentation); labels are the dataset's remapped ones,
+    so task ``t`` holds classes ``dataset.task_classes(t)``. ``test_samples_per_class`` keeps the first so many test
+    images of each class (the dataset's ``--samples_per_class`` subsets the training split only).
+    """
+    tasks = [dataset.task(t) for t in range(dataset.N_TASKS)]
+
+    def split(x: Tensor, y: Tensor, per_class: int | None) -> TensorDataset:
+        if per_class is not None:
+            keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(dataset.n_classes())])
+            keep = keep.sort().values
+            x, y = x[keep], y[keep]
+        data = TensorDataset(dataset.test_transform(x.cpu()).to(dtype), y.cpu())
+        data.targets = y.cpu()  # type: ignore[attr-defined]  (what Avalanche reads the classes from)
+        return data
+
+    train = split(torch.cat([t.train_x for t in tasks]), torch.cat([t.train_y for t in tasks]), None)
+    test = split(torch.cat([t.test_x for t in tasks]), torch.cat([t.test_y for t in tasks]), test_samples_per_class)
+    order = list(range(dataset.n_classes()))
+    return class_incremental_benchmark({"train": train, "test": test}, class_order=order, num_experiences=len(tasks))
