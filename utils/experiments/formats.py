@@ -15,6 +15,7 @@ from typing import Any
 
 from utils.core.atomic import atomic_write_bytes
 from utils.core.partial import PARTIAL_SUFFIX
+from utils.experiments import evidence
 from utils.experiments.methods import BASELINE
 from utils.experiments.records import DIVERGED, Stat, describe_stop
 from utils.experiments.tables import ON_TEST, Column, Entry, Gain, Report, final_drift, paired_gain
@@ -119,6 +120,7 @@ def markdown(report: Report, title: str) -> str:
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
     out += _gain_table(report, header, rule)
+    out += evidence.markdown(report)
     out += _drift_tables(report, header, rule)
     tuned = [(m, c) for m in report.methods for c in report.columns if (m, c) in report.sensitivity]
     if tuned:
@@ -137,9 +139,7 @@ def markdown(report: Report, title: str) -> str:
                 "",
             ]
         out += ["## AdaB²N sensitivity (class-IL accuracy, %)", ""]
-        for m, c in tuned:
-            cells = report.sensitivity[(m, c)]
-            split = report.sensitivity_split[(m, c)]
+        for m, c, cells, split in evidence.sensitivity_cells(report):
             for t0 in sorted({cfg[2] for cfg in cells}):
                 kappas = sorted({cfg[0] for cfg in cells if cfg[2] == t0})
                 lambdas = sorted({cfg[1] for cfg in cells if cfg[2] == t0})

@@ -92,6 +92,8 @@ class Report:
     entries: dict[tuple[str, Column], Entry]
     sensitivity: dict[tuple[str, Column], dict[Config, Entry]] = field(default_factory=dict)
     sensitivity_split: dict[tuple[str, Column], str] = field(default_factory=dict)
+    test_sensitivity: dict[tuple[str, Column], dict[Config, Entry]] = field(default_factory=dict)
+    """Where the configuration was chosen on validation runs: every configuration that also has test runs."""
     warnings: list[str] = field(default_factory=list)
     diverged: list[Record] = field(default_factory=list)
 
@@ -142,6 +144,8 @@ def build_report(records: Sequence[Record]) -> Report:
         report.entries[key] = Entry.of(reported, best, selected_on)
         report.sensitivity[key] = {c: Entry.of(rs, c) for c, rs in groups.items()}
         report.sensitivity_split[key] = "validation" if val else "test"
+        if val and test:
+            report.test_sensitivity[key] = {c: Entry.of(rs, c) for c, rs in by_config(test).items()}
     for (method, column), entry in report.entries.items():
         if entry.selected_on != ON_TEST or len(report.sensitivity[(method, column)]) > 1:
             continue
@@ -162,19 +166,27 @@ class Gain:
     diverged: int = 0
 
 
+def paired_diffs(runs: Sequence[Record], base_runs: Sequence[Record], metric: str = "class_il") -> list[float]:
+    """``run − baseline`` for every seed both hold (a seed fixes class order and initialisation)."""
+    base_of = {r.seed: getattr(r, metric) for r in base_runs}
+    values = [(getattr(r, metric), base_of.get(r.seed)) for r in runs]
+    return [value - ref for value, ref in values if value is not None and ref is not None]
+
+
+def gain_of(entry: Entry, base: Entry, metric: str = "class_il") -> Gain | None:
+    """Mean ± std over seeds of ``entry − base`` paired by seed, and on how many seeds the entry led."""
+    diffs = paired_diffs(entry.runs, base.runs, metric)
+    return Gain(Stat.of(diffs), sum(d > 0 for d in diffs), len(entry.diverged)) if diffs else None
+
+
 def paired_gain(report: Report, method: str, column: Column, metric: str = "class_il") -> Gain | None:
-    """Mean ± std over seeds of ``method − BASELINE`` paired by seed, and on how many seeds the method led; None
-    unless both cells hold test-protocol runs of a common seed. Pairing removes the class-order variation that
-    seeds ≥ 1 introduce, which the unpaired stds include."""
+    """:func:`gain_of` the method's cell over the baseline's; None unless both cells hold test-protocol runs of a
+    common seed. Pairing removes the class-order variation that seeds ≥ 1 introduce, which the unpaired stds
+    include."""
     entry, base = report.entries.get((method, column)), report.entries.get((BASELINE, column))
     if method == BASELINE or entry is None or base is None or entry.on_validation or base.on_validation:
         return None
-    base_of = {r.seed: getattr(r, metric) for r in base.runs}
-    values = [(getattr(r, metric), base_of.get(r.seed)) for r in entry.runs]
-    diffs = [value - ref for value, ref in values if value is not None and ref is not None]
-    if not diffs:
-        return None
-    return Gain(Stat.of(diffs), sum(d > 0 for d in diffs), len(entry.diverged))
+    return gain_of(entry, base, metric)
 
 
 def final_drift(entry: Entry) -> dict[str, Stat]:
