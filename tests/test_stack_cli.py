@@ -88,6 +88,10 @@ BAD_MEMBERS = {
     "other dataset": (["--seed 0", "--seed 1 --dataset seq-cifar10"], "stacked members differ in --dataset"),
     "other norm": (["--seed 0", "--seed 1 --nl GN"], "stacked members differ in --nl ('BN' and 'GN')"),
     "an option of another norm": (["--seed 0", "--seed 1 --kappa 0.4"], "stacked members differ in --kappa"),
+    "an option the stacked layer shares": (
+        ["--seed 0 --nl AdaB2N", "--seed 1 --nl AdaB2N --adab2n_renorm 1"],
+        "stacked members differ in --adab2n_renorm",
+    ),
     "no seed": (["--seed 0", "--run_name x"], "every stacked member needs a --seed"),
     "same name": (["--seed 0 --run_name x", "--seed 1 --run_name x"], "stacked members share a --run_name"),
     "bad value": (["--seed 0", "--seed 1 --lr -1"], "--lr must be positive, got -1.0"),

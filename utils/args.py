@@ -23,7 +23,7 @@ from utils.core.options import BINARY_FLAG, Check, Option, at_least, binary, mer
 
 FORWARD_MODES = ("separate", "joint")
 MEMBER_FLAG = "--member"
-MEMBER_FREE = ("seed", "lr", "run_name", "wandb_name")
+MEMBER_FREE = ("seed", "lr", "run_name", "wandb_name", "wandb_group")
 """What a stacked run's members may differ in besides their norm's and model's own options."""
 DTYPES = ("float32", "float64")
 
@@ -266,11 +266,18 @@ def split_members(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return shared, members
 
 
-def parse_members(shared: Sequence[str], members: Sequence[str]) -> list[argparse.Namespace]:
-    """Each member's arguments (the shared flags, then its own), validated as a run alone, then as a stack."""
+def member_free(args: argparse.Namespace) -> set[str]:
+    """The arguments that stacked members of a run like ``args`` may differ in: ``MEMBER_FREE`` and the norm's and the
+    model's own options (those declared per member)."""
     from models import MODELS
     from models.utils.norms import NORMS
 
+    own = [*NORMS.get(args.nl).options, *MODELS.get(args.model).OPTIONS]
+    return {*MEMBER_FREE, *(o.dest for o in own if o.per_member)}
+
+
+def parse_members(shared: Sequence[str], members: Sequence[str]) -> list[argparse.Namespace]:
+    """Each member's arguments (the shared flags, then its own), validated as a run alone, then as a stack."""
     try:
         runs = [parse_args([*shared, *shlex.split(member)]) for member in members]
     except ValueError as e:
@@ -278,8 +285,7 @@ def parse_members(shared: Sequence[str], members: Sequence[str]) -> list[argpars
             raise
         raise UserError(f"{MEMBER_FLAG} flags cannot be split ({e}); quote each member's flags once") from None
     first = runs[0]
-    own = {o.dest for o in NORMS.get(first.nl).options} | {o.dest for o in MODELS.get(first.model).OPTIONS}
-    free = {*MEMBER_FREE, *own}
+    free = member_free(first)
     for run in runs[1:]:
         for key, value in vars(run).items():
             if key not in free and value != getattr(first, key):

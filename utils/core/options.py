@@ -67,7 +67,8 @@ class Option:
 
     ``type`` and ``default`` may be left out for a norm, whose builder's signature supplies them; ``bool`` becomes a
     binary flag. ``inactive`` is the value recorded when the run's component does not declare the flag (results
-    files always record every flag); by default it is ``default``.
+    files always record every flag); by default it is ``default``. ``per_member``: stacked runs (``--member``) may
+    differ in it; ``False`` for an option that shapes the layer's arithmetic for all members alike.
     """
 
     flag: str
@@ -77,6 +78,7 @@ class Option:
     default: Any = _MISSING
     check: Check | None = None
     inactive: Any = _MISSING
+    per_member: bool = True
 
     def __post_init__(self) -> None:
         if not self.flag.startswith("--"):

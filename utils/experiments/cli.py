@@ -11,7 +11,8 @@ On top of the reference launcher (``lvyilin/AdaB2N``, ``run.py``):
 * **where** — ``--launcher local`` places runs on idle GPUs found through NVML (or on CPU workers without GPUs,
   :mod:`.scheduler`), ``--launcher slurm`` submits a submitit job array (:mod:`.slurm`);
 * **hyper-parameters** — every run loads the best args of its dataset, model and buffer size; ``--no_best_args``
-  leaves them to ``--extra`` (a buffer size without best args, another learning rate).
+  leaves them to ``--extra`` (a buffer size without best args, another learning rate);
+* **stacks** — ``--stack K`` trains up to K compatible runs in one process as one network (:mod:`.stacks`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from utils.experiments.methods import NO_AFFINE_METHODS, PSEUDO_METHODS
 from utils.experiments.processes import CommandBuilder, confirm, default_command, done_text, print_runs
 from utils.experiments.scheduler import GpuProbe, execute, nvml_probe
 from utils.experiments.slurm import slurm_minutes
+from utils.experiments.stacks import stack_runs, stacking_text
 from utils.experiments.tuning import run_tuned
 
 TUNE_MODES = ("none", "validation")
@@ -70,6 +72,7 @@ RESERVED_EXTRA = {
     BEST_ARGS_FLAG: "nothing: every run loads the best args, unless --no_best_args",
     "--disable_log": "nothing: resume needs each run's results file",
     "--resume": "nothing: runs with a checkpoint are resumed from it",
+    "--member": "--stack K (the launcher stacks compatible runs itself)",
 }
 """Flags ``--extra`` may not set, because the launcher sets them per run, with the launcher flag to use instead."""
 
@@ -159,17 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a GPU is idle below this memory-use fraction (default: {USAGE_THRESHOLD}, "
         f"{USAGE_THRESHOLD_MINIIMG} for seq-miniimg)",
     )
-    r.add_argument("--max_per_gpu", type=int, default=1, help="runs of this launcher sharing one GPU")
+    r.add_argument("--max_per_gpu", type=int, default=1, help="runs (or stacks) of this launcher sharing one GPU")
     r.add_argument("--coldsecs", type=float, default=15, help="seconds between two starts")
     r.add_argument("--waitsecs", type=float, default=25, help="seconds between two polls for an idle GPU")
-    r.add_argument("--cpu_workers", type=int, default=1, help="parallel runs when there is no GPU")
+    r.add_argument("--cpu_workers", type=int, default=1, help="parallel runs (or stacks) when there is no GPU")
+    r.add_argument(
+        "--stack",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train up to K runs that differ only in their seed, lr and norm or model options in one process as "
+        "one network (utils/main.py --member); 1: one process per run",
+    )
 
     s = p.add_argument_group("slurm (--launcher slurm, through submitit)")
     s.add_argument("--slurm_partition", default=None, help="partition (default: the cluster's)")
-    s.add_argument("--slurm_time", type=slurm_minutes, default="24:00:00", help="time limit per run")
-    s.add_argument("--slurm_gpus_per_job", type=int, default=1, help="GPUs per run (0: CPU)")
-    s.add_argument("--slurm_cpus_per_job", type=int, default=4, help="CPUs per run")
-    s.add_argument("--slurm_mem", type=int, default=32, help="memory per run, GB")
+    s.add_argument("--slurm_time", type=slurm_minutes, default="24:00:00", help="time limit per run (or stack)")
+    s.add_argument("--slurm_gpus_per_job", type=int, default=1, help="GPUs per run or stack (0: CPU)")
+    s.add_argument("--slurm_cpus_per_job", type=int, default=4, help="CPUs per run (or stack)")
+    s.add_argument("--slurm_mem", type=int, default=32, help="memory per run (or stack), GB")
     s.add_argument("--slurm_array_parallelism", type=int, default=64, help="runs of the array at once")
     s.add_argument("--no_wait", action="store_true", help="submit and exit without waiting for the jobs")
 
@@ -219,6 +230,7 @@ def validate_args(args: Namespace) -> None:
         "--retries": (args.retries, 0),
         "--max_per_gpu": (args.max_per_gpu, 1),
         "--cpu_workers": (args.cpu_workers, 1),
+        "--stack": (args.stack, 1),
         "--slurm_gpus_per_job": (args.slurm_gpus_per_job, 0),
         "--slurm_cpus_per_job": (args.slurm_cpus_per_job, 1),
         "--slurm_mem": (args.slurm_mem, 1),
@@ -283,8 +295,11 @@ def main(
     done = [r for r in runs if r.done]
     print(f"=> {len(runs)} run(s) in the grid: {done_text(runs)}", flush=True)
     if args.dry_run:
-        print_runs(runs, command)
+        jobs = stack_runs(runs, args.stack)
+        print_runs(jobs, command)
         print(f"=> {len(runs)} run(s)")
+        if args.stack > 1:
+            print(stacking_text(jobs, args.stack))
         return 0
     if not args.yes and len(done) < len(runs) and not confirm(len(runs) - len(done)):
         print("=> nothing started")

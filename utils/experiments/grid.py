@@ -102,6 +102,11 @@ class Run:
         """The run's column."""
         return (self.dataset, self.model, self.buffer_size)
 
+    @property
+    def members(self) -> tuple[Run, ...]:
+        """The runs that its process trains: itself alone (a ``--stack`` job trains several, :mod:`.stacks`)."""
+        return (self,)
+
 
 def split_extra(extra: str) -> list[str]:
     """``--extra``'s flags, or one line saying why they cannot be split."""

@@ -5,7 +5,8 @@ A run that diverged (its loss became NaN or infinite: a partial results file) is
 same step, so no launcher starts it again, and it is no failure; deleting its partial file runs it again.
 
 A run is executed while holding an ``flock`` on a hidden lock file next to its results file, and the child process
-inherits the lock, so a run left running by a killed launcher is waited for instead of started twice.
+inherits the lock, so a run left running by a killed launcher is waited for instead of started twice. A job is a run
+alone or a stack of runs (``--stack``, :mod:`.stacks`), which holds the lock of each of its runs.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from pathlib import Path
 from utils.core.partial import PARTIAL_SUFFIX
 from utils.experiments.grid import Run
 from utils.experiments.records import DIVERGED, describe_stop, read_stopped
+from utils.experiments.stacks import Job, Stack, narrowed, stack_flags
 
-CommandBuilder = Callable[[Run, int | None], list[str]]
-"""Builds a run's command line; the second argument is the CPU thread count when the run goes to the CPU."""
+CommandBuilder = Callable[[Job, int | None], list[str]]
+"""Builds a job's command line; the second argument is the CPU thread count when the job goes to the CPU."""
 
 
 def cpu_threads(workers: int) -> int:
@@ -38,72 +40,83 @@ MAIN_SCRIPT = Path(__file__).resolve().parents[2] / "utils" / "main.py"
 named ``utils`` on PYTHONPATH would win over this clone's before its bootstrap could act."""
 
 
-def default_command(run: Run, threads: int | None) -> list[str]:
+def default_command(job: Job, threads: int | None) -> list[str]:
     """``INTERPRETER utils/main.py FLAGS``; CPU placement adds ``--device cpu --num_threads N`` before the flags
-    so that ``--extra`` can still override them, and a run interrupted earlier continues from its checkpoint."""
+    so that ``--extra`` can still override them, and a run interrupted earlier continues from its checkpoint. A
+    stack trains its runs still to do (one left: its plain command) and continues from the stack's checkpoint."""
     from utils.checkpoint import checkpoint_file
 
     cpu = ["--device", "cpu", "--num_threads", str(threads)] if threads is not None else []
-    resume = ["--resume", "1"] if checkpoint_file(run.results).exists() else []
-    return [run.interpreter, str(MAIN_SCRIPT), *cpu, *run.argv, *resume]
+    runs = [run for run in job.members if not run.done] or list(job.members)
+    first, stacked = runs[0], len(runs) > 1
+    flags = stack_flags(runs) if stacked else list(first.argv)
+    resume = ["--resume", "1"] if checkpoint_file(first.results, stack=stacked).exists() else []
+    return [first.interpreter, str(MAIN_SCRIPT), *cpu, *flags, *resume]
 
 
 class RunLock:
-    """An exclusive ``flock`` on a run's lock file, held by whoever executes the run.
+    """An exclusive ``flock`` on the lock file of each of a job's runs, held by whoever executes the job.
 
-    The child process inherits the descriptor, so the lock outlives a launcher killed with ``kill -9`` for as long
-    as its orphaned run keeps going, and a second launcher does not start that run again.
+    The child process inherits the descriptors, so the locks outlive a launcher killed with ``kill -9`` for as long
+    as its orphaned job keeps going, and a second launcher does not start those runs again.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
+    def __init__(self, *paths: Path) -> None:
+        self.paths = paths
+        self.fds: list[int] = []
 
     def acquire(self) -> bool:
-        """``False`` when another process holds the lock; ``True`` when this one does, or when the filesystem
-        cannot lock (the run then goes ahead unprotected, as without this lock)."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except OSError:
-            os.close(fd)
-            return True
-        self.fd = fd
+        """``False`` when another process holds one of the locks (this one then holds none); ``True`` when this one
+        holds them all, except those that the filesystem cannot lock (unprotected, as without these locks)."""
+        for path in self.paths:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self.release()
+                return False
+            except OSError:
+                os.close(fd)
+                continue
+            self.fds.append(fd)
         return True
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
 
 
-def claim(run: Run) -> tuple[str, RunLock | None]:
-    """``("done", None)`` when the run has results, ``("busy", None)`` when another process holds its lock, else
-    ``("claimed", lock)`` with the lock held. The results are looked for again under the lock: the process that
-    just let go of it may have written them."""
-    if run.done:
+def claim(job: Job) -> tuple[str, RunLock | None]:
+    """``("done", None)`` when all the job's runs are done, ``("busy", None)`` when another process holds the lock of
+    one, else ``("claimed", lock)`` with their locks held. The results are looked for again under the lock: the
+    process that just let go of it may have written them."""
+    if job.done:
         return "done", None
-    lock = RunLock(run.lock)
+    lock = RunLock(*(run.lock for run in job.members))
     if not lock.acquire():
         return "busy", None
-    if run.done:
+    if job.done:
         lock.release()
         return "done", None
     return "claimed", lock
 
 
-def start_run(run: Run, command: Sequence[str], env: dict[str, str], lock: RunLock, attempt: int) -> subprocess.Popen:
-    """Start ``command`` with stdout and stderr appended to the run's log (after a header line with the command)."""
-    run.log.parent.mkdir(parents=True, exist_ok=True)
-    with open(run.log, "a") as log:
-        stamp = datetime.now().isoformat(timespec="seconds")
+def start_run(job: Job, command: Sequence[str], env: dict[str, str], lock: RunLock, attempt: int) -> subprocess.Popen:
+    """Start ``command`` with stdout and stderr appended to the job's log (after a header line with the command); a
+    stack's runs get a line in their own logs that says where their output went."""
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().isoformat(timespec="seconds")
+    if isinstance(job, Stack):
+        for run in job.members:
+            with open(run.log, "a") as log:
+                log.write(f"# {stamp} attempt {attempt}: stacked with {len(job.members) - 1} run(s), log {job.log}\n")
+    with open(job.log, "a") as log:
         log.write(f"# {stamp} attempt {attempt}: {shlex.join(command)}\n")
         log.flush()
         return subprocess.Popen(
@@ -112,8 +125,8 @@ def start_run(run: Run, command: Sequence[str], env: dict[str, str], lock: RunLo
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            cwd=run.workdir,
-            pass_fds=() if lock.fd is None else (lock.fd,),
+            cwd=job.workdir,
+            pass_fds=tuple(lock.fds),
         )
 
 
@@ -140,6 +153,28 @@ class Summary:
     def skip(self, run: Run) -> None:
         """A run found done: skipped, or diverged when its done is a partial file."""
         (self.diverged if run.diverged else self.skipped).append(run)
+
+    def skip_done(self, job: Job) -> Job | None:
+        """Skip the job's runs that are done; the job without them, ``None`` when nothing is left to do."""
+        todo = [run for run in job.members if not run.done]
+        for run in job.members:
+            if run.done:
+                self.skip(run)
+        return narrowed(job, todo) if todo else None
+
+    def settle(self, job: Job, succeeded: bool) -> tuple[list[Run], list[Run]]:
+        """Record the runs of a job whose process ended: done (it succeeded, or the run's results exist: a stack
+        that failed after some of its runs finished) or diverged; returns the diverged runs and the failed ones."""
+        diverged, failed = [], []
+        for run in job.members:
+            if run.diverged:
+                diverged.append(run)
+            elif succeeded or run.results.exists():
+                self.done.append(run)
+            else:
+                failed.append(run)
+        self.diverged += diverged
+        return diverged, failed
 
     @property
     def exit_code(self) -> int:
@@ -169,9 +204,9 @@ class Summary:
         return "\n".join(lines)
 
 
-def state(run: Run) -> str:
-    """``done``, ``diverged`` or ``todo``: a run's state in ``--dry_run``'s listing."""
-    return DIVERGED if run.diverged else "done" if run.done else "todo"
+def state(job: Job) -> str:
+    """``done``, ``diverged`` or ``todo``: a job's state in ``--dry_run``'s listing."""
+    return DIVERGED if job.diverged else "done" if job.done else "todo"
 
 
 def done_text(runs: Sequence[Run]) -> str:
@@ -182,10 +217,10 @@ def done_text(runs: Sequence[Run]) -> str:
     return f"{done} already done{of_which}, {len(runs) - done} to run"
 
 
-def print_runs(runs: Iterable[Run], command: CommandBuilder) -> None:
-    """``--dry_run``'s listing: each run's state and command."""
-    for run in runs:
-        print(f"[{state(run)}] {run.name}: {shlex.join(command(run, None))}")
+def print_runs(jobs: Iterable[Job], command: CommandBuilder) -> None:
+    """``--dry_run``'s listing: each job's state and command."""
+    for job in jobs:
+        print(f"[{state(job)}] {job.name}: {shlex.join(command(job, None))}")
 
 
 def confirm(count: int) -> bool:

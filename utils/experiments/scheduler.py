@@ -2,7 +2,9 @@
 :func:`execute`, which sends a list of runs to this scheduler or to Slurm.
 
 A failing run does not stop the grid: ``--retries`` retries it, and the summary lists each failure with its log. A
-run that diverges (non-finite loss: it left a partial results file) is not retried, nor counted as a failure.
+run that diverges (non-finite loss: it left a partial results file) is not retried, nor counted as a failure. With
+``--stack K`` a stack of runs is one job (one process, GPU slot, log and attempt count): a retry runs again those of
+its runs that failed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from utils.experiments.processes import (
     start_run,
 )
 from utils.experiments.records import DIVERGED
+from utils.experiments.stacks import Job, narrowed, stack_runs, stacking_text
 
 POLL_SECONDS = 0.2
 """How often the local scheduler looks for finished processes."""
@@ -85,19 +88,20 @@ def choose_gpu(
 
 @dataclass
 class _Running:
-    run: Run
+    job: Job
     proc: subprocess.Popen
     lock: RunLock
     gpu: int | None
 
 
 class LocalScheduler:
-    """Starts runs on idle GPUs (one ``CUDA_VISIBLE_DEVICES`` each) or, without GPUs, on ``cpu_workers`` CPU
-    processes; ``probe`` and ``command`` are injectable so the placement logic can be tested without GPUs."""
+    """Starts jobs (runs, or stacks of runs) on idle GPUs (one ``CUDA_VISIBLE_DEVICES`` each) or, without GPUs, on
+    ``cpu_workers`` CPU processes; ``probe`` and ``command`` are injectable so the placement logic can be tested
+    without GPUs."""
 
     def __init__(
         self,
-        runs: Sequence[Run],
+        runs: Sequence[Job],
         *,
         probe: GpuProbe = nvml_probe,
         command: CommandBuilder = default_command,
@@ -141,8 +145,8 @@ class LocalScheduler:
             threads = cpu_threads(self.cpu_workers)
             self._say(f"=> running on the CPU: {self.cpu_workers} worker(s) x {threads} thread(s)")
 
-    def _slot(self, run: Run, running: list[_Running]) -> tuple[bool, int | None]:
-        """(free, gpu): whether ``run`` can start now, and on which GPU (``None`` on the CPU)."""
+    def _slot(self, job: Job, running: list[_Running]) -> tuple[bool, int | None]:
+        """(free, gpu): whether ``job`` can start now, and on which GPU (``None`` on the CPU)."""
         if not self.gpu_mode:
             return len(running) < self.cpu_workers, None
         ours = Counter(r.gpu for r in running if r.gpu is not None)
@@ -151,27 +155,27 @@ class LocalScheduler:
         except NoGpuError as e:
             self._say(f"=> GPU probe failed ({e}); trying again")
             usage = []
-        gpu = choose_gpu(usage, ours, run.usage_threshold, self.max_per_gpu)
+        gpu = choose_gpu(usage, ours, job.usage_threshold, self.max_per_gpu)
         return gpu is not None, gpu
 
-    def _start(self, run: Run, gpu: int | None, lock: RunLock, attempt: int) -> _Running:
+    def _start(self, job: Job, gpu: int | None, lock: RunLock, attempt: int) -> _Running:
         env = dict(self.env)
         if gpu is not None:
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML's numbering
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-            command = self.command(run, None)
+            command = self.command(job, None)
         else:
-            command = self.command(run, cpu_threads(self.cpu_workers))
-        proc = start_run(run, command, env, lock, attempt)
+            command = self.command(job, cpu_threads(self.cpu_workers))
+        proc = start_run(job, command, env, lock, attempt)
         where = f"GPU {gpu}" if gpu is not None else "CPU"
-        self._say(f"=> started {run.name} on {where} (attempt {attempt}, log {run.log})")
-        return _Running(run, proc, lock, gpu)
+        self._say(f"=> started {job.name} on {where} (attempt {attempt}, log {job.log})")
+        return _Running(job, proc, lock, gpu)
 
     def run(self) -> Summary:
         summary = Summary()
         pending = deque(self.runs)
         running: list[_Running] = []
-        deferred: list[Run] = []
+        deferred: list[Job] = []
         attempts: Counter[str] = Counter()
         waiting = False
         self._detect()
@@ -179,29 +183,32 @@ class LocalScheduler:
             while pending or running or deferred:
                 self._reap(running, pending, attempts, summary)
                 if pending:
-                    run = pending[0]
-                    if run.done:  # skipped at once, without waiting for a slot
+                    job = pending[0]
+                    if job.done:  # skipped at once, without waiting for a slot
                         pending.popleft()
-                        summary.skip(run)
+                        summary.skip_done(job)
                         continue
-                    free, gpu = self._slot(run, running)
+                    free, gpu = self._slot(job, running)
                     if free:
                         waiting = False
                         pending.popleft()
-                        state, lock = claim(run)
+                        state, lock = claim(job)
                         if state == "busy":
-                            self._say(f"=> {run.name} is running in another launcher; waiting for it")
-                            deferred.append(run)
+                            self._say(f"=> {job.name} is running in another launcher; waiting for it")
+                            deferred.append(job)
                             continue
-                        if lock is None:
-                            summary.skip(run)
+                        todo = summary.skip_done(job)  # a stack's runs done meanwhile are not run again
+                        if lock is None or todo is None:
+                            if lock is not None:
+                                lock.release()
                             continue
-                        attempts[run.name] += 1
-                        running.append(self._start(run, gpu, lock, attempts[run.name]))
+                        job = todo
+                        attempts[job.name] += 1
+                        running.append(self._start(job, gpu, lock, attempts[job.name]))
                         time.sleep(self.coldsecs)
                         continue
                     if self.gpu_mode and not waiting:
-                        self._say(f"=> waiting for an idle GPU (below {run.usage_threshold:.0%} memory use)")
+                        self._say(f"=> waiting for an idle GPU (below {job.usage_threshold:.0%} memory use)")
                     waiting = self.gpu_mode
                     time.sleep(max(self.waitsecs, POLL_SECONDS) if self.gpu_mode else POLL_SECONDS)
                 elif deferred and not running:
@@ -221,36 +228,40 @@ class LocalScheduler:
                     item.proc.kill()
                     item.proc.wait()
                 item.lock.release()
-                summary.interrupted.append(item.run)
+                summary.interrupted += item.job.members
         return summary
 
-    def _reap(self, running: list[_Running], pending: deque[Run], attempts: Counter[str], summary: Summary) -> None:
+    def _reap(self, running: list[_Running], pending: deque[Job], attempts: Counter[str], summary: Summary) -> None:
         for item in list(running):
             code = item.proc.poll()
             if code is None:
                 continue
             running.remove(item)
             item.lock.release()
-            if code == 0:
-                summary.done.append(item.run)
-                self._say(f"=> finished {item.run.name}")
-            elif item.run.diverged:  # deterministic: a retry would stop at the same step
-                summary.diverged.append(item.run)
-                self._say(f"=> {item.run.name} {DIVERGED} ({divergence(item.run)}); not retried, log {item.run.log}")
-            elif attempts[item.run.name] <= self.retries:
-                self._say(f"=> {item.run.name} failed (exit code {code}); retrying, log {item.run.log}")
-                pending.append(item.run)
+            job = item.job
+            diverged, failed = summary.settle(job, code == 0)
+            for run in diverged:  # deterministic: a retry would stop at the same step
+                self._say(f"=> {run.name} {DIVERGED} ({divergence(run)}); not retried, log {run.log}")
+            if not failed:
+                if len(diverged) < len(job.members):
+                    self._say(f"=> finished {job.name}")
+            elif attempts[job.name] <= self.retries:
+                self._say(f"=> {job.name} failed (exit code {code}); retrying, log {job.log}")
+                pending.append(narrowed(job, failed))
             else:
-                summary.failed.append((item.run, f"exit code {code}"))
-                self._say(f"=> {item.run.name} failed (exit code {code}); log {item.run.log}")
+                summary.failed += [(run, f"exit code {code}") for run in failed]
+                self._say(f"=> {job.name} failed (exit code {code}); log {job.log}")
 
 
 def execute(runs: Sequence[Run], args: Namespace, probe: GpuProbe, command: CommandBuilder) -> Summary:
-    """Run ``runs`` with ``--launcher``: the local scheduler, or a submitit job array."""
+    """Run ``runs`` with ``--launcher`` (the local scheduler, or a submitit job array), in stacks of ``--stack``."""
+    jobs = stack_runs(runs, args.stack)
+    if args.stack > 1:
+        print(stacking_text(jobs, args.stack), flush=True)
     if args.launcher != "local":
-        return slurm.run_submitit(runs, args)
+        return slurm.run_submitit(jobs, args)
     return LocalScheduler(
-        runs,
+        jobs,
         probe=probe,
         command=command,
         max_per_gpu=args.max_per_gpu,

@@ -1,4 +1,5 @@
-"""``--launcher slurm``: the runs as a submitit job array whose jobs run the same command as the local launcher.
+"""``--launcher slurm``: the runs as a submitit job array whose jobs run the same command as the local launcher (one
+array job per stack with ``--stack``: ``--slurm_time`` and the other resources are a job's).
 
 ``--launcher submitit-local`` uses submitit's local executor instead of Slurm (tests).
 """
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from utils.experiments.grid import Run
 from utils.experiments.processes import Summary, claim, cpu_threads, default_command, start_run
 from utils.experiments.records import DIVERGED
+from utils.experiments.stacks import Job, narrowed
 
 
 def slurm_minutes(text: str) -> int:
@@ -39,8 +40,8 @@ class JobOutcome:
     detail: str = ""
 
 
-def job_entry(run: Run, threads: int | None, attempt: int = 1) -> JobOutcome:
-    """The function of each Slurm job: the run's command as a subprocess, exactly as the local launcher runs it."""
+def job_entry(run: Job, threads: int | None, attempt: int = 1) -> JobOutcome:
+    """The function of each Slurm job: the job's command as a subprocess, exactly as the local launcher runs it."""
     state, lock = claim(run)
     if lock is None:
         return JobOutcome("skipped") if state == "done" else JobOutcome("busy", "running elsewhere")
@@ -73,7 +74,7 @@ def make_executor(args: Namespace, folder: Path) -> Any:
     return executor
 
 
-def _interrupt_jobs(args: Namespace, runs: Sequence[Run], jobs: Sequence[Any], summary: Summary, out: TextIO) -> None:
+def _interrupt_jobs(args: Namespace, runs: Sequence[Job], jobs: Sequence[Any], summary: Summary, out: TextIO) -> None:
     """Ctrl-C: local jobs are cancelled; Slurm jobs keep going (they are resumable), and the message says how to
     cancel them."""
     if args.launcher == "slurm":
@@ -83,10 +84,10 @@ def _interrupt_jobs(args: Namespace, runs: Sequence[Run], jobs: Sequence[Any], s
         for job in jobs:
             job.cancel(check=False)
         print("=> interrupted; the local jobs were cancelled", file=out)
-    summary.interrupted += list(runs)
+    summary.interrupted += [member for run in runs for member in run.members]
 
 
-def run_submitit(runs: Sequence[Run], args: Namespace, out: TextIO | None = None) -> Summary:
+def run_submitit(runs: Sequence[Job], args: Namespace, out: TextIO | None = None) -> Summary:
     """Submit the runs as one job array per attempt, wait for them (unless ``--no_wait``) and report their states."""
     out = out or sys.stdout
     executor = make_executor(args, Path(args.logdir).resolve() / "submitit")
@@ -95,23 +96,20 @@ def run_submitit(runs: Sequence[Run], args: Namespace, out: TextIO | None = None
     else:
         threads = cpu_threads(args.cpu_workers)
     summary = Summary()
-    todo = [r for r in runs if not r.done]
-    for run in runs:
-        if run.done:
-            summary.skip(run)
+    todo = [job for job in map(summary.skip_done, runs) if job is not None]
     for attempt in range(1, args.retries + 2):
         if not todo:
             break
         try:
             jobs = executor.map_array(job_entry, todo, [threads] * len(todo), [attempt] * len(todo))
         except Exception as e:  # submission itself failed (no sbatch, refused partition, ...)
-            summary.failed += [(r, f"submission failed: {e}") for r in todo]
+            summary.failed += [(r, f"submission failed: {e}") for run in todo for r in run.members]
             return summary
         print(f"=> submitted {len(jobs)} job(s) (attempt {attempt}): {jobs[0].job_id} ...", file=out, flush=True)
         if args.no_wait:
-            summary.submitted += [(r, j.job_id) for r, j in zip(todo, jobs, strict=True)]
+            summary.submitted += [(r, j.job_id) for run, j in zip(todo, jobs, strict=True) for r in run.members]
             return summary
-        retry: list[Run] = []
+        retry: list[Job] = []
         for index, (run, job) in enumerate(zip(todo, jobs, strict=True)):
             try:
                 outcome: JobOutcome = job.result()
@@ -122,15 +120,17 @@ def run_submitit(runs: Sequence[Run], args: Namespace, out: TextIO | None = None
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 outcome = JobOutcome("failed", f"job {job.job_id} {job.state}: {reason}")
             print(f"=> job {job.job_id} {run.name}: {job.state}, {outcome.state}", file=out, flush=True)
-            if outcome.state == "done":
-                summary.done.append(run)
-            elif outcome.state == DIVERGED:  # deterministic: not retried
-                summary.diverged.append(run)
-            elif outcome.state in ("skipped", "busy"):
-                summary.skip(run)
-            elif attempt <= args.retries:
-                retry.append(run)
+            if outcome.state in ("skipped", "busy"):
+                for member in run.members:
+                    summary.skip(member)
+                continue
+            if outcome.state == DIVERGED:  # deterministic: not retried
+                summary.diverged += run.members
+                continue
+            _, failed = summary.settle(run, outcome.state == "done")  # a stack's diverged runs are not retried
+            if failed and attempt <= args.retries:
+                retry.append(narrowed(run, failed))
             else:
-                summary.failed.append((run, outcome.detail))
+                summary.failed += [(member, outcome.detail) for member in failed]
         todo = retry
     return summary

@@ -21,6 +21,7 @@ from utils.experiments.processes import CommandBuilder, Summary, confirm, done_t
 from utils.experiments.records import DIVERGED, Record, load_records
 from utils.experiments.scheduler import GpuProbe, execute
 from utils.experiments.selection import best_config, diverged_configs, mean_class_il, validation_candidates
+from utils.experiments.stacks import stack_runs, stacking_text
 
 
 @dataclass
@@ -112,12 +113,16 @@ def _dry_run(
     never: dict[GridKey, list[Run]],
     n_later: int,
     command: CommandBuilder,
+    stack: int,
 ) -> int:
-    """``--dry_run``'s listing: both phases, the AdaB²N runs that wait for a choice, and those that never get one."""
-    print("=> phase 1 (validation split):")
-    print_runs(phase1, command)
-    print("=> phase 2 (test):")
-    print_runs(phase2, command)
+    """``--dry_run``'s listing: both phases (in stacks of ``stack``), the AdaB²N runs that wait for a choice, and
+    those that never get one."""
+    for title, runs in (("phase 1 (validation split)", phase1), ("phase 2 (test)", phase2)):
+        jobs = stack_runs(runs, stack)
+        print(f"=> {title}:")
+        print_runs(jobs, command)
+        if stack > 1:
+            print(stacking_text(jobs, stack))
     for text in _columns_text(later).values():
         print(f"[later] {text}: (config chosen after the validation runs)")
     for text in _columns_text(never).values():
@@ -160,7 +165,7 @@ def run_tuned(
     pending = f", {n_later} more once the validation runs have chosen their configuration" if n_later else ""
     print(f"=> phase 2: {len(phase2)} test run(s): {done_text(phase2)}{pending}")
     if args.dry_run:
-        return _dry_run(phase1, phase2, later, never, n_later, command)
+        return _dry_run(phase1, phase2, later, never, n_later, command, args.stack)
     todo = todo1 + sum(not r.done for r in phase2) + n_later
     if not args.yes and todo and not confirm(todo):
         print("=> nothing started")

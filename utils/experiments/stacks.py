@@ -1,0 +1,182 @@
+"""``run.py --stack K``: the grid's compatible runs packed into stacks of at most K, each stack one process.
+
+``utils/main.py`` trains K runs, one ``--member`` each, as one vectorised network whose members are the runs alone
+(README, "Stacked runs"), as long as they differ only in ``utils.args.MEMBER_FREE`` and their norm's and model's own
+options. Runs are grouped by that rule, read from each run's parsed flags; a stack's command gives each member exactly
+the flags of its run alone (the shared ones once), so its results file, run and wandb names and results are the
+run's, and ``utils/main.py``'s own ``parse_members`` checks that before the stack is started. The packing happens
+when a phase starts, so runs done by then (results, or diverged) are left out, as are runs with a checkpoint of their
+own: they resume alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shlex
+from argparse import Namespace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TextIO, TypeAlias
+
+from utils.core.errors import UserError
+from utils.experiments.grid import Run
+
+STACK_LOG_SUFFIX = ".stack.txt"
+"""A stack's log is named after its first member, as its checkpoint (``FIRST.stack.ckpt``)."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Runs trained in one process: one job for the scheduler (one log, one attempt count, one GPU slot), which
+    holds the lock of each member for as long as it runs."""
+
+    name: str
+    members: tuple[Run, ...]
+    log: Path
+
+    @property
+    def done(self) -> bool:
+        return all(run.done for run in self.members)
+
+    @property
+    def diverged(self) -> bool:
+        return all(run.diverged for run in self.members)
+
+    @property
+    def usage_threshold(self) -> float:
+        return self.members[0].usage_threshold
+
+    @property
+    def workdir(self) -> Path:
+        return self.members[0].workdir
+
+
+Job: TypeAlias = Run | Stack
+"""What the scheduler starts as one process: a run alone, or a stack."""
+
+
+def narrowed(job: Job, runs: Sequence[Run]) -> Job:
+    """``job`` with only ``runs`` left (its members still to do): a stack keeps its name and log, so that a retry
+    counts as its next attempt."""
+    return job if isinstance(job, Run) else replace(job, members=tuple(runs))
+
+
+def _items(argv: Sequence[str]) -> list[tuple[str, ...]]:
+    """The flags of ``argv``, each with the values that follow it."""
+    items: list[list[str]] = []
+    for token in argv:
+        if token.startswith("--") or not items:
+            items.append([token])
+        else:
+            items[-1].append(token)
+    return [tuple(item) for item in items]
+
+
+def stack_flags(runs: Sequence[Run]) -> list[str]:
+    """``utils/main.py``'s flags for ``runs`` as one stack: the flags that they all give alike once, in the first
+    run's order, then a ``--member`` with each run's others. argparse does not care about the order of distinct
+    flags, so each member parses exactly its run's flags; runs that repeat a flag (last one wins) keep all theirs."""
+    from utils.args import MEMBER_FLAG
+
+    per_run = [_items(run.argv) for run in runs]
+    repeats = any(len({i[0].split("=", 1)[0] for i in items}) < len(items) for items in per_run)
+    common = set() if repeats else set(per_run[0]).intersection(*per_run[1:])
+    shared = [token for item in per_run[0] if item in common for token in item]
+    for items in per_run:
+        shared += [MEMBER_FLAG, shlex.join(token for item in items if item not in common for token in item)]
+    return shared
+
+
+def _parse(argv: Sequence[str]) -> Namespace | None:
+    """``utils/main.py``'s arguments for ``argv``; ``None`` when they do not parse (the run then fails alone)."""
+    from utils.args import parse_args
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return parse_args(list(argv))
+    except (UserError, SystemExit):
+        return None
+
+
+def _shared_arguments(args: Namespace) -> str:
+    """What a stack's members must share: every argument but those ``utils.args.parse_members`` lets them differ in
+    (:func:`utils.args.member_free`)."""
+    from utils.args import member_free
+
+    free = member_free(args)
+    return repr(sorted((key, value) for key, value in vars(args).items() if key not in free))
+
+
+def stack_problem(runs: Sequence[Run], alone: dict[str, Namespace]) -> str | None:
+    """Why ``runs`` cannot be stacked, or ``None``: ``utils/main.py``'s own parser reads the stack's flags, and each
+    member must get exactly the arguments of its run alone (``alone``: run name -> its parsed flags)."""
+    from utils.args import parse_members, split_members
+
+    shared, members = split_members(stack_flags(runs))
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            stacked = parse_members(shared, members)
+    except UserError as e:
+        return str(e)
+    except SystemExit:
+        return "utils/main.py rejects the stack's flags"
+    for run, args in zip(runs, stacked, strict=True):
+        if vars(args) != vars(alone[run.name]):
+            return f"{run.name} would get other arguments than alone"
+    return None
+
+
+def even_chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    """``items`` in the fewest runs of consecutive items of at most ``size``, as even as possible: a group's stacks
+    then take about as long, instead of a full stack and a small remainder."""
+    count = -(-len(items) // size)
+    small, larger = divmod(len(items), count)
+    start = 0
+    for chunk in range(count):
+        end = start + small + (chunk < larger)
+        yield list(items[start:end])
+        start = end
+
+
+def _stack(runs: Sequence[Run]) -> Stack:
+    first = runs[0]
+    log = first.log.with_name(first.name + STACK_LOG_SUFFIX)
+    return Stack(name=f"{first.name} (+{len(runs) - 1} stacked)", members=tuple(runs), log=log)
+
+
+def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> list[Job]:
+    """``runs`` as the jobs of ``--stack size``, in the grid's order: the runs to do in stacks of at most ``size``
+    compatible runs, the others alone (``size`` 1: every run alone, the launcher without stacks)."""
+    if size == 1:
+        return list(runs)
+    from utils.checkpoint import checkpoint_file
+
+    alone: dict[str, Namespace] = {}
+    groups: dict[str, list[int]] = {}
+    jobs: list[tuple[int, Job]] = []
+    for index, run in enumerate(runs):
+        args = None if run.done or checkpoint_file(run.results).exists() else _parse(run.argv)
+        if args is None:
+            jobs.append((index, run))
+            continue
+        alone[run.name] = args
+        groups.setdefault(_shared_arguments(args), []).append(index)
+    for indices in groups.values():
+        for chunk in even_chunks(indices, size):
+            members = [runs[i] for i in chunk]
+            problem = stack_problem(members, alone) if len(members) > 1 else None
+            if problem is not None:
+                print(f"warning: runs {members[0].name} ... not stacked, each runs alone: {problem}", file=out)
+                jobs += [(i, runs[i]) for i in chunk]
+            else:
+                jobs.append((chunk[0], members[0] if len(members) == 1 else _stack(members)))
+    return [job for _, job in sorted(jobs, key=lambda pair: pair[0])]
+
+
+def stacking_text(jobs: Sequence[Job], size: int) -> str:
+    """``=> --stack 4: 10 run(s) to do in 3 process(es)``."""
+    todo = [job for job in jobs if not job.done]
+    runs = sum(1 for job in todo for run in job.members if not run.done)
+    return f"=> --stack {size}: {runs} run(s) to do in {len(todo)} process(es)"
