@@ -216,6 +216,22 @@ def test_gradients_equal_autograd_of_the_reference_formulas() -> None:
     assert got[3][4] == 0 and got[3][:3].abs().min() > 0  # task 4 not yet seen takes no part
 
 
+def test_float32_statistics_stay_exact_when_the_mean_dwarfs_the_spread() -> None:
+    """Mean 1000 times the standard deviation: the one-pass moments are taken about the batch's mean, so float32
+    keeps the variance to float32's precision (a plain ``E[x²] − μ²`` loses every digit here)."""
+    torch.manual_seed(6)
+    x = torch.randn(20, 4, 6, 6, dtype=torch.float64) + 1000.0
+    ids = (torch.arange(20) >= 10).long().tolist()
+    layers = [AdaB2N(4, num_tasks=5, kappa=0.4).to(dtype) for dtype in (torch.float32, torch.float64)]
+    outs = []
+    for layer in layers:
+        layer.end_task()
+        outs.append(train_forward(layer, x.to(layer.running_var.dtype), ids))
+    single, double = layers
+    torch.testing.assert_close(single.running_var.double(), double.running_var, rtol=1e-5, atol=0)
+    torch.testing.assert_close(outs[0].double(), outs[1], rtol=0, atol=1e-3)
+
+
 def test_convert_norm_swaps_every_batchnorm_and_keeps_state() -> None:
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
     with torch.no_grad():

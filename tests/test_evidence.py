@@ -69,3 +69,10 @@ def test_no_evidence_tables_without_their_runs(tmp_path: Path) -> None:
     assert selections(report) == []  # no validation runs: nothing chosen apart from test
     p = pooled(report, "AdaB2N")
     assert p is not None and p.diff.n == 1 and p.low is None and p.detectable is None
+
+
+def test_a_cell_chosen_on_its_own_test_runs_is_left_out_of_the_pooled_gain(tmp_path: Path) -> None:
+    write_run(tmp_path, "bn0", final=40.0)
+    write_run(tmp_path, "a0", final=41.0, nl="AdaB2N", **A)
+    write_run(tmp_path, "b0", final=45.0, nl="AdaB2N", **B)  # chosen on test among two: optimistic
+    assert pooled(build_report(load_records(tmp_path)[0]), "AdaB2N") is None

@@ -4,7 +4,7 @@ Each case is a whole ``utils/main.py`` run on a Fashion-MNIST subset (``--nf 8 -
 --validation 1``: 18 training and 2 test images per class), on one CPU thread with a fixed seed. The fixture
 ``tests/golden/runs.json`` holds each run's accuracy matrices, final metrics and a SHA-256 of the trained network's
 parameters, recorded before the redesign of issue 13 (the AdaB²N cases again for issue 15's one-pass statistics:
-the same math, rounded otherwise; in float64 the first step's loss agrees exactly and the gap then grows as the
+the same math, rounded otherwise; in float64 the first step's loss agrees to 1e-16 and the gap then grows as the
 old code's own does under ``--channels_last 1``, to 1e-2 by step 20, because online training amplifies rounding).
 A change of training arithmetic fails here; an intended one
 regenerates the fixture with ``NORMCL_RECORD_GOLDEN=1 pytest tests/test_golden.py`` and says why in its commit.

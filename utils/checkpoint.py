@@ -47,6 +47,7 @@ RESUME_FREE_ARGS = frozenset(
         "wandb_name",
         "wandb_group",
         "compile",
+        "compile_mode",
         "channels_last",
     }
 )

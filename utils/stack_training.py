@@ -28,7 +28,14 @@ from models.utils.stacking import StackedNet
 from utils.checkpoint import checkpoint_file, load_checkpoint
 from utils.core.errors import UserError
 from utils.results import build_results, code_version, partial_results_file, results_file, summary_table, write_results
-from utils.run_setup import build_network, check_writable, default_run_name, resolve_device, set_seed
+from utils.run_setup import (
+    apply_speed_options,
+    build_network,
+    check_writable,
+    default_run_name,
+    resolve_device,
+    set_seed,
+)
 from utils.training import Trainer, check_trainable
 from utils.wandb_logger import WandbLogger
 
@@ -87,10 +94,7 @@ def run_stack(members: list[Namespace]) -> list[dict[str, Any]]:
         net = StackedNet(nets, channels_last=bool(first.channels_last))
     except ValueError as e:
         raise UserError(f"the members cannot be stacked: {e}") from None
-    if first.channels_last:
-        net.to(memory_format=torch.channels_last)
-    if first.compile:
-        net.compile()
+    apply_speed_options(net, first)
     model = MODELS.get(first.model)(net, F.cross_entropy, first, datasets[0], Members(members, generators)).to(device)
     loggers = [WandbLogger(args, concurrent=len(members) > 1) for args in members]
     trainer = Trainer(model, datasets, members, loggers, ckpt)

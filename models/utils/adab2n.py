@@ -171,8 +171,8 @@ class AdaB2N(nn.BatchNorm2d):
         if task_ids is None:
             var, mean = torch.var_mean(input, [0, 2, 3], correction=0)
         else:
-            mean_i, square_i = SampleMoments.apply(input)
-            mean, var = weighted_statistics(mean_i, square_i, self.sample_weights(task_ids, counts))
+            mean_i, square_i, shift = SampleMoments.apply(input)
+            mean, var = weighted_statistics(mean_i, square_i, shift, self.sample_weights(task_ids, counts))
         out = normalized(input, mean, var, self.eps, self.weight, self.bias)
         with torch.no_grad():
             self.num_batches_tracked += 1
@@ -189,34 +189,47 @@ class AdaB2N(nn.BatchNorm2d):
 
 
 class SampleMoments(torch.autograd.Function):
-    """Each sample's mean and mean of squares per channel over H×W, ``[N, C]`` each, with a one-pass backward.
+    """Each sample's mean and mean of squares per channel over H×W, ``[N, C]`` each, about a per-channel shift ``c``
+    (the first sample's means, ``[C]``, no gradient: the results do not depend on it), with a one-pass backward.
 
-    Autograd of ``x.mean`` and ``x.square().mean`` would take five passes over the input's size backward (two
-    expansions, two products, a sum); ``dx = dm / HW + x · 2 dq / HW`` is one multiply-add.
+    The shift keeps ``E[x²] − μ²`` free of cancellation when a channel's mean is far larger than its spread (the
+    reference's two passes and BatchNorm's Welford are exact there). Autograd of ``mean`` and ``square().mean``
+    would take five passes over the input's size backward; ``dx = dm / HW + (x − c) · 2 dq / HW`` is one.
     """
 
     @staticmethod
-    def forward(ctx: Any, input: Tensor) -> tuple[Tensor, Tensor]:
-        ctx.save_for_backward(input)
+    def forward(ctx: Any, input: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        ctx.shape = input.shape
         flat = input.flatten(2)
-        return flat.mean(2), torch.linalg.vecdot(flat, flat) / flat.shape[2]
+        mean = flat.mean(2)
+        shift = mean[0]  # one sample's own means: near the batch's, and the same numbers alone and in a stack
+        centered = flat - shift[:, None]
+        ctx.save_for_backward(centered)
+        ctx.mark_non_differentiable(shift)
+        return mean - shift, torch.linalg.vecdot(centered, centered) / flat.shape[2], shift
 
     @staticmethod
-    def backward(ctx: Any, d_mean: Tensor, d_square: Tensor) -> Tensor:
-        (input,) = ctx.saved_tensors
-        area = input.shape[2] * input.shape[3]
-        return torch.addcmul((d_mean / area)[:, :, None, None], input, (d_square * (2.0 / area))[:, :, None, None])
+    def backward(ctx: Any, d_mean: Tensor, d_square: Tensor, _: Tensor) -> Tensor:
+        (centered,) = ctx.saved_tensors
+        area = centered.shape[2]
+        grad = torch.addcmul((d_mean / area)[:, :, None], centered, (d_square * (2.0 / area))[:, :, None])
+        return grad.view(ctx.shape)
 
 
-def weighted_statistics(mean_i: Tensor, square_i: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Task-balanced mean and variance per channel from each sample's mean and mean of squares over H×W (``[N, C]``).
+def weighted_statistics(mean_i: Tensor, square_i: Tensor, shift: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Task-balanced mean and variance per channel from each sample's mean and mean of squares over H×W about
+    ``shift`` (:class:`SampleMoments`).
 
-    ``μ = Σ_i s_i m_i`` and the reference's ``σ² = Σ_i s_i mean_HW((x_i − μ)²) = Σ_i s_i q_i − μ² (2 − Σ_i s_i)``
-    (the weights sum to less than one when a seen task is missing from the batch): one product of ``[2C, N]`` with
-    the weights serves both, after two plain reductions over the input instead of a second pass against ``μ``.
+    With ``y = x − c``, ``S = Σ_i s_i`` (below one when a seen task is missing from the batch), ``μ = Σ_i s_i m_i =
+    Σ_i s_i m'_i + c S`` and ``a = μ − c``, the reference's ``σ² = Σ_i s_i mean_HW((x_i − μ)²) = Σ_i s_i q'_i −
+    2 a Σ_i s_i m'_i + a² S``: one product of ``[2C, N]`` with the weights serves both, after one pass over the input
+    instead of the reference's second pass against ``μ``.
     """
-    mean, square = torch.cat([mean_i, square_i], 1).t().matmul(weights).split(mean_i.shape[1])
-    return mean, square - mean.square() * (2.0 - weights.sum())
+    total = weights.sum()
+    mean_y, square_y = torch.cat([mean_i, square_i], 1).t().matmul(weights).split(mean_i.shape[1])
+    mean = mean_y + shift * total
+    offset = mean - shift
+    return mean, square_y - 2.0 * offset * mean_y + offset.square() * total
 
 
 def normalized(

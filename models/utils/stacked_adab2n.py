@@ -2,8 +2,9 @@
 
 The input is ``[N, K·C, H, W]`` with member k's channels in the k-th block, and each member has its own task ids
 (``[K, N]``: members with other seeds replay other samples), task logits, ``kappa`` (so its own ``η``), ``lambd``
-and ``ada_t0``. The arithmetic is :class:`~models.utils.adab2n.AdaB2N`'s, member by member: the weighted means are
-one ``einsum`` over the members, the running statistics one update over K·C channels.
+and ``ada_t0``. The arithmetic is :class:`~models.utils.adab2n.AdaB2N`'s, member by member: the per-sample moments
+are one pass over all K·C channels, the weighted sums one small product per member (each as alone), the running
+statistics one update over K·C channels.
 """
 
 from __future__ import annotations
@@ -114,9 +115,11 @@ class StackedAdaB2N(nn.Module):
         """Each member's :func:`~models.utils.adab2n.weighted_statistics` over its own channels, ``[K·C]`` each:
         the member's own arithmetic alone (one small product per member)."""
         c = self.num_features
-        mean_i, square_i = SampleMoments.apply(input)
+        mean_i, square_i, shift = SampleMoments.apply(input)
         parts = [
-            weighted_statistics(mean_i[:, k * c : (k + 1) * c], square_i[:, k * c : (k + 1) * c], weights[k])
+            weighted_statistics(
+                mean_i[:, k * c : (k + 1) * c], square_i[:, k * c : (k + 1) * c], shift[k * c : (k + 1) * c], weights[k]
+            )
             for k in range(self.members)
         ]
         return torch.cat([mean for mean, _ in parts]), torch.cat([var for _, var in parts])

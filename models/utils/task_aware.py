@@ -39,7 +39,8 @@ class TaskAwareNorm(Protocol):
     """After a training forward, that forward's differentiable regulariser (``None``: none)."""
 
     def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None) -> None:
-        """Task index of every sample of the next training forward; ``counts = task_counts(task_ids, n)``."""
+        """Task index of every sample of the next training forward (at most the current task: a task the layer has
+        not reached yet takes no part); ``counts = task_counts(task_ids, num_tasks)``."""
         ...
 
     def norm_loss_weight(self, task: int) -> float:

@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slurm_gpus_per_job", type=int, default=1, help="GPUs per run or stack (0: CPU)")
     s.add_argument("--slurm_cpus_per_job", type=int, default=4, help="CPUs per run (or stack)")
     s.add_argument("--slurm_mem", type=int, default=32, help="memory per run (or stack), GB")
-    s.add_argument("--slurm_array_parallelism", type=int, default=64, help="runs of the array at once")
+    s.add_argument("--slurm_array_parallelism", type=int, default=64, help="jobs (runs or stacks) of the array at once")
     s.add_argument("--no_wait", action="store_true", help="submit and exit without waiting for the jobs")
 
     o = p.add_argument_group("report")
