@@ -1,4 +1,5 @@
-"""A stacked run's member is the same run as alone (issue 14): float64, every norm, ER-ACE and DER++.
+"""A stacked run's member is the same run as alone (issue 14): float64, every norm with ER-ACE and DER++, and
+AdaB²N with SGD, ER and DER.
 
 Four members with different seeds, learning rates and norm or model options train as one stack; each must give
 the per-step losses (within 1e-9 relative: float64 rounding, as the members' sums run in another order) and the
@@ -29,6 +30,7 @@ ADAB2N = [
     "--kappa 0.7",
 ]
 DERPP = ["", "--alpha 0.3", "--beta 1.0", "--alpha 0.05 --beta 0.2"]
+DER = ["", "--alpha 0.3", "", "--alpha 0.05"]
 
 
 def members(model: str, norm: str) -> list[str]:
@@ -36,13 +38,14 @@ def members(model: str, norm: str) -> list[str]:
     flags = [f"{base} --run_name m{k}" for k, base in enumerate(SEEDS_AND_RATES)]
     if norm.startswith("AdaB2N"):
         flags = [f"{f} {o}" for f, o in zip(flags, ADAB2N, strict=True)]
-    if model == "derpp":
-        flags = [f"{f} {o}" for f, o in zip(flags, DERPP, strict=True)]
+    if model in ("der", "derpp"):
+        flags = [f"{f} {o}" for f, o in zip(flags, DER if model == "der" else DERPP, strict=True)]
     return flags
 
 
 NORMS = ["BN", "GN", "LN", "IN", "CN --no_affine 1", "BRN", "AdaB2N", "AdaB2N --adab2n_renorm 1"]
 CASES = [(model, norm) for model in ("er_ace", "derpp") for norm in NORMS] + [("er_ace", "BN --forward_mode joint")]
+CASES += [(model, "AdaB2N") for model in ("sgd", "er", "der")]  # the other stackable models, with the hardest norm
 
 
 def shared(model: str, norm: str, results: Path) -> list[str]:
@@ -58,7 +61,7 @@ def shared(model: str, norm: str, results: Path) -> list[str]:
 def losses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[torch.Tensor]]:
     """Every step's loss (a scalar alone, ``[K]`` in a stack), as the models' ``observe`` returns it."""
     recorded: list[torch.Tensor] = []
-    for name in ("er_ace", "derpp"):
+    for name in ("sgd", "er", "der", "derpp", "er_ace"):
         cls = MODELS.get(name)
         original = cls.observe
 
