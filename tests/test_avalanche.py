@@ -9,6 +9,7 @@ this framework's own ``ErAce`` on the same samples, state and task indices.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import subprocess
 import sys
@@ -249,6 +250,9 @@ def test_a_copy_of_the_model_is_left_alone(fmnist: ContinualDataset) -> None:
     cl.train(benchmark.train_stream[0], eval_streams=[])
     assert twins and plugin.current_task == 1
     assert all(int(layer.tasks_completed) == 0 for layer in adab2n_layers(twins[0]))
+    hooks = [*twins[0]._forward_pre_hooks.values(), *twins[0]._forward_hooks.values()]
+    assert hooks and not any(hasattr(h.fn, "__self__") for h in hooks)  # no bound method of the plugin
+    torch.save(twins[0], io.BytesIO())  # the copy holds no reference to the strategy (unpicklable as a whole)
 
 
 def test_an_unknown_norm_is_named_with_the_choices() -> None:

@@ -33,9 +33,13 @@ from models.utils.task_aware import TaskAwareNorm, task_aware_layers, task_count
 NAME = "TaskAwareNormPlugin"
 
 
+def _ignore(*_: Any) -> None:
+    """What a copied model's hooks do."""
+
+
 class _SharedHook:
-    """A model hook that ``copy.deepcopy`` keeps as is: a copy of the model (LwF's teacher, a snapshot) must not
-    deep-copy the plugin and with it the whole strategy; the hook ignores every module but the strategy's model."""
+    """A model hook whose deep copy does nothing: a copy of the model (LwF's teacher, a snapshot) must neither
+    deep-copy the plugin, and with it the whole strategy, nor keep a reference to it (``torch.save`` of the copy)."""
 
     def __init__(self, fn: Callable[..., None]) -> None:
         self.fn = fn
@@ -44,7 +48,7 @@ class _SharedHook:
         self.fn(*args)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _SharedHook:
-        return self
+        return _SharedHook(_ignore)
 
 
 class TaskAwareNormPlugin(SupervisedPlugin):
