@@ -21,7 +21,7 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
 )
 
 from utils.args import parse_args, split_members
-from utils.checkpoint import checkpoint_file
+from utils.checkpoint import checkpoint_file, save_checkpoint
 from utils.experiments.cli import main, parse_launcher_args
 from utils.experiments.grid import Run, expand_grid, expand_test, expand_validation
 from utils.experiments.processes import default_command
@@ -119,6 +119,22 @@ def test_configurations_stack_but_adab2n_and_its_renorm_variant_never_share_a_st
         assert isinstance(stack, Stack) and len({r.config for r in stack.members}) == 2
         for member, flags in zip(stack.members, _member_flags(stack), strict=True):
             assert vars(parse_args(flags)) == vars(parse_args(default_command(member, 1)[2:]))
+
+
+def test_an_interrupted_stack_is_packed_again_as_it_was_whatever_k_is_now(tmp_path: Path) -> None:
+    runs = [r for r in _grid(tmp_path) if r.method == "BN"]
+    first, second = runs[0], runs[3]  # two runs an earlier --stack 2 had stacked
+    first.results.parent.mkdir(parents=True, exist_ok=True)
+    saved = {"args": [{"run_name": r.name} for r in (first, second)]}  # what a stack's checkpoint records of it
+    save_checkpoint(checkpoint_file(first.results, stack=True), saved)
+    for k in (3, 4):
+        jobs = stack_runs(runs, k)
+        pinned = [job for job in jobs if isinstance(job, Stack) and job.members[0] == first]
+        assert [[r.name for r in job.members] for job in pinned] == [[first.name, second.name]]
+        assert default_command(pinned[0], 1)[-2:] == ["--resume", "1"]
+        assert sorted(r.name for job in jobs for r in job.members) == sorted(r.name for r in runs)
+    second.results.write_text("{}")  # a member finished meanwhile: nothing to pin, the stacks are packed anew
+    assert not any(isinstance(j, Stack) and j.members[0] == first and second in j.members for j in stack_runs(runs, 4))
 
 
 def test_a_bad_stack_size_is_one_line_and_exit_2(capsys: pytest.CaptureFixture) -> None:

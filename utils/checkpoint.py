@@ -105,6 +105,15 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def stack_members(path: Path) -> list[str] | None:
+    """The ``--run_name`` of each member of the stack whose checkpoint ``path`` is; ``None`` if it cannot be read."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)["args"]
+        return [str(args["run_name"]) for args in saved]
+    except Exception:  # unreadable or not a stack's: the stack that finds it reports it when it resumes
+        return None
+
+
 def load_checkpoint(path: Path, args: Namespace | list[Namespace], device: torch.device) -> dict[str, Any]:
     """Read a checkpoint and check that it belongs to a run (a stack: runs) with the same configuration."""
     if not path.is_file():

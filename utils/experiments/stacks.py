@@ -6,7 +6,7 @@ options. Runs are grouped by that rule, read from each run's parsed flags; a sta
 the flags of its run alone (the shared ones once), so its results file, run and wandb names and results are the
 run's, and ``utils/main.py``'s own ``parse_members`` checks that before the stack is started. The packing happens
 when a phase starts, so runs done by then (results, or diverged) are left out, as are runs with a checkpoint of their
-own: they resume alone.
+own: they resume alone; a stack interrupted earlier is packed again as it was, so that it resumes.
 """
 
 from __future__ import annotations
@@ -156,7 +156,13 @@ def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> lis
     alone: dict[str, Namespace] = {}
     groups: dict[str, list[int]] = {}
     jobs: list[tuple[int, Job]] = []
+    pinned = _interrupted_stacks(runs)
+    for members in pinned:
+        jobs.append((runs.index(members[0]), _stack(members)))
+    taken = {run.name for members in pinned for run in members}
     for index, run in enumerate(runs):
+        if run.name in taken:
+            continue
         args = None if run.done or checkpoint_file(run.results).exists() else _parse(run.argv)
         if args is None:
             jobs.append((index, run))
@@ -173,6 +179,21 @@ def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> lis
             else:
                 jobs.append((chunk[0], members[0] if len(members) == 1 else _stack(members)))
     return [job for _, job in sorted(jobs, key=lambda pair: pair[0])]
+
+
+def _interrupted_stacks(runs: Sequence[Run]) -> list[list[Run]]:
+    """The stacks that an interrupted launch left checkpoints of (``FIRST.stack.ckpt``) whose members are all still
+    to do here: they are packed again as they were, whatever ``--stack`` says now, so that they resume."""
+    from utils.checkpoint import checkpoint_file, stack_members
+
+    by_name = {run.name: run for run in runs if not run.done}
+    stacks: list[list[Run]] = []
+    for run in by_name.values():
+        path = checkpoint_file(run.results, stack=True)
+        names = stack_members(path) if path.exists() else None
+        if names and len(names) > 1 and names[0] == run.name and all(name in by_name for name in names):
+            stacks.append([by_name[name] for name in names])
+    return stacks
 
 
 def stacking_text(jobs: Sequence[Job], size: int) -> str:
