@@ -94,10 +94,7 @@ def _config_text(config: Config | None) -> str:
 
 
 def _gain_text(gain: Gain | None) -> str:
-    if gain is None or gain.diff.mean is None:
-        return "–"
-    spread = "" if gain.diff.std is None else f" ± {gain.diff.std:.2f}"
-    return f"{gain.diff.mean:+.2f}{spread} ({gain.diff.n}; ahead on {gain.ahead})"
+    return (gain.text() if gain is not None else "") or "–"
 
 
 def markdown(report: Report) -> list[str]:

@@ -37,11 +37,7 @@ def _cell_text(entry: Entry | None, metric: str) -> str:
 
 
 def _gain_text(gain: Gain | None) -> str:
-    if gain is None or gain.diff.mean is None:
-        return ""
-    spread = "" if gain.diff.std is None else f" ± {gain.diff.std:.2f}"
-    more = f"; {gain.diverged} {DIVERGED}" if gain.diverged else ""
-    return f"{gain.diff.mean:+.2f}{spread} ({gain.diff.n}; ahead on {gain.ahead}{more})"
+    return "" if gain is None else gain.text()
 
 
 def _drift_text(drift: dict[str, Stat], stat: str) -> str:

@@ -165,6 +165,14 @@ class Gain:
     ahead: int
     diverged: int = 0
 
+    def text(self) -> str:
+        """``+mean ± std (n; ahead on k; d diverged)``; empty without a mean."""
+        if self.diff.mean is None:
+            return ""
+        spread = "" if self.diff.std is None else f" ± {self.diff.std:.2f}"
+        more = f"; {self.diverged} {DIVERGED}" if self.diverged else ""
+        return f"{self.diff.mean:+.2f}{spread} ({self.diff.n}; ahead on {self.ahead}{more})"
+
 
 def paired_diffs(runs: Sequence[Record], base_runs: Sequence[Record], metric: str = "class_il") -> list[float]:
     """``run − baseline`` for every seed both hold (a seed fixes class order and initialisation)."""
