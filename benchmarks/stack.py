@@ -4,10 +4,12 @@ The runs are a column's κ×λ grid: online Split Fashion-MNIST, er_ace with Ada
 seed, K different (κ, λ). The separate runs are packed as ``run.py`` packs them on that device: on the CPU
 ``--workers`` processes at a time with ``cores / workers`` threads each (the launcher's ``--cpu_workers``), on a GPU
 ``--workers`` processes at a time on the one GPU (the launcher's ``--max_per_gpu``). The stack runs alone with all
-the cores. Peak memory comes from the kernel (``wait4``): the stack's own, and the separate runs' summed. The last
-output line is one JSON object.
+the cores, or the members split into ``--stacks`` stacks run at once, each with its share of the cores (what
+``run.py --stack`` does with as many workers). Peak memory comes from the kernel (``wait4``): the stacks' summed,
+and the separate runs' summed. The last output line is one JSON object.
 
-    python benchmarks/stack.py --members 8 [--samples_per_class 200] [--device cuda] [--workers 2] [--extra "..."]
+    python benchmarks/stack.py --members 8 [--samples_per_class 200] [--device cuda] [--workers 2] [--stacks 2]
+        [--extra "..."]
 """
 
 from __future__ import annotations
@@ -72,12 +74,19 @@ def run_separate(a: argparse.Namespace, members: list[str], results: Path) -> tu
 
 
 def run_stack(a: argparse.Namespace, members: list[str], results: Path) -> tuple[float, float]:
-    argv = shared(a, results, os.cpu_count() or 1)
-    for member in members:
-        argv += ["--member", member]
+    """Wall time of the members as ``--stacks`` stacks at a time (each with its share of the cores, as
+    ``run.py --stack`` packs them on ``--stacks`` workers), and the sum of their peak memories."""
+    threads = max(1, (os.cpu_count() or 1) // a.stacks) if a.device in (None, "cpu") else 1
+    parts = [members[i :: a.stacks] for i in range(a.stacks)]
     begin = time.perf_counter()
-    peak = finish(*start(argv))
-    return time.perf_counter() - begin, peak
+    running = []
+    for part in parts:
+        argv = shared(a, results, threads)
+        for member in part:
+            argv += ["--member", member]
+        running.append(start(argv))
+    peaks = [finish(*job) for job in running]
+    return time.perf_counter() - begin, sum(peaks)
 
 
 def main() -> None:
@@ -86,10 +95,13 @@ def main() -> None:
     p.add_argument("--samples_per_class", type=int, default=200, help="training images per class of every run")
     p.add_argument("--device", default=None, help="torch device (default: utils/main.py's choice)")
     p.add_argument("--workers", type=int, default=None, help="separate runs at a time (default: cores; on a GPU 14)")
+    p.add_argument("--stacks", type=int, default=1, help="the members split into this many stacks run at once")
     p.add_argument("--extra", default="", help="more flags for every run, e.g. '--channels_last 1'")
     a = p.parse_args()
     if a.workers is None:
         a.workers = (os.cpu_count() or 1) if a.device in (None, "cpu") else 14
+    if not 1 <= a.stacks <= a.members:
+        p.error(f"--stacks must be between 1 and --members ({a.members}); got {a.stacks}")
     members = member_flags(a.members)
     with tempfile.TemporaryDirectory() as tmp:
         stacked_s, stacked_mib = run_stack(a, members, Path(tmp) / "stack")
@@ -106,6 +118,7 @@ def main() -> None:
                 "memory_ratio": round(stacked_mib / separate_mib, 3),
                 "samples_per_class": a.samples_per_class,
                 "workers": a.workers,
+                "stacks": a.stacks,
                 "extra": a.extra,
                 "device": a.device or "default",
                 "cores": os.cpu_count(),

@@ -107,15 +107,23 @@ class ContinualModel(nn.Module):
         """Mean squared error (DER's logit replay), each member's in a stack."""
         return self._mse(a, b)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, net: nn.Module | None = None) -> Tensor:
+        """The network's output (``net`` instead: one member of a stack, from :meth:`member_net`)."""
+        net = self.net if net is None else net
         if x.dtype != self.dtype:  # --dtype float64: the inputs follow the network
             x = x.to(self.dtype)
         if self.channels_last and x.dim() == 4:  # a stack's [K, B, C, H, W]: the StackedNet lays it out
             x = x.contiguous(memory_format=torch.channels_last)
         if not self.amp:
-            return self.net(x)
+            return net(x)
         with self.autocast():
-            return self.net(x).float()
+            return net(x).float()
+
+    def member_net(self, k: int) -> nn.Module:
+        """Member ``k`` of a stack as the ordinary network it is alone, with its current state and mode."""
+        if self.members is None:
+            raise ValueError("member_net is for stacked runs; a run alone has one network, self.net")
+        return self.net.member(k).train(self.net.training)
 
     def autocast(self) -> AbstractContextManager:
         """bf16 autocast of the forward passes under ``--amp``; no context at all otherwise (any device)."""

@@ -215,7 +215,8 @@ class StackedNet(nn.Module):
         return index.view(-1, *([1] * (tensor.dim() - 1)))
 
     def member(self, k: int) -> nn.Module:
-        """Member ``k`` as an ordinary network of the members' architecture, with its current state."""
+        """Member ``k`` as an ordinary network of the members' architecture, with its current state, on the stack's
+        device, dtype and memory format."""
         template = self._template[0]
         member = copy.deepcopy(template)
         stacked = dict(self.inner.named_modules())
@@ -225,4 +226,6 @@ class StackedNet(nn.Module):
                 single = extract(k, layer) if extract else _slice(stacked[name], layer, k, self.members, SHARED)
                 parent, _, child = name.rpartition(".")
                 setattr(member.get_submodule(parent) if parent else member, child, single)
-        return member
+        reference = next(self.inner.parameters())
+        member.to(reference.device, reference.dtype)  # the template stayed where the members were built
+        return member.to(memory_format=torch.channels_last) if self.channels_last else member
