@@ -84,6 +84,11 @@ if [[ ${FULLDATA:-0} == 1 ]]; then
 fi
 
 if [[ ${STACK:-0} == 1 ]]; then
+  for k in 8 32; do  # one training step per member first: seconds, and what the whole runs below should show
+    line=$(timeout 60 $PYTHON benchmarks/stack_step.py --device cuda --members "$k" 2>>"$OUT/gpu.log" | tail -1)
+    [[ $line == "{"* ]] && echo "$line" >>"$OUT/stack_step.jsonl"
+    log "stack step K=$k: $line"
+  done
   for k in 1 4 8 16 32; do
     (( $(left) > 60 )) || break
     line=$(timeout $(( $(left) - 30 )) $PYTHON benchmarks/stack.py --device cuda --members "$k" \

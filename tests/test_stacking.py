@@ -103,6 +103,19 @@ def _member_grads(stacked: StackedNet, k: int) -> list[torch.Tensor]:
     return grads
 
 
+def test_a_member_comes_back_on_the_stacks_dtype_and_memory_format() -> None:
+    """Members built in float32 and stacked, the stack then made float64 and channels-last (as ``--dtype`` and
+    ``--channels_last`` do after stacking): ``member(k)`` is that too, and scores as the stack's member k."""
+    torch.manual_seed(0)
+    nets = [ResNet18(num_classes=10, nf=4, in_channels=1) for _ in range(2)]
+    stacked = StackedNet(nets, channels_last=True).double().to(memory_format=torch.channels_last).eval()
+    member = stacked.member(1).eval()
+    assert {p.dtype for p in member.parameters()} == {torch.float64}
+    assert member.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 1, 12, 12, dtype=torch.float64)
+    torch.testing.assert_close(member(x[1].contiguous(memory_format=torch.channels_last)), stacked(x)[1])
+
+
 def test_member_index_names_each_block_of_a_stacked_parameter() -> None:
     stacked = StackedNet(members("BN"))
     conv = stacked.inner.conv1.weight  # 3 members x 4 output channels

@@ -1,0 +1,111 @@
+"""Milliseconds of one training step of K stacked networks, per member, against one network alone.
+
+Both get what a replay step gives AdaB²N (a joint batch of ``--batch`` images, half from task 0 and half from task
+1, after one completed task; the regulariser joins the loss): the stack ``[K, batch]`` images, one member's worth
+each, as ``StackedNet`` takes them. Forward + backward, interleaved (stack, alone, stack, alone, ...) in one
+process at one thread count, so that drift cancels; the medians are reported. Where ``per_member_ratio`` (the
+stack's step / K over the lone network's) is below 1, stacking saves arithmetic time at that thread count; whole
+runs add start-up and evaluation (``benchmarks/stack.py``). The last output line is one JSON object.
+
+    python benchmarks/stack_step.py --members 8 [--nl AdaB2N] [--nf 20] [--threads 1] [--channels_last 1]
+        [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
+from backbone.resnet18 import ResNet18
+from benchmarks.common import machine, timed
+from models.utils.norms import convert_norm
+from models.utils.stacking import StackedNet
+from models.utils.task_aware import task_aware_layers, task_counts
+
+TASKS = 5
+
+
+def network(nl: str, nf: int) -> nn.Module:
+    """A reduced ResNet-18 with ``nl``, after one completed task."""
+    net = ResNet18(num_classes=10, nf=nf, in_channels=1).train()
+    if nl != "BN":
+        options = {"num_tasks": TASKS, "kappa": 0.4, "lambd": 0.1} if nl == "AdaB2N" else {}
+        net = convert_norm(net, nl, example_input=torch.zeros(1, 1, 28, 28), **options)
+    for layer in task_aware_layers(net):
+        layer.end_task()
+    return net
+
+
+def step_of(net: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor):
+    """Forward + backward of ``net`` (a stack: ``x [K, B, ...]``, ``y`` and ``ids [K, B]``), regulariser included."""
+    layers = task_aware_layers(net)
+    counts = task_counts(ids, TASKS)
+
+    def step() -> None:
+        for layer in layers:
+            layer.set_batch_tasks(ids, counts)
+        out = net(x)
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        losses = [layer.norm_loss.sum() for layer in layers if layer.norm_loss is not None]
+        if losses:
+            loss = loss + 0.1 * torch.stack(losses).sum()
+        net.zero_grad(set_to_none=True)
+        loss.backward()
+
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--members", type=int, required=True, help="K: networks in the stack")
+    p.add_argument("--nl", default="AdaB2N", help="the norm of every network")
+    p.add_argument("--nf", type=int, default=20, help="ResNet-18 width")
+    p.add_argument("--batch", type=int, default=20, help="joint batch of each member: stream + replay images")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of both measurements")
+    p.add_argument("--channels_last", type=int, default=1, choices=[0, 1], help="channels-last memory format")
+    p.add_argument("--repeats", type=int, default=20, help="timed steps of each (after 3 warm-up steps)")
+    a = p.parse_args()
+    if a.members < 1:
+        p.error(f"--members must be at least 1; got {a.members}")
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    device, k, b = torch.device(a.device), a.members, a.batch
+    alone = network(a.nl, a.nf).to(device)
+    stack = StackedNet([network(a.nl, a.nf) for _ in range(k)], channels_last=bool(a.channels_last)).to(device)
+    x, ids = torch.randn(k, b, 1, 28, 28, device=device), (torch.arange(b, device=device) >= b // 2).long()
+    y = torch.randint(0, 4, (k, b), device=device)
+    x_alone = x[0]
+    if a.channels_last:
+        alone, stack = alone.to(memory_format=torch.channels_last), stack.to(memory_format=torch.channels_last)
+        x_alone = x_alone.contiguous(memory_format=torch.channels_last)
+    steps = {"alone": step_of(alone, x_alone, y[0], ids), "stack": step_of(stack, x, y, ids.expand(k, b))}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(3 + a.repeats):
+        for name, step in steps.items():
+            ms = timed(step, device)
+            if i >= 3:
+                times[name].append(ms)
+    alone_ms, stack_ms = statistics.median(times["alone"]), statistics.median(times["stack"])
+    result = {
+        "members": k,
+        "nl": a.nl,
+        "nf": a.nf,
+        "batch": b,
+        "channels_last": a.channels_last,
+        "alone_ms": round(alone_ms, 2),
+        "stack_ms": round(stack_ms, 2),
+        "per_member_ratio": round(stack_ms / k / alone_ms, 3),
+        **machine(device),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
