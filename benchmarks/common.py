@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset, RawSplit
 from models.utils.continual_model import ContinualModel
+from models.utils.task_aware import task_aware_layers, task_counts
 from utils.args import parse_args
 from utils.main import build_model, resolve_device, set_seed
 
@@ -65,3 +68,36 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - start) * 1000.0
+
+
+def replay_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, tasks: int):
+    """Forward + backward of ``net`` on a batch, task ids handed to its task-aware layers first and their
+    regularisers (weight 0.1) in the loss. A stack: ``x [K, B, ...]``, ``y`` and ``ids [K, B]``."""
+    layers = task_aware_layers(net)
+    counts = task_counts(ids, tasks)
+
+    def step() -> None:
+        for layer in layers:
+            layer.set_batch_tasks(ids, counts)
+        out = net(x)
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        losses = [layer.norm_loss.sum() for layer in layers if layer.norm_loss is not None]
+        if losses:
+            loss = loss + 0.1 * torch.stack(losses).sum()
+        net.zero_grad(set_to_none=True)
+        loss.backward()
+
+    return step
+
+
+def interleaved(
+    steps: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median milliseconds of each step, timed in turn (A, B, A, B, ...) so that the machine's drift cancels."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(warmup + repeats):
+        for name, step in steps.items():
+            ms = timed(step, device)
+            if i >= warmup:
+                times[name].append(ms)
+    return {name: statistics.median(values) for name, values in times.items()}

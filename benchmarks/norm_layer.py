@@ -13,36 +13,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 
 import torch
-import torch.nn.functional as F
 
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from backbone.resnet18 import ResNet18
-from benchmarks.common import machine, timed
+from benchmarks.common import interleaved, machine, replay_step
 from models.utils.norms import convert_norm
-from models.utils.task_aware import task_aware_layers, task_counts
+from models.utils.task_aware import task_aware_layers
 
 TASKS = 5
-
-
-def step_of(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor):
-    """One forward + backward of ``net`` on the batch, task ids handed to its task-aware layers first."""
-    layers = task_aware_layers(net)
-    counts = task_counts(ids, TASKS)
-
-    def step() -> None:
-        for layer in layers:
-            layer.set_batch_tasks(ids, counts)
-        loss = F.cross_entropy(net(x), y)
-        losses = [layer.norm_loss for layer in layers if layer.norm_loss is not None]
-        if losses:
-            loss = loss + 0.1 * torch.stack(losses).sum()
-        net.zero_grad(set_to_none=True)
-        loss.backward()
-
-    return step
 
 
 def main() -> None:
@@ -70,14 +50,9 @@ def main() -> None:
     x = torch.randn(a.batch, 1, 28, 28, device=device)
     y = torch.randint(0, 4, (a.batch,), device=device)
     ids = (torch.arange(a.batch, device=device) >= a.batch // 2).long()
-    steps = {"bn": step_of(base, x, y, ids), "other": step_of(other, x, y, ids)}
-    times: dict[str, list[float]] = {"bn": [], "other": []}
-    for i in range(10 + a.repeats):
-        for name, step in steps.items():
-            ms = timed(step, device)
-            if i >= 10:
-                times[name].append(ms)
-    bn_ms, other_ms = statistics.median(times["bn"]), statistics.median(times["other"])
+    steps = {"bn": replay_step(base, x, y, ids, TASKS), "other": replay_step(other, x, y, ids, TASKS)}
+    medians = interleaved(steps, device, a.repeats, warmup=10)
+    bn_ms, other_ms = medians["bn"], medians["other"]
     name = "adab2n_ms" if a.nl == "AdaB2N" else f"{a.nl.lower()}_ms"
     result = {"nl": a.nl, "nf": a.nf, "batch": a.batch, "compile": a.compile}
     result |= {name: round(other_ms, 3), "bn_ms": round(bn_ms, 3)}

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from backbone.resnet18 import ResNet18
-from benchmarks.common import machine, timed
+from benchmarks.common import interleaved, machine, replay_step
 from models.utils.norms import convert_norm
 from models.utils.stacking import StackedNet
-from models.utils.task_aware import task_aware_layers, task_counts
+from models.utils.task_aware import task_aware_layers
 
 TASKS = 5
 
@@ -40,25 +38,6 @@ def network(nl: str, nf: int) -> nn.Module:
     for layer in task_aware_layers(net):
         layer.end_task()
     return net
-
-
-def step_of(net: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor):
-    """Forward + backward of ``net`` (a stack: ``x [K, B, ...]``, ``y`` and ``ids [K, B]``), regulariser included."""
-    layers = task_aware_layers(net)
-    counts = task_counts(ids, TASKS)
-
-    def step() -> None:
-        for layer in layers:
-            layer.set_batch_tasks(ids, counts)
-        out = net(x)
-        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-        losses = [layer.norm_loss.sum() for layer in layers if layer.norm_loss is not None]
-        if losses:
-            loss = loss + 0.1 * torch.stack(losses).sum()
-        net.zero_grad(set_to_none=True)
-        loss.backward()
-
-    return step
 
 
 def main() -> None:
@@ -85,14 +64,12 @@ def main() -> None:
     if a.channels_last:
         alone, stack = alone.to(memory_format=torch.channels_last), stack.to(memory_format=torch.channels_last)
         x_alone = x_alone.contiguous(memory_format=torch.channels_last)
-    steps = {"alone": step_of(alone, x_alone, y[0], ids), "stack": step_of(stack, x, y, ids.expand(k, b))}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for i in range(3 + a.repeats):
-        for name, step in steps.items():
-            ms = timed(step, device)
-            if i >= 3:
-                times[name].append(ms)
-    alone_ms, stack_ms = statistics.median(times["alone"]), statistics.median(times["stack"])
+    steps = {
+        "alone": replay_step(alone, x_alone, y[0], ids, TASKS),
+        "stack": replay_step(stack, x, y, ids.expand(k, b), TASKS),
+    }
+    medians = interleaved(steps, device, a.repeats, warmup=3)
+    alone_ms, stack_ms = medians["alone"], medians["stack"]
     result = {
         "members": k,
         "nl": a.nl,
