@@ -70,7 +70,9 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def replay_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, tasks: int):
+def replay_step(
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, tasks: int
+) -> Callable[[], None]:
     """Forward + backward of ``net`` on a batch, task ids handed to its task-aware layers first and their
     regularisers (weight 0.1) in the loss. A stack: ``x [K, B, ...]``, ``y`` and ``ids [K, B]``."""
     layers = task_aware_layers(net)

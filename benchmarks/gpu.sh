@@ -6,7 +6,8 @@
 #   FULLDATA=1: docs/results.md's full-data side check (BN against AdaB2N, er_ace 500, 3 seeds, all 6000 steps)
 #   NORM=1: issue 15's figures first: benchmarks/norm_layer.py (AdaB2N's layer against BN, eager and compiled, nf 20
 #   and 64), then whole AdaB2N and BN runs with --compile 1 and with --compile_mode reduce-overhead (CUDA graphs)
-#   STACK=1: issue 14's figures, benchmarks/stack.py for K = 1, 4, 8, 16, 32 (whole runs stacked against separate
+#   STACK=1: issue 14's figures, benchmarks/stack_step.py for K = 8, 32 (one training step, stack against one
+#   network), then benchmarks/stack.py for K = 1, 4, 8, 16, 32 (whole runs stacked against separate
 #   processes packed --max_per_gpu MAX_PER_GPU on the GPU), then BENCH/GRID as set (e.g. STACK=1 BENCH=0 GRID=0)
 #
 # Needs the Fashion-MNIST IDX files under data/fashion-mnist (the machine has no network) and the repository on
@@ -85,8 +86,9 @@ fi
 
 if [[ ${STACK:-0} == 1 ]]; then
   for k in 8 32; do  # one training step per member first: seconds, and what the whole runs below should show
+    (( $(left) > 90 )) || break
     line=$(timeout 60 $PYTHON benchmarks/stack_step.py --device cuda --members "$k" 2>>"$OUT/gpu.log" | tail -1)
-    [[ $line == "{"* ]] && echo "$line" >>"$OUT/stack_step.jsonl"
+    [[ $line == "{"* ]] && echo "$line" >>"$OUT/stack_step.jsonl" || line="FAILED or TIMED OUT"
     log "stack step K=$k: $line"
   done
   for k in 1 4 8 16 32; do

@@ -95,3 +95,15 @@ def test_each_member_is_its_run_alone(model: str, norm: str, tmp_path: Path, los
         on_disk = json.loads(written.read_text())
         assert on_disk.keys() == alone.keys()
         assert on_disk["args"] == {**alone["args"], "results_path": str(tmp_path / "stack")}
+
+
+def test_members_get_the_norm_diagnostics_of_their_runs_alone(tmp_path: Path) -> None:
+    """``--diagnose_norm 1`` in a stack: each member's running-statistics drift after every task is its run alone's
+    (measured on the member as an ordinary network)."""
+    flags = [*shared("er_ace", "AdaB2N", tmp_path / "alone"), "--diagnose_norm", "1"]
+    two = members("er_ace", "AdaB2N")[:2]
+    alone = [run(parse_args([*flags, *member.split()])) for member in two]
+    stacked = run_stack(parse_members([*shared("er_ace", "AdaB2N", tmp_path / "stack"), "--diagnose_norm", "1"], two))
+    for k, (doc, solo) in enumerate(zip(stacked, alone, strict=True)):
+        assert len(doc["norm_diagnostics"]) == 5, f"member {k}"
+        assert doc["norm_diagnostics"] == solo["norm_diagnostics"], f"member {k}"

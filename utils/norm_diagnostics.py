@@ -101,7 +101,9 @@ def diagnose(net: nn.Module, dataset: ContinualDataset, last_task: int, batch_si
     layers = stat_layers(net)
     if not layers:
         return {"layers": {}, "summary": {}}
-    inputs = [dataset.test_transform(dataset.task(t).train_x[:MAX_SAMPLES_PER_TASK]) for t in range(last_task + 1)]
+    dtype = next(iter(layers.values())).running_mean.dtype  # --dtype float64: the inputs follow the network
+    tasks = range(last_task + 1)
+    inputs = [dataset.test_transform(dataset.task(t).train_x[:MAX_SAMPLES_PER_TASK]).to(dtype) for t in tasks]
     stats = population_statistics(net, layers, inputs, batch_size)
     per_layer = {name: compare(layer.running_mean, layer.running_var, *stats[name]) for name, layer in layers.items()}
     keys = next(iter(per_layer.values())).keys()

@@ -65,14 +65,14 @@ def evaluate_members(
 ) -> list[tuple[list[float], list[float]]]:
     """Each member's class-IL and task-IL accuracy (percent) on its own test sets of ``tasks`` (a run alone: one).
 
-    A stack's members are scored one by one as the ordinary networks they are (``StackedNet.member``): the
-    arithmetic of each run alone, and on the CPU, where a grouped convolution over a large test batch is slower
-    than K plain ones, faster too. ``debug`` (``--debug_mode``) scores only the first batch of each test set, as
-    mammoth's debug mode.
+    A stack's members are scored one by one as the ordinary networks they are (``StackedNet.member``, eager even
+    under ``--compile``): the arithmetic of each run alone, and on the CPU, where a grouped convolution over a
+    large test batch is slower than K plain ones, faster too (on a GPU not yet measured). ``debug``
+    (``--debug_mode``) scores only the first batch of each test set, as mammoth's debug mode.
     """
     was_training = model.net.training
     model.net.eval()
-    nets = [model.net] if model.members is None else [model.member_net(k) for k in range(len(datasets))]
+    nets = [model.net] if model.members is None else (model.member_net(k) for k in range(len(datasets)))
     scores: list[tuple[list[float], list[float]]] = []
     for net, dataset in zip(nets, datasets, strict=True):
         correct = torch.zeros(len(tasks), 2, dtype=torch.long, device=dataset.device)
@@ -283,7 +283,7 @@ class Trainer:
         report_task(t, class_il, task_il)
         logger.log_task(t, class_il, task_il, self.pos.step)
         if self.args.diagnose_norm:
-            net = self.model.net.member(k) if self.stacked else self.model.net
+            net = self.model.member_net(k) if self.stacked else self.model.net
             diagnostics = diagnose(net, self.datasets[k], t, self.args.eval_batch_size)
             history.norm_diagnostics.append(diagnostics)
             logger.log({f"norm/{n}": v for n, v in diagnostics["summary"].items()}, step=self.pos.step)

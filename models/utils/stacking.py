@@ -226,6 +226,5 @@ class StackedNet(nn.Module):
                 single = extract(k, layer) if extract else _slice(stacked[name], layer, k, self.members, SHARED)
                 parent, _, child = name.rpartition(".")
                 setattr(member.get_submodule(parent) if parent else member, child, single)
-        reference = next(self.inner.parameters())
-        member.to(reference.device, reference.dtype)  # the template stayed where the members were built
+        member = place_like(member, self.inner)  # the template stayed where the members were built
         return member.to(memory_format=torch.channels_last) if self.channels_last else member
