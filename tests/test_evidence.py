@@ -45,6 +45,19 @@ def test_best_on_test_and_the_validation_choice_are_reported_apart(tmp_path: Pat
     assert "(test split)" in text and "(validation split)" in text  # both sensitivity tables
 
 
+def test_a_partly_run_grid_is_compared_on_the_seeds_every_configuration_has(tmp_path: Path) -> None:
+    # A has seeds 0-2, B only seed 0 so far. On seed 0 alone A is ahead (50 > 45), though B's one run beats A's mean.
+    write_run(tmp_path, "b-late", final=45.0, seed=0, model="er_ace", nl="AdaB2N", **B)
+    for seed, (bn, a) in enumerate([(40.0, 50.0), (40.0, 30.0), (40.0, 30.0)]):
+        write_run(tmp_path, f"bn{seed}", final=bn, seed=seed, model="er_ace")
+        write_run(tmp_path, f"a{seed}", final=a, seed=seed, model="er_ace", nl="AdaB2N", **A)
+    write_run(tmp_path, "a-val", final=60.0, model="er_ace", nl="AdaB2N", validation=1, **A)
+    write_run(tmp_path, "b-val", final=50.0, model="er_ace", nl="AdaB2N", validation=1, **B)
+    (s,) = selections(build_report(load_records(tmp_path)[0]))
+    assert s.best_on_test == (0.1, 1.0, 1) == s.chosen
+    assert s.best_gain is not None and s.best_gain.diff.mean == 10.0 and s.best_gain.diff.n == 1
+
+
 def test_pooled_gain_interval_and_detectable_effect_by_hand(tmp_path: Path) -> None:
     # The validation choice (A) in both columns: paired diffs 1, 2, 3 and -1, 0, 2.
     column(tmp_path, "er_ace", bn=[40, 40, 40], a=[41, 42, 43], b=[0, 0, 0], val=(60, 50))

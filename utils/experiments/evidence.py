@@ -44,12 +44,25 @@ def selections(report: Report) -> list[Selection]:
         base = report.entries.get((BASELINE, column))
         if len(configs) < 2 or base is None or base.on_validation:
             continue
+        configs = on_common_seeds(configs)
+        if len(configs) < 2:
+            continue
         best = best_config({c: e.runs + e.diverged for c, e in configs.items()})
         chosen = report.entries[(method, column)].config
         best_gain = gain_of(configs[best], base) if best in configs else None
         chosen_gain = gain_of(configs[chosen], base) if chosen in configs else None
         out.append(Selection(method, column, len(configs), best, best_gain, chosen, chosen_gain))
     return out
+
+
+def on_common_seeds(configs: dict[Config, Entry]) -> dict[Config, Entry]:
+    """The configurations' test runs on the seeds that every configuration has run (diverged runs count as run),
+    so that a partly run grid compares like with like; none when no seed is common to all."""
+    seeds = [{r.seed for r in e.runs + e.diverged} for e in configs.values()]
+    common = set.intersection(*seeds) if seeds else set()
+    if not common:
+        return {}
+    return {c: Entry.of([r for r in e.runs + e.diverged if r.seed in common], c) for c, e in configs.items()}
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,8 @@ def markdown(report: Report) -> list[str]:
             "Class-IL points, mean ± std over seeds of the paired difference (seeds; on how many ahead). *Best on "
             "test*: the configuration whose test runs score best, chosen on the very numbers it reports (what a "
             "grid of test results invites; optimistic). *Validation choice*: chosen on `--validation 1` runs, as "
-            "every other table here.",
+            "every other table here. Both on the seeds that every configuration of the column has run, so a "
+            "partly run grid compares like with like (the gain table above uses all of a cell's seeds).",
             "",
             "| method | column | configurations | best on test | gain | validation choice | gain |",
             "| --- | --- | --- | --- | --- | --- | --- |",
