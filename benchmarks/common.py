@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset, RawSplit
 from models.utils.continual_model import ContinualModel
+from models.utils.norms import convert_norm
 from models.utils.task_aware import task_aware_layers, task_counts
 from utils.args import parse_args
 from utils.main import build_model, resolve_device, set_seed
@@ -68,6 +69,18 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - start) * 1000.0
+
+
+def after_one_task(net: torch.nn.Module, nl: str, tasks: int) -> torch.nn.Module:
+    """``net`` with ``nl`` in place of its BatchNorm layers (AdaB²N: κ 0.4, λ 0.1), one task completed, so a replay
+    step's task-balanced statistics are in use."""
+    if nl != "BN":
+        options = {"num_tasks": tasks, "kappa": 0.4, "lambd": 0.1} if nl == "AdaB2N" else {}
+        example = torch.zeros(1, 1, 28, 28, device=next(net.parameters()).device)
+        net = convert_norm(net, nl, example_input=example, **options)
+    for layer in task_aware_layers(net):
+        layer.end_task()
+    return net
 
 
 def replay_step(

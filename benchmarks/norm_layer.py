@@ -18,9 +18,7 @@ import torch
 
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from backbone.resnet18 import ResNet18
-from benchmarks.common import interleaved, machine, replay_step
-from models.utils.norms import convert_norm
-from models.utils.task_aware import task_aware_layers
+from benchmarks.common import after_one_task, interleaved, machine, replay_step
 
 TASKS = 5
 
@@ -40,10 +38,7 @@ def main() -> None:
     device = torch.device(a.device)
     torch.manual_seed(0)
     base = ResNet18(num_classes=10, nf=a.nf, in_channels=1).to(device).train()
-    options = {"num_tasks": TASKS, "kappa": 0.4, "lambd": 0.1} if a.nl == "AdaB2N" else {}
-    other = convert_norm(copy.deepcopy(base), a.nl, example_input=torch.zeros(1, 1, 28, 28, device=device), **options)
-    for layer in task_aware_layers(other):
-        layer.end_task()  # the second task: the task-balanced statistics are in use
+    other = after_one_task(copy.deepcopy(base), a.nl, TASKS)
     if a.compile:
         base.compile()
         other.compile()

@@ -21,23 +21,15 @@ from torch import nn
 
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from backbone.resnet18 import ResNet18
-from benchmarks.common import interleaved, machine, replay_step
-from models.utils.norms import convert_norm
+from benchmarks.common import after_one_task, interleaved, machine, replay_step
 from models.utils.stacking import StackedNet
-from models.utils.task_aware import task_aware_layers
 
 TASKS = 5
 
 
 def network(nl: str, nf: int) -> nn.Module:
     """A reduced ResNet-18 with ``nl``, after one completed task."""
-    net = ResNet18(num_classes=10, nf=nf, in_channels=1).train()
-    if nl != "BN":
-        options = {"num_tasks": TASKS, "kappa": 0.4, "lambd": 0.1} if nl == "AdaB2N" else {}
-        net = convert_norm(net, nl, example_input=torch.zeros(1, 1, 28, 28), **options)
-    for layer in task_aware_layers(net):
-        layer.end_task()
-    return net
+    return after_one_task(ResNet18(num_classes=10, nf=nf, in_channels=1).train(), nl, TASKS)
 
 
 def main() -> None:
