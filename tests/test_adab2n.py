@@ -217,7 +217,7 @@ def test_gradients_equal_autograd_of_the_reference_formulas() -> None:
 
 
 def test_float32_statistics_stay_exact_when_the_mean_dwarfs_the_spread() -> None:
-    """Mean 1000 times the standard deviation: the one-pass moments are taken about the batch's mean, so float32
+    """Mean 1000 times the standard deviation: the one-pass moments are taken about the first sample's means, so float32
     keeps the variance to float32's precision (a plain ``E[x²] − μ²`` loses every digit here)."""
     torch.manual_seed(6)
     x = torch.randn(20, 4, 6, 6, dtype=torch.float64) + 1000.0

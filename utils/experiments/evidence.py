@@ -42,10 +42,8 @@ def selections(report: Report) -> list[Selection]:
     out = []
     for (method, column), configs in sorted(report.test_sensitivity.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         base = report.entries.get((BASELINE, column))
-        if len(configs) < 2 or base is None or base.on_validation:
-            continue
         configs = on_common_seeds(configs)
-        if len(configs) < 2:
+        if len(configs) < 2 or base is None or base.on_validation:
             continue
         best = best_config({c: e.runs + e.diverged for c, e in configs.items()})
         chosen = report.entries[(method, column)].config
