@@ -23,6 +23,7 @@ from models import MODELS
 from models.utils.continual_model import ContinualModel
 from utils.args import parse_args
 from utils.main import build_model, run
+from utils.training import DEBUG_STEPS
 
 ALL_MODELS = ("sgd", "joint", "er", "der", "derpp", "er_ace")
 REPLAY_MODELS = ("er", "der", "derpp", "er_ace")
@@ -138,20 +139,33 @@ def test_the_norm_regulariser_joins_only_the_steps_that_replay_as_in_the_referen
     model: str, first_task_regularised: bool, tmp_path: Path
 ) -> None:
     """er_ace_ada.py trains its first task without replay on cross-entropy alone, whatever ada_t0 says; derpp_ada.py
-    replays from its second step on. At --ada_t0 0 the first task must therefore ignore --lambd with ER-ACE only."""
-    rows = []
+    replays from its second step on. At --ada_t0 0 the first task must therefore ignore --lambd with ER-ACE only:
+    its losses (the regulariser included) and its row of the accuracy matrix."""
+    rows, first_task_losses, losses = [], [], []
+    cls = MODELS.get(model)
+    observe = cls.observe
+
+    def recording(self: ContinualModel, *args: Any) -> torch.Tensor:
+        loss = observe(self, *args)
+        losses.append(loss.detach().clone())
+        return loss
+
     for lambd, ada_t0 in (("0", "0"), ("1", "0"), ("1", "1")):
         argv = ["--dataset", "seq-fmnist", "--model", model, "--buffer_size", "50", "--nl", "AdaB2N", "--lambd", lambd]
         argv += ["--ada_t0", ada_t0, "--lr", "0.03", "--bs", "10", "--epochs", "1", "--nf", "8", "--seed", "1"]
-        argv += ["--debug_mode", "1", "--eval_batch_size", "2000", "--ignore_other_metrics", "1", "--nowand", "1"]
+        argv += ["--debug_mode", "1", "--eval_batch_size", "500", "--ignore_other_metrics", "1", "--nowand", "1"]
         argv += ["--non_verbose", "1", "--device", "cpu", "--num_threads", "1", "--disable_log", "1"]
+        losses.clear()
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("NORMCL_OFFLINE", "1")
+            mp.setattr(cls, "observe", recording)
             rows.append(run(parse_args(argv))["accuracy_matrix"]["class_il"])
+        first_task_losses.append(torch.stack(losses[:DEBUG_STEPS]))  # --debug_mode: DEBUG_STEPS steps a task
+    assert torch.equal(first_task_losses[0], first_task_losses[1]) is not first_task_regularised, first_task_losses
     assert (rows[0][0] != rows[1][0]) is first_task_regularised, rows
     assert rows[0][1] != rows[1][1], "from the second task on both regularise"
     assert (rows[1] == rows[2]) is not first_task_regularised, "ER-ACE: --ada_t0 0 and 1 are the same run"
-    assert MODELS.get(model).NORM_LOSS_ONLY_WHEN_REPLAYING
+    assert cls.NORM_LOSS_ONLY_WHEN_REPLAYING
 
 
 def small_model(model: str, *extra: str) -> ContinualModel:
