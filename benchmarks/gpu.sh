@@ -3,7 +3,7 @@
 #
 #   OUT=/path/to/out DEADLINE=560 bash benchmarks/gpu.sh        # BENCH=0: grid only; GRID=0: benchmarks only
 #   TESTS=1: first the CUDA-only tests; COMPILE_E2E=1: full AdaB2N runs with and without --compile, side by side;
-#   FULLDATA=1: docs/results.md's full-data side check (BN against AdaB2N, er_ace 500, 3 seeds, all 6000 steps)
+#   FULLDATA=1: docs/results.md's full network on the full data (--nf 64, all 6000 images per class; issue 16)
 #   NORM=1: issue 15's figures first: benchmarks/norm_layer.py (AdaB2N's layer against BN, eager and compiled, nf 20
 #   and 64), then whole AdaB2N and BN runs with --compile 1 and with --compile_mode reduce-overhead (CUDA graphs)
 #   STACK=1: issue 14's figures, benchmarks/stack_step.py for K = 8, 32 (one training step, stack against one
@@ -75,13 +75,14 @@ if [[ ${COMPILE_E2E:-0} == 1 ]]; then
 fi
 
 if [[ ${FULLDATA:-0} == 1 ]]; then
-  # Does the published reading (1000 images per class) hold on the full training data? The six runs at once.
-  timeout $(( $(left) - 20 )) $PYTHON run.py --datasets seq-fmnist --models er_ace --buffer_sizes 500 \
-    --methods BN AdaB2N --num_seeds 3 --kappas 0.4 --lambdas 0.01 --ada_t0s 0 --bs 10 --epochs 1 \
-    --extra "--nf 20 --diagnose_norm 1 --ignore_other_metrics 1" --results_path fulldata --logdir fulldata/logs \
-    --nowandb --yes --max_per_gpu 6 --usage_threshold 0.9 --coldsecs 0.5 --waitsecs 2 >"$OUT/fulldata.txt" 2>&1
+  # Issue 16's question 4 on the full data: scripts/reproduce_fmnist.sh's width grid (--nf 64, BN against AdaB2N at
+  # the --nf 20 validation choice, er_ace 500 and derpp 500, 3 seeds) with all 6000 images per class: the twelve runs
+  # as four stacks of three seeds (README, "Stacked runs"), all at once.
+  SPC=full GRIDS=width STEP=grid WIDTH=fulldata \
+    LAUNCH="--stack 3 --max_per_gpu 4 --usage_threshold 0.9 --coldsecs 0.5 --waitsecs 2" \
+    timeout $(( $(left) - 20 )) bash scripts/reproduce_fmnist.sh >"$OUT/fulldata.txt" 2>&1
   log "full-data runs exit $?: $(find fulldata -name '*.json' | wc -l) results files"
-  find fulldata -name '*.json' | tar czf "$OUT/fulldata.tar.gz" -T -
+  find fulldata -name '*.json' -o -name grid_seconds.txt | tar czf "$OUT/fulldata.tar.gz" -T -
 fi
 
 if [[ ${STACK:-0} == 1 ]]; then

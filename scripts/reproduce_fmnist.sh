@@ -12,20 +12,25 @@
 #   2. the sensitivity grid: every AdaB2N configuration as a test run, 3 seeds, in the columns derpp 200 and
 #      er_ace 500 (selection on test against selection on validation, issue 16);
 #   3. five seeds: BN, AdaB2N and AdaB2N-renorm at the validation choice, seeds 0-4, in er_ace 500, the column where
-#      AdaB2N's gain is largest.
+#      AdaB2N's gain is largest;
+#   4. the full width (issue 16's question 4), in its own folder WIDTH: the paper's ResNet-18 (--nf 64), BN against
+#      AdaB2N at the configuration validation chose at --nf 20, 3 seeds, in er_ace 500 and derpp 500 (on a lent GPU
+#      with SPC=full: all 6000 images per class).
 # Environment: RESULTS (results folder, default docs/results/fmnist/runs: the published runs; with another, also
 # set REPORT and PAGE so the published report and page are not overwritten), LAUNCH (run.py's execution flags, default
 # "--cpu_workers 2" without a GPU; on one large GPU e.g. "--max_per_gpu 14 --usage_threshold 0.9 --coldsecs 1"),
 # SPC (training images per class, default 1000 as published; "full" for all 6000), EXTRA_FLAGS (more run flags,
 # e.g. "--num_threads 1" to leave a core free; mind that every run records them and the report averages runs only of
-# one protocol), GRIDS (which grids to run, default "compare sensitivity seeds").
+# one protocol), GRIDS (which grids to run, default "compare sensitivity seeds width"), WIDTH (the full-width
+# grid's folder: runs/ and its report, default docs/results/fmnist_nf64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-docs/results/fmnist/runs}
 SPC=${SPC:-1000}
 STEP=${STEP:-all}
 LAUNCH=${LAUNCH:---cpu_workers 2}
-GRIDS=${GRIDS:-compare sensitivity seeds}
+GRIDS=${GRIDS:-compare sensitivity seeds width}
+WIDTH=${WIDTH:-docs/results/fmnist_nf64}
 REPORT=${REPORT:-docs/results/fmnist}  # tables and plots
 PAGE=${PAGE:-docs/results.md}          # the page they are published on
 rc=0
@@ -35,45 +40,68 @@ EXTRA="--nf 20 --diagnose_norm 1 --channels_last 1 --ignore_other_metrics 1 ${EX
 [[ "$SPC" == full ]] || EXTRA="$EXTRA --samples_per_class $SPC"
 
 PYTHON=${PYTHON:-python}
-COMMON=(--datasets seq-fmnist --bs 10 --epochs 1 --kappas 0.1 0.4 0.7 1.0 --lambdas 0.01 0.1 1 10
-  --extra "$EXTRA" --results_path "$RESULTS" --logdir "$RESULTS/logs" --nowandb --yes)
-TUNE=(--buffer_sizes 200 500 --methods BN BN-joint GN CN BRN AdaB2N AdaB2N-renorm --num_seeds 3
+BASE=(--datasets seq-fmnist --bs 10 --epochs 1 --nowandb --yes)
+COMMON=("${BASE[@]}" --kappas 0.1 0.4 0.7 1.0 --lambdas 0.01 0.1 1 10 --extra "$EXTRA" --results_path "$RESULTS"
+  --logdir "$RESULTS/logs")
+WIDE=("${BASE[@]}" --extra "${EXTRA/--nf 20/--nf 64}" --results_path "$WIDTH/runs" --logdir "$WIDTH/runs/logs"
+  --methods BN AdaB2N --num_seeds 3)
+TUNE=("${COMMON[@]}" --buffer_sizes 200 500 --methods BN BN-joint GN CN BRN AdaB2N AdaB2N-renorm --num_seeds 3
   --tune validation --tune_seeds 0)
 # One run.py command a line (shell-quoted): each grid and its models, buffers and ada_t0 values.
-line() { printf '%q ' "$PYTHON" run.py "${COMMON[@]}" "$@"; echo; }
-commands() {
-  for grid in $GRIDS; do
+line() { printf '%q ' "$PYTHON" run.py "$@"; echo; }
+commands() {  # grid...
+  for grid in "$@"; do
     case "$grid" in
       compare)
         line "${TUNE[@]}" --models er_ace --ada_t0s 1
         line "${TUNE[@]}" --models derpp --ada_t0s 0 1 ;;
       sensitivity)
-        line --methods AdaB2N --num_seeds 3 --models er_ace --buffer_sizes 500 --ada_t0s 1
-        line --methods AdaB2N --num_seeds 3 --models derpp --buffer_sizes 200 --ada_t0s 0 1 ;;
+        line "${COMMON[@]}" --methods AdaB2N --num_seeds 3 --models er_ace --buffer_sizes 500 --ada_t0s 1
+        line "${COMMON[@]}" --methods AdaB2N --num_seeds 3 --models derpp --buffer_sizes 200 --ada_t0s 0 1 ;;
       seeds)  # five seeds where AdaB2N's gain is largest (er_ace 500), at the validation choice
-        line --buffer_sizes 500 --methods BN AdaB2N AdaB2N-renorm --num_seeds 5 --tune validation --tune_seeds 0 \
-          --models er_ace --ada_t0s 1 ;;
-      *) echo "unknown grid '$grid' in GRIDS; use compare, sensitivity and/or seeds" >&2; exit 2 ;;
+        line "${COMMON[@]}" --buffer_sizes 500 --methods BN AdaB2N AdaB2N-renorm --num_seeds 5 --tune validation \
+          --tune_seeds 0 --models er_ace --ada_t0s 1 ;;
+      width)  # the --nf 20 validation choices of these columns (docs/results.md): kappa, lambd, ada_t0
+        line "${WIDE[@]}" --models er_ace --buffer_sizes 500 --kappas 0.7 --lambdas 1 --ada_t0s 1
+        line "${WIDE[@]}" --models derpp --buffer_sizes 500 --kappas 0.7 --lambdas 0.1 --ada_t0s 1 ;;
+      *) echo "unknown grid '$grid' in GRIDS; use compare, sensitivity, seeds and/or width" >&2; exit 2 ;;
     esac
   done
 }
+# Two results folders: the published comparison's (RESULTS) and the full width's (WIDTH/runs), each with its own
+# report and its own generated part of the page.
+main_grids=() wide_grids=()
+for grid in $GRIDS; do if [[ $grid == width ]]; then wide_grids+=("$grid"); else main_grids+=("$grid"); fi; done
 
-if [[ "$STEP" == all || "$STEP" == grid ]]; then
+sitting() {  # folder grid...: run the grids; one line per invocation, also an interrupted one, in grid_seconds.txt
+  local folder=$1 start command; shift
+  (( $# )) || return 0
   start=$(date +%s)
-  mkdir -p "$RESULTS"
-  # One line per invocation, also an interrupted one: the page adds them up (a grid may take several sittings).
-  trap 'echo "$(( $(date +%s) - start )) $(hostname) $(date -u +%FT%TZ)" >>"$RESULTS/grid_seconds.txt"' EXIT
+  mkdir -p "$folder"
+  trap "echo \"\$(( \$(date +%s) - $start )) \$(hostname) \$(date -u +%FT%TZ)\" >>'$folder/grid_seconds.txt'" EXIT
   while read -r command; do
     # shellcheck disable=SC2086  # LAUNCH is a list of flags
     eval "$command" $LAUNCH || rc=$?  # failed runs (exit 1): go on, and still rebuild the page from what finished
-  done < <(commands)
+  done < <(commands "$@")
   trap - EXIT
-  echo "$(( $(date +%s) - start )) $(hostname) $(date -u +%FT%TZ)" >>"$RESULTS/grid_seconds.txt"
+  echo "$(( $(date +%s) - start )) $(hostname) $(date -u +%FT%TZ)" >>"$folder/grid_seconds.txt"
+}
+publish() {  # folder report part grid...: a folder's report and its part of the page (the page adds up sittings)
+  local folder=$1 report=$2 part=$3 planned command; shift 3
+  (( $# )) && [[ -d $folder ]] || return 0
+  "$PYTHON" -m utils.report "$folder" --out "$report" >/dev/null
+  planned=$(while read -r command; do eval "$command --dry_run" | tail -1 | sed 's/^=> //'; done < <(commands "$@") |
+    paste -sd';' | sed 's/;/; /g')
+  "$PYTHON" -m utils.results_page "$folder" "$report" "$PAGE" --part "$part" --planned "$planned" \
+    --command "$(commands "$@" | sed "s|\$| $LAUNCH|")"
+}
+
+if [[ "$STEP" == all || "$STEP" == grid ]]; then
+  sitting "$RESULTS" "${main_grids[@]}"
+  sitting "$WIDTH/runs" "${wide_grids[@]}"
 fi
 if [[ "$STEP" == all || "$STEP" == report ]]; then
-  "$PYTHON" -m utils.report "$RESULTS" --out "$REPORT" >/dev/null
-  planned=$(while read -r command; do eval "$command --dry_run" | tail -1 | sed 's/^=> //'; done < <(commands) | paste -sd';' | sed 's/;/; /g')
-  "$PYTHON" -m utils.results_page "$RESULTS" "$REPORT" "$PAGE" --planned "$planned" \
-    --command "$(commands | sed "s|\$| $LAUNCH|")"
+  publish "$RESULTS" "$REPORT" "" "${main_grids[@]}"
+  publish "$WIDTH/runs" "$WIDTH" width "${wide_grids[@]}"
 fi
 exit "$rc"

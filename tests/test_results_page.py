@@ -80,6 +80,22 @@ def test_rewriting_keeps_the_hand_written_reading(tmp_path: Path) -> None:
     assert "old table" not in text and "| BN |" in text
 
 
+def test_a_named_part_is_rewritten_between_its_own_markers_one_level_down(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    report_dir = make_results(results)
+    begin, end = results_page.markers("width")
+    main = f"{results_page.BEGIN}\nmain tables\n{results_page.END}"
+    page = tmp_path / "results.md"
+    page.write_text(f"# Title\n\n{main}\n\n## Width\n\n{begin}\nold\n{end}\n\n## Reading\n")
+    argv = [str(results), str(report_dir), str(page), "--command", "cmd", "--part", "width"]
+    assert results_page.main(argv) == 0
+    text = page.read_text()
+    assert text.startswith(f"# Title\n\n{main}\n\n## Width\n\n{begin}\n") and text.endswith(f"{end}\n\n## Reading\n")
+    assert "old" not in text and "\n### How these numbers were made" in text and "\n#### Class-IL accuracy (%)" in text
+    page.write_text(f"{main}\n")  # a page without the part's markers is refused, and says which to add
+    assert results_page.main(argv) == 2 and page.read_text() == f"{main}\n"
+
+
 def test_page_without_markers_is_refused_and_left_alone(tmp_path: Path, capsys) -> None:
     results = tmp_path / "results"
     report_dir = make_results(results)
