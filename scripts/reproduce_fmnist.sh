@@ -4,7 +4,7 @@
 #   bash scripts/reproduce_fmnist.sh            # the grids (resumable) + report + page, on GPUs if NVML sees any
 #   STEP=report bash scripts/reproduce_fmnist.sh   # only the report and the page, from existing results
 #
-# The grids share one results folder (a run that two of them name is run once):
+# Grids 1-3 share one results folder (a run that two of them name is run once); grid 4 has its own:
 #   1. the comparison: every method, 2 models x 2 buffers x 3 seeds, AdaB2N (and its renormalised variant) tuned on a
 #      validation split over the paper's whole search space, kappa 0.1/0.4/0.7/1.0 x lambd 0.01/0.1/1/10 x ada_t0 0/1;
 #      with ER-ACE the reference adds the regulariser from the second task whatever ada_t0 says (README, AdaB2N), so
@@ -14,15 +14,17 @@
 #   3. five seeds: BN, AdaB2N and AdaB2N-renorm at the validation choice, seeds 0-4, in er_ace 500, the column where
 #      AdaB2N's gain is largest;
 #   4. the full width (issue 16's question 4), in its own folder WIDTH: the paper's ResNet-18 (--nf 64), BN against
-#      AdaB2N at the configuration validation chose at --nf 20, 3 seeds, in er_ace 500 and derpp 500 (on a lent GPU
-#      with SPC=full: all 6000 images per class).
+#      AdaB2N at the configuration validation chose at --nf 20 (read from REPORT's summary.csv), 3 seeds, in er_ace
+#      500 and derpp 500 (on a lent GPU with SPC=full: all 6000 images per class).
 # Environment: RESULTS (results folder, default docs/results/fmnist/runs: the published runs; with another, also
-# set REPORT and PAGE so the published report and page are not overwritten), LAUNCH (run.py's execution flags, default
+# set REPORT, PAGE and WIDTH so the published reports and page are not overwritten; run names do not say SPC, so
+# runs of another SPC need folders of their own too), LAUNCH (run.py's execution flags, default
 # "--cpu_workers 2" without a GPU; on one large GPU e.g. "--max_per_gpu 14 --usage_threshold 0.9 --coldsecs 1"),
 # SPC (training images per class, default 1000 as published; "full" for all 6000), EXTRA_FLAGS (more run flags,
 # e.g. "--num_threads 1" to leave a core free; mind that every run records them and the report averages runs only of
 # one protocol), GRIDS (which grids to run, default "compare sensitivity seeds width"), WIDTH (the full-width
-# grid's folder: runs/ and its report, default docs/results/fmnist_nf64).
+# grid's folder: runs/ and its report, default docs/results/fmnist_nf64), PARALLEL (1: a grid's run.py commands at
+# once, a launcher each; on one GPU give each its share in LAUNCH's --max_per_gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-docs/results/fmnist/runs}
@@ -47,6 +49,34 @@ WIDE=("${BASE[@]}" --extra "${EXTRA/--nf 20/--nf 64}" --results_path "$WIDTH/run
   --methods BN AdaB2N --num_seeds 3)
 TUNE=("${COMMON[@]}" --buffer_sizes 200 500 --methods BN BN-joint GN CN BRN AdaB2N AdaB2N-renorm --num_seeds 3
   --tune validation --tune_seeds 0)
+# Two results folders: the comparison's (RESULTS) and the full width's (WIDTH/runs), each with its own report and its
+# own generated part of the page.
+main_grids=() wide_grids=()
+for grid in $GRIDS; do
+  case "$grid" in
+    compare | sensitivity | seeds) main_grids+=("$grid") ;;
+    width) wide_grids+=("$grid") ;;
+    *) echo "unknown grid '$grid' in GRIDS; use compare, sensitivity, seeds and/or width" >&2; exit 2 ;;
+  esac
+done
+chosen() {  # model buffer: AdaB2N's validation choice in that column of the comparison's report, as run.py flags
+  if [[ ! -f $REPORT/summary.csv ]]; then
+    echo "error: no $REPORT/summary.csv for the width grid's configurations; run the comparison and its report first" >&2
+    return 2
+  fi
+  "$PYTHON" -c 'import csv, sys
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["method"] == "AdaB2N" and r["selected_on"] == "validation"
+        and (r["model"], r["buffer_size"]) == (sys.argv[2], sys.argv[3])]
+if len(rows) != 1:
+    sys.exit(f"error: {sys.argv[1]} has no validation choice of AdaB2N for {sys.argv[2]} {sys.argv[3]}; run the comparison first")
+print("--kappas", rows[0]["kappa"], "--lambdas", rows[0]["lambd"], "--ada_t0s", rows[0]["ada_t0"])' \
+    "$REPORT/summary.csv" "$1" "$2"
+}
+if (( ${#wide_grids[@]} )); then
+  wide_er_ace=$(chosen er_ace 500) || exit 2
+  wide_derpp=$(chosen derpp 500) || exit 2
+fi
+
 # One run.py command a line (shell-quoted): each grid and its models, buffers and ada_t0 values.
 line() { printf '%q ' "$PYTHON" run.py "$@"; echo; }
 commands() {  # grid...
@@ -61,34 +91,42 @@ commands() {  # grid...
       seeds)  # five seeds where AdaB2N's gain is largest (er_ace 500), at the validation choice
         line "${COMMON[@]}" --buffer_sizes 500 --methods BN AdaB2N AdaB2N-renorm --num_seeds 5 --tune validation \
           --tune_seeds 0 --models er_ace --ada_t0s 1 ;;
-      width)  # the --nf 20 validation choices of these columns (docs/results.md): kappa, lambd, ada_t0
-        line "${WIDE[@]}" --models er_ace --buffer_sizes 500 --kappas 0.7 --lambdas 1 --ada_t0s 1
-        line "${WIDE[@]}" --models derpp --buffer_sizes 500 --kappas 0.7 --lambdas 0.1 --ada_t0s 1 ;;
-      *) echo "unknown grid '$grid' in GRIDS; use compare, sensitivity, seeds and/or width" >&2; exit 2 ;;
+      width)
+        # shellcheck disable=SC2086  # the chosen configuration is a list of flags
+        line "${WIDE[@]}" --models er_ace --buffer_sizes 500 $wide_er_ace
+        # shellcheck disable=SC2086
+        line "${WIDE[@]}" --models derpp --buffer_sizes 500 $wide_derpp ;;
     esac
   done
 }
-# Two results folders: the published comparison's (RESULTS) and the full width's (WIDTH/runs), each with its own
-# report and its own generated part of the page.
-main_grids=() wide_grids=()
-for grid in $GRIDS; do if [[ $grid == width ]]; then wide_grids+=("$grid"); else main_grids+=("$grid"); fi; done
 
 sitting() {  # folder grid...: run the grids; one line per invocation, also an interrupted one, in grid_seconds.txt
-  local folder=$1 start command; shift
+  local folder=$1 start command seconds; shift
   (( $# )) || return 0
   start=$(date +%s)
+  seconds=$(printf %q "$folder/grid_seconds.txt")
   mkdir -p "$folder"
-  trap "echo \"\$(( \$(date +%s) - $start )) \$(hostname) \$(date -u +%FT%TZ)\" >>'$folder/grid_seconds.txt'" EXIT
+  trap "echo \"\$(( \$(date +%s) - $start )) \$(hostname) \$(date -u +%FT%TZ)\" >>$seconds" EXIT
   while read -r command; do
     # shellcheck disable=SC2086  # LAUNCH is a list of flags
-    eval "$command" $LAUNCH || rc=$?  # failed runs (exit 1): go on, and still rebuild the page from what finished
+    if [[ ${PARALLEL:-0} == 1 ]]; then
+      eval "$command" $LAUNCH &
+    else
+      eval "$command" $LAUNCH || rc=$?  # failed runs (exit 1): go on, and still rebuild the page from what finished
+    fi
   done < <(commands "$@")
+  for job in $(jobs -p); do wait "$job" || rc=$?; done
   trap - EXIT
   echo "$(( $(date +%s) - start )) $(hostname) $(date -u +%FT%TZ)" >>"$folder/grid_seconds.txt"
 }
 publish() {  # folder report part grid...: a folder's report and its part of the page (the page adds up sittings)
   local folder=$1 report=$2 part=$3 planned command; shift 3
-  (( $# )) && [[ -d $folder ]] || return 0
+  (( $# )) || return 0
+  if [[ ! -d $folder ]]; then
+    echo "error: no results folder $folder; run the grids first (STEP=grid), or set RESULTS/WIDTH" >&2
+    rc=2
+    return 0
+  fi
   "$PYTHON" -m utils.report "$folder" --out "$report" >/dev/null
   planned=$(while read -r command; do eval "$command --dry_run" | tail -1 | sed 's/^=> //'; done < <(commands "$@") |
     paste -sd';' | sed 's/;/; /g')

@@ -37,21 +37,8 @@ def test_compilations_do_not_grow_after_the_first_task(tmp_path: Path, monkeypat
     torch._dynamo.reset()
     counters.clear()
     argv = ["--dataset", "seq-fmnist", "--model", "er", "--nl", "AdaB2N", "--buffer_size", "50", "--lr", "0.05"]
-    argv += [
-        "--bs",
-        "10",
-        "--epochs",
-        "1",
-        "--nf",
-        "4",
-        "--samples_per_class",
-        "50",
-        "--validation",
-        "1",
-        "--compile",
-        "1",
-    ]
-    argv += ["--seed", "0", "--ignore_other_metrics", "1"]
+    argv += ["--bs", "10", "--epochs", "1", "--nf", "4", "--samples_per_class", "50", "--validation", "1"]
+    argv += ["--compile", "1", "--seed", "0", "--ignore_other_metrics", "1"]
     argv += ["--nowand", "1", "--non_verbose", "1", "--device", "cpu", "--results_path", str(tmp_path)]
     try:
         results = run(parse_args(argv))

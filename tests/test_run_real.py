@@ -102,8 +102,9 @@ def test_real_grid_through_submitit_local_executor(tmp_path: Path, capsys: pytes
     _check_report(res, docs)
 
 
-# The tuning phases set --validation themselves; --debug_mode keeps the test phase off the whole 10,000-image test set.
-TEST_PHASE_EXTRA = REAL_EXTRA.replace(" --validation 1", " --debug_mode 1")
+# The tuning phases set --validation themselves; --debug_mode (a few steps a task, the first batch of each test set)
+# keeps the test phase off the whole 10,000-image test set.
+TUNE_EXTRA = REAL_EXTRA.replace(" --validation 1", " --debug_mode 1")
 
 
 def test_real_tune_validation_grid_chooses_on_validation_then_tests(
@@ -113,7 +114,7 @@ def test_real_tune_validation_grid_chooses_on_validation_then_tests(
     argv = [
         "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "AdaB2N", "--num_seeds", "1",
         "--buffer_sizes", "200", "--kappas", "0.4", "1.0", "--lambdas", "0.1", "--ada_t0s", "0", "--nowandb",
-        "--tune", "validation", "--extra", TEST_PHASE_EXTRA, "--launcher", "local",
+        "--tune", "validation", "--extra", TUNE_EXTRA, "--launcher", "local",
         "--cpu_workers", "1", "--coldsecs", "0", "--waitsecs", "0", "--results_path", str(res), "--logdir", str(logs),
         "--yes",
     ]  # fmt: skip

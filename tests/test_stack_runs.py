@@ -3,9 +3,8 @@ AdaB²N with SGD, ER and DER.
 
 Four members with different seeds, learning rates and norm or model options train as one stack; each must give
 the per-step losses (within 1e-9 relative: float64 rounding, as the members' sums run in another order) and the
-accuracy matrices (exactly) of its run alone, and its results file under
-the name and in the schema it would have alone. Runs are small: ``--nf 4``, 20 images per class, a validation
-split as test set.
+accuracy matrices (exactly) of its run alone, and its results file under the name and in the schema it would have
+alone. Runs are small: ``--nf 4`` (8 for the group norms), 20 images per class, a validation split as test set.
 """
 
 from __future__ import annotations
@@ -48,10 +47,16 @@ CASES = [(model, norm) for model in ("er_ace", "derpp") for norm in NORMS] + [("
 CASES += [(model, "AdaB2N") for model in ("sgd", "er", "der")]  # the other stackable models, with the hardest norm
 
 
+def nf(norm: str) -> str:
+    """``--nf 4``, except for the group norms: at 4 every group is one channel (32 groups at most), at 8 the last
+    stage has two channels a group, so a stacked group that mixed members' or channels' order would show."""
+    return "8" if norm.split()[0] in ("GN", "CN") else "4"
+
+
 def shared(model: str, norm: str, results: Path) -> list[str]:
     return [
         "--dataset", "seq-fmnist", "--model", model, "--buffer_size", "50", "--nl", *norm.split(), "--lr", "0.03",
-        "--bs", "10", "--epochs", "1", "--nf", "4", "--samples_per_class", "20", "--validation", "1",
+        "--bs", "10", "--epochs", "1", "--nf", nf(norm), "--samples_per_class", "20", "--validation", "1",
         "--dtype", "float64", "--device", "cpu", "--num_threads", "1", "--nowand", "1", "--non_verbose", "1",
         "--results_path", str(results),
     ]  # fmt: skip

@@ -103,11 +103,15 @@ def protocol_text(all_args: list[dict]) -> str:
     return text
 
 
+def _down(lines: list[str]) -> list[str]:
+    """Markdown headings one level further down."""
+    return [("#" + line) if re.match(r"#+ ", line) else line for line in lines]
+
+
 def tables(report_dir: Path) -> list[str]:
     """The report's Markdown one heading level down (its title dropped)."""
     text = (report_dir / "report.md").read_text().splitlines()
-    body = [line for line in text if not line.startswith("# ")]
-    return [("#" + line) if re.match(r"#{2,} ", line) else line for line in body]
+    return _down([line for line in text if not line.startswith("# ")])
 
 
 def plots(report_dir: Path, page: Path) -> list[str]:
@@ -127,8 +131,7 @@ def render(results_dir: Path, report_dir: Path, page: Path, command: str, planne
     """The page with one generated part replaced (a new page when ``page`` does not exist yet)."""
     begin, end = markers(part)
     body = [*provenance(results_dir, command, planned), *tables(report_dir), "", *plots(report_dir, page)]
-    if part:  # below the main part's sections
-        body = [("#" + line) if re.match(r"#+ ", line) else line for line in body]
+    body = _down(body) if part else body  # a named part sits below the main part's sections
     text = page.read_text() if page.exists() else NEW_PAGE.format(begin=begin, end=end)
     if begin not in text or end not in text:
         raise ValueError(f"{page} lacks the markers of its generated part; add these two lines:\n{begin}\n{end}")
