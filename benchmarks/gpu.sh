@@ -138,7 +138,8 @@ if [[ ${GRID:-1} == 1 && $(left) -gt 120 ]]; then
   LAUNCH="--max_per_gpu ${MAX_PER_GPU:-14} --usage_threshold 0.9 --coldsecs 0.5 --waitsecs 2" \
     STEP=grid timeout $(( $(left) - 25 )) bash scripts/reproduce_fmnist.sh \
     >"$OUT/grid.txt" 2>&1
-  log "grid exit $?: $(find docs/results/fmnist/runs -name '*.json' | wc -l) results files"
-  find docs/results/fmnist/runs -name '*.json' -o -name grid_seconds.txt | tar czf "$OUT/grid.tar.gz" -T -
+  log "grid exit $?: $(find docs/results/fmnist/runs docs/results/fmnist_nf64/runs -name '*.json' | wc -l) results files"
+  find docs/results/fmnist/runs docs/results/fmnist_nf64/runs -name '*.json' -o -name grid_seconds.txt |
+    tar czf "$OUT/grid.tar.gz" -T -
 fi
 log "done"

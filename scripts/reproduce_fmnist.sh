@@ -100,13 +100,15 @@ commands() {  # grid...
   done
 }
 
+seconds_line() {  # start file: a sitting's wall time, machine and end, appended to file (the page adds them up)
+  echo "$(( $(date +%s) - $1 )) $(hostname) $(date -u +%FT%TZ)" >>"$2"
+}
 sitting() {  # folder grid...: run the grids; one line per invocation, also an interrupted one, in grid_seconds.txt
-  local folder=$1 start command seconds; shift
+  local folder=$1 start command; shift
   (( $# )) || return 0
   start=$(date +%s)
-  seconds=$(printf %q "$folder/grid_seconds.txt")
   mkdir -p "$folder"
-  trap "echo \"\$(( \$(date +%s) - $start )) \$(hostname) \$(date -u +%FT%TZ)\" >>$seconds" EXIT
+  trap "seconds_line $start $(printf %q "$folder/grid_seconds.txt")" EXIT
   while read -r command; do
     # shellcheck disable=SC2086  # LAUNCH is a list of flags
     if [[ ${PARALLEL:-0} == 1 ]]; then
@@ -117,7 +119,7 @@ sitting() {  # folder grid...: run the grids; one line per invocation, also an i
   done < <(commands "$@")
   for job in $(jobs -p); do wait "$job" || rc=$?; done
   trap - EXIT
-  echo "$(( $(date +%s) - start )) $(hostname) $(date -u +%FT%TZ)" >>"$folder/grid_seconds.txt"
+  seconds_line "$start" "$folder/grid_seconds.txt"
 }
 publish() {  # folder report part grid...: a folder's report and its part of the page (the page adds up sittings)
   local folder=$1 report=$2 part=$3 planned command; shift 3
