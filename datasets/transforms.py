@@ -37,11 +37,15 @@ def random_hflip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
 
 
 class Normalize:
-    """uint8 [0, 255] -> float ``(x / 255 - mean) / std``, per channel, in one fused op."""
+    """uint8 [0, 255] -> ``(x / 255 - mean) / std`` in ``dtype``, per channel, in one fused op.
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32)
-        self.std = torch.tensor(std, dtype=torch.float32)
+    ``dtype`` is the network's (``--dtype``): a float64 run is float64 from the pixels on, so that no float32
+    rounding, which differs between CPU kernel sets (fused multiply-add or not), enters it.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32) -> None:
+        self.mean = torch.tensor(mean, dtype=dtype)
+        self.std = torch.tensor(std, dtype=dtype)
         self._cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def _coeffs(self, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -53,14 +57,21 @@ class Normalize:
 
     def __call__(self, x: Tensor) -> Tensor:
         scale, shift = self._coeffs(x.device)
-        return torch.addcmul(shift, x.float(), scale)
+        return torch.addcmul(shift, x.to(scale.dtype), scale)
 
 
 class TrainTransform:
     """Random crop with padding, optional horizontal flip, then normalisation."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], padding: int, hflip: bool) -> None:
-        self.normalize = Normalize(mean, std)
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        padding: int,
+        hflip: bool,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.normalize = Normalize(mean, std, dtype)
         self.padding = padding
         self.hflip = hflip
 

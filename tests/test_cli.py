@@ -48,6 +48,9 @@ ENVIRONMENT_KEYS = {
     "numpy",
     "device",
     "threads",
+    "cpu",
+    "cpu_capability",
+    "kernel_limits",
     "git_commit",
     "git_dirty",
     "hostname",
@@ -72,10 +75,10 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*argv: str, module: bool = False) -> subprocess.CompletedProcess[str]:
+def run_cli(*argv: str, module: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
     entry = ["-m", "utils.main"] if module else ["utils/main.py"]
     return subprocess.run(
-        [sys.executable, *entry, *argv], cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
+        [sys.executable, *entry, *argv], cwd=REPO_ROOT, env=cli_env() | env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -173,6 +176,21 @@ def test_cli_end_to_end_writes_documented_results(tmp_path: Path):
         assert final[f"{prefix}forgetting"] >= 0
         assert final[f"{prefix}bwt"] == pytest.approx(ref_bwt(acc))
         assert final[f"{prefix}fwt"] == pytest.approx(ref_fwt(acc, random))
+
+
+def test_the_results_name_the_cpu_and_its_kernel_set(tmp_path: Path):
+    """A run's numbers depend on the CPU's kernels: the results file says which ran (here limited to the plain C++
+    kernels, as ``ATEN_CPU_CAPABILITY=default`` asks)."""
+    argv = ["--dataset", "seq-fmnist", "--model", "sgd", *SMALL, "--results_path", str(tmp_path), "--run_name", "k"]
+    proc = run_cli(*argv, "--debug_mode", "1", ATEN_CPU_CAPABILITY="default")
+    assert proc.returncode == 0, proc.stderr
+    environment = json.loads((tmp_path / "class-il" / "seq-fmnist" / "sgd" / "k.json").read_text())["environment"]
+    assert environment["cpu_capability"] == "DEFAULT"
+    assert environment["kernel_limits"]["ATEN_CPU_CAPABILITY"] == "default"
+    assert environment["threads"] == 1
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        assert environment["cpu"] and f": {environment['cpu']}\n" in cpuinfo.read_text()
 
 
 def test_help_mentions_every_flag():

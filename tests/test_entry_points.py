@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
 import sysconfig
@@ -32,12 +33,21 @@ def write_stand_ins(folder: Path) -> Path:
     return folder
 
 
+def running_site_dirs() -> list[str]:
+    """The site directories this interpreter imports from: a venv's own (and the base's, where it sees them), or the
+    system's, and the user's where pip installed there; each processed with its ``.pth`` files (editable installs)."""
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    return [d for d in dict.fromkeys(dirs) if d in sys.path]
+
+
 @pytest.fixture(scope="module")
 def shadowed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
-    """A Python whose site-packages and PYTHONPATH both hold the stand-ins; the project comes from the system's."""
+    """A Python whose site-packages and PYTHONPATH both hold the stand-ins; the project and its dependencies come
+    from the running interpreter's site directories (not the system's: the suite may itself run in a venv, where
+    ``system_site_packages`` would reach the base interpreter's, without torch)."""
     root = tmp_path_factory.mktemp("shadowed")
     env_dir = root / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
     python = str(env_dir / "bin" / "python")
     purelib = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -47,6 +57,8 @@ def shadowed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, s
     ).stdout.strip()
     assert Path(purelib) != Path(sysconfig.get_paths()["purelib"])
     write_stand_ins(Path(purelib))
+    lines = [f"import site; site.addsitedir({d!r})" for d in running_site_dirs()]
+    (Path(purelib) / "zz_running_interpreter.pth").write_text("\n".join(lines) + "\n")
     env = {**os.environ, "PYTHONPATH": str(write_stand_ins(root / "pythonpath"))}
     probe = subprocess.run(
         [python, "-c", "import datasets; print(datasets.__file__)"], env=env, capture_output=True, text=True, cwd=root

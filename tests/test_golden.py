@@ -1,19 +1,30 @@
-"""Golden runs: small real runs whose results must not change, bit for bit, when code is reorganised.
+"""Golden runs: small real runs whose training arithmetic must not change unnoticed when code is reorganised.
 
-Each case is a whole ``utils/main.py`` run on a Fashion-MNIST subset (``--nf 8 --samples_per_class 20
---validation 1``: 18 training and 2 test images per class), on one CPU thread with a fixed seed. The fixture
-``tests/golden/runs.json`` holds each run's accuracy matrices, final metrics and a SHA-256 of the trained network's
-parameters, recorded before the redesign of issue 13 (the AdaB²N cases again for issue 15's one-pass statistics:
-the same math, rounded otherwise; in float64 the first step's loss agrees to 1e-16 and the gap then grows as the
-old code's own does under ``--channels_last 1``, to 1e-2 by step 20, because online training amplifies rounding).
-A change of training arithmetic fails here; an intended one
-regenerates the fixture with ``NORMCL_RECORD_GOLDEN=1 pytest tests/test_golden.py`` and says why in its commit.
+Each case is a whole ``utils/main.py`` run on a Fashion-MNIST subset (18 training and 2 test images per class, batch
+20: two steps a task, ten in all; joint trains nine at the end), one CPU thread, a fixed seed.
+
+**Portable (CI, any CPU).** The runs are float64 from the pixels and the initial weights on. The fixture
+``tests/golden/float64.json`` holds each optimiser step's total loss, the accuracy matrices and the norm of the final
+state (parameters, running statistics, buffer logits). Online training amplifies any rounding, but from float64's
+1e-16 it stays small over ten steps: measured across CPU kernel sets (``ATEN_CPU_CAPABILITY=avx2`` against
+``default``), the losses and norms of every case agreed to 1.2e-9 relative at worst (growing about tenfold a step)
+and every accuracy was equal. ``RTOL`` = 1e-7 leaves a margin of 85 and still catches a learning rate changed by
+one part in a million (a test below shows it). ``.ci/run`` runs these tests a second time under another kernel set.
+
+**Strict (opt-in, outside CI).** ``NORMCL_GOLDEN_STRICT=1`` compares float32 runs bit for bit (accuracies and a
+SHA-256 of the parameters) against ``tests/golden/strict/<cpu capability>.json``, which is not committed: it holds
+only on the machine that recorded it. Before a refactor, record on the old code with ``NORMCL_GOLDEN_STRICT=1
+NORMCL_RECORD_GOLDEN=1 pytest tests/test_golden.py -k strict``; after it, run without ``NORMCL_RECORD_GOLDEN``.
+
+An intended change of the arithmetic regenerates the portable fixture with ``NORMCL_RECORD_GOLDEN=1 pytest
+tests/test_golden.py -k portable`` and says why in its commit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -21,11 +32,17 @@ from typing import Any
 import pytest
 import torch
 
-FIXTURE = Path(__file__).with_name("golden") / "runs.json"
-COMMON = (
-    "--dataset seq-fmnist --lr 0.03 --bs 10 --epochs 1 --nf 8 --samples_per_class 20 --validation 1 --seed 1 "
-    "--nowand 1 --non_verbose 1 --device cpu --num_threads 1"
-)
+from models.utils.continual_model import ContinualModel
+from utils.results import cpu_environment
+
+GOLDEN = Path(__file__).with_name("golden")
+PORTABLE = GOLDEN / "float64.json"
+RTOL = 1e-7
+RECORD = os.environ.get("NORMCL_RECORD_GOLDEN") == "1"
+STRICT = os.environ.get("NORMCL_GOLDEN_STRICT") == "1"
+RUN = "--dataset seq-fmnist --lr 0.03 --epochs 1 --nf 8 --samples_per_class 20 --validation 1 --seed 1 --num_threads 1"
+PORTABLE_FLAGS = f"{RUN} --bs 20 --dtype float64"
+STRICT_FLAGS = f"{RUN} --bs 10"
 ADAB2N = "--nl AdaB2N --kappa 0.4 --lambd 0.1 --ada_t0 0"
 CASES: dict[str, str] = {
     f"{model}-{norm}": f"--model {model}{buffer} " + (ADAB2N if norm == "AdaB2N" else f"--nl {norm}")
@@ -60,48 +77,115 @@ def parameter_digest(net: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def run_case(flags: str, results_path: Path) -> dict[str, Any]:
-    """Run one case through ``utils.main`` and return what the fixture records of it."""
+def state_norm(model: ContinualModel) -> float:
+    """The L2 norm of the model's floating-point state: parameters, running statistics, buffered logits."""
+    state = [v for v in model.state_dict().values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    return math.sqrt(sum(float(v.double().square().sum()) for v in state))
+
+
+def run_case(flags: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run one case through ``utils.main``; the losses of every optimiser step, the results and the trained model."""
     import utils.main as entry
 
-    built: list[torch.nn.Module] = []
-    original = entry.build_model
+    built: list[ContinualModel] = []
+    losses: list[float] = []
+    build, step = entry.build_model, ContinualModel.step
 
-    def build_and_keep(*args: Any, **kwargs: Any) -> Any:
-        model = original(*args, **kwargs)
-        built.append(model)
-        return model
+    def build_and_keep(*args: Any, **kwargs: Any) -> ContinualModel:
+        built.append(build(*args, **kwargs))
+        return built[-1]
 
-    entry.build_model = build_and_keep
+    def step_and_keep(self: ContinualModel, loss: torch.Tensor) -> torch.Tensor:
+        total = step(self, loss)
+        losses.append(float(total))
+        return total
+
+    monkeypatch.setattr(entry, "build_model", build_and_keep)
+    monkeypatch.setattr(ContinualModel, "step", step_and_keep)
+    monkeypatch.setenv("NORMCL_OFFLINE", "1")
     threads = torch.get_num_threads()
+    argv = [*flags.split(), "--nowand", "1", "--non_verbose", "1", "--device", "cpu"]
     try:
-        argv = [*COMMON.split(), *flags.split(), "--results_path", str(results_path), "--run_name", "golden"]
-        results = entry.run(entry.parse_args(argv))
+        results = entry.run(entry.parse_args([*argv, "--results_path", str(tmp_path), "--run_name", "golden"]))
     finally:
-        entry.build_model = original
         torch.set_num_threads(threads)
-    return {
-        "class_il": results["accuracy_matrix"]["class_il"],
-        "task_il": results["accuracy_matrix"]["task_il"],
-        "final": results["final"],
-        "parameters_sha256": parameter_digest(built[0].net),
-    }
+    (model,) = built
+    return {"losses": losses, **results["accuracy_matrix"], "final": results["final"], "model": model}
 
 
+def portable_record(got: dict[str, Any]) -> dict[str, Any]:
+    return {"losses": got["losses"], "class_il": got["class_il"], "task_il": got["task_il"],
+            "state_norm": state_norm(got["model"])}  # fmt: skip
+
+
+def mismatches(got: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """How a portable record differs from the fixture's beyond ``RTOL`` (accuracies: at all)."""
+    found = []
+    if len(got["losses"]) != len(expected["losses"]):
+        found.append(f"{len(got['losses'])} optimiser steps, expected {len(expected['losses'])}")
+    for i, (a, b) in enumerate(zip(got["losses"], expected["losses"], strict=False)):
+        if not math.isclose(a, b, rel_tol=RTOL):
+            found.append(f"step {i + 1}: loss {a!r}, expected {b!r}")
+    if not math.isclose(got["state_norm"], expected["state_norm"], rel_tol=RTOL):
+        found.append(f"final state norm {got['state_norm']!r}, expected {expected['state_norm']!r}")
+    for key in ("class_il", "task_il"):
+        if got[key] != expected[key]:
+            found.append(f"{key} {got[key]}, expected {expected[key]}")
+    return found
+
+
+def write_record(path: Path, case: str, record: dict[str, Any]) -> None:
+    saved = json.loads(path.read_text()) if path.exists() else {"cases": {}}
+    saved["recorded_on"] = {**cpu_environment(), "torch": torch.__version__}
+    saved["cases"][case] = record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
+
+
+@pytest.mark.kernels
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_golden_run_is_unchanged(case: str, tmp_path: Path) -> None:
-    got = run_case(CASES[case], tmp_path)
-    if os.environ.get("NORMCL_RECORD_GOLDEN") == "1":
-        record = json.loads(FIXTURE.read_text()) if FIXTURE.exists() else {}
-        FIXTURE.parent.mkdir(exist_ok=True)
-        FIXTURE.write_text(json.dumps({**record, case: got}, indent=1, sort_keys=True) + "\n")
+def test_portable_golden_run_is_unchanged(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    got = portable_record(run_case(f"{PORTABLE_FLAGS} {CASES[case]}", tmp_path, monkeypatch))
+    if RECORD:
+        write_record(PORTABLE, case, got)
         pytest.skip("recorded")
-    expected = json.loads(FIXTURE.read_text())[case]
-    assert got["class_il"] == expected["class_il"]
-    assert got["task_il"] == expected["task_il"]
-    assert got["final"] == expected["final"]
-    assert got["parameters_sha256"] == expected["parameters_sha256"]
+    assert not mismatches(got, json.loads(PORTABLE.read_text())["cases"][case])
 
 
-def test_the_fixture_has_every_case() -> None:
-    assert sorted(json.loads(FIXTURE.read_text())) == sorted(CASES)
+@pytest.mark.kernels
+def test_the_portable_tolerance_catches_a_learning_rate_changed_by_one_part_in_a_million(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The least sensitive case measured (LayerNorm, whose losses move least): ``RTOL`` is not so wide that a small
+    real change of the arithmetic passes."""
+    case = "er_ace-LN"
+    got = portable_record(run_case(f"{PORTABLE_FLAGS} {CASES[case]} --lr 0.03000003", tmp_path, monkeypatch))
+    found = mismatches(got, json.loads(PORTABLE.read_text())["cases"][case])
+    assert found and found[0].startswith("step 2: loss"), found
+
+
+def test_the_portable_fixture_has_every_case_and_says_where_it_was_recorded() -> None:
+    saved = json.loads(PORTABLE.read_text())
+    assert sorted(saved["cases"]) == sorted(CASES)
+    assert {"cpu", "cpu_capability", "torch"} <= set(saved["recorded_on"])
+
+
+@pytest.mark.skipif(not STRICT, reason="bitwise golden runs hold on one machine only: NORMCL_GOLDEN_STRICT=1")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_strict_golden_run_is_bitwise_unchanged_on_this_cpu(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = {**cpu_environment(), "torch": torch.__version__}
+    fixture = GOLDEN / "strict" / f"{here['cpu_capability']}.json"
+    got = run_case(f"{STRICT_FLAGS} {CASES[case]}", tmp_path, monkeypatch)
+    got = {"class_il": got["class_il"], "task_il": got["task_il"], "final": got["final"],
+           "parameters_sha256": parameter_digest(got["model"].net)}  # fmt: skip
+    if RECORD:
+        write_record(fixture, case, got)
+        pytest.skip("recorded")
+    if not fixture.exists():
+        pytest.fail(f"no strict fixture {fixture}: record one on the old code with NORMCL_RECORD_GOLDEN=1")
+    saved = json.loads(fixture.read_text())
+    if saved["recorded_on"] != here or case not in saved["cases"]:
+        pytest.fail(f"{fixture} was recorded on {saved['recorded_on']}, this is {here}: record it here first")
+    assert got == saved["cases"][case]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults import inject_nan
 
 from utils.args import parse_args, parse_members
 from utils.main import main, run
@@ -55,16 +56,27 @@ def test_the_command_line_writes_each_members_results(tmp_path: Path) -> None:
     assert "[a] results written to" in proc.stdout and "[b] results written to" in proc.stdout
 
 
-def test_a_diverging_member_stops_alone_and_the_others_finish_as_alone(tmp_path: Path) -> None:
-    members = ["--seed 0 --run_name ok0", "--seed 1 --lr 1e12 --run_name nan", "--seed 2 --run_name ok2"]
+@pytest.mark.kernels
+def test_a_diverging_member_stops_alone_and_the_others_finish_as_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Member 1's stream batch of step 6 (task 2) is NaN (injected: a real divergence depends on the CPU)."""
+    members = ["--seed 0 --run_name ok0", "--seed 1 --run_name nan", "--seed 2 --run_name ok2"]
     shared = [*SHARED, "--dtype", "float64", "--results_path", str(tmp_path / "stack")]
-    docs = run_stack(parse_members(shared, members))
+    with monkeypatch.context() as patch:
+        inject_nan(patch, step=6, member=1)
+        docs = run_stack(parse_members(shared, members))
     folder = tmp_path / "stack" / "class-il" / "seq-fmnist" / "er_ace"
     assert sorted(p.name for p in folder.iterdir()) == ["nan.partial.json", "ok0.json", "ok2.json"]
-    stopped = json.loads((folder / "nan.partial.json").read_text())["stopped"]
-    with pytest.raises(FloatingPointError) as alone_error:
+    partial = json.loads((folder / "nan.partial.json").read_text())
+    assert partial["stopped"] == {"reason": "non-finite loss", "task": 1, "step": 6}
+    with monkeypatch.context() as patch, pytest.raises(FloatingPointError) as alone_error:
+        inject_nan(patch, step=6)
         run(parse_args([*shared[:-1], str(tmp_path / "alone"), *members[1].split()]))
-    assert stopped == alone_error.value.record() and stopped["reason"] == "non-finite loss"
+    assert partial["stopped"] == alone_error.value.record()
+    alone_file = tmp_path / "alone" / folder.relative_to(tmp_path / "stack") / "nan.partial.json"
+    alone_partial = json.loads(alone_file.read_text())
+    assert partial["accuracy_matrix"] == alone_partial["accuracy_matrix"], "the first task, completed, as alone"
     for k in (0, 2):
         alone = run(parse_args([*shared[:-1], str(tmp_path / "alone"), *members[k].split()]))
         assert docs[k]["accuracy_matrix"] == alone["accuracy_matrix"]

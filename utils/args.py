@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=DTYPES,
         default="float32",
-        help="precision of the network and its inputs; float64 to check that two code paths agree (slow)",
+        help="precision of the network, its initialisation and its inputs; float64 to check that two code paths "
+        "agree (slow)",
     )
     _binary(g, "--no_task_shuffle", "keep the natural class order for every seed")
     _binary(g, "--validation", "hold out 10%% of each task's training data and test on it")

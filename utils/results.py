@@ -23,9 +23,12 @@ Format (``format_version`` 1)::
           # with --diagnose_norm 1: RMS distances of each layer's running mean/var to the
           # task-balanced and to the latest task's population statistics (utils/norm_diagnostics.py)
       "timing": {"train_seconds": [...], "eval_seconds": [...], "total_seconds"},
-      "environment": {"python", "torch", "torchvision", "numpy", "device", "threads", "git_commit", "git_dirty",
-                      "hostname"},
+      "environment": {"python", "torch", "torchvision", "numpy", "device", "threads", "cpu", "cpu_capability",
+                      "kernel_limits", "git_commit", "git_dirty", "hostname"},
           # git_commit / git_dirty: the code the run started with (dirty: tracked .py files differ from the commit)
+          # cpu, cpu_capability, kernel_limits, threads: what decides the kernels' rounding, which online training
+          # amplifies: the same command gives other numbers on another CPU or thread count (files written before
+          # these entries lack them)
       "created": ISO time
     }
 """
@@ -33,6 +36,7 @@ Format (``format_version`` 1)::
 from __future__ import annotations
 
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -86,6 +90,31 @@ def code_version() -> dict[str, Any]:
     return {"git_commit": head.stdout.strip(), "git_dirty": dirty}
 
 
+KERNEL_LIMITS = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+"""Environment variables that change which CPU kernels torch, oneDNN and MKL run."""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` elsewhere, possibly empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_environment() -> dict[str, Any]:
+    """The CPU, the kernel set torch dispatches to on it (``AVX512``, ``AVX2``, ``DEFAULT``...) and any limit set on
+    the kernels: with the thread count, what makes a run's numbers differ between machines."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kernel_limits": {name: os.environ[name] for name in KERNEL_LIMITS if name in os.environ},
+    }
+
+
 def final_metrics(history: History) -> dict[str, float | None]:
     """Metrics over the tasks completed so far (all of them, unless the run stopped early)."""
     k = len(history.eval_seconds)
@@ -135,6 +164,7 @@ def build_results(
             "numpy": np.__version__,
             "device": args.device,
             "threads": torch.get_num_threads(),
+            **cpu_environment(),
             **code,
             "hostname": socket.gethostname(),
         },

@@ -5,11 +5,13 @@ Shared by a run alone (``utils/main.py``) and a stack of runs (``utils/stack_tra
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import shutil
 from argparse import Namespace
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -89,15 +91,26 @@ def norm_keywords(args: Namespace, dataset: ContinualDataset) -> dict[str, Any]:
     return keywords | {o.keyword: o.command_value(getattr(args, o.dest)) for o in spec.options}
 
 
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Modules built inside draw their parameters in ``dtype`` (torch's default dtype, restored afterwards)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_network(args: Namespace, dataset: ContinualDataset) -> torch.nn.Module:
     """The backbone with the requested norm layers, on the device, in ``--dtype`` (draws its initialisation from
-    torch's global generator)."""
-    net = BACKBONES.get(args.backbone)(num_classes=dataset.n_classes(), nf=args.nf, in_channels=dataset.SHAPE[0])
-    net = net.to(dataset.device)
-    example = torch.zeros(1, *dataset.SHAPE, device=dataset.device)
-    net = convert_norm(net, args.nl, example_input=example, **norm_keywords(args, dataset)).to(dataset.device)
-    if args.dtype != "float32":
-        net = net.to(getattr(torch, args.dtype))
+    torch's global generator, in ``--dtype``: a float64 run holds no float32 rounding, whose last bit differs between
+    CPU kernel sets, from its first weight on)."""
+    with default_dtype(getattr(torch, args.dtype)):
+        net = BACKBONES.get(args.backbone)(num_classes=dataset.n_classes(), nf=args.nf, in_channels=dataset.SHAPE[0])
+        net = net.to(dataset.device)
+        example = torch.zeros(1, *dataset.SHAPE, device=dataset.device)
+        net = convert_norm(net, args.nl, example_input=example, **norm_keywords(args, dataset)).to(dataset.device)
     return net
 
 

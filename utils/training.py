@@ -253,9 +253,11 @@ class Trainer:
             t = self.model.current_task
             self.model.net.train()
             if self.pos.epoch == 0 and self.pos.batch == 0 and self.pos.order is None:
-                if t > 0 and not args.ignore_other_metrics:
-                    for history, ((c,), (ti,)) in zip(self.histories, self._evaluate([t]), strict=True):
-                        history.class_il[t - 1][t], history.task_il[t - 1][t] = c, ti
+                if t > 0 and not args.ignore_other_metrics:  # a stopped member's history ends where it stopped
+                    scores = self._evaluate([t])
+                    for k in self.active:
+                        (c,), (ti,) = scores[k]
+                        self.histories[k].class_il[t - 1][t], self.histories[k].task_il[t - 1][t] = c, ti
                 self.model.meta_begin_task(self.dataset)
             start = time.perf_counter()
             self._train_task(t)

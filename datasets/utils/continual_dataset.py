@@ -62,8 +62,9 @@ class ContinualDataset:
     def __init__(self, args: Namespace, device: torch.device | str = "cpu") -> None:
         self.args = args
         self.device = torch.device(device)
-        self.train_transform = TrainTransform(self.MEAN, self.STD, self.CROP_PADDING, self.HFLIP)
-        self.test_transform = Normalize(self.MEAN, self.STD)
+        dtype = getattr(torch, getattr(args, "dtype", "float32"))  # --dtype float64: float64 from the pixels on
+        self.train_transform = TrainTransform(self.MEAN, self.STD, self.CROP_PADDING, self.HFLIP, dtype)
+        self.test_transform = Normalize(self.MEAN, self.STD, dtype)
         self.class_order = self.make_class_order(getattr(args, "seed", None), getattr(args, "no_task_shuffle", False))
         self._tasks: list[TaskData] | None = None
 
