@@ -9,6 +9,7 @@ from utils.core.options import Option, at_least
 
 @MODELS.register("der")
 class Der(ContinualModel):
+    STACKS = True
     USES_BUFFER = True
     NORM_LOSS_ONLY_WHEN_REPLAYING = True  # like the AdaB2N reference's replay methods
     # mammoth's seq-cifar10 value when not given; 0 would make DER plain SGD. Other models record 0.

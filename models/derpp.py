@@ -9,6 +9,7 @@ from utils.core.options import Option, at_least
 
 @MODELS.register("derpp")
 class Derpp(ContinualModel):
+    STACKS = True
     USES_BUFFER = True
     NORM_LOSS_ONLY_WHEN_REPLAYING = True  # derpp_ada.py: the first step (empty buffer) is the plain loss
     # mammoth's seq-cifar10 values when not given; 0 would drop the replay. Other models record 0.

@@ -9,6 +9,7 @@ from models.utils.continual_model import ContinualModel
 
 @MODELS.register("er")
 class Er(ContinualModel):
+    STACKS = True
     USES_BUFFER = True
     NORM_LOSS_ONLY_WHEN_REPLAYING = True  # like the AdaB2N reference's replay methods
     REFERENCE_FORWARD = "joint"  # mammoth's ER concatenates stream and replay batches

@@ -15,6 +15,7 @@ from models.utils.continual_model import ContinualModel
 
 @MODELS.register("er_ace")
 class ErAce(ContinualModel):
+    STACKS = True
     USES_BUFFER = True
     NORM_LOSS_ONLY_WHEN_REPLAYING = True  # er_ace_ada.py: the first task (no replay yet) is cross-entropy alone
 

@@ -16,6 +16,8 @@ from utils.stream import epoch_batches
 
 @MODELS.register("joint")
 class Joint(ContinualModel):
+    STACKS = True
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> Tensor:
         return torch.zeros((), device=self.device)
 

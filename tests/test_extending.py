@@ -47,6 +47,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_main(clone: Path, tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NORMCL_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(clone / "utils" / "main.py"), *argv, "--results_path", str(tmp_path / "res")]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
@@ -62,6 +63,26 @@ def test_a_new_norm_with_its_own_flag_runs_end_to_end(clone: Path, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     args = results_args(tmp_path)
     assert (args["nl"], args["bn_scale"]) == ("ScaledBN", 0.5)
+
+
+def test_the_new_norm_stacks_as_declared_each_member_its_run_alone(clone: Path, tmp_path: Path) -> None:
+    """``@stackable(per_channel())`` on the README's class: in float64 each member is its run alone, bit for bit;
+    ``--bn_scale``, which the declaration does not take per member, must be shared."""
+    argv = [*SMALL, "--dataset", "seq-fmnist", "--model", "er", "--buffer_size", "20", "--nl", "ScaledBN"]
+    argv += ["--bn_scale", "0.5", "--dtype", "float64"]
+    stack = run_main(
+        clone, tmp_path / "stack", *argv, "--member", "--seed 1 --run_name a", "--member", "--seed 2 --run_name b"
+    )
+    assert stack.returncode == 0, stack.stderr
+    for name, seed in (("a", "1"), ("b", "2")):
+        alone = run_main(clone, tmp_path / "alone", *argv, "--seed", seed, "--run_name", name)
+        assert alone.returncode == 0, alone.stderr
+        stacked, single = (json.loads(next((tmp_path / d / "res").rglob(f"{name}.json")).read_text())
+                           for d in ("stack", "alone"))  # fmt: skip
+        assert stacked["accuracy_matrix"] == single["accuracy_matrix"]
+    members = ["--member", "--seed 1 --bn_scale 0.5", "--member", "--seed 2 --bn_scale 2"]
+    refused = run_main(clone, tmp_path / "refused", *argv, *members)
+    assert refused.returncode == 2 and "stacked members differ in --bn_scale (0.5 and 2.0)" in refused.stderr
 
 
 def test_the_new_flag_is_validated_and_listed(clone: Path, tmp_path: Path) -> None:
@@ -88,3 +109,14 @@ def test_a_new_dataset_runs_end_to_end(clone: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     (path,) = (tmp_path / "res").rglob("*.json")
     assert len(json.loads(path.read_text())["accuracy_matrix"]["class_il"]) == 3
+
+
+def test_a_model_that_does_not_declare_stacks_is_refused_under_member(clone: Path, tmp_path: Path) -> None:
+    argv = [*SMALL, "--dataset", "seq-fmnist", "--model", "er_smooth", "--buffer_size", "20"]
+    proc = run_main(clone, tmp_path, *argv, "--member", "--seed 1", "--member", "--seed 2")
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.startswith("error: model 'er_smooth' does not declare STACKS = True")
+        and proc.stderr.count("\n") == 1
+    )
+    assert not (tmp_path / "res").exists()

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from faults import inject_nan
+from torch import nn
 
+from models.utils.norms import NORMS, NormSpec
 from utils.args import parse_args, parse_members
 from utils.main import main, run
 from utils.stack_training import run_stack
@@ -104,6 +106,10 @@ BAD_MEMBERS = {
         ["--seed 0 --nl AdaB2N", "--seed 1 --nl AdaB2N --adab2n_renorm 1"],
         "stacked members differ in --adab2n_renorm",
     ),
+    "BRN's clipping, which its stacking shares": (
+        ["--seed 0 --nl BRN --brn_rmax 2", "--seed 1 --nl BRN --brn_rmax 3"],
+        "stacked members differ in --brn_rmax (2.0 and 3.0)",
+    ),
     "no seed": (["--seed 0", "--run_name x"], "every stacked member needs a --seed"),
     "same name": (["--seed 0 --run_name x", "--seed 1 --run_name x"], "stacked members share a --run_name"),
     "bad value": (["--seed 0", "--seed 1 --lr -1"], "--lr must be positive, got -1.0"),
@@ -127,3 +133,29 @@ def test_bad_members_are_one_line_exit_2_and_nothing_written(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
     assert not (tmp_path / "res").exists()
+
+
+class DoubledBN(nn.BatchNorm2d):
+    """A BatchNorm subclass that computes something else and declares no stacking."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+def doubled_bn(bn: nn.BatchNorm2d) -> DoubledBN:
+    return DoubledBN(bn.num_features)
+
+
+def test_a_norm_whose_layer_declares_no_stacking_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    NORMS.names()
+    monkeypatch.setitem(NORMS._items, "Doubled", NormSpec("Doubled", doubled_bn))
+    argv = [*SHARED, "--nl", "Doubled", "--results_path", str(tmp_path), "--member", "--seed 0", "--member", "--seed 1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: norm 'Doubled' cannot be stacked: DoubledBN is not declared @stackable "
+        "(models/utils/layer_stacking.py); run its runs alone (without --member or run.py --stack)\n"
+    )
+    assert not any(tmp_path.iterdir())

@@ -15,7 +15,7 @@ from torch import nn
 
 from backbone.resnet18 import ResNet18
 from models.utils.norms import convert_norm
-from models.utils.stacking import StackedNet
+from models.utils.stacking import StackedNet, UnstackableLayer
 from models.utils.task_aware import task_aware_layers, task_counts
 
 K, B, TASKS = 3, 6, 5
@@ -127,5 +127,18 @@ def test_layers_that_differ_in_shape_or_kind_are_refused() -> None:
     with pytest.raises(ValueError, match="cannot stack Conv2d layers whose out_channels differ"):
         StackedNet([ResNet18(10, nf=4, in_channels=1), ResNet18(10, nf=8, in_channels=1)])
     gn = convert_norm(ResNet18(10, nf=4, in_channels=1), "GN")
-    with pytest.raises(ValueError, match="different types: BatchNorm2d, GroupNorm"):
+    with pytest.raises(ValueError, match="different types at bn1: BatchNorm2d, GroupNorm"):
         StackedNet([ResNet18(10, nf=4, in_channels=1), gn])
+
+
+class DoubledBN(nn.BatchNorm2d):
+    """A BatchNorm subclass that computes something else, and declares no stacking of its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+def test_a_layer_that_declares_no_stacking_is_refused_by_name_not_stacked_as_its_base() -> None:
+    nets = [convert_norm(ResNet18(10, nf=4, in_channels=1), lambda bn: DoubledBN(bn.num_features)) for _ in range(2)]
+    with pytest.raises(UnstackableLayer, match=r"^DoubledBN \(bn1\) declares no stacking: decorate its class"):
+        StackedNet(nets)

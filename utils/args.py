@@ -268,13 +268,34 @@ def split_members(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def member_free(args: argparse.Namespace) -> set[str]:
-    """The arguments that stacked members of a run like ``args`` may differ in: ``MEMBER_FREE`` and the norm's and the
-    model's own options (those declared per member)."""
+    """The arguments that stacked members of a run like ``args`` may differ in: ``MEMBER_FREE``, the model's own
+    options, and the norm's options that its layer's stacking takes per member (``Stacking.per_member``)."""
     from models import MODELS
     from models.utils.norms import NORMS
 
-    own = [*NORMS.get(args.nl).options, *MODELS.get(args.model).OPTIONS]
-    return {*MEMBER_FREE, *(o.dest for o in own if o.per_member)}
+    norm = NORMS.get(args.nl)
+    own = [*(o for o in norm.options if norm.per_member(o)), *MODELS.get(args.model).OPTIONS]
+    return {*MEMBER_FREE, *(o.dest for o in own)}
+
+
+def stacking_problem(args: argparse.Namespace) -> str | None:
+    """Why runs like ``args`` cannot be stacked at all (their norm or model declares no stacking), or ``None``."""
+    from models import MODELS
+    from models.utils.norms import NORMS
+
+    norm = NORMS.get(args.nl)
+    if norm.stacking is None:
+        layer = "its builder returns no layer class" if norm.layer is None else f"{norm.layer.__name__} is not"
+        return (
+            f"norm '{args.nl}' cannot be stacked: {layer} declared @stackable (models/utils/layer_stacking.py); "
+            f"run its runs alone (without {MEMBER_FLAG} or run.py --stack)"
+        )
+    if not MODELS.get(args.model).STACKS:
+        return (
+            f"model '{args.model}' does not declare STACKS = True (README, Extending the framework); run its runs "
+            f"alone (without {MEMBER_FLAG} or run.py --stack)"
+        )
+    return None
 
 
 def parse_members(shared: Sequence[str], members: Sequence[str]) -> list[argparse.Namespace]:
@@ -286,6 +307,9 @@ def parse_members(shared: Sequence[str], members: Sequence[str]) -> list[argpars
             raise
         raise UserError(f"{MEMBER_FLAG} flags cannot be split ({e}); quote each member's flags once") from None
     first = runs[0]
+    problem = stacking_problem(first)
+    if problem is not None:
+        raise UserError(problem)
     free = member_free(first)
     for run in runs[1:]:
         for key, value in vars(run).items():

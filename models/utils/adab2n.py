@@ -43,12 +43,7 @@ from models.utils.task_aware import task_counts
 from utils.core.options import Option, at_least, between, require
 
 KAPPA = Option("--kappa", "momentum adaptation in [0, 1] (1 = plain EMA, 0 = cumulative)", check=between(0, 1))
-RENORM = Option(
-    "--adab2n_renorm",
-    "renormalise the task weights over the tasks present in the batch",
-    keyword="renorm",
-    per_member=False,  # one StackedAdaB2N computes every member's weights alike
-)
+RENORM = Option("--adab2n_renorm", "renormalise the task weights over the tasks present in the batch", keyword="renorm")
 LAMBD = Option("--lambd", "weight of the statistics regulariser in the loss", check=at_least(0))
 ADA_T0 = Option("--ada_t0", "first task (0-based) whose loss has the regulariser", check=at_least(0))
 

@@ -45,6 +45,10 @@ class ContinualModel(nn.Module):
     """The model's own command-line flags, read back from ``self.args``."""
     COMPATIBILITY: ClassVar[tuple[str, ...]] = ("class-il",)
     USES_BUFFER: ClassVar[bool] = False
+    STACKS: ClassVar[bool] = False
+    """Whether the model's code also trains K stacked runs (``--member``): every tensor then has the member as its
+    first dimension, each option arrives as a ``[K]`` tensor and every loss goes through ``self.loss`` / ``self.mse``
+    (one reduction per member). A model that does not declare it is refused under ``--member``."""
     REFERENCE_FORWARD: ClassVar[str] = "separate"
     NORM_LOSS_ONLY_WHEN_REPLAYING: ClassVar[bool] = False
     """Whether the norm regulariser joins the loss only in steps that replay, as in the reference code of the replay

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.utils.layer_stacking import per_channel, stackable
 from models.utils.norms import Shape, copy_matching_state, float32_under_autocast, register_norm
 from utils.core.options import Option, at_least, require
 
@@ -40,7 +41,7 @@ def group_count(channels: int, target: int = 32) -> int:
 
 
 @register_norm("GN")
-def group_norm(bn: nn.BatchNorm2d, *, affine: bool = True, groups: int = 32) -> nn.Module:
+def group_norm(bn: nn.BatchNorm2d, *, affine: bool = True, groups: int = 32) -> nn.GroupNorm:
     """GroupNorm: per-sample statistics, so no running statistics to drift across tasks."""
     new = nn.GroupNorm(group_count(bn.num_features, groups), bn.num_features, eps=bn.eps, affine=affine)
     copy_matching_state(bn, new)
@@ -48,7 +49,7 @@ def group_norm(bn: nn.BatchNorm2d, *, affine: bool = True, groups: int = 32) -> 
 
 
 @register_norm("LN")
-def layer_norm(bn: nn.BatchNorm2d, *, shape: Shape, affine: bool = True) -> nn.Module:
+def layer_norm(bn: nn.BatchNorm2d, *, shape: Shape, affine: bool = True) -> nn.LayerNorm:
     """LayerNorm over the whole C x H x W feature map of each sample (its size comes from ``convert_norm``'s probe)."""
     if shape[0] != bn.num_features:
         raise ValueError(f"LN shape {tuple(shape)} does not match the layer's {bn.num_features} channels")
@@ -56,11 +57,12 @@ def layer_norm(bn: nn.BatchNorm2d, *, shape: Shape, affine: bool = True) -> nn.M
 
 
 @register_norm("IN")
-def instance_norm(bn: nn.BatchNorm2d) -> nn.Module:
+def instance_norm(bn: nn.BatchNorm2d) -> nn.InstanceNorm2d:
     """InstanceNorm with torch's defaults (no affine, no running stats), as the reference uses it."""
     return nn.InstanceNorm2d(bn.num_features, eps=bn.eps, affine=False, track_running_stats=False)
 
 
+@stackable(per_channel("num_features", "groups"))  # K·C channels in K·groups groups: per-member group norm
 class ContinualNorm2d(nn.BatchNorm2d):
     """Continual Normalization: a parameter-free group norm, then ordinary batch norm.
 
@@ -90,7 +92,7 @@ class ContinualNorm2d(nn.BatchNorm2d):
 
 
 @register_norm("CN")
-def continual_norm(bn: nn.BatchNorm2d, *, affine: bool = True, groups: int = 32) -> nn.Module:
+def continual_norm(bn: nn.BatchNorm2d, *, affine: bool = True, groups: int = 32) -> ContinualNorm2d:
     """Continual Normalization with the GN group rule (``group_count``); BN's state is kept."""
     new = ContinualNorm2d(
         bn.num_features, group_count(bn.num_features, groups), eps=bn.eps, momentum=bn.momentum, affine=affine
@@ -99,6 +101,7 @@ def continual_norm(bn: nn.BatchNorm2d, *, affine: bool = True, groups: int = 32)
     return new
 
 
+@stackable(per_channel())  # per channel; rmax and dmax shared by the members
 class BatchRenorm2d(nn.BatchNorm2d):
     """Batch Renormalization: batch-norm training whose output is corrected towards the running statistics.
 
@@ -163,7 +166,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
 
 
 @register_norm("BRN", RMAX, DMAX)
-def batch_renorm(bn: nn.BatchNorm2d, *, affine: bool = True, rmax: float = 3.0, dmax: float = 5.0) -> nn.Module:
+def batch_renorm(bn: nn.BatchNorm2d, *, affine: bool = True, rmax: float = 3.0, dmax: float = 5.0) -> BatchRenorm2d:
     """Batch Renormalization with the clipping bounds ``rmax`` / ``dmax``; BN's state is kept."""
     new = BatchRenorm2d(bn.num_features, rmax, dmax, eps=bn.eps, momentum=bn.momentum, affine=affine)
     copy_matching_state(bn, new)

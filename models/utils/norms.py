@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models.utils.layer_stacking import Stacking, place_like, stacking_of
 from utils.core.options import Option
 from utils.core.registry import Registry
 
@@ -54,6 +55,25 @@ class NormSpec:
     name: str
     builder: NormBuilder
     options: tuple[Option, ...] = ()
+
+    @functools.cached_property
+    def layer(self) -> type[nn.Module] | None:
+        """The class of the layers the builder makes, from its return annotation (``None``: not a class)."""
+        try:
+            made = typing.get_type_hints(self.builder).get("return")
+        except (NameError, TypeError):  # an annotation that does not resolve names no class
+            return None
+        return made if isinstance(made, type) and issubclass(made, nn.Module) else None
+
+    @property
+    def stacking(self) -> Stacking | None:
+        """How the layers stack (``models/utils/layer_stacking.py``): declared on exactly the class the builder
+        returns; ``None``: the norm's runs cannot be stacked."""
+        return None if self.layer is None else stacking_of(self.layer)
+
+    def per_member(self, option: Option) -> bool:
+        """Whether stacked members may differ in ``option``: the layer's stacking says so."""
+        return self.stacking is not None and option.keyword in self.stacking.per_member
 
     @functools.cached_property
     def keywords(self) -> frozenset[str] | None:
@@ -112,18 +132,10 @@ def copy_matching_state(src: nn.Module, dst: nn.Module) -> list[str]:
 
 
 @register_norm("BN")
-def batch_norm(bn: nn.BatchNorm2d, *, affine: bool = True) -> nn.Module:
+def batch_norm(bn: nn.BatchNorm2d, *, affine: bool = True) -> nn.BatchNorm2d:
     """Plain BatchNorm (a copy of ``bn``), the baseline every other norm is compared with."""
     new = nn.BatchNorm2d(bn.num_features, bn.eps, bn.momentum, affine=affine, track_running_stats=True)
     copy_matching_state(bn, new)
-    return new
-
-
-def place_like(new: nn.Module, old: nn.Module) -> nn.Module:
-    """Move ``new`` to the device and floating dtype of ``old``'s first floating tensor (if it has one)."""
-    for t in itertools.chain(old.parameters(), old.buffers()):
-        if t.is_floating_point():
-            return new.to(device=t.device, dtype=t.dtype)
     return new
 
 
@@ -185,17 +197,22 @@ def convert_norm(
                 f"norm '{spec.name}' depends on each layer's input size: pass example_input=<a batch the model accepts>"
             )
         shapes = probe_input_shapes(module, example_input)
-    return _replace(module, spec.builder, shapes, options)
+    return _replace(module, spec, shapes, options)
 
 
 def _replace(
-    module: nn.Module, builder: NormBuilder, shapes: dict[nn.Module, Shape] | None, options: dict[str, Any]
+    module: nn.Module, spec: NormSpec, shapes: dict[nn.Module, Shape] | None, options: dict[str, Any]
 ) -> nn.Module:
     if isinstance(module, nn.BatchNorm2d):
         extra = {} if shapes is None else {SHAPE_KEYWORD: shapes[module]}
-        return place_like(builder(module, **options, **extra), module)
+        new = spec.builder(module, **options, **extra)
+        if spec.layer is not None and type(new) is not spec.layer:  # its stacking is the declared class's
+            raise TypeError(
+                f"norm '{spec.name}' built a {type(new).__name__}, not the {spec.layer.__name__} it declares"
+            )
+        return place_like(new, module)
     for child_name, child in module.named_children():
-        new = _replace(child, builder, shapes, options)
+        new = _replace(child, spec, shapes, options)
         if new is not child:
             setattr(module, child_name, new)
     return module

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.utils.adab2n import AdaB2N, SampleMoments, normalized, weighted_statistics
+from models.utils.layer_stacking import Stacking, stackable
 from models.utils.norms import float32_under_autocast
 
 
@@ -61,10 +62,6 @@ class StackedAdaB2N(nn.Module):
         self._batch_tasks: Tensor | None = None
         self._batch_counts: Tensor | None = None
         self.norm_loss: Tensor | None = None
-
-    @classmethod
-    def stack(cls, layers: Sequence[AdaB2N]) -> StackedAdaB2N:
-        return cls(layers)
 
     def member(self, k: int, template: AdaB2N) -> AdaB2N:
         """Member ``k`` as an :class:`AdaB2N` layer like ``template``, with its current state."""
@@ -150,3 +147,8 @@ class StackedAdaB2N(nn.Module):
         per_member = lambda a, b: (a - b).square().view(self.members, -1).mean(1)  # noqa: E731
         self.norm_loss = per_member(mean, running_mean) + per_member(var, running_var)
         return out
+
+
+# AdaB²N's stacking (here, beside the stacked layer, until AdaB²N is written once for one member or many): each
+# member keeps its own kappa, lambd and ada_t0; --adab2n_renorm shapes every member's weights alike.
+stackable(Stacking(StackedAdaB2N, StackedAdaB2N.member, frozenset({"kappa", "lambd", "ada_t0"})))(AdaB2N)

@@ -67,8 +67,8 @@ class Option:
 
     ``type`` and ``default`` may be left out for a norm, whose builder's signature supplies them; ``bool`` becomes a
     binary flag. ``inactive`` is the value recorded when the run's component does not declare the flag (results
-    files always record every flag); by default it is ``default``. ``per_member``: stacked runs (``--member``) may
-    differ in it; ``False`` for an option that shapes the layer's arithmetic for all members alike.
+    files always record every flag); by default it is ``default``. Whether stacked runs may differ in a norm's option
+    is not the option's to say but its layer's stacking's (``models/utils/layer_stacking.py``).
     """
 
     flag: str
@@ -78,7 +78,6 @@ class Option:
     default: Any = _MISSING
     check: Check | None = None
     inactive: Any = _MISSING
-    per_member: bool = True
 
     def __post_init__(self) -> None:
         if not self.flag.startswith("--"):
