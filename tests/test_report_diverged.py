@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from test_report import rows, write_run
 
-from utils.core.partial import PARTIAL_SUFFIX
+from utils.core.run_files import PARTIAL_SUFFIX
 from utils.experiments.records import load_records
 from utils.experiments.report import write_report
 from utils.experiments.selection import select_configs

@@ -20,11 +20,11 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
     small_runs,
 )
 
+from utils.core.run_files import results_file
 from utils.experiments.cli import RESERVED_EXTRA, main, parse_launcher_args
 from utils.experiments.grid import expand_grid, validate_runs
 from utils.experiments.methods import METHOD_ORDER, PSEUDO_METHODS, Config, method_flags, method_of, norm_of
 from utils.experiments.processes import default_command
-from utils.results import results_file
 
 # ----------------------------------------------------------------------------------------------- grid
 

@@ -21,7 +21,8 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
 )
 
 from utils.args import parse_args, split_members
-from utils.checkpoint import checkpoint_file, save_checkpoint
+from utils.checkpoint import save_checkpoint
+from utils.core.run_files import checkpoint_file
 from utils.experiments.cli import main, parse_launcher_args
 from utils.experiments.grid import Run, expand_grid, expand_test, expand_validation
 from utils.experiments.processes import default_command

@@ -64,12 +64,6 @@ ARGS_REMOVED = frozenset({"num_workers"})
 """Flags that older checkpoints record and this code no longer has (they never affected the numbers)."""
 
 
-def checkpoint_file(results: Path, stack: bool = False) -> Path:
-    """The checkpoint of the run whose results file is ``results`` (same folder, ``.ckpt``); a stack's is named
-    after its first member's (``.stack.ckpt``), so a run alone never takes it for its own."""
-    return results.with_suffix(".stack.ckpt" if stack else ".ckpt")
-
-
 def comparable_args(args: Namespace) -> dict[str, Any]:
     return {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE_ARGS}
 

@@ -20,13 +20,12 @@ import torch
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from datasets import get_dataset_class
 from utils.args import parse_args, parse_members, split_members
-from utils.checkpoint import checkpoint_file, load_checkpoint
+from utils.checkpoint import load_checkpoint
 from utils.core.errors import UserError
+from utils.core.run_files import checkpoint_file, partial_results_file, results_file
 from utils.results import (
     build_results,
     code_version,
-    partial_results_file,
-    results_file,
     summary_table,
     write_results,
 )

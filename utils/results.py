@@ -50,17 +50,11 @@ import numpy as np
 import torch
 
 from utils.core.atomic import atomic_write_bytes
-from utils.core.partial import partial_results_file as partial_results_file  # utils/main.py's name
+from utils.core.run_files import RESULTS_FORMAT_VERSION
 from utils.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer
 from utils.training import History
 
-FORMAT_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def results_file(args: Namespace) -> Path:
-    """``{results_path}/{setting}/{dataset}/{model}/{run_name}.json``, mammoth's folder layout."""
-    return Path(args.results_path) / args.setting / args.dataset / args.model / f"{args.run_name}.json"
 
 
 def _version(package: str) -> str | None:
@@ -143,7 +137,7 @@ def build_results(
     if history.random_class_il is not None:
         random = {"class_il": history.random_class_il, "task_il": history.random_task_il}
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": RESULTS_FORMAT_VERSION,
         "name": args.run_name,
         "args": vars(args),
         "setting": args.setting,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import time
 from argparse import Namespace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,9 +26,10 @@ from datasets.utils.continual_dataset import ContinualDataset
 from models import MODELS
 from models.utils.members import Members
 from models.utils.stacking import StackedNet
-from utils.checkpoint import checkpoint_file, load_checkpoint
+from utils.checkpoint import load_checkpoint
 from utils.core.errors import UserError
-from utils.results import build_results, code_version, partial_results_file, results_file, summary_table, write_results
+from utils.core.run_files import checkpoint_file, partial_results_file, results_file
+from utils.results import build_results, code_version, summary_table, write_results
 from utils.run_setup import (
     apply_speed_options,
     build_network,
@@ -83,7 +85,7 @@ def run_stack(members: list[Namespace]) -> list[dict[str, Any]]:
     datasets = member_datasets(members, device)
     ckpt = None if first.disable_log else checkpoint_file(results_file(first), stack=True)
     if not first.disable_log:
-        check_writable(results_file(first).parents[3])
+        check_writable(Path(first.results_path))
     payload = load_checkpoint(ckpt, members, device) if first.resume and ckpt is not None else None
     nets, generators = [], []
     for args, dataset in zip(members, datasets, strict=True):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.core.atomic import atomic_write_bytes
-from utils.core.partial import PARTIAL_SUFFIX
+from utils.core.run_files import PARTIAL_SUFFIX
 from utils.experiments import evidence
 from utils.experiments.methods import BASELINE
 from utils.experiments.records import DIVERGED, Stat, describe_stop

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from utils.core.errors import UserError
-from utils.core.partial import partial_results_file
+from utils.core.run_files import lock_file, log_file, partial_results_file, results_file
 from utils.experiments.methods import (
     ADAPTIVE_NORM,
     Config,
@@ -78,7 +78,7 @@ class Run:
     @property
     def lock(self) -> Path:
         """Hidden lock file next to the results file: resume and the lock key on the same path."""
-        return self.results.parent / f".{self.results.name}.lock"
+        return lock_file(self.results)
 
     @property
     def partial(self) -> Path:
@@ -155,7 +155,6 @@ def _expand(
     run, results and wandb names so that they never collide with the test runs of the same configuration."""
     from datasets import get_dataset_class
     from models import MODELS
-    from utils.results import results_file
 
     results_root = Path(args.results_path).resolve()
     logdir = Path(args.logdir).resolve()
@@ -187,7 +186,7 @@ def _expand(
                     seed=seed,
                     argv=(),
                     results=results_file(spec),
-                    log=logdir / f"{name}.txt",
+                    log=log_file(logdir, name),
                     usage_threshold=threshold,
                     interpreter=args.interpreter,
                     workdir=Path.cwd(),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from utils.core.partial import PARTIAL_SUFFIX
+from utils.core.run_files import PARTIAL_SUFFIX, checkpoint_file
 from utils.experiments.grid import Run
 from utils.experiments.records import DIVERGED, describe_stop, read_stopped
 from utils.experiments.stacks import Job, Stack, narrowed, stack_flags
@@ -44,7 +44,6 @@ def default_command(job: Job, threads: int | None) -> list[str]:
     """``INTERPRETER utils/main.py FLAGS``; CPU placement adds ``--device cpu --num_threads N`` before the flags
     so that ``--extra`` can still override them, and a run interrupted earlier continues from its checkpoint. A
     stack trains its runs still to do (one left: its plain command) and continues from the stack's checkpoint."""
-    from utils.checkpoint import checkpoint_file
 
     cpu = ["--device", "cpu", "--num_threads", str(threads)] if threads is not None else []
     runs = [run for run in job.members if not run.done] or list(job.members)

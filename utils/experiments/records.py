@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.core.partial import PARTIAL_SUFFIX
+from utils.core.run_files import PARTIAL_SUFFIX
 from utils.experiments.methods import Config, GridKey, method_of
 
 PROTOCOL_FIELDS = (

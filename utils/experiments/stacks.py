@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import TextIO, TypeAlias
 
 from utils.core.errors import UserError
+from utils.core.run_files import checkpoint_file, stack_log_file
 from utils.experiments.grid import Run
-
-STACK_LOG_SUFFIX = ".stack.txt"
-"""A stack's log is named after its first member, as its checkpoint (``FIRST.stack.ckpt``)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +140,7 @@ def even_chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
 
 def _stack(runs: Sequence[Run]) -> Stack:
     first = runs[0]
-    log = first.log.with_name(first.name + STACK_LOG_SUFFIX)
+    log = stack_log_file(first.log, first.name)
     return Stack(name=f"{first.name} (+{len(runs) - 1} stacked)", members=tuple(runs), log=log)
 
 
@@ -151,8 +149,6 @@ def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> lis
     compatible runs, the others alone (``size`` 1: every run alone, the launcher without stacks)."""
     if size == 1:
         return list(runs)
-    from utils.checkpoint import checkpoint_file
-
     alone: dict[str, Namespace] = {}
     groups: dict[str, list[int]] = {}
     jobs: list[tuple[int, Job]] = []
@@ -184,7 +180,7 @@ def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> lis
 def _interrupted_stacks(runs: Sequence[Run]) -> list[list[Run]]:
     """The stacks that an interrupted launch left checkpoints of (``FIRST.stack.ckpt``) whose members are all still
     to do here: they are packed again as they were, whatever ``--stack`` says now, so that they resume."""
-    from utils.checkpoint import checkpoint_file, stack_members
+    from utils.checkpoint import stack_members
 
     by_name = {run.name: run for run in runs if not run.done}
     stacks: list[list[Run]] = []

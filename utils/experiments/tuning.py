@@ -14,7 +14,7 @@ from argparse import Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from utils.core.partial import PARTIAL_SUFFIX
+from utils.core.run_files import PARTIAL_SUFFIX
 from utils.experiments.grid import Run, expand_test
 from utils.experiments.methods import ADAPTIVE_NORM, Config, GridKey, column_label, norm_of
 from utils.experiments.processes import CommandBuilder, Summary, confirm, done_text, print_runs
