@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from matplotlib.colors import to_hex
 from matplotlib.image import imread
 
-from utils.experiments import report
-from utils.experiments.methods import method_of
+from utils.experiments import plots, report
+from utils.experiments.methods import METHOD_COLOURS, METHOD_ORDER, method_colour, method_of
 from utils.experiments.records import load_records
 from utils.experiments.report import write_report
 from utils.experiments.selection import select_configs
@@ -284,6 +285,25 @@ def test_plots_are_pngs_and_drift_needs_diagnostics(tmp_path: Path) -> None:
         assert png.read_bytes()[:8] == PNG_SIGNATURE
         image = imread(png)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_each_method_has_its_colour_in_every_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accuracy curves and the drift plots draw a method in the vocabulary's colour, whichever methods a figure
+    shows (GN has no drift, so the drift plot's first method is another than the curves')."""
+    for nl in ("GN", "CN", "AdaB2N"):
+        write_run(tmp_path, nl, final=40.0, nl=nl, diagnostics=nl != "GN", **({"kappa": 0.4} if nl == "AdaB2N" else {}))
+    figures = {}
+    monkeypatch.setattr(plots, "_save_figure", lambda fig, path: figures.setdefault(path.name.split("__")[0], fig))
+    write_report(tmp_path, tmp_path / "out")
+    drawn = {
+        name: {line.get_label().split(" (")[0]: to_hex(line.get_color()) for ax in fig.axes for line in ax.get_lines()}
+        for name, fig in figures.items()
+    }
+    expected = {"GN": to_hex("tab:orange"), "CN": to_hex("tab:purple"), "AdaB2N": to_hex("tab:red")}
+    assert {m: drawn["accuracy_curve"][m] for m in expected} == expected
+    assert {m: drawn["norm_drift"][m] for m in ("CN", "AdaB2N")} == {m: expected[m] for m in ("CN", "AdaB2N")}
+    assert len({method_colour(m) for m in METHOD_ORDER}) == len(METHOD_ORDER) == len(METHOD_COLOURS)
+    assert method_colour("BN-noaffine") == method_colour("BN-noaffine") != method_colour("BN")
 
 
 def test_layers_without_running_statistics_are_left_out_of_the_drift_plot(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The vocabulary that ``run.py`` and the report share: methods, pseudo-methods, AdaB²N's configuration, names.
+"""The vocabulary that ``run.py`` and the report share: methods (order, colour), pseudo-methods, AdaB²N's configuration,
+names.
 
 The launcher turns a method into ``utils/main.py`` flags and the report turns a run's recorded arguments back into
 its row (:func:`method_of`); both directions are defined here from the same table, so a grid run is always reported
@@ -8,6 +9,7 @@ in the row it was started for, whichever launcher ran it.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -15,8 +17,21 @@ ADAPTIVE_NORM = "AdaB2N"
 """The normalization whose configurations ``(kappa, lambd, ada_t0)`` are searched and selected."""
 BASELINE = "BN"
 """The row every other method's paired gain is measured against."""
-METHOD_ORDER = ("BN", "BN-joint", "LN", "IN", "GN", "CN", "BRN", "AdaB2N", "AdaB2N-renorm")
-"""The report's row order; other methods follow it alphabetically."""
+METHOD_COLOURS = {
+    "BN": "tab:blue",
+    "BN-joint": "tab:cyan",
+    "LN": "tab:green",
+    "IN": "tab:olive",
+    "GN": "tab:orange",
+    "CN": "tab:purple",
+    "BRN": "tab:brown",
+    "AdaB2N": "tab:red",
+    "AdaB2N-renorm": "tab:pink",
+}
+"""Each method's colour in every figure, in the report's row order; other methods follow it alphabetically."""
+METHOD_ORDER = tuple(METHOD_COLOURS)
+OTHER_COLOURS = ("tab:gray", "#17becf", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+"""Colours of methods outside :data:`METHOD_COLOURS` (variants such as ``BN-noaffine``, new norms), by name."""
 DATASET_ORDER = ("seq-cifar10", "seq-cifar100", "seq-miniimg", "seq-fmnist")
 """The report's column order: the paper's datasets, then this project's Fashion-MNIST."""
 
@@ -73,6 +88,11 @@ def runs_without_affine(method: str) -> bool:
 def method_key(method: str) -> tuple[int, str]:
     """Sort key of the report's rows: :data:`METHOD_ORDER`, then the other methods alphabetically."""
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def method_colour(method: str) -> str:
+    """The colour of ``method`` in every figure: its own, or one drawn from its name (the same in every run)."""
+    return METHOD_COLOURS.get(method) or OTHER_COLOURS[zlib.crc32(method.encode()) % len(OTHER_COLOURS)]
 
 
 def number(value: float) -> str:

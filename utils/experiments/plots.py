@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from utils.core.atomic import atomic_write_bytes
+from utils.experiments.methods import method_colour
 from utils.experiments.records import Record
 from utils.experiments.tables import Column, Entry, Report
 
@@ -57,10 +58,10 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
         curves = np.array([_avg_curve(r.matrix[:size]) for r in e.runs])
         x = np.arange(1, size + 1)
         mean = curves.mean(0)
-        (line,) = ax.plot(x, mean, marker="o", label=_label(m, e))
+        ax.plot(x, mean, marker="o", label=_label(m, e), color=method_colour(m))
         if len(curves) > 1:
             std = curves.std(0, ddof=1)
-            ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=line.get_color())
+            ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=method_colour(m))
         ax.set_xticks(x)
     ax.set(xlabel="after task", ylabel="average class-IL accuracy (%)", title=column.label)
     ax.grid(alpha=0.3)
@@ -92,8 +93,8 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
         fig = Figure(figsize=(10, 4))
         axes = fig.subplots(1, 2)
         for ax, stat in zip(axes, ("mean", "var"), strict=True):
-            for i, (m, e, runs) in enumerate(with_drift):
-                color = f"C{i}"
+            for m, e, runs in with_drift:
+                color = method_colour(m)
                 for target, style in (("balanced", "-"), ("latest", "--")):
                     key = f"{stat}_to_{target}"
                     size = min(len(r.drift) for r in runs)  # type: ignore[arg-type]
