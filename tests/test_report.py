@@ -221,6 +221,25 @@ def test_runs_of_different_protocols_are_not_averaged(tmp_path: Path) -> None:
     assert [r["variant"] for r in rows(files.csv)] == ["n_epochs=1", "n_epochs=5"]
 
 
+@pytest.mark.parametrize("kind", ["norm", "model"])
+def test_runs_that_differ_in_any_registered_option_are_not_averaged(tmp_path: Path, kind: str) -> None:
+    """Every norm's and model's own option is part of a cell's identity (except AdaB²N's configuration, which the
+    selection compares, and the options a method's name holds): for each, enumerated from the registries, two runs
+    that differ only in it land in two cells. Files without the option ran with its inactive value."""
+    from utils.args import component_options
+
+    options = [o for k, _, o in component_options() if k == kind and o.dest not in ("kappa", "lambd", "ada_t0")]
+    options = [o for o in options if o.dest != "adab2n_renorm"]
+    assert options, f"no {kind} option to check"
+    for option in options:
+        folder = tmp_path / option.dest
+        other = option.value_when_inactive + 1 if option.type is not bool else 1 - option.value_when_inactive
+        write_run(folder, "a", final=40.0)
+        write_run(folder, "b", final=60.0, seed=1, **{option.dest: other})
+        text = write_report(folder, plots=False).text
+        assert f"[{option.dest}={option.value_when_inactive}]" in text and f"[{option.dest}={other}]" in text, option
+
+
 def test_a_training_subset_is_stated_under_the_tables(tmp_path: Path) -> None:
     write_run(tmp_path, "full", final=40.0)
     assert "Trained on a subset" not in write_report(tmp_path, plots=False).text

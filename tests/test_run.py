@@ -20,8 +20,9 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
     small_runs,
 )
 
+from utils.core.errors import UserError
 from utils.core.run_files import results_file
-from utils.experiments.cli import RESERVED_EXTRA, main, parse_launcher_args
+from utils.experiments.cli import main, parse_launcher_args, reserved_extra
 from utils.experiments.grid import expand_grid, validate_runs
 from utils.experiments.methods import METHOD_ORDER, PSEUDO_METHODS, Config, method_flags, method_of, norm_of
 from utils.experiments.processes import default_command
@@ -103,6 +104,30 @@ def test_pseudo_methods_and_registered_norms(tmp_path: Path) -> None:
     validate_runs(runs)
 
 
+def test_each_flag_the_launcher_sets_is_refused_in_extra_and_names_a_launcher_flag_that_exists(tmp_path: Path) -> None:
+    """``Roles.launcher`` is declared on the flag; where it names a ``run.py`` flag, that flag exists, and every
+    reserved flag is refused in ``--extra`` with that advice."""
+    from utils.experiments.cli import build_parser
+
+    launcher_flags = {flag for action in build_parser()._actions for flag in action.option_strings}
+    reserved = reserved_extra()
+    assert {
+        "--dataset",
+        "--seed",
+        "--kappa",
+        "--lambd",
+        "--ada_t0",
+        "--member",
+        "--forward_mode",
+        "--no_affine",
+    } <= set(reserved)
+    for name, advice in reserved.items():
+        if advice.startswith("--"):
+            assert advice.split()[0] in launcher_flags, (name, advice)
+        with pytest.raises(UserError, match=f"^--extra may not set {name}: the launcher sets it per run; use "):
+            parse_launcher_args([*SMALL_GRID, "--extra", f"{name} 1"])
+
+
 def test_the_launchers_methods_come_back_as_the_reports_rows(tmp_path: Path) -> None:
     """One vocabulary: each of the report's rows is a method ``run.py`` can run, and its runs' flags, as
     ``utils/main.py`` resolves and records them, come back through the report's ``method_of`` as that row, with
@@ -118,7 +143,7 @@ def test_the_launchers_methods_come_back_as_the_reports_rows(tmp_path: Path) -> 
     assert set(PSEUDO_METHODS) == {"BN-joint", "AdaB2N-renorm"}
     for method, args in PSEUDO_METHODS.items():
         assert method_of(args) == method and method_flags(method)[:2] == ["--nl", args["nl"]]
-        assert all(RESERVED_EXTRA[f"--{key}"] == f"--methods {method}" for key in args if key != "nl")
+        assert all(reserved_extra()[f"--{key}"] == f"--methods {method}" for key in args if key != "nl")
     assert Config(0.4, 1e-05, 1).flags() == ["--kappa", "0.4", "--lambd", "1e-05", "--ada_t0", "1"]
     assert Config(1, 0.1, 0).text() == "kappa 1.0, lambd 0.1, ada_t0 0" and Config(1, 0.1, 0) == (1.0, 0.1, 0)
 

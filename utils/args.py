@@ -14,18 +14,30 @@ wording; library code raises ``ValueError`` in its own terms.
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from utils.buffer import BUFFER_MODES, ring_size_problem
 from utils.core.errors import UserError
-from utils.core.options import BINARY_FLAG, Check, Option, at_least, binary, merge, positive
+from utils.core.options import (
+    BINARY_FLAG,
+    PROTOCOL,
+    RESUME_FREE,
+    Check,
+    Option,
+    Roles,
+    at_least,
+    binary,
+    merge,
+    positive,
+)
 
 FORWARD_MODES = ("separate", "joint")
 MEMBER_FLAG = "--member"
-MEMBER_FREE = ("seed", "lr", "run_name", "wandb_name", "wandb_group")
-"""What a stacked run's members may differ in besides their norm's and model's own options."""
 DTYPES = ("float32", "float64")
+NO_ROLES = Roles()
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -37,8 +49,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _binary(parser: argparse._ActionsContainer, name: str, help_text: str) -> None:
-    parser.add_argument(name, default=0, help=help_text, **BINARY_FLAG)
+def _flag(group: argparse._ActionsContainer, name: str, roles: Roles = NO_ROLES, **kwargs: Any) -> None:
+    """``add_argument`` with the flag's :class:`Roles` attached to it (read back by :func:`flag_roles`)."""
+    group.add_argument(name, **kwargs).roles = roles  # type: ignore[attr-defined]
+
+
+def _binary(group: argparse._ActionsContainer, name: str, help_text: str, roles: Roles = NO_ROLES) -> None:
+    _flag(group, name, roles, default=0, help=help_text, **BINARY_FLAG)
 
 
 def component_options() -> Iterator[tuple[str, str, Option]]:
@@ -80,91 +97,117 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     g = p.add_argument_group("experiment")
-    g.add_argument("--dataset", required=True, help="benchmark: seq-fmnist, seq-cifar10, seq-cifar100, seq-miniimg")
-    g.add_argument("--model", required=True, help="method, e.g. sgd, joint, er, der, derpp, er_ace")
-    g.add_argument("--backbone", default=None, help="network (default: the dataset's, resnet18)")
-    g.add_argument("--nf", type=int, default=64, help="ResNet-18 base width: 64 = full, 20 = reduced ResNet-18")
-    g.add_argument("--nl", default="BN", help="normalization layer swapped in for every BatchNorm, e.g. BN")
+    help_text = "benchmark: seq-fmnist, seq-cifar10, seq-cifar100, seq-miniimg"
+    _flag(g, "--dataset", Roles(launcher="--datasets"), required=True, help=help_text)
+    _flag(
+        g, "--model", Roles(launcher="--models"), required=True, help="method, e.g. sgd, joint, er, der, derpp, er_ace"
+    )
+    _flag(g, "--backbone", PROTOCOL, default=None, help="network (default: the dataset's, resnet18)")
+    _flag(g, "--nf", PROTOCOL, type=int, default=64, help="ResNet-18 base width: 64 = full, 20 = reduced ResNet-18")
+    help_text = "normalization layer swapped in for every BatchNorm, e.g. BN"
+    _flag(g, "--nl", Roles(launcher="--methods"), default="BN", help=help_text)
     _binary(g, "--no_affine", "normalization layers without learnable scale and shift")
-    g.add_argument(
+    _flag(
+        g,
         "--forward_mode",
         choices=FORWARD_MODES,
         default=None,
         help="stream and replay batches as separate forward passes or one joint pass "
         "(default: the reference's choice: joint for AdaB2N, else the model's own)",
     )
-    g.add_argument("--seed", type=int, default=None, help="seeds Python, NumPy, torch and the class order")
-    g.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="float32",
-        help="precision of the network, its initialisation and its inputs; float64 to check that two code paths "
-        "agree (slow)",
-    )
-    _binary(g, "--no_task_shuffle", "keep the natural class order for every seed")
+    help_text = "seeds Python, NumPy, torch and the class order"
+    _flag(g, "--seed", Roles(member_free=True, launcher="--num_seeds"), type=int, default=None, help=help_text)
+    help_text = "precision of the network, its initialisation and its inputs; float64 to check that two code paths "
+    _flag(g, "--dtype", PROTOCOL, choices=DTYPES, default="float32", help=help_text + "agree (slow)")
+    _binary(g, "--no_task_shuffle", "keep the natural class order for every seed", PROTOCOL)
     _binary(g, "--validation", "hold out 10%% of each task's training data and test on it")
-    g.add_argument("--samples_per_class", type=int, default=None, help="use only the first N training images per class")
-    g.add_argument("--run_name", default=None, help="name of the results file (default: derived from the arguments)")
-    g.add_argument(
+    help_text = "use only the first N training images per class"
+    _flag(g, "--samples_per_class", PROTOCOL, type=int, default=None, help=help_text)
+    roles = Roles(member_free=True, launcher="the grid's run names")
+    _flag(g, "--run_name", roles, default=None, help="name of the results file (default: derived from the arguments)")
+    _flag(
+        g,
         MEMBER_FLAG,
+        Roles(launcher="--stack K (the launcher stacks compatible runs itself)"),
         action="append",
         metavar="FLAGS",
         help="train this run as a member of a stack: the shared flags plus these, e.g. --member '--seed 1 --kappa 0.4'"
-        f" (repeat; members may differ only in {', '.join('--' + k for k in MEMBER_FREE)} and their norm's and "
-        "model's options)",
+        " (repeat; members may differ in --seed, --lr, the run and wandb names, the model's options and those of the "
+        "norm's options its stacking takes per member)",
     )
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--lr", type=float, default=None, help="learning rate (required unless --load_best_args)")
-    o.add_argument("--optim_wd", type=float, default=0.0, help="weight decay")
-    o.add_argument("--optim_mom", type=float, default=0.0, help="SGD momentum")
-    _binary(o, "--optim_nesterov", "Nesterov momentum")
-    o.add_argument("--n_epochs", type=int, default=None, help="epochs per task (default: the dataset's)")
-    o.add_argument("--batch_size", type=int, default=None, help="stream batch size (default: the dataset's)")
-    o.add_argument("--minibatch_size", type=int, default=None, help="replay batch size (default: --batch_size)")
-    o.add_argument("--bs", type=int, default=None, help="sets --batch_size and --minibatch_size (online: 10)")
-    o.add_argument("--epochs", type=int, default=None, help="sets --n_epochs (online: 1)")
-    _binary(o, "--load_best_args", "use the reference hyper-parameters for this dataset, model and buffer size")
+    help_text = "learning rate (required unless --load_best_args)"
+    _flag(o, "--lr", Roles(member_free=True, protocol=True), type=float, default=None, help=help_text)
+    _flag(o, "--optim_wd", PROTOCOL, type=float, default=0.0, help="weight decay")
+    _flag(o, "--optim_mom", PROTOCOL, type=float, default=0.0, help="SGD momentum")
+    _binary(o, "--optim_nesterov", "Nesterov momentum", PROTOCOL)
+    _flag(o, "--n_epochs", PROTOCOL, type=int, default=None, help="epochs per task (default: the dataset's)")
+    _flag(o, "--batch_size", PROTOCOL, type=int, default=None, help="stream batch size (default: the dataset's)")
+    _flag(o, "--minibatch_size", PROTOCOL, type=int, default=None, help="replay batch size (default: --batch_size)")
+    help_text = "sets --batch_size and --minibatch_size (online: 10)"
+    _flag(o, "--bs", Roles(launcher="--bs"), type=int, default=None, help=help_text)
+    _flag(o, "--epochs", Roles(launcher="--epochs"), type=int, default=None, help="sets --n_epochs (online: 1)")
+    help_text = "use the reference hyper-parameters for this dataset, model and buffer size"
+    _binary(
+        o,
+        "--load_best_args",
+        help_text,
+        Roles(launcher="nothing: every run loads the best args, unless --no_best_args"),
+    )
 
     r = p.add_argument_group("replay")
-    r.add_argument("--buffer_size", type=int, default=None, help="replay memory size (required by replay models)")
-    r.add_argument("--buffer_mode", default="reservoir", help=f"buffer policy: {', '.join(BUFFER_MODES)}")
+    help_text = "replay memory size (required by replay models)"
+    _flag(r, "--buffer_size", Roles(launcher="--buffer_sizes"), type=int, default=None, help=help_text)
+    help_text = f"buffer policy: {', '.join(BUFFER_MODES)}"
+    _flag(r, "--buffer_mode", Roles(protocol=True, launcher="--buffer_mode"), default="reservoir", help=help_text)
 
     n = p.add_argument_group("normalization layers")
     _binary(n, "--diagnose_norm", "after each task, measure the running statistics' recency bias")
 
     m = p.add_argument_group("management")
-    m.add_argument("--data_path", default="data", help="folder with the datasets' files (downloads go here)")
-    m.add_argument("--results_path", default="results", help="folder of the results JSON files")
-    m.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    m.add_argument("--num_threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    m.add_argument("--eval_batch_size", type=int, default=256, help="batch size of evaluation")
-    m.add_argument(
-        "--checkpoint_every", type=int, default=0, help="also checkpoint every N training steps (0: only after tasks)"
-    )
-    _binary(m, "--resume", "continue the run named --run_name from its last checkpoint")
+    help_text = "folder with the datasets' files (downloads go here)"
+    _flag(m, "--data_path", RESUME_FREE, default="data", help=help_text)
+    roles = Roles(resume_free=True, launcher="--results_path")
+    _flag(m, "--results_path", roles, default="results", help="folder of the results JSON files")
+    help_text = "torch device (default: cuda if available, else cpu)"
+    _flag(m, "--device", RESUME_FREE, default=None, help=help_text)
+    help_text = "CPU threads for torch (default: torch's choice)"
+    _flag(m, "--num_threads", RESUME_FREE, type=int, default=None, help=help_text)
+    _flag(m, "--eval_batch_size", RESUME_FREE, type=int, default=256, help="batch size of evaluation")
+    help_text = "also checkpoint every N training steps (0: only after tasks)"
+    _flag(m, "--checkpoint_every", RESUME_FREE, type=int, default=0, help=help_text)
+    roles = Roles(resume_free=True, launcher="nothing: runs with a checkpoint are resumed from it")
+    _binary(m, "--resume", "continue the run named --run_name from its last checkpoint", roles)
     _binary(m, "--debug_mode", "train only a few batches per task")
-    _binary(m, "--non_verbose", "no progress bars")
-    _binary(m, "--disable_log", "write no results file")
+    _binary(m, "--non_verbose", "no progress bars", RESUME_FREE)
+    roles = Roles(resume_free=True, launcher="nothing: resume needs each run's results file")
+    _binary(m, "--disable_log", "write no results file", roles)
     _binary(m, "--ignore_other_metrics", "skip the evaluations that forward transfer needs")
 
     s = p.add_argument_group("speed (off by default: each changes the arithmetic or costs compile time)")
-    _binary(s, "--amp", "bf16 autocast for forward passes (CUDA; CPUs with bf16); norm statistics stay float32")
-    _binary(s, "--channels_last", "channels-last memory format for the network and its inputs")
-    _binary(s, "--compile", "torch.compile the network (the first steps of each new shape compile)")
-    s.add_argument(
+    help_text = "bf16 autocast for forward passes (CUDA; CPUs with bf16); norm statistics stay float32"
+    _binary(s, "--amp", help_text, PROTOCOL)
+    _binary(s, "--channels_last", "channels-last memory format for the network and its inputs", RESUME_FREE)
+    _binary(s, "--compile", "torch.compile the network (the first steps of each new shape compile)", RESUME_FREE)
+    _flag(
+        s,
         "--compile_mode",
+        RESUME_FREE,
         default="default",
         choices=["default", "reduce-overhead", "max-autotune"],
         help="torch.compile's mode with --compile 1 (reduce-overhead replays the compiled network as CUDA graphs)",
     )
 
     w = p.add_argument_group("wandb")
-    _binary(w, "--nowand", "disable wandb")
-    w.add_argument("--wandb_project", default="normcl", help="wandb project")
-    w.add_argument("--wandb_entity", default=None, help="wandb entity (user or team)")
-    w.add_argument("--wandb_name", default=None, help="wandb run name (default: --run_name)")
-    w.add_argument("--wandb_group", default=None, help="wandb group (run.py: model + buffer + method)")
+    _binary(w, "--nowand", "disable wandb", Roles(resume_free=True, launcher="--nowandb"))
+    roles = Roles(resume_free=True, launcher="--wandb_project")
+    _flag(w, "--wandb_project", roles, default="normcl", help="wandb project")
+    _flag(w, "--wandb_entity", RESUME_FREE, default=None, help="wandb entity (user or team)")
+    roles = Roles(resume_free=True, member_free=True, launcher="the grid's run names")
+    _flag(w, "--wandb_name", roles, default=None, help="wandb run name (default: --run_name)")
+    roles = Roles(resume_free=True, member_free=True, launcher="the grid's groups")
+    _flag(w, "--wandb_group", roles, default=None, help="wandb group (run.py: model + buffer + method)")
     _add_component_options(p)
     return p
 
@@ -267,15 +310,26 @@ def split_members(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return shared, members
 
 
+@functools.cache
+def flag_roles() -> dict[str, Roles]:
+    """Every flag's :class:`Roles` by its destination: the framework's as declared with them in
+    :func:`build_parser`; a component's option is part of a report cell's identity, stacked members may differ in a
+    model's options (and in a norm's as its stacking says, :func:`member_free`), and ``run.py`` sets the ones that
+    name a launcher flag."""
+    roles = {a.dest: getattr(a, "roles", Roles()) for a in build_parser()._actions if a.dest != "help"}
+    for kind, _, option in component_options():
+        roles[option.dest] = Roles(member_free=kind == "model", protocol=True, launcher=option.launcher)
+    return roles
+
+
 def member_free(args: argparse.Namespace) -> set[str]:
-    """The arguments that stacked members of a run like ``args`` may differ in: ``MEMBER_FREE``, the model's own
-    options, and the norm's options that its layer's stacking takes per member (``Stacking.per_member``)."""
-    from models import MODELS
+    """The arguments that stacked members of a run like ``args`` may differ in: the flags declared member-free, the
+    model's own options, and the norm's options that its layer's stacking takes per member (``Stacking.per_member``)."""
     from models.utils.norms import NORMS
 
     norm = NORMS.get(args.nl)
-    own = [*(o for o in norm.options if norm.per_member(o)), *MODELS.get(args.model).OPTIONS]
-    return {*MEMBER_FREE, *(o.dest for o in own)}
+    free = {dest for dest, roles in flag_roles().items() if roles.member_free}
+    return free | {o.dest for o in norm.options if norm.per_member(o)}
 
 
 def stacking_problem(args: argparse.Namespace) -> str | None:

@@ -29,28 +29,6 @@ from utils.core.errors import UserError
 
 CHECKPOINT_VERSION = 1
 
-# Flags that may change between the interrupted and the resumed run: they do not affect the numbers.
-RESUME_FREE_ARGS = frozenset(
-    {
-        "resume",
-        "checkpoint_every",
-        "non_verbose",
-        "num_threads",
-        "device",
-        "data_path",
-        "results_path",
-        "eval_batch_size",
-        "disable_log",
-        "nowand",
-        "wandb_project",
-        "wandb_entity",
-        "wandb_name",
-        "wandb_group",
-        "compile",
-        "compile_mode",
-        "channels_last",
-    }
-)
 ARG_DEFAULTS_BEFORE_THEY_EXISTED = {
     "amp": 0,
     "compile": 0,
@@ -64,8 +42,17 @@ ARGS_REMOVED = frozenset({"num_workers"})
 """Flags that older checkpoints record and this code no longer has (they never affected the numbers)."""
 
 
+def resume_free_args() -> frozenset[str]:
+    """The flags that may change between an interrupted run and its resumption (declared so with the flag: they
+    change no number)."""
+    from utils.args import flag_roles
+
+    return frozenset(dest for dest, roles in flag_roles().items() if roles.resume_free)
+
+
 def comparable_args(args: Namespace) -> dict[str, Any]:
-    return {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE_ARGS}
+    free = resume_free_args()
+    return {k: v for k, v in sorted(vars(args).items()) if k not in free}
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -127,7 +114,7 @@ def load_checkpoint(path: Path, args: Namespace | list[Namespace], device: torch
         raise UserError(f"checkpoint {path} was written by another number of runs; resume with the same --member flags")
     for run, saved_args in zip(runs, saved_runs, strict=True):
         saved = {**ARG_DEFAULTS_BEFORE_THEY_EXISTED, **saved_args}
-        saved = {k: v for k, v in saved.items() if k not in RESUME_FREE_ARGS | ARGS_REMOVED}
+        saved = {k: v for k, v in saved.items() if k not in resume_free_args() | ARGS_REMOVED}
         current = comparable_args(run)
         diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
         if diff:

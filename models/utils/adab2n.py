@@ -42,10 +42,14 @@ from models.utils.norms import float32_under_autocast, register_norm
 from models.utils.task_aware import task_counts
 from utils.core.options import Option, at_least, between, require
 
-KAPPA = Option("--kappa", "momentum adaptation in [0, 1] (1 = plain EMA, 0 = cumulative)", check=between(0, 1))
+KAPPA = Option(
+    "--kappa", "momentum adaptation in [0, 1] (1 = plain EMA, 0 = cumulative)", check=between(0, 1), launcher="--kappas"
+)
 RENORM = Option("--adab2n_renorm", "renormalise the task weights over the tasks present in the batch", keyword="renorm")
-LAMBD = Option("--lambd", "weight of the statistics regulariser in the loss", check=at_least(0))
-ADA_T0 = Option("--ada_t0", "first task (0-based) whose loss has the regulariser", check=at_least(0))
+LAMBD = Option("--lambd", "weight of the statistics regulariser in the loss", check=at_least(0), launcher="--lambdas")
+ADA_T0 = Option(
+    "--ada_t0", "first task (0-based) whose loss has the regulariser", check=at_least(0), launcher="--ada_t0s"
+)
 
 
 class AdaB2N(nn.BatchNorm2d):

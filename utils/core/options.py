@@ -62,13 +62,31 @@ _MISSING = object()
 
 
 @dataclass(frozen=True)
+class Roles:
+    """What a flag is besides its value, declared with the flag (``utils/args.py`` gathers them): ``resume_free``, it
+    may change when an interrupted run resumes (it changes no number); ``member_free``, stacked runs (``--member``)
+    may differ in it; ``protocol``, it is part of a report cell's identity (runs that differ in it are never
+    averaged); ``launcher``, ``run.py`` sets it per run, so ``--extra`` may not, and this says what to use instead."""
+
+    resume_free: bool = False
+    member_free: bool = False
+    protocol: bool = False
+    launcher: str | None = None
+
+
+RESUME_FREE = Roles(resume_free=True)
+PROTOCOL = Roles(protocol=True)
+
+
+@dataclass(frozen=True)
 class Option:
     """One flag of a component: ``--flag VALUE`` sets the component's keyword ``keyword`` (default: the flag name).
 
     ``type`` and ``default`` may be left out for a norm, whose builder's signature supplies them; ``bool`` becomes a
     binary flag. ``inactive`` is the value recorded when the run's component does not declare the flag (results
-    files always record every flag); by default it is ``default``. Whether stacked runs may differ in a norm's option
-    is not the option's to say but its layer's stacking's (``models/utils/layer_stacking.py``).
+    files always record every flag); by default it is ``default``. ``launcher``: the ``run.py`` flag that sets it per
+    run (:class:`Roles`). A component's option is part of a report cell's identity; whether stacked runs may differ in
+    a norm's option is not the option's to say but its layer's stacking's (``models/utils/layer_stacking.py``).
     """
 
     flag: str
@@ -78,6 +96,7 @@ class Option:
     default: Any = _MISSING
     check: Check | None = None
     inactive: Any = _MISSING
+    launcher: str | None = None
 
     def __post_init__(self) -> None:
         if not self.flag.startswith("--"):

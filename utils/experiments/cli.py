@@ -24,7 +24,6 @@ from collections.abc import Iterable, Sequence
 
 from utils.core.errors import UserError
 from utils.experiments.grid import (
-    BEST_ARGS_FLAG,
     NO_BEST_ARGS_EXAMPLE,
     PAPER_ADA_T0S,
     PAPER_BUFFERS,
@@ -49,32 +48,16 @@ from utils.experiments.tuning import run_tuned
 
 TUNE_MODES = ("none", "validation")
 
-RESERVED_EXTRA = {
-    "--dataset": "--datasets",
-    "--model": "--models",
-    "--seed": "--num_seeds",
-    "--buffer_size": "--buffer_sizes",
-    "--buffer_mode": "--buffer_mode",
-    "--nl": "--methods",
-    "--kappa": "--kappas",
-    "--lambd": "--lambdas",
-    "--ada_t0": "--ada_t0s",
-    **{f"--{key}": f"--methods {method}" for method, args in PSEUDO_METHODS.items() for key in args if key != "nl"},
-    "--no_affine": f"--methods ({', '.join(sorted(NO_AFFINE_METHODS))} runs without affine parameters)",
-    "--bs": "--bs",
-    "--epochs": "--epochs",
-    "--run_name": "the grid's run names",
-    "--results_path": "--results_path",
-    "--wandb_project": "--wandb_project",
-    "--wandb_name": "the grid's run names",
-    "--wandb_group": "the grid's groups",
-    "--nowand": "--nowandb",
-    BEST_ARGS_FLAG: "nothing: every run loads the best args, unless --no_best_args",
-    "--disable_log": "nothing: resume needs each run's results file",
-    "--resume": "nothing: runs with a checkpoint are resumed from it",
-    "--member": "--stack K (the launcher stacks compatible runs itself)",
-}
-"""Flags ``--extra`` may not set, because the launcher sets them per run, with the launcher flag to use instead."""
+
+def reserved_extra() -> dict[str, str]:
+    """Flags ``--extra`` may not set, because the launcher sets them per run, with what to use instead: those declared
+    so with the flag (``Roles.launcher``), and those that the methods' vocabulary sets (pseudo-methods, no affine)."""
+    from utils.args import flag_roles
+
+    reserved = {f"--{dest}": roles.launcher for dest, roles in flag_roles().items() if roles.launcher}
+    methods = {f"--{key}": f"--methods {m}" for m, args in PSEUDO_METHODS.items() for key in args if key != "nl"}
+    no_affine = f"--methods ({', '.join(sorted(NO_AFFINE_METHODS))} runs without affine parameters)"
+    return {**reserved, **methods, "--no_affine": no_affine}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -199,9 +182,10 @@ def _check_names(kind: str, names: Iterable[str], known: Sequence[str]) -> None:
 def _check_extra(args: Namespace) -> None:
     """``--extra`` may not set what the grid sets per run, and with ``--no_best_args`` must give ``--lr``."""
     flags = [token.split("=", 1)[0] for token in split_extra(args.extra)]
+    reserved = reserved_extra()
     for flag in flags:
-        if flag in RESERVED_EXTRA:
-            raise UserError(f"--extra may not set {flag}: the launcher sets it per run; use {RESERVED_EXTRA[flag]}")
+        if flag in reserved:
+            raise UserError(f"--extra may not set {flag}: the launcher sets it per run; use {reserved[flag]}")
         if flag == "--validation" and args.tune == "validation":
             raise UserError(
                 "--extra may not set --validation with --tune validation: phase 1 runs on the validation split, "

@@ -7,6 +7,7 @@ or infinite) is a *diverged* record: its arguments count, its accuracies do not.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -17,27 +18,23 @@ from typing import Any
 import numpy as np
 
 from utils.core.run_files import PARTIAL_SUFFIX
-from utils.experiments.methods import Config, GridKey, method_of
+from utils.experiments.methods import PSEUDO_METHODS, Config, GridKey, method_of
 
-PROTOCOL_FIELDS = (
-    "n_epochs",
-    "batch_size",
-    "minibatch_size",
-    "buffer_mode",
-    "samples_per_class",
-    "nf",
-    "backbone",
-    "lr",
-    "alpha",
-    "beta",
-    "optim_wd",
-    "optim_mom",
-    "no_task_shuffle",
-    "amp",
-)
-"""Arguments that change the experiment itself: runs differing in them are never averaged together."""
-PROTOCOL_DEFAULTS = {"amp": 0}
-"""Values of protocol fields added later, for results files written before them."""
+
+@functools.cache
+def protocol_fields() -> tuple[tuple[str, Any], ...]:
+    """The arguments that change the experiment itself, so that runs differing in them are never averaged together:
+    the flags declared so (``Roles.protocol``) and every norm's, model's and dataset's own option, except those that
+    the method's name (pseudo-methods) and AdaB²N's configuration already hold; each with the value that a results
+    file written before it existed ran with (the flag's default, or the option's inactive value)."""
+    from utils.args import build_parser, component_options, flag_roles
+
+    before = {action.dest: action.default for action in build_parser()._actions}
+    before |= {option.dest: option.value_when_inactive for _, _, option in component_options()}
+    held = {*Config._fields, *(key for args in PSEUDO_METHODS.values() for key in args)}
+    return tuple((dest, before[dest]) for dest, roles in flag_roles().items() if roles.protocol and dest not in held)
+
+
 DIVERGED = "diverged"
 """How the tables, the CSV files and the launcher name a run stopped by a non-finite loss."""
 STOP_REASON = "non-finite loss"
@@ -140,7 +137,7 @@ def _record(path: Path, doc: dict[str, Any], diverged: bool = False) -> Record:
         buffer_size=args.get("buffer_size"),
         seed=args.get("seed"),
         validation=bool(args.get("validation")),
-        protocol=tuple((f, args.get(f, PROTOCOL_DEFAULTS.get(f))) for f in PROTOCOL_FIELDS),
+        protocol=tuple((f, args.get(f, before)) for f, before in protocol_fields()),
         class_il=None if diverged else float(final["class_il_avg"]),
         task_il=None if diverged else float(final["task_il_avg"]),
         forgetting=None if diverged or final.get("forgetting") is None else float(final["forgetting"]),

@@ -1,9 +1,10 @@
 """``run.py --stack K``: the grid's compatible runs packed into stacks of at most K, each stack one process.
 
 ``utils/main.py`` trains K runs, one ``--member`` each, as one vectorised network whose members are the runs alone
-(README, "Stacked runs"), as long as they differ only in ``utils.args.MEMBER_FREE`` and their norm's and model's own
-options. Runs are grouped by that rule, read from each run's parsed flags; a stack's command gives each member exactly
-the flags of its run alone (the shared ones once), so its results file, run and wandb names and results are the
+(README, "Stacked runs"), as long as they differ only in what ``utils.args.member_free`` allows (the flags declared
+member-free, the model's options and those of the norm's options that its stacking takes per member). Runs are
+grouped by that rule, read from each run's parsed flags; a stack's command gives each member exactly the flags of its
+run alone (the shared ones once), so its results file, run and wandb names and results are the
 run's, and ``utils/main.py``'s own ``parse_members`` checks that before the stack is started. The packing happens
 when a phase starts, so runs done by then (results, or diverged) are left out, as are runs with a checkpoint of their
 own: they resume alone; a stack interrupted earlier is packed again as it was, so that it resumes.

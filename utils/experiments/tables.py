@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from utils.experiments.methods import ADAPTIVE_NORM, BASELINE, DATASET_ORDER, Config, column_label, method_key
 from utils.experiments.methods import slug as file_slug
-from utils.experiments.records import DIVERGED, PROTOCOL_FIELDS, Record, Stat
+from utils.experiments.records import DIVERGED, Record, Stat
 from utils.experiments.selection import best_config, by_config
 
 DRIFT_KEYS = ("mean_to_balanced", "mean_to_latest", "var_to_balanced", "var_to_latest")
@@ -104,9 +104,9 @@ def _columns(records: Sequence[Record]) -> dict[Record, Column]:
     for r in records:
         groups[(r.dataset, r.model, -1 if r.buffer_size is None else r.buffer_size)].append(r)
     varying = {
-        f
+        field
         for runs in groups.values()
-        for i, f in enumerate(PROTOCOL_FIELDS)
+        for i, (field, _) in enumerate(runs[0].protocol)
         if len({r.protocol[i][1] for r in runs}) > 1
     }
     out = {}
