@@ -246,6 +246,26 @@ def test_derpp_forward_mode_batches(mode: str, expected_calls: list[int]):
     assert torch.isfinite(loss)
 
 
+class Undriven(ContinualModel):
+    """A model that runs its network directly instead of through ``forward_parts``."""
+
+    def observe(self, inputs: torch.Tensor, labels: torch.Tensor, not_aug_inputs: torch.Tensor) -> torch.Tensor:
+        return self.step(self.loss(self.net(inputs), labels))
+
+
+def test_a_model_that_does_not_drive_the_task_aware_layers_fails_in_its_first_step() -> None:
+    args = parse_args(model_argv("sgd", "--nl", "AdaB2N", "--samples_per_class", "20"))
+    dataset = get_dataset_class(args.dataset)(args)
+    dataset.prepare()
+    model = Undriven(build_model(args, dataset).net, torch.nn.functional.cross_entropy, args, dataset)
+    data = dataset.task(0)
+    x, y = dataset.train_transform(data.train_x[:10]), data.train_y[:10]
+    with pytest.raises(RuntimeError, match=r"^Undriven trains a network with task-aware norm layers \(AdaB2N\) "):
+        model.observe(x, y, data.train_x[:10])
+    plain = build_model(parse_args(model_argv("sgd", "--samples_per_class", "20")), dataset)
+    Undriven(plain.net, torch.nn.functional.cross_entropy, args, dataset).observe(x, y, data.train_x[:10])
+
+
 def resnet18_parameter_count(nf: int, in_channels: int, num_classes: int) -> int:
     """Parameters of ResNet-18 (BasicBlock [2, 2, 2, 2], 3x3 stem, BatchNorm weight + bias, linear head)."""
 

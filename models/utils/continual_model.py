@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from datasets.utils.continual_dataset import ContinualDataset
 from models.utils.members import Members, StackedBuffer, StackedSGD, per_member_loss
-from models.utils.task_aware import task_aware_layers, task_counts
+from models.utils.task_aware import NormLosses, task_aware_layers, task_counts
 from utils.buffer import Buffer
 from utils.core.options import Option
 
@@ -85,8 +85,9 @@ class ContinualModel(nn.Module):
             make = Buffer if members is None else members.buffer
             self.buffer = make(args.buffer_size, self.device, args.buffer_mode, dataset.N_TASKS)
         self._task_aware = task_aware_layers(net)
-        self._norm_losses: list[tuple[float, Tensor]] = []
+        self._norm_losses = NormLosses()
         self._replaying = False
+        self._driven = False  # a forward_parts since the last step
         self.opt = self.get_optimizer()
 
     def get_optimizer(self) -> torch.optim.Optimizer:
@@ -157,9 +158,8 @@ class ContinualModel(nn.Module):
         for layer in self._task_aware:
             layer.set_batch_tasks(task_ids, counts)
         out = self(x)
-        for layer in self._task_aware:
-            if layer.norm_loss is not None:
-                self._norm_losses.append((layer.norm_loss_weight(self.current_task), layer.norm_loss))
+        self._norm_losses.collect(self._task_aware, self.current_task)
+        self._driven = True
         return out
 
     def forward_parts(self, parts: Sequence[Part]) -> list[Tensor]:
@@ -179,19 +179,16 @@ class ContinualModel(nn.Module):
     def regularised(self, loss: Tensor) -> Tensor:
         """``loss`` plus ``weight · Σ norm_loss`` of the forwards since the last step, per weight the layers give
         (none in a step without replay when ``NORM_LOSS_ONLY_WHEN_REPLAYING``)."""
-        counted = self._replaying or not self.NORM_LOSS_ONLY_WHEN_REPLAYING
-        if self.members is not None:  # each member's weight (the same in every layer) times its summed regulariser
-            terms, self._norm_losses = (self._norm_losses if counted else []), []
-            if not terms:
-                return loss
-            return loss + terms[0][0].to(loss.dtype) * torch.stack([norm_loss for _, norm_loss in terms], 1).sum(1)
-        by_weight: dict[float, list[Tensor]] = {}
-        for weight, norm_loss in self._norm_losses if counted else ():
-            if weight:
-                by_weight.setdefault(weight, []).append(norm_loss)
+        if self._task_aware and not self._driven:
+            raise RuntimeError(
+                f"{type(self).__name__} trains a network with task-aware norm layers "
+                f"({type(self._task_aware[0]).__name__}) without forward_parts: the layers get no task ids and their "
+                "regulariser is lost; run the network through self.forward_parts([(inputs, task), ...])"
+            )
+        self._driven = False
+        if self._replaying or not self.NORM_LOSS_ONLY_WHEN_REPLAYING:
+            return self._norm_losses.add_to(loss)
         self._norm_losses.clear()
-        for weight, norm_losses in by_weight.items():
-            loss = loss + weight * torch.stack(norm_losses).sum()
         return loss
 
     def step(self, loss: Tensor) -> Tensor:

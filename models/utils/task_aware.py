@@ -22,6 +22,7 @@ Outside this framework (e.g. in another library's training loop), the same calls
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -78,6 +79,50 @@ def task_aware_layers(module: nn.Module) -> list[TaskAwareNorm]:
             missing = ", ".join(k for k in _members(TaskAwareNorm) if not hasattr(m, k))
             raise TypeError(f"{name or type(m).__name__} has set_batch_tasks but not {missing} of TaskAwareNorm")
     return layers
+
+
+class NormLosses:
+    """The regularisers of the task-aware layers over the training forwards since the last backward, and their
+    weighted sum: one collector for ``ContinualModel`` and the Avalanche plugin, so the two add the same terms in the
+    same order, to the last bit.
+
+    A stack's layers give ``[K]`` weights (each member's; every layer the same) and ``[K]`` losses: each member's
+    weight then multiplies the sum of its losses over the forwards.
+    """
+
+    def __init__(self) -> None:
+        self.terms: list[tuple[float | Tensor, Tensor]] = []
+
+    def collect(self, layers: Sequence[TaskAwareNorm], task: int) -> None:
+        """After a training forward: each layer's ``norm_loss`` with its weight while training ``task``. The layer's
+        attribute is cleared: the collector holds the graph node now (a layer holding one cannot be deep-copied)."""
+        for layer in layers:
+            if layer.norm_loss is not None:
+                self.terms.append((layer.norm_loss_weight(task), layer.norm_loss))
+                layer.norm_loss = None
+
+    def total(self) -> Tensor | None:
+        """``Σ_weight weight · Σ norm_loss`` (per distinct weight, in order of appearance; ``None``: nothing)."""
+        terms = [(weight, norm_loss) for weight, norm_loss in self.terms if isinstance(weight, Tensor) or weight]
+        if not terms:
+            return None
+        if isinstance(terms[0][0], Tensor):  # a stack: [K] weights, [K] losses
+            losses = torch.stack([norm_loss for _, norm_loss in terms], 1)
+            return terms[0][0].to(losses.dtype) * losses.sum(1)
+        by_weight: dict[float, list[Tensor]] = {}
+        for weight, norm_loss in terms:
+            by_weight.setdefault(float(weight), []).append(norm_loss)
+        sums = [weight * torch.stack(norm_losses).sum() for weight, norm_losses in by_weight.items()]
+        return sum(sums[1:], sums[0])
+
+    def add_to(self, loss: Tensor) -> Tensor:
+        """``loss`` plus :meth:`total`; the terms are spent."""
+        total, self.terms = self.total(), []
+        return loss if total is None else loss + total
+
+    def clear(self) -> None:
+        """Drop the terms (a step that leaves the regulariser out)."""
+        self.terms = []
 
 
 def task_counts(task_ids: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from datasets.utils.continual_dataset import ContinualDataset
-from models.utils.task_aware import TaskAwareNorm, task_aware_layers, task_counts
+from models.utils.task_aware import NormLosses, TaskAwareNorm, task_aware_layers, task_counts
 
 NAME = "TaskAwareNormPlugin"
 
@@ -85,7 +85,7 @@ class TaskAwareNormPlugin(SupervisedPlugin):
         self._num_tasks: int | None = None
         self._lookup = torch.full((1,), -1, dtype=torch.long)
         self._handles: list[Any] = []
-        self._terms: list[tuple[float, Tensor]] = []
+        self._losses = NormLosses()
         self._driven = False
         self._forwards = 0
         self._replaying = False
@@ -118,14 +118,15 @@ class TaskAwareNormPlugin(SupervisedPlugin):
         ]
 
     def before_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        self._terms, self._forwards, self._replaying = [], 0, False
+        self._losses.clear()
+        self._forwards, self._replaying = 0, False
 
     def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         """``strategy.loss += regulariser()``, then the iteration's terms are spent."""
         term = self.regulariser()
         if term is not None:
             strategy.loss += term
-        self._terms = []
+        self._losses.clear()
 
     def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         """One more task completed, for the layers and for the plugin."""
@@ -149,18 +150,10 @@ class TaskAwareNormPlugin(SupervisedPlugin):
         return ids
 
     def regulariser(self) -> Tensor | None:
-        """``Σ weight · Σ norm_loss`` over the training forwards since the last backward (``None``: nothing to add).
-
-        Summed per weight as ``ContinualModel.regularised`` does, so the two agree to the last bit.
-        """
-        if self.only_when_replaying and not self._replaying:
-            return None
-        by_weight: dict[float, list[Tensor]] = {}
-        for weight, norm_loss in self._terms:
-            if weight:
-                by_weight.setdefault(weight, []).append(norm_loss)
-        terms = [weight * torch.stack(norm_losses).sum() for weight, norm_losses in by_weight.items()]
-        return sum(terms[1:], terms[0]) if terms else None
+        """``Σ weight · Σ norm_loss`` over the training forwards since the last backward (``None``: nothing to add),
+        from the collector ``ContinualModel`` uses (``models/utils/task_aware.NormLosses``): the two agree to the last
+        bit."""
+        return None if self.only_when_replaying and not self._replaying else self._losses.total()
 
     # Model hooks.
 
@@ -190,10 +183,7 @@ class TaskAwareNormPlugin(SupervisedPlugin):
         if not self._driven:
             return
         self._driven = False
-        for layer in self._layers:
-            if layer.norm_loss is not None:
-                self._terms.append((layer.norm_loss_weight(self.current_task), layer.norm_loss))
-                layer.norm_loss = None  # the plugin holds it now: a graph node would make the model uncopyable
+        self._losses.collect(self._layers, self.current_task)
 
     # Helpers.
 
@@ -226,7 +216,8 @@ class TaskAwareNormPlugin(SupervisedPlugin):
         """Unhook the model (hooks live from ``before_training_exp`` to ``after_training_exp``)."""
         for handle in self._handles:
             handle.remove()
-        self._handles, self._strategy, self._terms, self._driven = [], None, [], False
+        self._handles, self._strategy, self._driven = [], None, False
+        self._losses.clear()
 
 
 def _experience_classes(experience: Any) -> list[int]:
