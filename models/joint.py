@@ -16,7 +16,9 @@ from utils.stream import epoch_batches
 
 @MODELS.register("joint")
 class Joint(ContinualModel):
-    STACKS = True
+    # Not stackable: the final training reads the model's one dataset and draws its order from the global generator,
+    # where a stack's members each have their own class order and generator.
+    STACKS = False
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> Tensor:
         return torch.zeros((), device=self.device)
