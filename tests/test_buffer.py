@@ -240,12 +240,13 @@ def test_logits_and_task_labels_stay_aligned():
             logits=ids.double().unsqueeze(1) * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64),
             task_labels=ids // 100,
         )
-    assert buffer.logits.dtype == torch.float32 and buffer.task_labels.dtype == torch.int64
+    assert buffer.logits.dtype == torch.float64, "the logits keep the network's dtype (float64 runs stay float64)"
+    assert buffer.task_labels.dtype == torch.int64
     examples, labels, logits, task_labels = buffer.get_data(30)
     ids = examples[:, 0].long()
     assert sorted(ids.tolist()) == sorted(buffer.examples[:30, 0].long().tolist())
     assert torch.equal(labels, ids % 7)
-    assert torch.equal(logits, ids.float().unsqueeze(1) * torch.tensor([1.0, 2.0, 3.0]))
+    assert torch.equal(logits, ids.double().unsqueeze(1) * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
     assert torch.equal(task_labels, ids // 100)
 
 

@@ -49,7 +49,7 @@ def ring_size_problem(buffer_size: int, n_tasks: int) -> str | None:
 _ATTRIBUTES: dict[str, torch.dtype | None] = {
     "examples": None,
     "labels": torch.int64,
-    "logits": torch.float32,
+    "logits": None,  # the network's dtype: a float64 run's replayed logits are not rounded to float32
     "task_labels": torch.int64,
 }
 
