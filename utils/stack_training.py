@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset
 from models import MODELS
+from models.utils.continual_model import ContinualModel
 from models.utils.members import Members
 from models.utils.stacking import StackedNet
 from utils.checkpoint import load_checkpoint
@@ -73,6 +74,23 @@ def member_datasets(members: list[Namespace], device: torch.device) -> list[Cont
     return datasets
 
 
+def build_stacked_model(
+    members: list[Namespace], datasets: list[ContinualDataset], device: torch.device
+) -> ContinualModel:
+    """The members' networks, each built as its run alone builds it (its seed), stacked, in the model."""
+    first, nets, generators = members[0], [], []
+    for args, dataset in zip(members, datasets, strict=True):
+        set_seed(args.seed)
+        nets.append(build_network(args, dataset))
+        generators.append(member_generator(device, args.seed))
+    try:
+        net = StackedNet(nets, channels_last=bool(first.channels_last))
+    except ValueError as e:
+        raise UserError(f"the members cannot be stacked: {e}") from None
+    apply_speed_options(net, first)
+    return MODELS.get(first.model)(net, F.cross_entropy, first, datasets[0], Members(members, generators)).to(device)
+
+
 def run_stack(members: list[Namespace]) -> list[dict[str, Any]]:
     """Train the stacked members; write each member's results (or partial results) file; return the documents."""
     start, code, first = time.perf_counter(), code_version(), members[0]
@@ -87,17 +105,7 @@ def run_stack(members: list[Namespace]) -> list[dict[str, Any]]:
     if not first.disable_log:
         check_writable(Path(first.results_path))
     payload = load_checkpoint(ckpt, members, device) if first.resume and ckpt is not None else None
-    nets, generators = [], []
-    for args, dataset in zip(members, datasets, strict=True):
-        set_seed(args.seed)
-        nets.append(build_network(args, dataset))
-        generators.append(member_generator(device, args.seed))
-    try:
-        net = StackedNet(nets, channels_last=bool(first.channels_last))
-    except ValueError as e:
-        raise UserError(f"the members cannot be stacked: {e}") from None
-    apply_speed_options(net, first)
-    model = MODELS.get(first.model)(net, F.cross_entropy, first, datasets[0], Members(members, generators)).to(device)
+    model = build_stacked_model(members, datasets, device)
     loggers = [WandbLogger(args, concurrent=len(members) > 1) for args in members]
     trainer = Trainer(model, datasets, members, loggers, ckpt)
     if payload is not None:
