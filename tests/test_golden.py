@@ -22,7 +22,6 @@ tests/test_golden.py -k portable`` and says why in its commit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import torch
 
 from models.utils.continual_model import ContinualModel
 from utils.results import cpu_environment
+from utils.training import parameter_digest
 
 GOLDEN = Path(__file__).with_name("golden")
 PORTABLE = GOLDEN / "float64.json"
@@ -67,14 +67,6 @@ CASES.update(
         "er-BN-ring": "--model er --buffer_size 50 --buffer_mode ring --nl BN",
     }
 )
-
-
-def parameter_digest(net: torch.nn.Module) -> str:
-    """SHA-256 of every parameter's bytes, in module order: equal only if training was bit-identical."""
-    digest = hashlib.sha256()
-    for p in net.parameters():
-        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def state_norm(model: ContinualModel) -> float:

@@ -38,9 +38,13 @@ def folder(results: Path) -> Path:
     return results / "class-il" / "seq-fmnist" / "derpp"
 
 
-def matrices(path: Path) -> dict:
+def outcome(path: Path) -> dict:
+    """What a resumed run must share with the uninterrupted one: accuracies, the training loss at every read, and
+    the trained parameters bit for bit."""
     data = json.loads(path.read_text())
-    return {"acc": data["accuracy_matrix"], "random": data["random_accuracy"], "final": data["final"]}
+    assert data["parameters_sha256"] is not None and len(data["loss_curve"]) >= 5
+    keys = ("accuracy_matrix", "random_accuracy", "final", "loss_curve", "parameters_sha256")
+    return {key: data[key] for key in keys}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     assert not (folder(results) / "ref.ckpt").exists(), "a finished run removes its checkpoint"
-    return matrices(folder(results) / "ref.json")
+    return outcome(folder(results) / "ref.json")
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, ckpt: Path, ready) -> dict:
@@ -85,7 +89,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path: Path, refere
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert "Resuming" in out
-    assert matrices(folder(tmp_path) / f"{label}.json") == reference
+    assert outcome(folder(tmp_path) / f"{label}.json") == reference
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes_also_in_the_older_format(tmp_path: Path, reference: dict) -> None:
@@ -108,7 +112,68 @@ def test_sigterm_saves_a_checkpoint_that_resumes_also_in_the_older_format(tmp_pa
     resumed = start(tmp_path, "term", "--resume", "1")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
-    assert matrices(folder(tmp_path) / "term.json") == reference
+    assert outcome(folder(tmp_path) / "term.json") == reference
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130_then_resume_equals_the_uninterrupted_run(
+    tmp_path: Path, reference: dict
+) -> None:
+    proc = start(tmp_path, "int")
+    wait_for_checkpoint(proc, folder(tmp_path) / "int.ckpt", lambda p: p["task"] >= 1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "stopped by SIGINT: checkpoint saved; continue with --resume 1" in out
+    resumed = start(tmp_path, "int", "--resume", "1")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert outcome(folder(tmp_path) / "int.json") == reference
+
+
+class Crash(BaseException):
+    """A process that dies between two steps, in-process: nothing after the last checkpoint survives."""
+
+
+def test_a_resumed_run_repeats_every_step_of_the_uninterrupted_one(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Per-step losses (every optimiser step, not every 25th) and the parameters' digest: a run that dies at step
+    50 resumes from its last checkpoint (step 44, the end of task 4: 11 steps a task, a checkpoint every 20 steps
+    and after each task) and takes steps 45 on exactly as the uninterrupted run did."""
+    from models.utils.continual_model import ContinualModel
+    from utils.args import parse_args
+    from utils.main import run
+    from utils.training import Trainer
+
+    losses: list[float] = []
+    step, train_step = ContinualModel.step, Trainer.train_step
+
+    def record(self: ContinualModel, loss: torch.Tensor) -> torch.Tensor:
+        total = step(self, loss)
+        losses.append(float(total))
+        return total
+
+    def crash_at_50(self: Trainer, *args) -> torch.Tensor:
+        if self.pos.step == 50:
+            raise Crash
+        return train_step(self, *args)
+
+    monkeypatch.setattr(ContinualModel, "step", record)
+    argv = [*RUN, "--results_path", str(tmp_path), "--checkpoint_every", "20", "--samples_per_class", "60"]
+    threads = torch.get_num_threads()
+    try:
+        whole = run(parse_args([*argv, "--run_name", "whole"]))
+        uninterrupted, losses[:] = losses[:], []
+        with monkeypatch.context() as patch, pytest.raises(Crash):
+            patch.setattr(Trainer, "train_step", crash_at_50)
+            run(parse_args([*argv, "--run_name", "crash"]))
+        losses.clear()
+        capsys.readouterr()
+        resumed = run(parse_args([*argv, "--run_name", "crash", "--resume", "1"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert "Resuming crash at task 5, step 44" in capsys.readouterr().out
+    assert losses == uninterrupted[44:]
+    assert resumed["parameters_sha256"] == whole["parameters_sha256"] is not None
+    assert resumed["loss_curve"] == whole["loss_curve"] and resumed["accuracy_matrix"] == whole["accuracy_matrix"]
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path) -> None:
@@ -182,28 +247,39 @@ STACK = [*RUN[:SEED], *RUN[SEED + 2 :], "--member", "--seed 1 --run_name s1"]
 STACK += ["--member", "--seed 2 --kappa 1.0 --lambd 1 --run_name s2"]
 
 
-def test_sigkill_of_a_stack_then_resume_gives_every_member_the_uninterrupted_results(tmp_path: Path) -> None:
-    """A stack (AdaB²N, two members with other seeds and options) killed mid-task continues with ``--resume 1``:
-    its checkpoint holds each member's generator, buffer, history and the stacked network."""
+def start_stack(results: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "utils/main.py", *STACK, "--results_path", str(results), *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    def start_stack(results: Path, *extra: str) -> subprocess.Popen:
-        cmd = [sys.executable, "utils/main.py", *STACK, "--results_path", str(results), *extra]
-        return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    uninterrupted = start_stack(tmp_path / "ref")
-    out, _ = uninterrupted.communicate(timeout=600)
-    assert uninterrupted.returncode == 0, out
-    proc = start_stack(tmp_path / "killed", "--checkpoint_every", "4")
-    ckpt = folder(tmp_path / "killed") / "s1.stack.ckpt"
+@pytest.fixture(scope="module")
+def stack_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """The uninterrupted stack's outcome, per member."""
+    results = tmp_path_factory.mktemp("stack_reference")
+    proc = start_stack(results)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return {name: outcome(folder(results) / f"{name}.json") for name in ("s1", "s2")}
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+def test_a_stack_stopped_mid_task_then_resumed_gives_every_member_the_uninterrupted_results(
+    tmp_path: Path, stack_reference: dict[str, dict], stop: signal.Signals
+) -> None:
+    """A stack (AdaB²N, two members with other seeds and options) killed, or stopped by SIGTERM (which saves a
+    checkpoint at the next step and exits 143), continues with ``--resume 1``: its checkpoint holds each member's
+    generator, buffer, history and the stacked network."""
+    proc = start_stack(tmp_path, "--checkpoint_every", "4")
+    ckpt = folder(tmp_path) / "s1.stack.ckpt"
     wait_for_checkpoint(proc, ckpt, lambda p: p["task"] == 1 and p["batch"] > 0)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    resumed = start_stack(tmp_path / "killed", "--checkpoint_every", "4", "--resume", "1")
+    proc.send_signal(stop)
+    out, _ = proc.communicate(timeout=120)
+    if stop == signal.SIGTERM:
+        assert proc.returncode == 143 and "stopped by SIGTERM: checkpoint saved" in out, out
+    resumed = start_stack(tmp_path, "--checkpoint_every", "4", "--resume", "1")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert "Resuming the stack of 2 runs at task 2" in out
     assert not ckpt.exists(), "a finished stack removes its checkpoint"
     for name in ("s1", "s2"):
-        assert matrices(folder(tmp_path / "killed") / f"{name}.json") == matrices(
-            folder(tmp_path / "ref") / f"{name}.json"
-        )
+        assert outcome(folder(tmp_path) / f"{name}.json") == stack_reference[name]

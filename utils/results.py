@@ -22,6 +22,9 @@ Format (``format_version`` 1)::
       "norm_diagnostics": null | [per task: {"layers": {name: distances}, "summary": means}],
           # with --diagnose_norm 1: RMS distances of each layer's running mean/var to the
           # task-balanced and to the latest task's population statistics (utils/norm_diagnostics.py)
+      "loss_curve": [[step, training loss], ...],
+          # at every read of the loss: every 25 steps and at each epoch's end (files before it lack it)
+      "parameters_sha256": SHA-256 of the trained network's parameters | null (a run that did not complete),
       "timing": {"train_seconds": [...], "eval_seconds": [...], "total_seconds"},
       "environment": {"python", "torch", "torchvision", "numpy", "device", "threads", "cpu", "cpu_capability",
                       "kernel_limits", "git_commit", "git_dirty", "hostname"},
@@ -146,6 +149,8 @@ def build_results(
         "random_accuracy": random,
         "final": final_metrics(history),
         "norm_diagnostics": history.norm_diagnostics or None,
+        "loss_curve": history.loss_curve,
+        "parameters_sha256": history.parameters_sha256,
         "timing": {
             "train_seconds": history.train_seconds,
             "eval_seconds": history.eval_seconds,

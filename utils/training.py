@@ -17,6 +17,7 @@ alone (``stopped``) while the others go on.
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import time
 from argparse import Namespace
@@ -52,6 +53,10 @@ class History:
     train_seconds: list[float] = field(default_factory=list)
     eval_seconds: list[float] = field(default_factory=list)
     norm_diagnostics: list[dict] = field(default_factory=list)
+    loss_curve: list[list[float]] = field(default_factory=list)
+    """``[step, loss]`` at every read of the loss (every ``LOSS_READ_EVERY`` steps and each epoch's end)."""
+    parameters_sha256: str | None = None
+    """The trained network's parameters, digested when the run completes (``parameter_digest``)."""
 
     def __post_init__(self) -> None:
         if not self.class_il:
@@ -269,6 +274,10 @@ class Trainer:
             for k in self.active:
                 self._record_task(k, t, scores[k], train_seconds, eval_seconds)
             self.pos = Position(step=self.pos.step)
+            if self.model.current_task == n_tasks:
+                for k in self.active:
+                    net = self.model.member_net(k) if self.stacked else self.model.net
+                    self.histories[k].parameters_sha256 = parameter_digest(net)
             self.save()
             self._check_signal()
 
@@ -354,10 +363,20 @@ class Trainer:
             if bad[k] >= 0:
                 self._stop(k, NonFiniteLoss(bad[k], t))
                 continue
+            self.histories[k].loss_curve.append([self.pos.step, values[k]])
             lr = self.member_args[k].lr
             self.loggers[k].log({"loss": values[k], "lr": lr, "task": t, "epoch": self.pos.epoch}, step=self.pos.step)
         if self.active:
             bar.set_postfix(loss=f"{sum(values[k] for k in self.active) / len(self.active):.4f}", refresh=False)
+
+
+def parameter_digest(net: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in module order (whatever the memory layout): equal only if training was
+    bit-identical."""
+    digest = hashlib.sha256()
+    for p in net.parameters():
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def report_task(t: int, class_il: list[float], task_il: list[float]) -> None:
