@@ -1,4 +1,5 @@
-"""Shared helper of the normalisation-layer tests (``test_norm_layers.py``, ``test_convert_norm.py``)."""
+"""Shared helpers of the normalisation-layer tests (``test_norm_layers.py``, ``test_convert_norm.py``, the stacking
+tests)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,15 @@ def randomised_bn(channels: int, affine: bool = True, momentum: float | None = 0
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.uniform_(-0.5, 0.5)
     return bn
+
+
+class DoubledBN(nn.BatchNorm2d):
+    """A BatchNorm subclass that computes something else, and declares no stacking of its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+def doubled_bn(bn: nn.BatchNorm2d) -> DoubledBN:
+    """A norm builder whose layer class declares no stacking."""
+    return DoubledBN(bn.num_features)

@@ -79,7 +79,8 @@ def test_the_new_norm_stacks_as_declared_each_member_its_run_alone(clone: Path, 
         assert alone.returncode == 0, alone.stderr
         stacked, single = (json.loads(next((tmp_path / d / "res").rglob(f"{name}.json")).read_text())
                            for d in ("stack", "alone"))  # fmt: skip
-        assert stacked["accuracy_matrix"] == single["accuracy_matrix"]
+        for key in ("accuracy_matrix", "loss_curve", "parameters_sha256"):
+            assert stacked[key] == single[key], key
     members = ["--member", "--seed 1 --bn_scale 0.5", "--member", "--seed 2 --bn_scale 2"]
     refused = run_main(clone, tmp_path / "refused", *argv, *members)
     assert refused.returncode == 2 and "stacked members differ in --bn_scale (0.5 and 2.0)" in refused.stderr

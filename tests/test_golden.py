@@ -13,8 +13,9 @@ one part in a million (a test below shows it). ``.ci/run`` runs these tests a se
 
 **Strict (opt-in, outside CI).** ``NORMCL_GOLDEN_STRICT=1`` compares float32 runs bit for bit (accuracies and a
 SHA-256 of the parameters) against ``tests/golden/strict/<cpu capability>.json``, which is not committed: it holds
-only on the machine that recorded it. Before a refactor, record on the old code with ``NORMCL_GOLDEN_STRICT=1
-NORMCL_RECORD_GOLDEN=1 pytest tests/test_golden.py -k strict``; after it, run without ``NORMCL_RECORD_GOLDEN``.
+only on the machine that recorded it. Before a refactor (of code that has this test), record on the old code with
+``NORMCL_GOLDEN_STRICT=1 NORMCL_RECORD_GOLDEN=1 pytest tests/test_golden.py -k strict``; after it, run without
+``NORMCL_RECORD_GOLDEN``.
 
 An intended change of the arithmetic regenerates the portable fixture with ``NORMCL_RECORD_GOLDEN=1 pytest
 tests/test_golden.py -k portable`` and says why in its commit.

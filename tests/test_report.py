@@ -15,7 +15,15 @@ from matplotlib.colors import to_hex
 from matplotlib.image import imread
 
 from utils.experiments import plots, report
-from utils.experiments.methods import METHOD_COLOURS, METHOD_ORDER, method_colour, method_of
+from utils.experiments.methods import (
+    METHOD_COLOURS,
+    METHOD_ORDER,
+    OTHER_COLOURS,
+    PSEUDO_METHODS,
+    Config,
+    method_colour,
+    method_of,
+)
 from utils.experiments.records import load_records
 from utils.experiments.report import write_report
 from utils.experiments.selection import select_configs
@@ -228,8 +236,8 @@ def test_runs_that_differ_in_any_registered_option_are_not_averaged(tmp_path: Pa
     that differ only in it land in two cells. Files without the option ran with its inactive value."""
     from utils.args import component_options
 
-    options = [o for k, _, o in component_options() if k == kind and o.dest not in ("kappa", "lambd", "ada_t0")]
-    options = [o for o in options if o.dest != "adab2n_renorm"]
+    held = {*Config._fields, *(key for args in PSEUDO_METHODS.values() for key in args)}
+    options = [o for k, _, o in component_options() if k == kind and o.dest not in held]
     assert options, f"no {kind} option to check"
     for option in options:
         folder = tmp_path / option.dest
@@ -322,7 +330,8 @@ def test_each_method_has_its_colour_in_every_figure(tmp_path: Path, monkeypatch:
     assert {m: drawn["accuracy_curve"][m] for m in expected} == expected
     assert {m: drawn["norm_drift"][m] for m in ("CN", "AdaB2N")} == {m: expected[m] for m in ("CN", "AdaB2N")}
     assert len({method_colour(m) for m in METHOD_ORDER}) == len(METHOD_ORDER) == len(METHOD_COLOURS)
-    assert method_colour("BN-noaffine") == method_colour("BN-noaffine") != method_colour("BN")
+    assert not {to_hex(c) for c in OTHER_COLOURS} & {to_hex(c) for c in METHOD_COLOURS.values()}
+    assert method_colour("ScaledBN") in OTHER_COLOURS and method_colour("BN-noaffine") in OTHER_COLOURS
 
 
 def test_layers_without_running_statistics_are_left_out_of_the_drift_plot(tmp_path: Path) -> None:

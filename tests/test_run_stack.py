@@ -7,6 +7,7 @@ member's results file under its name alone, and a relaunch skips them.
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 from collections import Counter
@@ -102,6 +103,19 @@ def test_packing_groups_exactly_the_compatible_runs_to_do_in_stacks_of_at_most_k
     assert default_command(stack, None)[-2:] == ["--resume", "1"]
     one = narrowed(stack, stack.members[1:])
     assert default_command(one, 1) == default_command(stack.members[1], 1)  # a stack of one: the plain run
+
+
+def test_runs_whose_model_cannot_stack_run_alone_without_a_warning(tmp_path: Path) -> None:
+    """``joint`` declares no stacking: ``--stack`` runs its runs alone, as it must, and says nothing about it."""
+    grid = ["--datasets", "seq-fmnist", "--models", "joint", "er_ace", "--methods", "BN", "--num_seeds", "2"]
+    runs = _grid(tmp_path, [*grid, "--buffer_sizes", "200", "--nowandb"])
+    out = io.StringIO()
+    jobs = stack_runs(runs, 2, out)
+    assert sorted(job.name for job in jobs if isinstance(job, Run)) == sorted(
+        r.name for r in runs if r.model == "joint"
+    )
+    assert [[r.model for r in job.members] for job in jobs if isinstance(job, Stack)] == [["er_ace", "er_ace"]]
+    assert out.getvalue() == ""
 
 
 def test_configurations_stack_but_adab2n_and_its_renorm_variant_never_share_a_stack(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from faults import inject_nan
-from torch import nn
+from norm_helpers import doubled_bn
 
 from models.utils.norms import NORMS, NormSpec
 from utils.args import parse_args, parse_members
@@ -133,17 +133,6 @@ def test_bad_members_are_one_line_exit_2_and_nothing_written(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
     assert not (tmp_path / "res").exists()
-
-
-class DoubledBN(nn.BatchNorm2d):
-    """A BatchNorm subclass that computes something else and declares no stacking."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * 2
-
-
-def doubled_bn(bn: nn.BatchNorm2d) -> DoubledBN:
-    return DoubledBN(bn.num_features)
 
 
 def test_a_norm_whose_layer_declares_no_stacking_is_refused_before_anything_is_written(

@@ -22,7 +22,7 @@ from models import MODELS
 from models.utils.continual_model import ContinualModel
 from models.utils.norms import NORMS
 from utils.args import member_free, parse_args, parse_members, stacking_problem
-from utils.experiments.methods import PSEUDO_METHODS, method_flags
+from utils.experiments.methods import PSEUDO_METHODS, method_flags, runs_without_affine
 from utils.main import main, run
 from utils.stack_training import run_stack
 
@@ -37,7 +37,8 @@ CASES += [("er_ace", "AdaB2N", 4, 20), ("derpp", "CN", 4, 20)]
 
 
 def norm_flags(method: str) -> list[str]:
-    return method_flags(method) if method in PSEUDO_METHODS else ["--nl", method]
+    """The method's flags as the launcher gives them (a pseudo-method's, ``--no_affine 1`` for CN)."""
+    return method_flags(method) + (["--no_affine", "1"] if runs_without_affine(method) else [])
 
 
 def members(model: str, method: str, k: int) -> list[str]:

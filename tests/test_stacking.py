@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from norm_helpers import doubled_bn
 from torch import nn
 
 from backbone.resnet18 import ResNet18
@@ -131,14 +132,7 @@ def test_layers_that_differ_in_shape_or_kind_are_refused() -> None:
         StackedNet([ResNet18(10, nf=4, in_channels=1), gn])
 
 
-class DoubledBN(nn.BatchNorm2d):
-    """A BatchNorm subclass that computes something else, and declares no stacking of its own."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * 2
-
-
 def test_a_layer_that_declares_no_stacking_is_refused_by_name_not_stacked_as_its_base() -> None:
-    nets = [convert_norm(ResNet18(10, nf=4, in_channels=1), lambda bn: DoubledBN(bn.num_features)) for _ in range(2)]
+    nets = [convert_norm(ResNet18(10, nf=4, in_channels=1), doubled_bn) for _ in range(2)]
     with pytest.raises(UnstackableLayer, match=r"^DoubledBN \(bn1\) declares no stacking: decorate its class"):
         StackedNet(nets)

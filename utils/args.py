@@ -132,8 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FLAGS",
         help="train this run as a member of a stack: the shared flags plus these, e.g. --member '--seed 1 --kappa 0.4'"
-        " (repeat; members may differ in --seed, --lr, the run and wandb names, the model's options and those of the "
-        "norm's options its stacking takes per member)",
+        " (repeat; what members may differ in: README, Stacked runs; a wrong difference is refused by name)",
     )
 
     o = p.add_argument_group("optimisation")
@@ -313,23 +312,27 @@ def split_members(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 @functools.cache
 def flag_roles() -> dict[str, Roles]:
     """Every flag's :class:`Roles` by its destination: the framework's as declared with them in
-    :func:`build_parser`; a component's option is part of a report cell's identity, stacked members may differ in a
-    model's options (and in a norm's as its stacking says, :func:`member_free`), and ``run.py`` sets the ones that
-    name a launcher flag."""
+    :func:`build_parser`; a component's option is part of a report cell's identity and ``run.py`` sets the ones that
+    name a launcher flag (whether stacked members may differ in one depends on the run's model and norm:
+    :func:`member_free`)."""
     roles = {a.dest: getattr(a, "roles", Roles()) for a in build_parser()._actions if a.dest != "help"}
-    for kind, _, option in component_options():
-        roles[option.dest] = Roles(member_free=kind == "model", protocol=True, launcher=option.launcher)
+    for _, _, option in component_options():
+        roles[option.dest] = Roles(protocol=True, launcher=option.launcher)
     return roles
 
 
 def member_free(args: argparse.Namespace) -> set[str]:
     """The arguments that stacked members of a run like ``args`` may differ in: the flags declared member-free, the
-    model's own options, and the norm's options that its layer's stacking takes per member (``Stacking.per_member``)."""
+    run's model's own options, and the norm's options that its layer's stacking takes per member
+    (``Stacking.per_member``)."""
+    from models import MODELS
     from models.utils.norms import NORMS
 
     norm = NORMS.get(args.nl)
     free = {dest for dest, roles in flag_roles().items() if roles.member_free}
-    return free | {o.dest for o in norm.options if norm.per_member(o)}
+    return (
+        free | {o.dest for o in MODELS.get(args.model).OPTIONS} | {o.dest for o in norm.options if norm.per_member(o)}
+    )
 
 
 def stacking_problem(args: argparse.Namespace) -> str | None:

@@ -22,8 +22,10 @@ Format (``format_version`` 1)::
       "norm_diagnostics": null | [per task: {"layers": {name: distances}, "summary": means}],
           # with --diagnose_norm 1: RMS distances of each layer's running mean/var to the
           # task-balanced and to the latest task's population statistics (utils/norm_diagnostics.py)
-      "loss_curve": [[step, training loss], ...],
-          # at every read of the loss: every 25 steps and at each epoch's end (files before it lack it)
+      "loss_curve": [[step, training loss], ...] | null,
+          # what the model's steps return, read at every 25th step of an epoch and at its end (joint's stream
+          # steps do not train: zeros); null after a resume from a checkpoint older than the curve; files before
+          # it lack it
       "parameters_sha256": SHA-256 of the trained network's parameters | null (a run that did not complete),
       "timing": {"train_seconds": [...], "eval_seconds": [...], "total_seconds"},
       "environment": {"python", "torch", "torchvision", "numpy", "device", "threads", "cpu", "cpu_capability",

@@ -53,8 +53,9 @@ class History:
     train_seconds: list[float] = field(default_factory=list)
     eval_seconds: list[float] = field(default_factory=list)
     norm_diagnostics: list[dict] = field(default_factory=list)
-    loss_curve: list[list[float]] = field(default_factory=list)
-    """``[step, loss]`` at every read of the loss (every ``LOSS_READ_EVERY`` steps and each epoch's end)."""
+    loss_curve: list[list[float]] | None = field(default_factory=list)
+    """``[step, loss]`` at every read of the loss (every ``LOSS_READ_EVERY``-th step of an epoch and its last);
+    ``None`` when the run resumed from a checkpoint written before the curve was recorded."""
     parameters_sha256: str | None = None
     """The trained network's parameters, digested when the run completes (``parameter_digest``)."""
 
@@ -212,7 +213,7 @@ class Trainer:
         self.model.opt.load_state_dict(payload["optimizer"])
         if self.model.buffer is not None:
             self.model.buffer.load_state_dict(payload["buffer"])
-        self.histories = [History(**h) for h in _listed(payload["history"])]
+        self.histories = [History(**{"loss_curve": None, **h}) for h in _listed(payload["history"])]
         self.pos = Position.from_state(payload["position"])
         set_rng_state(payload["rng"])
         if self.stacked:
@@ -363,7 +364,9 @@ class Trainer:
             if bad[k] >= 0:
                 self._stop(k, NonFiniteLoss(bad[k], t))
                 continue
-            self.histories[k].loss_curve.append([self.pos.step, values[k]])
+            curve = self.histories[k].loss_curve
+            if curve is not None:
+                curve.append([self.pos.step, values[k]])
             lr = self.member_args[k].lr
             self.loggers[k].log({"loss": values[k], "lr": lr, "task": t, "epoch": self.pos.epoch}, step=self.pos.step)
         if self.active:

@@ -42,6 +42,11 @@ class TaskData:
     test_y: Tensor
 
 
+def run_dtype(args: Namespace) -> torch.dtype:
+    """The run's floating dtype (``--dtype``; float32 for arguments from before the flag)."""
+    return getattr(torch, getattr(args, "dtype", "float32"))
+
+
 class ContinualDataset:
     """A dataset split into ``N_TASKS`` tasks of ``N_CLASSES_PER_TASK`` classes."""
 
@@ -62,7 +67,7 @@ class ContinualDataset:
     def __init__(self, args: Namespace, device: torch.device | str = "cpu") -> None:
         self.args = args
         self.device = torch.device(device)
-        dtype = getattr(torch, getattr(args, "dtype", "float32"))  # --dtype float64: float64 from the pixels on
+        dtype = run_dtype(args)  # --dtype float64: float64 from the pixels on
         self.train_transform = TrainTransform(self.MEAN, self.STD, self.CROP_PADDING, self.HFLIP, dtype)
         self.test_transform = Normalize(self.MEAN, self.STD, dtype)
         self.class_order = self.make_class_order(getattr(args, "seed", None), getattr(args, "no_task_shuffle", False))

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datasets.utils.continual_dataset import ContinualDataset
+from datasets.utils.continual_dataset import ContinualDataset, run_dtype
 from models.utils.members import Members, StackedBuffer, StackedSGD, per_member_loss
 from models.utils.task_aware import NormLosses, task_aware_layers, task_counts
 from utils.buffer import Buffer
@@ -70,7 +70,7 @@ class ContinualModel(nn.Module):
         self.members = members
         self.dataset = dataset
         self.device = dataset.device
-        self.dtype = getattr(torch, getattr(args, "dtype", "float32"))
+        self.dtype = run_dtype(args)
         self.args = args if members is None else members.model_args(self.OPTIONS, self.device, self.dtype)
         self.loss = loss if members is None else per_member_loss(loss, members.count)
         self._mse = F.mse_loss if members is None else per_member_loss(F.mse_loss, members.count)

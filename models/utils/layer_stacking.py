@@ -1,11 +1,12 @@
 """How each kind of layer stacks: K members' layers as one layer whose channels hold the members side by side.
 
-Stacking is declared on the layer's class, in the layer's own file, as timm attaches metadata when a model
-registers: :func:`stackable` records a :class:`Stacking` for exactly that class (a subclass declares its own: a
-``BatchNorm2d`` subclass that computes something else must not be stacked as BatchNorm). A norm stacks when the
-class its builder returns (``register_norm``) has a declaration; ``Stacking.per_member`` names the builder's
-keywords whose values may differ between members, which is all the command line needs to know (``--member``,
-``run.py --stack``). torch's own layers are declared at the end of this file.
+Stacking is declared on the layer's class, in the layer's own file (AdaB²N's beside its stacked layer, for now), as
+timm attaches metadata when a model registers: :func:`stackable` records a :class:`Stacking` for exactly that class
+(a subclass declares its own: a ``BatchNorm2d`` subclass that computes something else must not be stacked as
+BatchNorm). A norm stacks when the class its builder returns (``register_norm``) has a declaration;
+``Stacking.per_member`` names the builder's keywords whose values may differ between members, which is all the
+command line needs to know (``--member``, ``run.py --stack``). torch's own layers are declared at the end of this
+file.
 
 Most norms act on each channel alone, so K layers of C channels are one layer of K·C channels with the members'
 per-channel parameters and buffers side by side: :func:`per_channel` declares such a layer in one line.
@@ -185,7 +186,20 @@ class StackedLinear(nn.Module):
         return load(place_like(cls(len(layers), lin.in_features, lin.out_features, lin.bias is not None), lin), layers)
 
 
+def _keep(layers: Sequence[nn.Module]) -> nn.Module:
+    same(layers, *_hyper_parameters(layers[0]))
+    return copy.deepcopy(layers[0])
+
+
+KEEP = Stacking(_keep, lambda stacked, k, template: copy.deepcopy(template))
+"""The stacking of a layer without state that acts on each channel (or element) alone and draws no random number:
+the stack keeps it as it is (activations, pooling). Not dropout: its masks would come from one generator."""
+
 # torch's own layers, by exact type.
+for _layer in (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+               nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
+               nn.Flatten):  # fmt: skip
+    stackable(KEEP)(_layer)
 for _layer, _stacking in {
     nn.Conv2d: per_channel("in_channels", "out_channels", "groups"),
     nn.BatchNorm2d: per_channel(),

@@ -206,7 +206,7 @@ def _replace(
     if isinstance(module, nn.BatchNorm2d):
         extra = {} if shapes is None else {SHAPE_KEYWORD: shapes[module]}
         new = spec.builder(module, **options, **extra)
-        if spec.layer is not None and type(new) is not spec.layer:  # its stacking is the declared class's
+        if spec.stacking is not None and type(new) is not spec.layer:  # its stacking is the declared class's
             raise TypeError(
                 f"norm '{spec.name}' built a {type(new).__name__}, not the {spec.layer.__name__} it declares"
             )

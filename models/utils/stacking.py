@@ -29,11 +29,8 @@ from torch import Tensor, nn
 import models.utils.stacked_adab2n  # noqa: F401  (declares AdaB2N's stacking)
 from models.utils.layer_stacking import own_tensors, place_like, stacking_of
 
-PARAMETER_FREE = (
-    nn.ReLU, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout,
-    nn.Sequential, nn.ModuleList, nn.ModuleDict,
-)  # fmt: skip
-"""Layers without state that act on each channel alone (containers, even empty ones): a stack keeps them."""
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+"""Modules that only hold others (an empty ``Sequential`` is the identity): a stack stacks their children."""
 
 
 class UnstackableLayer(TypeError):
@@ -48,12 +45,13 @@ def _stack(layers: Sequence[nn.Module], path: str = "") -> nn.Module:
     if stacking is not None:
         return place_like(stacking.stack(layers), layers[0])
     children = dict(layers[0].named_children())
-    if own_tensors(layers[0]) or (not children and not isinstance(layers[0], PARAMETER_FREE)):
+    if own_tensors(layers[0]) or (not children and not isinstance(layers[0], CONTAINERS)):
         raise UnstackableLayer(
             f"{type(layers[0]).__name__} ({path or 'the network'}) declares no stacking: decorate its class with "
-            "@stackable(...) (models/utils/layer_stacking.py), or run the members alone"
+            "@stackable(...) (models/utils/layer_stacking.py; KEEP for a stateless per-channel layer), or run the "
+            "members alone"
         )
-    new = copy.copy(layers[0])  # a container or a parameter-free layer: stack its children
+    new = copy.copy(layers[0])  # a container (a backbone too): stack its children
     new._modules = {name: _stack([layer.get_submodule(name) for layer in layers], f"{path}.{name}".lstrip("."))
                     for name in children}  # fmt: skip
     return new

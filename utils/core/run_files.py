@@ -1,9 +1,9 @@
 """Every file a run leaves, named in one place, and the version of the results schema.
 
-Without torch, so that ``utils/main.py``, the launcher (``run.py``), the report and the tests all name the same
-files: the results file (mammoth's layout), the partial results of a run stopped by a non-finite loss, the checkpoint
-of a run alone and of a stack (named after its first member), the launcher's lock beside the results, and the
-launcher's logs of a run and of a stack.
+It imports nothing heavy, so that ``utils/main.py``, the launcher (``run.py``), the report and the tests name the
+same files cheaply: the results file (mammoth's layout), the partial results of a run stopped by a non-finite loss,
+the checkpoint of a run alone and of a stack (named after its first member), the launcher's lock beside the results,
+and the launcher's logs of a run and of a stack.
 """
 
 from __future__ import annotations

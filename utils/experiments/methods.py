@@ -30,7 +30,7 @@ METHOD_COLOURS = {
 }
 """Each method's colour in every figure, in the report's row order; other methods follow it alphabetically."""
 METHOD_ORDER = tuple(METHOD_COLOURS)
-OTHER_COLOURS = ("tab:gray", "#17becf", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+OTHER_COLOURS = ("tab:gray", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 """Colours of methods outside :data:`METHOD_COLOURS` (variants such as ``BN-noaffine``, new norms), by name."""
 DATASET_ORDER = ("seq-cifar10", "seq-cifar100", "seq-miniimg", "seq-fmnist")
 """The report's column order: the paper's datasets, then this project's Fashion-MNIST."""

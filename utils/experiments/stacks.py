@@ -147,9 +147,12 @@ def _stack(runs: Sequence[Run]) -> Stack:
 
 def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> list[Job]:
     """``runs`` as the jobs of ``--stack size``, in the grid's order: the runs to do in stacks of at most ``size``
-    compatible runs, the others alone (``size`` 1: every run alone, the launcher without stacks)."""
+    compatible runs, the others alone (``size`` 1: every run alone, the launcher without stacks; a run whose norm or
+    model cannot stack: alone, as it must)."""
     if size == 1:
         return list(runs)
+    from utils.args import stacking_problem
+
     alone: dict[str, Namespace] = {}
     groups: dict[str, list[int]] = {}
     jobs: list[tuple[int, Job]] = []
@@ -161,7 +164,7 @@ def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> lis
         if run.name in taken:
             continue
         args = None if run.done or checkpoint_file(run.results).exists() else _parse(run.argv)
-        if args is None:
+        if args is None or stacking_problem(args) is not None:  # its norm or model cannot stack: it runs alone
             jobs.append((index, run))
             continue
         alone[run.name] = args
