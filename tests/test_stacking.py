@@ -85,6 +85,7 @@ def test_a_training_step_of_the_stack_is_each_members(norm: str) -> None:
     x_eval = torch.randn(K, B, 1, 12, 12, dtype=torch.float64)
     for k, net in enumerate(nets):
         member = stacked.member(k)
+        assert repr(member) == repr(net), f"member {k} comes back with its own options (kappa, lambd, ...)"
         for (name, a), b in zip(net.state_dict().items(), member.state_dict().values(), strict=True):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=f"member {k}: {name}")
         grads = {name: p.grad for name, p in net.named_parameters()}

@@ -32,12 +32,14 @@ The regulariser's schedule (``lambd`` from task ``ada_t0`` on) is the layer's ow
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.utils.layer_stacking import Stacking, load, same, slice_member, stackable
 from models.utils.norms import float32_under_autocast, register_norm
 from models.utils.task_aware import task_counts
 from utils.core.options import Option, at_least, between, require
@@ -53,7 +55,14 @@ ADA_T0 = Option(
 
 
 class AdaB2N(nn.BatchNorm2d):
-    """BatchNorm2d with task-balanced training statistics and adaptive running-statistics momentum."""
+    """BatchNorm2d with task-balanced training statistics and adaptive running-statistics momentum.
+
+    One layer serves one run or ``members`` stacked runs (``models/utils/stacking.py``): with K members the layer has
+    K·C channels, member k's in the k-th block, and each member its own task ids (``[K, N]``), task logits, ``kappa``
+    (so its own ``η``), ``lambd`` and ``ada_t0``. The arithmetic below is written once over the leading member
+    dimension; one member's layer is the ordinary layer (``task_weight`` ``[num_tasks]``, ``eta`` a scalar, a scalar
+    regulariser, a float weight), as a module that takes unbatched input drops the batch dimension.
+    """
 
     prefers_joint_forward: ClassVar[bool] = True  # the reference normalises stream and replay samples in one batch
 
@@ -61,39 +70,73 @@ class AdaB2N(nn.BatchNorm2d):
         self,
         num_features: int,
         num_tasks: int,
-        kappa: float = 1.0,
+        kappa: float | Sequence[float] = 1.0,
         eps: float = 1e-5,
         momentum: float = 0.1,
         affine: bool = True,
         init_weight: float = 0.0,
         renorm: bool = False,
-        lambd: float = 0.0,
-        ada_t0: int = 0,
+        lambd: float | Sequence[float] = 0.0,
+        ada_t0: int | Sequence[int] = 0,
         device: torch.device | str | None = None,
+        members: int = 1,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        require("kappa", kappa, KAPPA.check)
-        require("lambd", lambd, LAMBD.check)
-        require("ada_t0", ada_t0, ADA_T0.check)
+        kappas, lambds, ada_t0s = (_per_member(name, v, members) for name, v in (("kappa", kappa), ("lambd", lambd),
+                                                                                 ("ada_t0", ada_t0)))  # fmt: skip
+        for value in kappas:
+            require("kappa", value, KAPPA.check)
+        for value in lambds:
+            require("lambd", value, LAMBD.check)
+        for value in ada_t0s:
+            require("ada_t0", value, ADA_T0.check)
         if momentum is None or not 0.0 < momentum <= 1.0:
             raise ValueError(f"AdaB2N needs a momentum in (0, 1], got {momentum}")
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-        super().__init__(num_features, eps, momentum, affine, track_running_stats=True, device=device)
-        self.num_tasks = num_tasks
-        self.kappa = float(kappa)
-        self.renorm = renorm
-        self.lambd = float(lambd)
-        self.ada_t0 = int(ada_t0)
-        self.task_weight = nn.Parameter(torch.full((num_tasks,), float(init_weight), device=device))
+        if num_features % members:
+            raise ValueError(f"{num_features} channels cannot be split among {members} members")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats=True, device=device, dtype=dtype)
+        self.num_tasks, self.members, self.renorm = num_tasks, members, renorm
+        self.kappas = tuple(float(v) for v in kappas)
+        self.lambds = tuple(float(v) for v in lambds)
+        self.ada_t0s = tuple(int(v) for v in ada_t0s)
+        shape = () if members == 1 else (members,)  # one member: no member dimension, the ordinary layer
+        self.task_weight = nn.Parameter(torch.full((*shape, num_tasks), float(init_weight), device=device, dtype=dtype))
         self.register_buffer("tasks_completed", torch.zeros((), dtype=torch.long, device=device))
-        # η of the last training forward; 0 = none yet. float64 like the reference's Python float.
-        self.register_buffer("eta", torch.zeros((), dtype=torch.float64, device=device))
+        # η of the last training forward; 0 = none yet. Made float64 (the reference's Python float), but cast with the
+        # layer: convert_norm places the layer in the network's dtype, so a float32 run computes η in float32.
+        self.register_buffer("eta", torch.zeros(shape, dtype=torch.float64, device=device))
         # Task k takes part in the statistics once k <= tasks_completed: a mask over every task, read on the device,
         # so a training forward is the same operations for every task (no host read, no recompilation per task).
         self.register_buffer("_tasks", torch.arange(num_tasks, device=device), persistent=False)
+        self._build_constants()
         self._batch_tasks: Tensor | None = None
         self._batch_counts: Tensor | None = None
         self.norm_loss: Tensor | None = None
+
+    def _build_constants(self) -> None:
+        """Each member's constants of the momentum recursion (shaped like ``eta``) and its regulariser weight per task
+        (``lambd`` from its ``ada_t0`` on, the reference's schedule), from the options, in ``eta``'s dtype and on its
+        device: the Python floats of the reference's arithmetic, rounded as they were when ``eta`` follows the
+        network's dtype. Non-persistent; rebuilt whenever the layer moves or changes dtype (:meth:`_apply`)."""
+        constant = lambda values: torch.tensor(values, dtype=self.eta.dtype, device=self.eta.device)  # noqa: E731
+        momentum, shape = self.momentum, self.eta.shape
+        first, decay = [momentum**k for k in self.kappas], [(1 - momentum) ** k for k in self.kappas]
+        for name, values in (("_kappa", self.kappas), ("_first_eta", first), ("_decay", decay)):
+            self.register_buffer(name, constant(values).view(shape), persistent=False)
+        schedule = list(zip(self.lambds, self.ada_t0s, strict=True))
+        table = [[lambd if t >= t0 else 0.0 for lambd, t0 in schedule] for t in range(self.num_tasks)]
+        self.register_buffer("_loss_weights", constant(table), persistent=False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> AdaB2N:
+        super()._apply(fn, recurse)
+        self._build_constants()
+        return self
+
+    kappa = property(lambda self: _one(self.kappas), doc="``kappa`` (a stack: each member's, a tuple)")
+    lambd = property(lambda self: _one(self.lambds), doc="``lambd`` (a stack: each member's, a tuple)")
+    ada_t0 = property(lambda self: _one(self.ada_t0s), doc="``ada_t0`` (a stack: each member's, a tuple)")
 
     @classmethod
     def from_bn(cls, bn: nn.BatchNorm2d, num_tasks: int, kappa: float = 1.0, **kwargs: Any) -> AdaB2N:
@@ -111,16 +154,40 @@ class AdaB2N(nn.BatchNorm2d):
                 new.bias.copy_(bn.bias)
         return new
 
+    @classmethod
+    def stack(cls, layers: Sequence[AdaB2N]) -> AdaB2N:
+        """K one-member layers as one layer of K members, each with its own options and state (``Stacking.stack``)."""
+        first = layers[0]
+        same(layers, "num_features", "num_tasks", "eps", "momentum", "affine", "renorm", "members")
+        k = len(layers)
+        new = cls(k * first.num_features, first.num_tasks, [m.kappa for m in layers], first.eps, first.momentum,
+                  first.affine, renorm=first.renorm, lambd=[m.lambd for m in layers], ada_t0=[m.ada_t0 for m in layers],
+                  members=k, device=first.running_mean.device, dtype=first.running_mean.dtype)  # fmt: skip
+        return load(new, layers)
+
+    def member(self, k: int, template: AdaB2N) -> AdaB2N:
+        """Member ``k`` as a one-member layer like ``template``, with its options and state (``Stacking.member``)."""
+        c = self.num_features // self.members
+        single = type(template)(c, self.num_tasks, self.kappas[k], self.eps, self.momentum, self.affine,
+                                renorm=self.renorm, lambd=self.lambds[k], ada_t0=self.ada_t0s[k],
+                                device=self.running_mean.device, dtype=self.running_mean.dtype)  # fmt: skip
+        return slice_member(self, k, single)
+
     def extra_repr(self) -> str:
         options = f"kappa={self.kappa}, renorm={self.renorm}, lambd={self.lambd}, ada_t0={self.ada_t0}"
-        return f"{super().extra_repr()}, num_tasks={self.num_tasks}, {options}"
+        members = "" if self.members == 1 else f", members={self.members}"
+        return f"{super().extra_repr()}, num_tasks={self.num_tasks}, {options}{members}"
 
-    def norm_loss_weight(self, task: int) -> float:
-        """``lambd`` from task ``ada_t0`` on, else 0 (the reference's schedule of the regulariser)."""
-        return self.lambd if task >= self.ada_t0 else 0.0
+    def norm_loss_weight(self, task: int) -> float | Tensor:
+        """``lambd`` from task ``ada_t0`` on, else 0 (the reference's schedule of the regulariser); a stack: each
+        member's, ``[K]`` (float64, as a Python float; the model casts it to the loss's dtype)."""
+        if self.members > 1:
+            return self._loss_weights[task]
+        return self.lambds[0] if task >= self.ada_t0s[0] else 0.0
 
     def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None) -> None:
-        """Task index of every sample of the next training batch (``None``: plain batch statistics).
+        """Task index of every sample of the next training batch (``None``: plain batch statistics); a stack: each
+        member's, ``[K, N]``.
 
         ``counts`` (optional) is ``task_counts(task_ids, num_tasks)``: a model computes it
         once per batch and hands it to every layer instead of each layer counting again.
@@ -133,29 +200,30 @@ class AdaB2N(nn.BatchNorm2d):
         self.tasks_completed += 1
 
     def next_eta(self) -> Tensor:
-        """The momentum of this training forward (``num_batches_tracked`` already counts it).
+        """Each member's momentum of this training forward (``num_batches_tracked`` already counts it).
 
         ``kappa = 1``: BatchNorm's momentum; ``kappa = 0``: ``1 / forwards``, a cumulative
         average; otherwise ``η₁ = m^κ`` and ``ηₜ = ηₜ₋₁ / (ηₜ₋₁ + (1 − m)^κ)``.
         """
-        if self.kappa == 1.0:
-            return torch.full_like(self.eta, self.momentum)
-        if self.kappa == 0.0:
-            return 1.0 / self.num_batches_tracked.to(self.eta.dtype)
-        first = self.momentum**self.kappa
-        return torch.where(self.eta > 0, self.eta / (self.eta + (1.0 - self.momentum) ** self.kappa), first)
+        momentum = torch.full_like(self.eta, self.momentum)
+        cumulative = 1.0 / self.num_batches_tracked.to(self.eta.dtype)
+        recursive = torch.where(self.eta > 0, self.eta / (self.eta + self._decay), self._first_eta)
+        return torch.where(self._kappa == 1.0, momentum, torch.where(self._kappa == 0.0, cumulative, recursive))
 
     def sample_weights(self, task_ids: Tensor, counts: Tensor | None = None) -> Tensor:
-        """Per-sample weights ``s_i = π_{k(i)} / n_{k(i)}`` with ``π_k ∝ exp(w_k) + n_k`` over tasks ``k <= T``.
+        """Per-sample weights ``s_i = π_{k(i)} / n_{k(i)}`` with ``π_k ∝ exp(w_k) + n_k`` over tasks ``k <= T``, each
+        member's, ``[K, N]``.
 
         Before any completed task every sample is task 0 and ``s_i = 1 / N``: the plain batch statistics.
         """
+        shape, task_ids = task_ids.shape, task_ids.view(self.members, -1)
         counts = task_counts(task_ids, self.num_tasks, self.task_weight.dtype) if counts is None else counts
-        concentration = (self.task_weight.exp() + counts) * (self._tasks <= self.tasks_completed)
+        counts = counts.view(self.members, -1)
+        concentration = (self.task_weight.view(self.members, -1).exp() + counts) * (self._tasks <= self.tasks_completed)
         if self.renorm:
             concentration = concentration * (counts > 0)
-        task_weights = concentration / concentration.sum()
-        return task_weights[task_ids] / counts[task_ids]
+        task_weights = concentration / concentration.sum(1, keepdim=True)
+        return (task_weights.gather(1, task_ids) / counts.gather(1, task_ids)).view(shape)
 
     @float32_under_autocast
     def forward(self, input: Tensor) -> Tensor:
@@ -165,26 +233,54 @@ class AdaB2N(nn.BatchNorm2d):
                 input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
         task_ids, counts, self._batch_tasks, self._batch_counts = self._batch_tasks, self._batch_counts, None, None
-        if task_ids is not None and len(task_ids) != len(input):
-            raise ValueError(f"set_batch_tasks got {len(task_ids)} task ids for a batch of {len(input)} samples")
+        if task_ids is not None and task_ids.numel() != self.members * len(input):
+            raise ValueError(f"set_batch_tasks got {task_ids.numel()} task ids for {self.members} member(s) of a "
+                             f"batch of {len(input)} samples")  # fmt: skip
         if task_ids is None:
             var, mean = torch.var_mean(input, [0, 2, 3], correction=0)
         else:
-            mean_i, square_i, shift = SampleMoments.apply(input)
-            mean, var = weighted_statistics(mean_i, square_i, shift, self.sample_weights(task_ids, counts))
+            mean, var = self._weighted(input, self.sample_weights(task_ids, counts).view(self.members, -1))
         out = normalized(input, mean, var, self.eps, self.weight, self.bias)
+        c = self.num_features // self.members
         with torch.no_grad():
             self.num_batches_tracked += 1
             eta = self.next_eta()
             self.eta.copy_(eta)
-            keep, eta = (1.0 - eta).to(self.running_var.dtype), eta.to(self.running_mean.dtype)
+            keep = (1.0 - eta).to(self.running_var.dtype).reshape(-1).repeat_interleave(c)
+            eta = eta.to(self.running_mean.dtype).reshape(-1).repeat_interleave(c)
             self.running_mean.add_((mean - self.running_mean) * eta)
             self.running_var.mul_(keep).add_(var * eta)
         # Against the statistics *after* this update, as the reference; cloned so a later forward's
-        # in-place update cannot invalidate this loss's graph (separate forward passes).
-        running_mean, running_var = self.running_mean.clone(), self.running_var.clone()
-        self.norm_loss = F.mse_loss(mean, running_mean) + F.mse_loss(var, running_var)
+        # in-place update cannot invalidate this loss's graph (separate forward passes). One mse per member: the
+        # arithmetic of each member alone.
+        running_mean, running_var = self.running_mean.clone().view(-1, c), self.running_var.clone().view(-1, c)
+        mean, var = mean.view(-1, c), var.view(-1, c)
+        losses = [F.mse_loss(mean[k], running_mean[k]) + F.mse_loss(var[k], running_var[k]) for k in range(len(mean))]
+        self.norm_loss = torch.stack(losses).view(self.eta.shape)
         return out
+
+    def _weighted(self, input: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """Each member's :func:`weighted_statistics` over its own channels, ``[K·C]`` each: the per-sample moments
+        are one pass over all K·C channels, the weighted sums one small product per member (each as alone)."""
+        c = self.num_features // self.members
+        mean_i, square_i, shift = SampleMoments.apply(input)
+        parts = [
+            weighted_statistics(mean_i[:, b], square_i[:, b], shift[b], weights[k])
+            for k, b in enumerate(slice(k * c, (k + 1) * c) for k in range(self.members))
+        ]
+        return torch.cat([mean for mean, _ in parts]), torch.cat([var for _, var in parts])
+
+
+def _per_member(name: str, value: Any, members: int) -> tuple[Any, ...]:
+    values = tuple(value) if isinstance(value, Sequence) else (value,) * members
+    if len(values) != members:
+        raise ValueError(f"AdaB2N with {members} members needs one {name} per member, got {len(values)}")
+    return values
+
+
+def _one(values: tuple[Any, ...]) -> Any:
+    """A one-member layer's option as a number; a stack's as the members' tuple."""
+    return values[0] if len(values) == 1 else values
 
 
 class SampleMoments(torch.autograd.Function):
@@ -255,3 +351,7 @@ def adab2n(
 ) -> AdaB2N:
     """AdaB²N for ``num_tasks`` tasks (defaults: kappa 1, the reference's task weights, no regulariser)."""
     return AdaB2N.from_bn(bn, num_tasks, kappa, affine=affine, renorm=renorm, lambd=lambd, ada_t0=ada_t0)
+
+
+# Each member keeps its own kappa, lambd and ada_t0; --adab2n_renorm shapes every member's weights alike.
+stackable(Stacking(AdaB2N.stack, AdaB2N.member, frozenset({"kappa", "lambd", "ada_t0"})))(AdaB2N)

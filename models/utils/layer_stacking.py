@@ -1,6 +1,6 @@
 """How each kind of layer stacks: K members' layers as one layer whose channels hold the members side by side.
 
-Stacking is declared on the layer's class, in the layer's own file (AdaB²N's beside its stacked layer, for now), as
+Stacking is declared on the layer's class, in the layer's own file, as
 timm attaches metadata when a model registers: :func:`stackable` records a :class:`Stacking` for exactly that class
 (a subclass declares its own: a ``BatchNorm2d`` subclass that computes something else must not be stacked as
 BatchNorm). A norm stacks when the class its builder returns (``register_norm``) has a declaration;
@@ -72,6 +72,12 @@ def own_tensors(layer: nn.Module) -> list[tuple[str, Tensor]]:
     return [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]
 
 
+def state_tensors(layer: nn.Module) -> list[tuple[str, Tensor]]:
+    """The layer's own parameters and persistent buffers: its state (a non-persistent buffer is derived from its
+    hyper-parameters and rebuilt with the layer)."""
+    return [(name, t) for name, t in own_tensors(layer) if name not in layer._non_persistent_buffers_set]
+
+
 def same(layers: Sequence[nn.Module], *names: str) -> None:
     """The members' layers must agree on every hyper-parameter that is not stacked."""
     for name in names:
@@ -83,7 +89,7 @@ def same(layers: Sequence[nn.Module], *names: str) -> None:
 def load(new: nn.Module, layers: Sequence[nn.Module], shared: Sequence[str] = SHARED_BUFFERS) -> nn.Module:
     """Copy the members' parameters and buffers into ``new``, side by side; ``shared`` buffers are equal and kept."""
     with torch.no_grad():
-        for name, target in own_tensors(new):
+        for name, target in state_tensors(new):
             sources = [getattr(layer, name) for layer in layers]
             if name in shared:
                 if any(not torch.equal(s, sources[0]) for s in sources):
@@ -99,7 +105,7 @@ def slice_member(stacked: nn.Module, k: int, template: nn.Module) -> nn.Module:
     :func:`load`: the members' blocks lie one after the other along the first dimension)."""
     member = copy.deepcopy(template)
     with torch.no_grad():
-        for name, target in own_tensors(member):
+        for name, target in state_tensors(member):
             source = getattr(stacked, name)
             if name not in SHARED_BUFFERS:
                 source = source.reshape(source.numel() // target.numel(), -1)[k].view(target.shape)

@@ -9,7 +9,7 @@ by name):
 * ``Conv2d`` becomes a grouped convolution (``groups × K``) whose weights are the members' side by side;
 * BatchNorm over K·C channels is exactly per-member BatchNorm, GroupNorm with K·G groups per-member GroupNorm,
   InstanceNorm, CN and BRN likewise; LayerNorm normalises each member's C×H×W block (``StackedLayerNorm``);
-  AdaB²N keeps each member's task weights, momentum and regulariser (``models/utils/stacked_adab2n.py``);
+  AdaB²N keeps each member's task weights, momentum and regulariser (its ``members``, ``models/utils/adab2n.py``);
 * the classifier is one batched matrix product (``StackedLinear``).
 
 The backbone's own ``forward`` is kept: its other operations act per channel. ``StackedNet`` takes member inputs
@@ -26,7 +26,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-import models.utils.stacked_adab2n  # noqa: F401  (declares AdaB2N's stacking)
 from models.utils.layer_stacking import own_tensors, place_like, stacking_of
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
