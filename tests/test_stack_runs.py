@@ -3,9 +3,9 @@ methods vocabulary's pseudo-methods) under every registered model, enumerated fr
 
 Two members with other seeds, learning rates and per-member options of the norm and the model train as one stack;
 each must give the per-step losses and the accuracy matrices of its run alone, bit for bit, and its results file under
-the name and in the schema it would have alone. A combination that cannot stack must be refused with its one-line error instead. Runs are small:
-``--nf 4`` (8 for the group norms), 10 images per class (two steps a task), a validation split as test set; two
-combinations run four members on 20 images per class.
+the name and in the schema it would have alone. A combination that cannot stack must be refused with its one-line
+error instead. Runs are small: ``--nf 4`` (8 for the group norms), 10 images per class (two steps a task), a
+validation split as test set; two combinations run four members on 20 images per class.
 """
 
 from __future__ import annotations
