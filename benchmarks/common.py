@@ -17,7 +17,7 @@ from models.utils.continual_model import ContinualModel
 from models.utils.norms import convert_norm
 from models.utils.task_aware import task_aware_layers, task_counts
 from utils.args import parse_args
-from utils.main import build_model, resolve_device, set_seed
+from utils.run_setup import build_model, resolve_device, set_seed
 
 
 def synthetic(dataset_cls: type[ContinualDataset], per_class: int) -> type[ContinualDataset]:

@@ -1,6 +1,6 @@
 """Evaluation throughput: the framework's ``evaluate`` against a bare inference loop over the same test tensors.
 
-``framework`` times ``utils.training.evaluate`` on every task's test set (uint8 images normalised on the device,
+``framework`` times ``utils.training.evaluate_members`` on every task's test set (uint8 images normalised on the device,
 class-IL and task-IL counts kept on the device, one host read per task); ``bare`` times ``net(x).argmax(1)`` in
 eval mode under ``torch.no_grad`` over the same images, normalised beforehand, in batches of the same size. Both
 run on the network after training task 0, so the norm layers are in their evaluation state. The last output line
@@ -20,7 +20,7 @@ import torch
 import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
 from benchmarks.common import build, machine, timed
 from utils.stream import epoch_batches
-from utils.training import Trainer, evaluate
+from utils.training import Trainer, evaluate_members
 from utils.wandb_logger import WandbLogger
 
 
@@ -45,13 +45,13 @@ def main() -> None:
     trainer = Trainer(model, dataset, args, WandbLogger(args))
     task0 = dataset.task(0)
     for idx in epoch_batches(len(task0.train_y), args.batch_size, device):
-        trainer.train_step(task0, idx)
+        trainer.train_step([task0], idx[None])  # one member
     model.meta_end_task(dataset)
 
     tasks = list(range(dataset.N_TASKS))
     images = sum(len(dataset.task(t).test_y) for t in tasks)
     bs = args.eval_batch_size
-    framework = [timed(lambda: evaluate(model, dataset, tasks, bs), device) for _ in range(a.repeats + 1)]
+    framework = [timed(lambda: evaluate_members(model, [dataset], tasks, bs), device) for _ in range(a.repeats + 1)]
 
     xs = [dataset.test_transform(dataset.task(t).test_x) for t in tasks]
 
@@ -60,7 +60,7 @@ def main() -> None:
         model.net.eval()
         for x in xs:
             for start in range(0, len(x), bs):
-                model(x[start : start + bs]).argmax(1)
+                model(x[start : start + bs], net=model.net.inner).argmax(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 

@@ -36,7 +36,7 @@ def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
     """forward + backward + SGD of a copy of ``model.net`` on fixed tensors, in the model's forward mode."""
     for layer in task_aware_layers(model.net):
         layer.norm_loss = None  # a graph node: not copyable
-    net = copy.deepcopy(model.net)
+    net = copy.deepcopy(model.net.inner)  # the network of the run (one member)
     apply_speed_options(net, model.args)  # a deep copy drops the compiled call (Module.__getstate__): compile it too
     opt = type(model.opt)(net.parameters(), **model.opt.defaults)  # the framework's optimiser and settings
     layers = task_aware_layers(net)
@@ -101,7 +101,7 @@ def main() -> None:
 
     task0 = dataset.task(0)
     for idx in epoch_batches(len(task0.train_y), args.batch_size, device):
-        trainer.train_step(task0, idx)
+        trainer.train_step([task0], idx[None])  # one member
     model.meta_end_task(dataset)
     task1 = dataset.task(1)
     batches = epoch_batches(len(task1.train_y), args.batch_size, device)
@@ -116,7 +116,7 @@ def main() -> None:
     step = bare_step(model, parts, max(weights, default=0.0))
     framework, bare = [], []
     for i in range(a.steps + a.warmup):  # interleaved (A, B, A, B, ...): the machine's drift cancels
-        framework.append(timed(lambda i=i: trainer.train_step(task1, batches[i % len(batches)]), device))
+        framework.append(timed(lambda i=i: trainer.train_step([task1], batches[i % len(batches)][None]), device))
         bare.append(timed(step, device))
 
     framework_ms = statistics.median(framework[a.warmup :])

@@ -22,7 +22,6 @@ class Er(ContinualModel):
             parts.append((buf_inputs, buf_tasks))
             targets.append(buf_labels)
         outputs = self.forward_parts(parts)
-        dim = self.batch_dim
-        loss = self.step(self.loss(torch.cat(outputs, dim), torch.cat(targets, dim)))
+        loss = self.step(self.loss(torch.cat(outputs, 1), torch.cat(targets, 1)))  # [K, B, ...]: along the batch
         self.remember(not_aug_inputs, labels)
         return loss

@@ -21,12 +21,12 @@ class ErAce(ContinualModel):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        shape = (self.n_classes,) if self.members is None else (self.members.count, self.n_classes)
-        self.register_buffer("seen_classes", torch.zeros(shape, dtype=torch.bool, device=self.device))
+        seen = torch.zeros(self.members.count, self.n_classes, dtype=torch.bool, device=self.device)
+        self.register_buffer("seen_classes", seen)
         self._class_ids = torch.arange(self.n_classes, device=self.device)
 
     def _stream_mask(self, labels: Tensor) -> Tensor:
-        """The classes the stream loss sees, ``[..., 1, classes]`` (a stack: each member's)."""
+        """The classes the stream loss sees, each member's, ``[K, 1, classes]``."""
         present = torch.zeros_like(self.seen_classes).scatter_(-1, labels, True)
         self.seen_classes |= present
         max_seen = torch.where(self.seen_classes, self._class_ids, -1).max(-1, keepdim=True).values

@@ -16,8 +16,8 @@ from utils.stream import epoch_batches
 
 @MODELS.register("joint")
 class Joint(ContinualModel):
-    # Not stackable: the final training reads the model's one dataset and draws its order from the global generator,
-    # where a stack's members each have their own class order and generator.
+    # Not stackable: the final training reads the model's one dataset, where a stack's members each have their own
+    # class order. It runs alone: one member, drawing its order from the member's generator.
     STACKS = False
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> Tensor:
@@ -31,7 +31,8 @@ class Joint(ContinualModel):
         y = torch.cat([data.train_y for data in tasks])
         task_ids = torch.cat([torch.full_like(data.train_y, t) for t, data in enumerate(tasks)])
         self.net.train()
+        (generator,) = self.members.generators
         for _ in range(self.args.n_epochs):
-            for idx in epoch_batches(len(y), self.args.batch_size, self.device):
-                (outputs,) = self.forward_parts([(self.transform(x[idx]), task_ids[idx])])
-                self.step(self.loss(outputs, y[idx]))
+            for idx in epoch_batches(len(y), self.args.batch_size, self.device, generator):
+                (outputs,) = self.forward_parts([(self.transform(x[idx][None]), task_ids[idx][None])])  # [1, B, ...]
+                self.step(self.loss(outputs, y[idx][None]))

@@ -34,7 +34,9 @@ from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset
 from models.er_ace import ErAce
 from models.utils.adab2n import AdaB2N
+from models.utils.members import Members
 from models.utils.norms import convert_norm
+from models.utils.stacking import StackedNet
 from utils.args import parse_args
 from utils.integrations.avalanche import TaskAwareNormPlugin, avalanche_benchmark
 
@@ -166,13 +168,14 @@ def test_statistics_and_outputs_equal_the_frameworks_model(
     snap = er_ace_run["recorder"].snapshot
     argv = ["--dataset", "seq-fmnist", "--model", "er_ace", "--nl", "AdaB2N", "--buffer_size", "50", "--lr", "0.03"]
     args = parse_args([*argv, "--bs", "10", "--forward_mode", "separate", "--dtype", "float64"])
-    model = ErAce(snap["net"], F.cross_entropy, args, fmnist)
+    members = Members([args], [torch.Generator()])  # a run alone: one member
+    model = ErAce(StackedNet([snap["net"]]), F.cross_entropy, members, fmnist)
     model.current_task = SNAPSHOT_TASK
     buffer_tasks = torch.tensor([int(y) // fmnist.N_CLASSES_PER_TASK for y in snap["buffer_y"]])
-    outputs = model.forward_parts([(snap["x"], SNAPSHOT_TASK), (snap["buffer_x"], buffer_tasks)])
+    outputs = model.forward_parts([(snap["x"][None], SNAPSHOT_TASK), (snap["buffer_x"][None], buffer_tasks[None])])
     for ours, theirs in zip(outputs, snap["outputs"], strict=True):
         assert ours.dtype == torch.float64
-        assert (ours - theirs).abs().max() <= 1e-12
+        assert (ours[0] - theirs).abs().max() <= 1e-12
     layers = adab2n_layers(model.net)
     assert len(layers) == len(snap["stats"]) == 20
     for layer, (mean, var, eta) in zip(layers, snap["stats"], strict=True):

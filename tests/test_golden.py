@@ -99,7 +99,7 @@ def run_case(flags: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dic
     threads = torch.get_num_threads()
     argv = [*flags.split(), "--nowand", "1", "--non_verbose", "1", "--device", "cpu"]
     try:
-        results = entry.run(entry.parse_args([*argv, "--results_path", str(tmp_path), "--run_name", "golden"]))
+        (results,) = entry.run(entry.parse_args([*argv, "--results_path", str(tmp_path), "--run_name", "golden"]))
     finally:
         torch.set_num_threads(threads)
     (model,) = built

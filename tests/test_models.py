@@ -22,7 +22,8 @@ from datasets import get_dataset_class
 from models import MODELS
 from models.utils.continual_model import ContinualModel
 from utils.args import parse_args
-from utils.main import build_model, run
+from utils.main import run
+from utils.run_setup import build_model
 from utils.training import DEBUG_STEPS
 
 ALL_MODELS = ("sgd", "joint", "er", "der", "derpp", "er_ace")
@@ -67,7 +68,7 @@ def run_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunFn]:
             argv = [*model_argv(model, *extra), "--results_path", str(out), "--run_name", "run"]
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("NORMCL_OFFLINE", "1")
-                results = run(parse_args(argv))
+                (results,) = run(parse_args(argv))
             cache[key] = (results, out / "class-il" / "seq-fmnist" / model / "run.json")
         return cache[key]
 
@@ -126,7 +127,7 @@ def test_same_seed_same_results(run_model: RunFn, tmp_path: Path, monkeypatch: p
     first, _ = run_model("er", *QUICK)
     monkeypatch.setenv("NORMCL_OFFLINE", "1")
     argv = [*model_argv("er", *QUICK), "--results_path", str(tmp_path), "--run_name", "again"]
-    second = run(parse_args(argv))
+    (second,) = run(parse_args(argv))
     assert second["accuracy_matrix"] == first["accuracy_matrix"]
     assert second["final"] == first["final"]
 
@@ -159,7 +160,7 @@ def test_the_norm_regulariser_joins_only_the_steps_that_replay_as_in_the_referen
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("NORMCL_OFFLINE", "1")
             mp.setattr(cls, "observe", recording)
-            rows.append(run(parse_args(argv))["accuracy_matrix"]["class_il"])
+            rows.append(run(parse_args(argv))[0]["accuracy_matrix"]["class_il"])
         first_task_losses.append(torch.stack(losses[:DEBUG_STEPS]))  # --debug_mode: DEBUG_STEPS steps a task
     assert torch.equal(first_task_losses[0], first_task_losses[1]) is not first_task_regularised, first_task_losses
     assert (rows[0][0] != rows[1][0]) is first_task_regularised, rows
@@ -206,11 +207,11 @@ def test_er_ace_stream_mask_constructed_example():
     ]
     seen: set[int] = set()
     for labels, expected in steps:
-        mask = model._stream_mask(torch.tensor(labels)).squeeze(-2)
+        mask = model._stream_mask(torch.tensor([labels]))[0, 0]  # one member
         ref, seen = reference_mask(seen, labels, n)
         assert classes(mask) == expected, labels
         assert torch.equal(mask.cpu(), ref), labels
-        assert classes(model.seen_classes) == sorted(seen)
+        assert classes(model.seen_classes[0]) == sorted(seen)
 
 
 def test_er_ace_stream_mask_matches_reference_on_random_stream():
@@ -221,7 +222,7 @@ def test_er_ace_stream_mask_matches_reference_on_random_stream():
     for step in range(60):
         high = min(10, 2 + step // 10 * 2)  # classes arrive task by task, as in the stream
         labels = torch.randint(0, high, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)
-        mask = model._stream_mask(labels).squeeze(-2)
+        mask = model._stream_mask(labels[None])[0, 0]
         ref, seen = reference_mask(seen, labels.tolist(), model.n_classes)
         assert torch.equal(mask.cpu(), ref), (step, labels.tolist())
     assert high == 10 and seen == set(range(10))
@@ -233,11 +234,11 @@ def test_derpp_forward_mode_batches(mode: str, expected_calls: list[int]):
     model = small_model("derpp", "--forward_mode", mode)
     assert model.forward_mode == mode
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 2, (10,), generator=g)
+    x = torch.randint(0, 256, (1, 10, 1, 28, 28), dtype=torch.uint8, generator=g)  # one member's batch
+    y = torch.randint(0, 2, (1, 10), generator=g)
     model.observe(model.transform(x), y, x)  # empty buffer: stream only
     calls: list[int] = []
-    handle = model.net.register_forward_hook(lambda _m, inputs, _out: calls.append(len(inputs[0])))
+    handle = model.net.inner.register_forward_hook(lambda _m, inputs, _out: calls.append(len(inputs[0])))
     try:
         loss = model.observe(model.transform(x), y, x)
     finally:
@@ -257,13 +258,16 @@ def test_a_model_that_does_not_drive_the_task_aware_layers_fails_in_its_first_st
     args = parse_args(model_argv("sgd", "--nl", "AdaB2N", "--samples_per_class", "20"))
     dataset = get_dataset_class(args.dataset)(args)
     dataset.prepare()
-    model = Undriven(build_model(args, dataset).net, torch.nn.functional.cross_entropy, args, dataset)
+    built = build_model(args, dataset)
+    model = Undriven(built.net, torch.nn.functional.cross_entropy, built.members, dataset)
     data = dataset.task(0)
-    x, y = dataset.train_transform(data.train_x[:10]), data.train_y[:10]
+    x, y = model.transform(data.train_x[None, :10]), data.train_y[None, :10]  # one member's batch
     with pytest.raises(RuntimeError, match=r"^Undriven trains a network with task-aware norm layers \(AdaB2N\) "):
-        model.observe(x, y, data.train_x[:10])
+        model.observe(x, y, data.train_x[None, :10])
     plain = build_model(parse_args(model_argv("sgd", "--samples_per_class", "20")), dataset)
-    Undriven(plain.net, torch.nn.functional.cross_entropy, args, dataset).observe(x, y, data.train_x[:10])
+    Undriven(plain.net, torch.nn.functional.cross_entropy, plain.members, dataset).observe(
+        x, y, data.train_x[None, :10]
+    )
 
 
 def resnet18_parameter_count(nf: int, in_channels: int, num_classes: int) -> int:

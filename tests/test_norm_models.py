@@ -18,8 +18,8 @@ from models.er import Er
 from models.utils.adab2n import AdaB2N
 from models.utils.norms import NORMS
 from utils.args import parse_args
-from utils.main import build_model, set_seed
 from utils.norm_diagnostics import diagnose
+from utils.run_setup import build_model, set_seed
 from utils.training import Trainer
 from utils.wandb_logger import WandbLogger
 
@@ -68,25 +68,26 @@ def test_the_base_class_keeps_the_books_for_hooks_that_never_call_super(fmnist: 
             self.calls.append(("begin", self.current_task))
 
         def end_task(self, dataset: ContinualDataset) -> None:
-            self.calls.append(("end", self.current_task, int(self.net.bn1.tasks_completed)))
+            self.calls.append(("end", self.current_task, int(self.net.inner.bn1.tasks_completed)))
 
     args = parse_args(
         ["--dataset", "seq-fmnist", "--model", "er", "--lr", "0.05", "--nl", "AdaB2N", "--nf", "8",
          "--buffer_size", "10", "--buffer_mode", "ring", "--bs", "5"]
     )  # fmt: skip
     fmnist.args = args
-    net = build_model(args, fmnist).net
-    model = Forgetful(net, torch.nn.functional.cross_entropy, args, fmnist)
+    built = build_model(args, fmnist)
+    net = built.net
+    model = Forgetful(net, torch.nn.functional.cross_entropy, built.members, fmnist)
     model.calls = []
     layers = [m for m in net.modules() if isinstance(m, AdaB2N)]
     for task in range(2):
         model.meta_begin_task(fmnist)
-        x, y = fmnist.task(task).train_x[:5], fmnist.task(task).train_y[:5]
-        model.observe(fmnist.train_transform(x), y, x)
+        x, y = fmnist.task(task).train_x[None, :5], fmnist.task(task).train_y[None, :5]  # one member's batch
+        model.observe(model.transform(x), y, x)
         model.meta_end_task(fmnist)
     assert model.calls == [("begin", 0), ("end", 0, 0), ("begin", 1), ("end", 1, 1)]
     assert model.current_task == 2 and {int(m.tasks_completed) for m in layers} == {2}
-    assert model.buffer.task_seen == [5, 5, 0, 0, 0], "each task's samples went to its own ring"
+    assert model.buffer.buffers[0].task_seen == [5, 5, 0, 0, 0], "each task's samples went to its own ring"
 
 
 class TwoTasks(ContinualDataset):

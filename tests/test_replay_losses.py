@@ -23,8 +23,7 @@ from models import MODELS
 from models.utils.continual_model import ContinualModel
 from models.utils.task_aware import task_aware_layers, task_counts
 from utils.args import parse_args, parse_members
-from utils.run_setup import build_model, set_seed
-from utils.stack_training import build_stacked_model, member_datasets
+from utils.run_setup import build_model, member_datasets
 
 SHARED = [
     "--dataset", "seq-fmnist", "--buffer_size", "30", "--lr", "0.03", "--bs", "10", "--epochs", "1", "--nf", "4",
@@ -127,28 +126,10 @@ def warm_up(model: ContinualModel, batches: list[tuple[Tensor, Tensor]]) -> None
     model.meta_end_task(model.dataset)
 
 
-@pytest.mark.parametrize(("model", "norm"), CASES)
-def test_one_step_alone_is_the_papers_formula(model: str, norm: str) -> None:
-    for member in member_flags(model, norm):
-        args = parse_args([*flags(model, norm), *member.split()])
-        dataset = get_dataset_class(args.dataset)(args)
-        dataset.prepare()
-        set_seed(args.seed)
-        cl = build_model(args, dataset)
-        warm_up(cl, [stream(args, 0, b) for b in range(2)])
-        not_aug, labels = stream(args, 1, 0)
-        inputs = cl.transform(not_aug)
-        step = record_step(cl, inputs, labels, not_aug)
-        seen = {*stream(args, 0, 0)[1].tolist(), *stream(args, 0, 1)[1].tolist(), *labels.tolist()}
-        step |= {"inputs": inputs, "labels": labels, "task": 1, "seen": seen, "mode": cl.forward_mode}
-        check(model, args, step, step["net"], step["grads"], step["loss"])
-
-
-@pytest.mark.parametrize(("model", "norm"), CASES)
-def test_one_step_of_a_stack_is_each_members_formula(model: str, norm: str) -> None:
-    members = parse_members(flags(model, norm), member_flags(model, norm))
+def check_members(model: str, members: list[Namespace]) -> None:
+    """One step of the runs ``members`` as one stack (a run alone: one member) against each member's formula."""
     datasets = member_datasets(members, torch.device("cpu"))
-    stacked = build_stacked_model(members, datasets, torch.device("cpu"))
+    stacked = build_model(members, datasets)
     firsts = [[stream(args, 0, b) for args in members] for b in range(2)]
     warm_up(stacked, [(torch.stack([x for x, _ in batch]), torch.stack([y for _, y in batch])) for batch in firsts])
     batch = [stream(args, 1, 0) for args in members]
@@ -165,3 +146,14 @@ def test_one_step_of_a_stack_is_each_members_formula(model: str, norm: str) -> N
         own["mode"] = stacked.forward_mode
         grads = [p.detach() for p in grad_net.member(k).parameters()]
         check(model, args, own, step["net"].member(k), grads, step["loss"][k])
+
+
+@pytest.mark.parametrize(("model", "norm"), CASES)
+def test_one_step_alone_is_the_papers_formula(model: str, norm: str) -> None:
+    for member in member_flags(model, norm):
+        check_members(model, [parse_args([*flags(model, norm), *member.split()])])
+
+
+@pytest.mark.parametrize(("model", "norm"), CASES)
+def test_one_step_of_a_stack_is_each_members_formula(model: str, norm: str) -> None:
+    check_members(model, parse_members(flags(model, norm), member_flags(model, norm)))

@@ -66,11 +66,11 @@ def test_continual_norm_under_autocast_matches_float32() -> None:
 def test_amp_model_returns_float32_logits_and_runs_the_convolutions_in_bf16() -> None:
     model = small_model("er_ace", "--amp", "1", "--nl", "AdaB2N")
     seen: list[torch.dtype] = []
-    model.net.conv1.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
-    out = model(torch.randn(3, 1, 28, 28))
+    model.net.inner.conv1.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    out = model(torch.randn(1, 3, 1, 28, 28))  # one member's batch
     assert seen == [torch.bfloat16] and out.dtype == torch.float32
     plain = small_model("er_ace", "--nl", "AdaB2N")
-    assert plain(torch.randn(3, 1, 28, 28)).dtype == torch.float32
+    assert plain(torch.randn(1, 3, 1, 28, 28)).dtype == torch.float32
 
 
 def test_channels_last_changes_the_layout_not_the_function() -> None:
@@ -78,9 +78,9 @@ def test_channels_last_changes_the_layout_not_the_function() -> None:
     reference = small_model("er", "--nl", "AdaB2N")
     converted = small_model("er", "--nl", "AdaB2N", "--channels_last", "1")
     converted.net.load_state_dict(reference.net.state_dict())
-    assert converted.net.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert not reference.net.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    x = torch.randn(5, 1, 28, 28)
+    assert converted.net.inner.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not reference.net.inner.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, 5, 1, 28, 28)
     reference.net.eval()
     converted.net.eval()
     torch.testing.assert_close(converted(x), reference(x), rtol=1e-4, atol=1e-5)
@@ -89,7 +89,7 @@ def test_channels_last_changes_the_layout_not_the_function() -> None:
 def test_compile_wraps_the_network_and_keeps_its_state_dict_keys() -> None:
     compiled = small_model("er", "--compile", "1")
     plain = small_model("er")
-    assert compiled.net._compiled_call_impl is not None and plain.net._compiled_call_impl is None
+    assert compiled.net.inner._compiled_call_impl is not None and plain.net.inner._compiled_call_impl is None
     assert list(compiled.net.state_dict()) == list(plain.net.state_dict())
 
 
@@ -99,11 +99,11 @@ def test_every_task_aware_layer_gets_the_counts_once_per_forward() -> None:
     for layer in task_aware_layers(model.net):
         original = layer.set_batch_tasks
         layer.set_batch_tasks = lambda ids, counts=None, f=original: (received.append(counts), f(ids, counts))
-    model.forward_parts([(torch.randn(4, 1, 28, 28), 0), (torch.randn(2, 1, 28, 28), torch.tensor([0, 0]))])
+    model.forward_parts([(torch.randn(1, 4, 1, 28, 28), 0), (torch.randn(1, 2, 1, 28, 28), torch.tensor([[0, 0]]))])
     n_layers = len(task_aware_layers(model.net))
     assert len(received) == n_layers  # joint forward: one pass
     assert all(c is received[0] for c in received)  # one tensor shared by every layer
-    assert received[0].tolist() == [6.0, 0.0, 0.0, 0.0, 0.0]
+    assert received[0].tolist() == [[6.0, 0.0, 0.0, 0.0, 0.0]]  # one member's counts
 
 
 def test_resnet_converted_to_adab2n_under_autocast_backpropagates() -> None:

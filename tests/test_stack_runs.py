@@ -23,7 +23,6 @@ from models.utils.norms import NORMS
 from utils.args import member_free, parse_args, parse_members, stacking_problem
 from utils.experiments.methods import PSEUDO_METHODS, method_flags, runs_without_affine
 from utils.main import main, run
-from utils.stack_training import run_stack
 
 OPTION_VALUES = {"kappa": ("0.4", "1.0", "0.0", "0.7"), "lambd": ("0.1", "1", "0.01", "0.5"),
                  "ada_t0": ("0", "1", "0", "2"), "alpha": ("0.3", "0.05", "0.1", "0.5"),
@@ -68,7 +67,7 @@ def shared(model: str, method: str, per_class: int, results: Path) -> list[str]:
 
 @pytest.fixture
 def losses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[torch.Tensor]]:
-    """Every optimiser step's loss (a scalar alone, ``[K]`` in a stack; joint's too, which trains at the end)."""
+    """Every optimiser step's losses, ``[K]`` (a run alone: ``[1]``; joint's too, which trains at the end)."""
     recorded: list[torch.Tensor] = []
     original = ContinualModel.step
 
@@ -95,12 +94,12 @@ def test_each_member_is_its_run_alone_or_the_combination_is_refused(
         return
     alone_losses, alone_docs = [], []
     for i, member in enumerate(members(model, method, k)):
-        doc = run(parse_args([*shared(model, method, per_class, tmp_path / "alone"), *member.split()]))
-        alone_losses.append(torch.stack(losses[:]))
+        (doc,) = run(parse_args([*shared(model, method, per_class, tmp_path / "alone"), *member.split()]))
+        alone_losses.append(torch.cat(losses[:]))
         alone_docs.append(doc)
         losses.clear()
         assert doc["name"] == f"m{i}"
-    docs = run_stack(parse_members(flags, members(model, method, k)))
+    docs = run(parse_members(flags, members(model, method, k)))
     stacked = torch.stack(losses)  # [steps, K]
     for i, (alone, doc) in enumerate(zip(alone_docs, docs, strict=True)):
         assert torch.equal(stacked[:, i], alone_losses[i]), f"member {i}'s losses"
@@ -117,9 +116,9 @@ def test_members_get_the_norm_diagnostics_of_their_runs_alone(tmp_path: Path) ->
     (measured on the member as an ordinary network)."""
     flags = [*shared("er_ace", "AdaB2N", 20, tmp_path / "alone"), "--diagnose_norm", "1"]
     two = members("er_ace", "AdaB2N", 2)
-    alone = [run(parse_args([*flags, *member.split()])) for member in two]
+    alone = [run(parse_args([*flags, *member.split()]))[0] for member in two]
     stack_flags = [*shared("er_ace", "AdaB2N", 20, tmp_path / "stack"), "--diagnose_norm", "1"]
-    stacked = run_stack(parse_members(stack_flags, two))
+    stacked = run(parse_members(stack_flags, two))
     for k, (doc, solo) in enumerate(zip(stacked, alone, strict=True)):
         assert len(doc["norm_diagnostics"]) == 5, f"member {k}"
         assert doc["norm_diagnostics"] == solo["norm_diagnostics"], f"member {k}"

@@ -118,11 +118,24 @@ def test_a_member_comes_back_on_the_stacks_dtype_and_memory_format() -> None:
     torch.testing.assert_close(member(x[1].contiguous(memory_format=torch.channels_last)), stacked(x)[1])
 
 
-def test_member_index_names_each_block_of_a_stacked_parameter() -> None:
-    stacked = StackedNet(members("BN"))
-    conv = stacked.inner.conv1.weight  # 3 members x 4 output channels
-    assert stacked.member_index(conv).flatten().tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    assert stacked.member_index(stacked.inner.classifier.weight).flatten().tolist() == [0, 1, 2]
+def test_member_parameters_are_each_members_blocks_sharing_the_stacks_storage() -> None:
+    """Member k's parameters (its optimiser's) are the k-th block of each stacked parameter, in its own network's
+    shapes, writing through to the stack; one member's are the network's own parameters."""
+    nets = members("BN")
+    stacked = StackedNet([copy.deepcopy(net) for net in nets])
+    for k, net in enumerate(nets):
+        blocks = stacked.member_parameters(k)
+        assert [tuple(b.shape) for b in blocks] == [tuple(p.shape) for p in net.parameters()]
+        for block, p in zip(blocks, net.parameters(), strict=True):
+            assert torch.equal(block, p)
+    conv = stacked.member_parameters(1)[0]
+    with torch.no_grad():
+        conv.add_(1.0)
+    torch.testing.assert_close(stacked.member(1).conv1.weight, nets[1].conv1.weight + 1.0)
+    torch.testing.assert_close(stacked.member(0).conv1.weight, nets[0].conv1.weight)
+    alone = StackedNet([nets[0]])
+    assert alone.inner is nets[0] and alone.member(0) is nets[0]
+    assert all(a is b for a, b in zip(alone.member_parameters(0), nets[0].parameters(), strict=True))
 
 
 def test_layers_that_differ_in_shape_or_kind_are_refused() -> None:

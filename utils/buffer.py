@@ -266,10 +266,7 @@ class Buffer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a `state_dict`; the buffer must have been built with the same mode, size and tasks.
-
-        A ``current_task`` entry (checkpoints before the model alone kept the task index) is ignored.
-        """
+        """Restore a `state_dict`; the buffer must have been built with the same mode, size and tasks."""
         expected = {"mode": self.mode, "buffer_size": self.buffer_size, "n_tasks": self.n_tasks}
         for key, value in expected.items():
             if state[key] != value:

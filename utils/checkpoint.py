@@ -27,19 +27,9 @@ import torch
 from utils.core.atomic import atomic_write_bytes
 from utils.core.errors import UserError
 
-CHECKPOINT_VERSION = 1
-
-ARG_DEFAULTS_BEFORE_THEY_EXISTED = {
-    "amp": 0,
-    "compile": 0,
-    "channels_last": 0,
-    "dtype": "float32",
-    "member": None,
-    "compile_mode": "default",
-}
-"""Flags added after checkpoints were first written: a checkpoint without them ran with these values."""
-ARGS_REMOVED = frozenset({"num_workers"})
-"""Flags that older checkpoints record and this code no longer has (they never affected the numbers)."""
+CHECKPOINT_VERSION = 2
+"""2: every run is a stack (issue 23): one entry per member for the arguments, history, generator and optimiser. A
+version-1 checkpoint is refused by name (its run resumes with the code that wrote it)."""
 
 
 def resume_free_args() -> frozenset[str]:
@@ -95,8 +85,8 @@ def stack_members(path: Path) -> list[str] | None:
         return None
 
 
-def load_checkpoint(path: Path, args: Namespace | list[Namespace], device: torch.device) -> dict[str, Any]:
-    """Read a checkpoint and check that it belongs to a run (a stack: runs) with the same configuration."""
+def load_checkpoint(path: Path, runs: list[Namespace], device: torch.device) -> dict[str, Any]:
+    """Read a checkpoint and check that it belongs to the runs of a stack (one alone) with the same configuration."""
     if not path.is_file():
         raise UserError(f"--resume: no checkpoint at {path}; run without --resume to start from scratch")
     try:
@@ -109,12 +99,11 @@ def load_checkpoint(path: Path, args: Namespace | list[Namespace], device: torch
             f"checkpoint {path} has format version {found}, this code writes {CHECKPOINT_VERSION}; "
             "delete it to start over or resume with the code that wrote it"
         )
-    runs, saved_runs = (args, payload["args"]) if isinstance(args, list) else ([args], [payload["args"]])
+    saved_runs = payload["args"]
     if not isinstance(saved_runs, list) or len(saved_runs) != len(runs):
         raise UserError(f"checkpoint {path} was written by another number of runs; resume with the same --member flags")
     for run, saved_args in zip(runs, saved_runs, strict=True):
-        saved = {**ARG_DEFAULTS_BEFORE_THEY_EXISTED, **saved_args}
-        saved = {k: v for k, v in saved.items() if k not in resume_free_args() | ARGS_REMOVED}
+        saved = {k: v for k, v in saved_args.items() if k not in resume_free_args()}
         current = comparable_args(run)
         diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
         if diff:

@@ -4,6 +4,16 @@ Also runnable as ``python -m utils.main``. Bad input ends with a one-line
 message and exit code 2, before anything is written. A checkpoint is kept
 after every task (and every ``--checkpoint_every`` steps) until the results
 file is written; ``--resume 1 --run_name NAME`` continues from it.
+
+Stacked runs: ``python utils/main.py FLAGS --member "--seed 0 --kappa 0.4 --run_name A" --member "--seed 1 ..."``
+trains each ``--member`` (the shared flags plus its own) as the same run it would be alone: its own class order, data
+order, augmentation, buffer and draws (its generator, in the order of its run alone), arithmetic, results file and
+wandb run. Every run is such a stack; without ``--member`` it has one member, whose network is the ordinary one. The
+members train in lockstep through ``utils.training.Trainer``, so they must share everything that shapes a step
+(dataset, model, norm, buffer size, batch size, epochs, network width, forward mode); ``utils/args.py`` checks that.
+A member whose loss turns NaN or infinite stops with its partial results, and the others go on. A stack checkpoints
+as a run does (``{first member}.stack.ckpt``), so ``kill -9`` and ``--resume 1`` with the same command continue every
+member exactly.
 """
 
 from __future__ import annotations
@@ -23,92 +33,88 @@ from utils.args import parse_args, parse_members, split_members
 from utils.checkpoint import load_checkpoint
 from utils.core.errors import UserError
 from utils.core.run_files import checkpoint_file, partial_results_file, results_file
-from utils.results import (
-    build_results,
-    code_version,
-    summary_table,
-    write_results,
-)
+from utils.results import build_results, code_version, summary_table, write_results
 from utils.run_setup import (
     build_model,
     check_disk_space,
     check_writable,
     default_run_name,
+    member_datasets,
     resolve_device,
-    set_seed,
 )
-from utils.stack_training import run_stack
-from utils.training import Interrupted, NonFiniteLoss, Trainer, check_trainable
+from utils.training import Interrupted, Trainer
 from utils.wandb_logger import WandbLogger
 
 
-def run(args: Namespace) -> dict[str, Any]:
-    """Train and evaluate as ``args`` says; returns the results document (also written to disk)."""
-    start = time.perf_counter()
-    code = code_version()
-    if args.num_threads is not None:
-        torch.set_num_threads(args.num_threads)
-    device = resolve_device(args.device)
-    args.device = str(device)
-    dataset_cls = get_dataset_class(args.dataset)
-    args.setting = dataset_cls.SETTING
-    args.run_name = args.run_name or default_run_name(args)
-    out = results_file(args)
-    ckpt = None if args.disable_log else checkpoint_file(out)
-    dataset = dataset_cls(args, device)
-    dataset.prepare()
-    check_trainable(dataset)
-    if not args.disable_log:
-        check_writable(Path(args.results_path))
-    payload = load_checkpoint(ckpt, args, device) if args.resume and ckpt is not None else None
-    set_seed(args.seed)
-    model = build_model(args, dataset)
-    if not args.disable_log:
-        check_disk_space(Path(args.results_path), model, dataset)
-    trainer = Trainer(model, dataset, args, WandbLogger(args), ckpt)
+def run(runs: Namespace | Sequence[Namespace]) -> list[dict[str, Any]]:
+    """Train the runs as one stack (a run alone: a stack of one) and write each run's results file (partial results,
+    with the step it stopped at, for a run whose loss turned non-finite); returns the results documents."""
+    members = [runs] if isinstance(runs, Namespace) else list(runs)
+    start, code, first = time.perf_counter(), code_version(), members[0]
+    if first.num_threads is not None:
+        torch.set_num_threads(first.num_threads)
+    device = resolve_device(first.device)
+    for k, args in enumerate(members):
+        args.device, args.setting = str(device), get_dataset_class(args.dataset).SETTING
+        args.run_name = args.run_name or default_run_name(args) + (f"_member{k}" if len(members) > 1 else "")
+    datasets = member_datasets(members, device)
+    ckpt = None if first.disable_log else checkpoint_file(results_file(first), stack=len(members) > 1)
+    if not first.disable_log:
+        check_writable(Path(first.results_path))
+    payload = load_checkpoint(ckpt, members, device) if first.resume and ckpt is not None else None
+    model = build_model(members, datasets)
+    if not first.disable_log:
+        check_disk_space(Path(first.results_path), model, datasets[0])
+    loggers = [WandbLogger(args, concurrent=len(members) > 1) for args in members]
+    trainer = Trainer(model, datasets, members, loggers, ckpt)
     if payload is not None:
         trainer.load_state(payload)
-        print(f"Resuming {args.run_name} at task {model.current_task + 1}, step {trainer.pos.step}", flush=True)
+        runs_text = first.run_name if len(members) == 1 else f"the stack of {len(members)} runs"
+        print(f"Resuming {runs_text} at task {model.current_task + 1}, step {trainer.pos.step}", flush=True)
     try:
-        history = trainer.run()
-    except NonFiniteLoss as e:
-        partial = build_results(args, trainer.history, model.forward_mode, time.perf_counter() - start, code)
-        partial["stopped"] = e.record()
-        if not args.disable_log:
-            write_results(partial_results_file(out), partial)
-            print(f"results of the completed tasks: {partial_results_file(out)}", file=sys.stderr)
-        trainer.logger.finish(exit_code=3)
-        raise
+        trainer.run()
     except BaseException:
-        trainer.logger.finish(exit_code=1)
+        for logger in loggers:
+            logger.finish(exit_code=1)
         raise
-    results = build_results(args, history, model.forward_mode, time.perf_counter() - start, code)
-    trainer.logger.log_final(results["final"])
-    trainer.logger.finish()
+    documents = [_finish(trainer, k, time.perf_counter() - start, code) for k in range(len(members))]
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
+    return documents
+
+
+def _finish(trainer: Trainer, k: int, seconds: float, code: dict[str, Any]) -> dict[str, Any]:
+    """Member ``k``'s results (or partial results, if it stopped) written, its logger closed."""
+    args, logger = trainer.member_args[k], trainer.loggers[k]
+    name = f"[{args.run_name}] " if len(trainer.member_args) > 1 else ""
+    document = build_results(args, trainer.histories[k], trainer.model.forward_mode, seconds, code)
+    out = results_file(args)
+    if k in trainer.stopped:
+        document["stopped"] = trainer.stopped[k].record()
+        print(f"{name}error: {trainer.stopped[k]}; lower --lr or check the data", file=sys.stderr)
+        out = partial_results_file(out)
+        logger.finish(exit_code=3)
+    else:
+        logger.log_final(document["final"])
+        logger.finish()
+        print(f"{name}\n{summary_table(document)}" if name else summary_table(document))
     if not args.disable_log:
-        write_results(out, results)
-        if ckpt is not None:
-            ckpt.unlink(missing_ok=True)
-    print(summary_table(results))
-    if not args.disable_log:
-        print(f"Results written to {out}")
-    return results
+        write_results(out, document)
+        print(f"{name}results written to {out}")
+    return document
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 done, 2 bad input, 3 non-finite loss (partial results saved), 128 + N stopped by signal N."""
+    """Exit codes: 0 done, 2 bad input, 3 a run's loss became non-finite (its partial results saved; the other
+    members of a stack finished), 128 + N stopped by signal N."""
     try:
         shared, members = split_members(sys.argv[1:] if argv is None else argv)
-        if members:
-            run_stack(parse_members(shared, members))
-        else:
-            run(parse_args(shared))
+        documents = run(parse_members(shared, members) if members else parse_args(shared))
+        if any("stopped" in document for document in documents):
+            return 3
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as e:
-        print(f"error: {e}; lower --lr or check the data", file=sys.stderr)
-        return 3
     except Interrupted as e:
         print(f"{e}: checkpoint saved; continue with --resume 1", file=sys.stderr)
         return e.exit_code

@@ -24,8 +24,8 @@ Format (``format_version`` 1)::
           # task-balanced and to the latest task's population statistics (utils/norm_diagnostics.py)
       "loss_curve": [[step, training loss], ...] | null,
           # what the model's steps return, read at every 25th step of an epoch and at its end (joint's stream
-          # steps do not train: zeros); null after a resume from a checkpoint older than the curve; files before
-          # it lack it
+          # steps do not train: zeros); null in files of runs resumed from a checkpoint older than the curve
+          # (checkpoint format 1); files before it lack it
       "parameters_sha256": SHA-256 of the trained network's parameters | null (a run that did not complete),
       "timing": {"train_seconds": [...], "eval_seconds": [...], "total_seconds"},
       "environment": {"python", "torch", "torchvision", "numpy", "device", "threads", "cpu", "cpu_capability",

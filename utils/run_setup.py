@@ -1,7 +1,5 @@
-"""Building a run: seeds, the device, the results folder's checks, and the network and model the flags ask for.
-
-Shared by a run alone (``utils/main.py``) and a stack of runs (``utils/stack_training.py``).
-"""
+"""Building a run: seeds, the device, the results folder's checks, each member's dataset, network and generator, and
+the model the flags ask for (``utils/main.py``; a run alone is a stack of one member)."""
 
 from __future__ import annotations
 
@@ -21,10 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from backbone import BACKBONES
+from datasets import get_dataset_class
 from datasets.utils.continual_dataset import ContinualDataset
 from models import MODELS
 from models.utils.continual_model import ContinualModel
+from models.utils.members import Members
 from models.utils.norms import NORMS, convert_norm
+from models.utils.stacking import StackedNet
 from utils.core.errors import UserError
 
 
@@ -69,11 +70,11 @@ def check_writable(path: Path) -> None:
 
 
 def check_disk_space(path: Path, model: ContinualModel, dataset: ContinualDataset) -> None:
-    """Refuse to start when the checkpoints (model, optimiser state, buffer; written twice over) cannot fit."""
+    """Refuse to start when the checkpoints (model, optimiser state, every member's buffer; written twice over)
+    cannot fit."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    buffer = (
-        0 if model.buffer is None else model.args.buffer_size * (math.prod(dataset.SHAPE) + 8 * dataset.n_classes())
-    )
+    per_sample = math.prod(dataset.SHAPE) + 8 * dataset.n_classes()
+    buffer = 0 if model.buffer is None else model.members.count * model.members.args[0].buffer_size * per_sample
     needed = 3 * (2 * params + buffer) + (1 << 20)
     free = shutil.disk_usage(path).free
     if free < needed:
@@ -114,15 +115,69 @@ def build_network(args: Namespace, dataset: ContinualDataset) -> torch.nn.Module
     return net
 
 
-def build_model(args: Namespace, dataset: ContinualDataset) -> ContinualModel:
-    """The network wrapped in the requested method (optimiser made last)."""
-    net = build_network(args, dataset)
-    apply_speed_options(net, args)
-    return MODELS.get(args.model)(net, F.cross_entropy, args, dataset).to(dataset.device)
+def member_generator(device: torch.device, seed: int) -> torch.Generator:
+    """The generator a member's run draws its stream from, just after building its network: the CPU's global state as
+    it is now (the draws of a run alone before stacks existed), or on a GPU a fresh one of the seed (initialisation
+    draws only on the CPU)."""
+    if device.type == "cpu":
+        generator = torch.Generator()
+        generator.set_state(torch.get_rng_state())
+        return generator
+    return torch.Generator(device).manual_seed(seed)
+
+
+def member_datasets(members: list[Namespace], device: torch.device) -> list[ContinualDataset]:
+    """Each member's dataset (members with the same class order share one), checked to train in lockstep."""
+    dataset_cls = get_dataset_class(members[0].dataset)
+    datasets: list[ContinualDataset] = []
+    for args in members:
+        dataset = dataset_cls(args, device)
+        same = next((d for d in datasets if (d.class_order == dataset.class_order).all()), None)
+        if same is None:
+            dataset.prepare()
+            check_trainable(dataset)
+        datasets.append(same or dataset)
+    for t in range(datasets[0].N_TASKS):
+        sizes = {(len(d.task(t).train_y), len(d.task(t).test_y)) for d in datasets}
+        if len(sizes) > 1:
+            raise UserError(
+                f"the members' task {t + 1} differs in size between their class orders ({sorted(sizes)}); "
+                "stack only members whose tasks have equal sizes (e.g. a balanced dataset or one --seed)"
+            )
+    return datasets
+
+
+def check_trainable(dataset: ContinualDataset) -> None:
+    """Fail before training if a task has no training data (e.g. a tiny ``--samples_per_class``)."""
+    for t in range(dataset.N_TASKS):
+        if len(dataset.task(t).train_y) == 0 or len(dataset.task(t).test_y) == 0:
+            raise UserError(f"task {t + 1} of {dataset.name} has no training or test samples; check the data files")
+
+
+def build_model(
+    members: Namespace | list[Namespace], datasets: ContinualDataset | list[ContinualDataset]
+) -> ContinualModel:
+    """The members' networks, each built as its run alone builds it (its seed), stacked (one member: its network
+    as it is), in the requested method; the optimisers made last. One member may be given bare."""
+    members = members if isinstance(members, list) else [members]
+    datasets = datasets if isinstance(datasets, list) else [datasets]
+    first, nets, generators = members[0], [], []
+    device = datasets[0].device
+    for args, dataset in zip(members, datasets, strict=True):
+        set_seed(args.seed)
+        nets.append(build_network(args, dataset))
+        generators.append(member_generator(device, args.seed))
+    try:
+        net = StackedNet(nets, channels_last=bool(first.channels_last))
+    except ValueError as e:
+        raise UserError(f"the members cannot be stacked: {e}") from None
+    apply_speed_options(net.inner, first)
+    return MODELS.get(first.model)(net, F.cross_entropy, Members(members, generators), datasets[0]).to(device)
 
 
 def apply_speed_options(net: torch.nn.Module, args: Namespace) -> None:
-    """``--channels_last`` and ``--compile``, in place (state-dict keys unchanged, so checkpoints stay portable)."""
+    """``--channels_last`` and ``--compile``, in place (state-dict keys unchanged, so checkpoints stay portable); on the
+    members' network, ``StackedNet.inner``."""
     if getattr(args, "channels_last", False):
         net.to(memory_format=torch.channels_last)
     if getattr(args, "compile", False):

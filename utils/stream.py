@@ -14,14 +14,16 @@ from torch import Tensor
 
 
 def epoch_order(n: int, device: torch.device | str, generator: torch.Generator | None = None) -> Tensor:
-    """A new epoch's permutation of the sample indices ``0 .. n-1``, drawn on the device (from ``generator``:
-    torch's global one by default, a stacked run's member's own otherwise)."""
+    """A new epoch's permutation of the sample indices ``0 .. n-1``, drawn on the device (from ``generator``, a
+    run's member's own; torch's global one by default)."""
     return torch.randperm(n, device=device, generator=generator)
 
 
-def epoch_batches(n: int, batch_size: int, device: torch.device | str) -> list[Tensor]:
+def epoch_batches(
+    n: int, batch_size: int, device: torch.device | str, generator: torch.Generator | None = None
+) -> list[Tensor]:
     """The sample indices of every batch of a new epoch (a helper for loops that need not resume mid-epoch)."""
-    order = epoch_order(n, device)
+    order = epoch_order(n, device, generator)
     return [batch_indices(order, b, batch_size) for b in range(n_batches(n, batch_size))]
 
 

@@ -9,10 +9,10 @@ device only every ``LOSS_READ_EVERY`` steps, so the device never waits on the
 progress bar. ``Trainer`` checkpoints its whole state so a killed run resumes
 exactly (see ``utils.checkpoint``).
 
-The same loop trains the members of a stack (``utils/stack_training.py``) in lockstep: then every dataset, history,
-logger and argument list has one entry per member, the epoch order is each member's draw from its own generator,
-the batches and losses carry the member as their first dimension, and a member whose loss turns non-finite stops
-alone (``stopped``) while the others go on.
+Every run is a stack of K members trained in lockstep (a run alone: K = 1): every dataset, history, logger and
+argument list has one entry per member, the epoch order is each member's draw from its own generator, the batches
+and losses carry the member as their first dimension, and a member whose loss turns non-finite stops alone
+(``stopped``, with its partial results) while the others go on.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from tqdm import tqdm
 from datasets.utils.continual_dataset import ContinualDataset, TaskData
 from models.utils.continual_model import ContinualModel
 from utils.checkpoint import comparable_args, get_rng_state, save_checkpoint, set_rng_state
-from utils.core.errors import UserError
 from utils.norm_diagnostics import diagnose
 from utils.stream import batch_indices, epoch_order, n_batches
 from utils.wandb_logger import WandbLogger
@@ -53,9 +52,8 @@ class History:
     train_seconds: list[float] = field(default_factory=list)
     eval_seconds: list[float] = field(default_factory=list)
     norm_diagnostics: list[dict] = field(default_factory=list)
-    loss_curve: list[list[float]] | None = field(default_factory=list)
-    """``[step, loss]`` at every read of the loss (every ``LOSS_READ_EVERY``-th step of an epoch and its last);
-    ``None`` when the run resumed from a checkpoint written before the curve was recorded."""
+    loss_curve: list[list[float]] = field(default_factory=list)
+    """``[step, loss]`` at every read of the loss (every ``LOSS_READ_EVERY``-th step of an epoch and its last)."""
     parameters_sha256: str | None = None
     """The trained network's parameters, digested when the run completes (``parameter_digest``)."""
 
@@ -69,16 +67,16 @@ class History:
 def evaluate_members(
     model: ContinualModel, datasets: list[ContinualDataset], tasks: list[int], batch_size: int, debug: bool = False
 ) -> list[tuple[list[float], list[float]]]:
-    """Each member's class-IL and task-IL accuracy (percent) on its own test sets of ``tasks`` (a run alone: one).
+    """Each member's class-IL and task-IL accuracy (percent) on its own test sets of ``tasks``.
 
-    A stack's members are scored one by one as the ordinary networks they are (``StackedNet.member``, eager even
-    under ``--compile``): the arithmetic of each run alone, and on the CPU, where a grouped convolution over a
-    large test batch is slower than K plain ones, faster too (on a GPU not yet measured). ``debug``
+    The members are scored one by one as the ordinary networks they are (``StackedNet.member``; a run alone: its
+    network): the arithmetic of each run alone, and on the CPU, where a grouped convolution over a large test batch
+    is slower than K plain ones, faster too (on a GPU not yet measured). ``debug``
     (``--debug_mode``) scores only the first batch of each test set, as mammoth's debug mode.
     """
     was_training = model.net.training
     model.net.eval()
-    nets = [model.net] if model.members is None else (model.member_net(k) for k in range(len(datasets)))
+    nets = (model.member_net(k) for k in range(len(datasets)))
     scores: list[tuple[list[float], list[float]]] = []
     for net, dataset in zip(nets, datasets, strict=True):
         correct = torch.zeros(len(tasks), 2, dtype=torch.long, device=dataset.device)
@@ -97,13 +95,6 @@ def evaluate_members(
         scores.append((class_il, task_il))
     model.net.train(was_training)
     return scores
-
-
-def evaluate(
-    model: ContinualModel, dataset: ContinualDataset, tasks: list[int], batch_size: int, debug: bool = False
-) -> tuple[list[float], list[float]]:
-    """Class-IL and task-IL accuracy (percent) of a run alone on the test sets of ``tasks``."""
-    return evaluate_members(model, [dataset], tasks, batch_size, debug)[0]
 
 
 class Interrupted(Exception):
@@ -134,19 +125,14 @@ class NonFiniteLoss(FloatingPointError):
 class Position:
     """Where the current task's stream stands: the next batch to train is ``batch`` of ``epoch``.
 
-    The task itself is the model's ``current_task`` (the model owns the task index). ``order`` is the epoch's
-    permutation, ``[n]`` (a stack: each member's, ``[K, n]``).
+    The task itself is the model's ``current_task`` (the model owns the task index). ``order`` is each member's
+    permutation of the epoch, ``[K, n]``.
     """
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
     order: Tensor | None = None  # the shuffled indices of the current epoch, once it has started
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Position:
-        """From a checkpoint; the ``task`` entry of checkpoints before the model owned the index is dropped."""
-        return cls(**{k: v for k, v in state.items() if k != "task"})
 
 
 def _listed(value: Any) -> list[Any]:
@@ -158,7 +144,7 @@ class Trainer:
 
     Checkpoints are written after every task and every ``--checkpoint_every``
     steps; SIGTERM and SIGINT save one at the next step boundary and stop.
-    ``dataset``, ``args`` and ``logger`` are lists, one entry per member, for a stacked model.
+    ``dataset``, ``args`` and ``logger`` have one entry per member (one alone may be given bare).
     """
 
     def __init__(
@@ -172,7 +158,6 @@ class Trainer:
         self.model, self.checkpoint = model, checkpoint
         self.datasets, self.member_args, self.loggers = _listed(dataset), _listed(args), _listed(logger)
         self.dataset, self.args, self.logger = self.datasets[0], self.member_args[0], self.loggers[0]
-        self.stacked = model.members is not None
         self.histories = [History(self.dataset.N_TASKS) for _ in self.datasets]
         self.stopped: dict[int, NonFiniteLoss] = {}
         self.pos = Position()
@@ -191,37 +176,30 @@ class Trainer:
     # -- state ----------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         buffer = self.model.buffer
-        state = {
-            "args": comparable_args(self.args),
+        return {
+            "args": [comparable_args(args) for args in self.member_args],
             "position": asdict(self.pos),
             "model": self.model.state_dict(),
             "optimizer": self.model.opt.state_dict(),
             "buffer": None if buffer is None else buffer.state_dict(),
-            "history": asdict(self.history),
+            "history": [asdict(history) for history in self.histories],
             "rng": get_rng_state(),
+            "generators": [g.get_state() for g in self.model.members.generators],
+            "stopped": {str(k): e.record() for k, e in self.stopped.items()},
         }
-        if self.stacked:
-            assert self.model.members is not None
-            state["args"] = [comparable_args(args) for args in self.member_args]
-            state["history"] = [asdict(history) for history in self.histories]
-            state["generators"] = [g.get_state() for g in self.model.members.generators]
-            state["stopped"] = {str(k): e.record() for k, e in self.stopped.items()}
-        return state
 
     def load_state(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
         self.model.opt.load_state_dict(payload["optimizer"])
         if self.model.buffer is not None:
             self.model.buffer.load_state_dict(payload["buffer"])
-        self.histories = [History(**{"loss_curve": None, **h}) for h in _listed(payload["history"])]
-        self.pos = Position.from_state(payload["position"])
+        self.histories = [History(**h) for h in payload["history"]]
+        self.pos = Position(**payload["position"])
         set_rng_state(payload["rng"])
-        if self.stacked:
-            assert self.model.members is not None
-            for generator, saved in zip(self.model.members.generators, payload["generators"], strict=True):
-                generator.set_state(saved)
-            for k, record in payload["stopped"].items():
-                self._stop(int(k), NonFiniteLoss.from_record(record))
+        for generator, saved in zip(self.model.members.generators, payload["generators"], strict=True):
+            generator.set_state(saved)
+        for k, record in payload["stopped"].items():
+            self._stop(int(k), NonFiniteLoss.from_record(record))
 
     def save(self) -> None:
         if self.checkpoint is not None:
@@ -267,6 +245,8 @@ class Trainer:
                 self.model.meta_begin_task(self.dataset)
             start = time.perf_counter()
             self._train_task(t)
+            if not self.active:  # every member stopped: nothing left to evaluate or to resume
+                break
             self.model.meta_end_task(self.dataset)
             train_seconds = time.perf_counter() - start
             start = time.perf_counter()
@@ -277,8 +257,7 @@ class Trainer:
             self.pos = Position(step=self.pos.step)
             if self.model.current_task == n_tasks:
                 for k in self.active:
-                    net = self.model.member_net(k) if self.stacked else self.model.net
-                    self.histories[k].parameters_sha256 = parameter_digest(net)
+                    self.histories[k].parameters_sha256 = parameter_digest(self.model.member_net(k))
             self.save()
             self._check_signal()
 
@@ -290,20 +269,17 @@ class Trainer:
         history.train_seconds.append(train_seconds)
         history.eval_seconds.append(eval_seconds)
         history.class_il[t][: t + 1], history.task_il[t][: t + 1] = class_il, task_il
-        if self.stacked:
+        if len(self.datasets) > 1:
             print(f"\n[{self.member_args[k].run_name}]", end="")
         report_task(t, class_il, task_il)
         logger.log_task(t, class_il, task_il, self.pos.step)
         if self.args.diagnose_norm:
-            net = self.model.member_net(k) if self.stacked else self.model.net
-            diagnostics = diagnose(net, self.datasets[k], t, self.args.eval_batch_size)
+            diagnostics = diagnose(self.model.member_net(k), self.datasets[k], t, self.args.eval_batch_size)
             history.norm_diagnostics.append(diagnostics)
             logger.log({f"norm/{n}": v for n, v in diagnostics["summary"].items()}, step=self.pos.step)
 
     def _new_order(self, n: int) -> Tensor:
-        """A new epoch's permutation: the global generator's alone, each member's own in a stack."""
-        if self.model.members is None:
-            return epoch_order(n, self.dataset.device)
+        """A new epoch's permutation, each member's from its own generator, ``[K, n]``."""
         return torch.stack([epoch_order(n, self.dataset.device, g) for g in self.model.members.generators])
 
     def _train_task(self, t: int) -> None:
@@ -311,7 +287,7 @@ class Trainer:
         n = len(data[0].train_y)
         per_epoch = n_batches(n, args.batch_size)
         per_epoch = min(per_epoch, DEBUG_STEPS) if args.debug_mode else per_epoch
-        runs = f" ({len(self.active)} runs)" if self.stacked else ""
+        runs = f" ({len(self.active)} runs)" if len(data) > 1 else ""
         bar = tqdm(
             total=per_epoch * args.n_epochs,
             initial=pos.epoch * per_epoch + pos.batch,
@@ -320,13 +296,12 @@ class Trainer:
             unit="step",
         )
         first_bad = torch.full((len(data),), -1, dtype=torch.long, device=self.dataset.device)
-        stream = data if self.stacked else data[0]
         try:
             while pos.epoch < args.n_epochs and self.active:
                 if pos.order is None:
                     pos.order = self._new_order(n)
                 while pos.batch < per_epoch and self.active:
-                    loss = self.train_step(stream, batch_indices(pos.order, pos.batch, args.batch_size))
+                    loss = self.train_step(data, batch_indices(pos.order, pos.batch, args.batch_size))
                     pos.batch += 1
                     pos.step += 1
                     bar.update(1)
@@ -340,14 +315,11 @@ class Trainer:
         finally:
             bar.close()
 
-    def train_step(self, data: TaskData | list[TaskData], idx: Tensor) -> Tensor:
-        """One step of the stream: gather the batch, augment it on the device, let the model learn from it
-        (a stack: each member's batch ``idx[k]`` of its own task data)."""
-        if isinstance(data, list):
-            not_aug = torch.stack([d.train_x[i] for d, i in zip(data, idx, strict=True)])
-            labels = torch.stack([d.train_y[i] for d, i in zip(data, idx, strict=True)])
-        else:
-            not_aug, labels = data.train_x[idx], data.train_y[idx]
+    def train_step(self, data: list[TaskData], idx: Tensor) -> Tensor:
+        """One step of the stream: gather each member's batch ``idx[k]`` of its own task data, augment it on the
+        device, let the model learn from it; returns the members' losses, ``[K]``."""
+        not_aug = torch.stack([d.train_x[i] for d, i in zip(data, idx, strict=True)])
+        labels = torch.stack([d.train_y[i] for d, i in zip(data, idx, strict=True)])
         return self.model.observe(self.model.transform(not_aug), labels, not_aug)
 
     def _stop(self, k: int, error: NonFiniteLoss) -> None:
@@ -355,18 +327,14 @@ class Trainer:
         self.model.opt.stop(k)
 
     def _read_loss(self, loss: Tensor, first_bad: Tensor, bar: tqdm, t: int) -> None:
-        """The only host synchronisation of the loop: every ``LOSS_READ_EVERY`` steps and at epoch ends. A run
-        alone stops on a non-finite loss (``NonFiniteLoss``); a stack's member stops alone."""
+        """The only host synchronisation of the loop: every ``LOSS_READ_EVERY`` steps and at epoch ends. A member
+        whose loss turned non-finite stops (``NonFiniteLoss``, kept in ``stopped``); the others go on."""
         bad, values = first_bad.tolist(), loss.reshape(-1).tolist()
-        if not self.stacked and bad[0] >= 0:
-            raise NonFiniteLoss(bad[0], t)
         for k in self.active:
             if bad[k] >= 0:
                 self._stop(k, NonFiniteLoss(bad[k], t))
                 continue
-            curve = self.histories[k].loss_curve
-            if curve is not None:
-                curve.append([self.pos.step, values[k]])
+            self.histories[k].loss_curve.append([self.pos.step, values[k]])
             lr = self.member_args[k].lr
             self.loggers[k].log({"loss": values[k], "lr": lr, "task": t, "epoch": self.pos.epoch}, step=self.pos.step)
         if self.active:
@@ -389,10 +357,3 @@ def report_task(t: int, class_il: list[float], task_il: list[float]) -> None:
     print(f"\nAccuracy after task {t + 1}:\t[Class-IL]: {mean_c:.2f} %\t[Task-IL]: {mean_t:.2f} %")
     print("  per task (class-IL): " + " ".join(f"{a:6.2f}" for a in class_il))
     print("  per task (task-IL):  " + " ".join(f"{a:6.2f}" for a in task_il), flush=True)
-
-
-def check_trainable(dataset: ContinualDataset) -> None:
-    """Fail before training if a task has no training data (e.g. a tiny ``--samples_per_class``)."""
-    for t in range(dataset.N_TASKS):
-        if len(dataset.task(t).train_y) == 0 or len(dataset.task(t).test_y) == 0:
-            raise UserError(f"task {t + 1} of {dataset.name} has no training or test samples; check the data files")

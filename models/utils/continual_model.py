@@ -15,6 +15,12 @@ the protocol of ``models/utils/task_aware.py``:
 * ``step`` adds the layers' weighted regularisers (``norm_loss``) to the method's
   loss before the backward pass;
 * ``remember`` stores a stream batch in the buffer with the current task.
+
+Every model trains K runs at once (``models/utils/members.py``; a run alone is K = 1, its network the ordinary one):
+every tensor of a model's code has the member as its first dimension (``[K, B, ...]``), each of the model's
+``OPTIONS`` arrives as a ``[K]`` tensor (each member's value, in the losses' dtype: a scalar times a loss, as alone),
+every loss goes through ``self.loss`` / ``self.mse`` (one reduction per member, ``[K]``), and each member has its
+own optimiser (``make_optimizer``). Written so, a model declares ``STACKS = True`` and also trains stacked runs.
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datasets.utils.continual_dataset import ContinualDataset, run_dtype
-from models.utils.members import Members, StackedBuffer, StackedSGD, per_member_loss
+from models.utils.members import MemberOptimizers, Members, StackedBuffer, per_member_loss
+from models.utils.stacking import StackedNet
 from models.utils.task_aware import NormLosses, task_aware_layers, task_counts
-from utils.buffer import Buffer
 from utils.core.options import Option
 
 Part = tuple[Tensor, Tensor | int]
@@ -46,9 +52,9 @@ class ContinualModel(nn.Module):
     COMPATIBILITY: ClassVar[tuple[str, ...]] = ("class-il",)
     USES_BUFFER: ClassVar[bool] = False
     STACKS: ClassVar[bool] = False
-    """Whether the model's code also trains K stacked runs (``--member``): every tensor then has the member as its
-    first dimension, each option arrives as a ``[K]`` tensor and every loss goes through ``self.loss`` / ``self.mse``
-    (one reduction per member). A model that does not declare it is refused under ``--member``."""
+    """Whether the model trains K > 1 stacked runs (``--member``): true when its code follows the rules above (no
+    member's value is read as one number, no loss reduces over members). A model that does not declare it runs
+    alone only and is refused under ``--member``."""
     REFERENCE_FORWARD: ClassVar[str] = "separate"
     NORM_LOSS_ONLY_WHEN_REPLAYING: ClassVar[bool] = False
     """Whether the norm regulariser joins the loss only in steps that replay, as in the reference code of the replay
@@ -56,68 +62,58 @@ class ContinualModel(nn.Module):
     step) is cross-entropy alone, whatever ``--ada_t0`` says."""
 
     def __init__(
-        self,
-        net: nn.Module,
-        loss: Callable[..., Tensor],
-        args: Namespace,
-        dataset: ContinualDataset,
-        members: Members | None = None,
+        self, net: StackedNet, loss: Callable[..., Tensor], members: Members, dataset: ContinualDataset
     ) -> None:
-        """``members``: the runs of a stack (``net`` is then a ``StackedNet`` and ``args`` the members' shared ones);
-        every tensor of the model's code then has the member as its first dimension and every loss is ``[K]``."""
+        """``net``: the members' networks (one member: its network, wrapped); ``members``: each run's arguments and
+        generator; ``dataset``: the first member's (every member's tasks have the same sizes)."""
         super().__init__()
         self.net = net
         self.members = members
         self.dataset = dataset
         self.device = dataset.device
-        self.dtype = run_dtype(args)
-        self.args = args if members is None else members.model_args(self.OPTIONS, self.device, self.dtype)
-        self.loss = loss if members is None else per_member_loss(loss, members.count)
-        self._mse = F.mse_loss if members is None else per_member_loss(F.mse_loss, members.count)
-        self.transform = dataset.train_transform if members is None else members.transform(dataset.train_transform)
+        shared = members.args[0]
+        self.dtype = run_dtype(shared)
+        self.args = members.model_args(self.OPTIONS, self.device, self.dtype)
+        self.loss = per_member_loss(loss, members.count)
+        self._mse = per_member_loss(F.mse_loss, members.count)
+        self.transform = members.transform(dataset.train_transform)
         self.n_classes = dataset.n_classes()
         self.current_task = 0
-        self.forward_mode = resolve_forward_mode(args, type(self), net)
-        self.amp = bool(getattr(args, "amp", False))
-        self.channels_last = bool(getattr(args, "channels_last", False))
-        self.buffer: Buffer | StackedBuffer | None = None
+        self.forward_mode = resolve_forward_mode(shared, type(self), net)
+        self.amp = bool(getattr(shared, "amp", False))
+        self.buffer: StackedBuffer | None = None
         if self.USES_BUFFER:
-            make = Buffer if members is None else members.buffer
-            self.buffer = make(args.buffer_size, self.device, args.buffer_mode, dataset.N_TASKS)
+            self.buffer = members.buffer(shared.buffer_size, self.device, shared.buffer_mode, dataset.N_TASKS)
         self._task_aware = task_aware_layers(net)
         self._norm_losses = NormLosses()
         self._replaying = False
         self._driven = False  # a forward_parts since the last step
         self.opt = self.get_optimizer()
 
-    def get_optimizer(self) -> torch.optim.Optimizer:
-        """SGD with the mammoth flags; built after the norm swap so new parameters are trained too (a stack: each
-        member's learning rate on its blocks)."""
-        a = self.args
-        if self.members is not None:
-            lrs = [member.lr for member in self.members.args]
-            return StackedSGD(
-                list(self.net.parameters()), lrs, self.net.member_index, a.optim_mom, a.optim_wd, a.optim_nesterov
-            )
-        return torch.optim.SGD(
-            self.net.parameters(), lr=a.lr, weight_decay=a.optim_wd, momentum=a.optim_mom, nesterov=a.optim_nesterov
-        )
+    def get_optimizer(self) -> MemberOptimizers:
+        """Each member's optimiser (``make_optimizer``) over its parameters; built after the norm swap so new
+        parameters are trained too."""
+        parameters = [self.net.member_parameters(k) for k in range(self.members.count)]
+        optimizers = [self.make_optimizer(p, args.lr) for p, args in zip(parameters, self.members.args, strict=True)]
+        return MemberOptimizers(self.net, parameters, optimizers)
 
-    @property
-    def batch_dim(self) -> int:
-        """The batch dimension of the model's tensors: 0 alone, 1 in a stack (after the member)."""
-        return 0 if self.members is None else 1
+    def make_optimizer(self, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+        """The optimiser of one member's parameters at its learning rate: SGD with the mammoth flags (a model may
+        override it; it then serves stacked runs too)."""
+        a = self.args
+        return torch.optim.SGD(params, lr=lr, weight_decay=a.optim_wd, momentum=a.optim_mom, nesterov=a.optim_nesterov)
 
     def mse(self, a: Tensor, b: Tensor) -> Tensor:
         """Mean squared error (DER's logit replay), each member's in a stack."""
         return self._mse(a, b)
 
     def forward(self, x: Tensor, net: nn.Module | None = None) -> Tensor:
-        """The network's output (``net`` instead: one member of a stack, from :meth:`member_net`)."""
+        """The members' outputs ``[K, B, classes]`` on ``[K, B, ...]`` (``net`` instead: one member's network, from
+        :meth:`member_net`, on ``[B, ...]``)."""
         net = self.net if net is None else net
         if x.dtype != self.dtype:  # --dtype float64: the inputs follow the network
             x = x.to(self.dtype)
-        if self.channels_last and x.dim() == 4:  # a stack's [K, B, C, H, W]: the StackedNet lays it out
+        if self.net.channels_last and x.dim() == 4:  # the members' [K, B, C, H, W]: the StackedNet lays it out
             x = x.contiguous(memory_format=torch.channels_last)
         if not self.amp:
             return net(x)
@@ -125,9 +121,8 @@ class ContinualModel(nn.Module):
             return net(x).float()
 
     def member_net(self, k: int) -> nn.Module:
-        """Member ``k`` of a stack as the ordinary network it is alone, with its current state and mode."""
-        if self.members is None:
-            raise ValueError("member_net is for stacked runs; a run alone has one network, self.net")
+        """Member ``k`` as the ordinary network it is alone, with its current state and mode (one member: the
+        network itself)."""
         return self.net.member(k).train(self.net.training)
 
     def autocast(self) -> AbstractContextManager:
@@ -150,8 +145,7 @@ class ContinualModel(nn.Module):
     def _tasks_tensor(self, ids: Tensor | int, n: int) -> Tensor:
         if isinstance(ids, Tensor):
             return ids
-        shape = (n,) if self.members is None else (self.members.count, n)
-        return torch.full(shape, ids, dtype=torch.long, device=self.device)
+        return torch.full((self.members.count, n), ids, dtype=torch.long, device=self.device)
 
     def _run(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         counts = None if task_ids is None else task_counts(task_ids, self.dataset.N_TASKS)
@@ -166,9 +160,9 @@ class ContinualModel(nn.Module):
         """Outputs of the network on each (inputs, task ids) part, in ``self.forward_mode``.
 
         Task ids are an int (the whole part comes from one task, e.g. the
-        stream) or a LongTensor with one id per sample (e.g. replay).
+        stream) or a LongTensor with one id per sample (e.g. replay), ``[K, B]``.
         """
-        want_ids, dim = bool(self._task_aware), self.batch_dim
+        want_ids, dim = bool(self._task_aware), 1
         self._replaying = len(parts) > 1
         if self.forward_mode == "separate" or len(parts) == 1:
             return [self._run(x, self._tasks_tensor(t, x.shape[dim]) if want_ids else None) for x, t in parts]
@@ -195,7 +189,7 @@ class ContinualModel(nn.Module):
         """Add the norm layers' regularisers, back-propagate and update; returns the total loss, detached."""
         loss = self.regularised(loss)
         self.opt.zero_grad(set_to_none=True)
-        (loss if self.members is None else loss.sum()).backward()  # a stack: the members' parameters are disjoint
+        loss.sum().backward()  # the members' parameters are disjoint: each gets its own loss's gradient
         self.opt.step()
         return loss.detach()
 

@@ -1,6 +1,7 @@
-"""What a model needs to train K stacked runs at once (``--member``): each member's draws, memory, losses, rate.
+"""What a model needs to train K runs at once (``--member``; a run alone is K = 1): each member's draws, memory,
+losses and optimiser.
 
-A stacked model runs one network (``models/utils/stacking.py``) on tensors whose first dimension is the member. To
+A model runs one network (``models/utils/stacking.py``) on tensors whose first dimension is the member. To
 stay the same run as alone, each member draws every random number from its own generator in the order its run
 alone would (epoch order, augmentation, buffer draws and insertions), keeps its own replay buffer, reduces its own
 losses, and steps with its own learning rate; the hyper-parameters a member may change (its seed, its norm's and
@@ -105,50 +106,47 @@ def per_member_loss(loss: Callable[..., Tensor], members: int) -> Callable[[Tens
     return lambda outputs, targets: torch.stack([loss(outputs[k], targets[k]) for k in range(members)])
 
 
-class StackedSGD(torch.optim.Optimizer):
-    """SGD (weight decay, momentum, Nesterov: torch's formulas) with each member's learning rate on its blocks.
+class MemberOptimizers:
+    """One torch optimiser per member, over the member's parameters (``StackedNet.member_parameters``: blocks of the
+    stacked parameters that share their storage; one member: the network's own parameters), so each member steps
+    with its own learning rate by torch's own code, and a model's ``make_optimizer`` serves alone and stacked.
 
-    ``member_index(p)`` gives the member of each block of a parameter's first dimension (``StackedNet``). A member
-    that ``stop``s keeps its parameters from then on, so a diverged member cannot spread NaN into its own state.
+    ``step`` hands each member its blocks of the stacked gradients first. A member that ``stop``s is not stepped
+    again, so a diverged member cannot spread NaN into its own state.
     """
 
     def __init__(
-        self,
-        params: Sequence[nn.Parameter],
-        lrs: Sequence[float],
-        member_index: Callable[[Tensor], Tensor],
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
+        self, net: nn.Module, blocks: Sequence[Sequence[Tensor]], optimizers: Sequence[torch.optim.Optimizer]
     ) -> None:
-        super().__init__(list(params), {"momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov})
-        lr = torch.tensor(list(lrs), dtype=torch.float64)
-        self._index = {p: member_index(p) for group in self.param_groups for p in group["params"]}
-        self._neg_lr = {p: (-lr).to(device=p.device, dtype=p.dtype)[index] for p, index in self._index.items()}
-        self._keep: dict[Tensor, Tensor] | None = None  # None: every member trains
-        self._active = torch.ones(len(lrs), dtype=torch.bool)
+        """``blocks[k]``: member k's parameters (``net.member_parameters(k)``) that ``optimizers[k]`` steps."""
+        self.optimizers = list(optimizers)
+        self._params = list(net.parameters())
+        self._blocks = [list(b) for b in blocks]
+        self._active = [True] * len(self.optimizers)
 
     def stop(self, member: int) -> None:
         """Freeze ``member``'s parameters (its run ended, e.g. on a non-finite loss)."""
         self._active[member] = False
-        self._keep = {p: self._active.to(p.device)[index] for p, index in self._index.items()}
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = p.grad
-                if group["weight_decay"]:
-                    d_p = d_p.add(p, alpha=group["weight_decay"])
-                if group["momentum"]:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = d_p.clone()
-                    else:
-                        state["momentum_buffer"].mul_(group["momentum"]).add_(d_p)
-                    buf = state["momentum_buffer"]
-                    d_p = d_p.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                stepped = torch.addcmul(p, d_p, self._neg_lr[p])  # p - lr * d_p, rounded as torch's SGD rounds it
-                p.copy_(stepped if self._keep is None else torch.where(self._keep[p], stepped, p))
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self._params:
+            p.grad = None
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none)
+
+    def step(self) -> None:
+        members = len(self.optimizers)
+        for k, (optimizer, blocks) in enumerate(zip(self.optimizers, self._blocks, strict=True)):
+            if not self._active[k]:
+                continue
+            for p, block in zip(self._params, blocks, strict=True):
+                if block is not p:
+                    block.grad = None if p.grad is None else p.grad.chunk(members)[k].reshape(block.shape)
+            optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"members": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for optimizer, saved in zip(self.optimizers, state["members"], strict=True):
+            optimizer.load_state_dict(saved)

@@ -14,8 +14,8 @@ by name):
 
 The backbone's own ``forward`` is kept: its other operations act per channel. ``StackedNet`` takes member inputs
 ``[K, B, C, H, W]`` and returns ``[K, B, classes]``; ``member(k)`` gives member k back as an ordinary network. Every
-parameter of a stacked network has the K member blocks along its first dimension (``member_index``), which is how
-the stacked optimiser gives each member its own learning rate.
+parameter of a stacked network has the K member blocks along its first dimension (``member_parameters``), which is
+how each member gets its own optimiser.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class UnstackableLayer(TypeError):
 
 
 def _stack(layers: Sequence[nn.Module], path: str = "") -> nn.Module:
+    if len(layers) == 1:  # one member's layer is its own stack: a run alone keeps the ordinary network
+        return layers[0]
     kinds = sorted({type(layer).__name__ for layer in layers})
     if len(kinds) > 1:
         raise ValueError(f"cannot stack layers of different types at {path or 'the root'}: {', '.join(kinds)}")
@@ -57,7 +59,8 @@ def _stack(layers: Sequence[nn.Module], path: str = "") -> nn.Module:
 
 
 class StackedNet(nn.Module):
-    """K member networks as one; ``forward([K, B, C, H, W]) -> [K, B, classes]``."""
+    """K member networks as one; ``forward([K, B, C, H, W]) -> [K, B, classes]``. One member (a run alone) is its
+    network itself (``inner``), untouched: the same modules, arithmetic and speed."""
 
     def __init__(self, nets: Sequence[nn.Module], channels_last: bool = False) -> None:
         super().__init__()
@@ -66,23 +69,30 @@ class StackedNet(nn.Module):
         self.members = len(nets)
         self.channels_last = channels_last
         self.inner = _stack(nets)
-        self._template = [copy.deepcopy(nets[0])]  # a list: not a sub-module, not in the state dict
+        # A list: not a sub-module, not in the state dict. One member is its own network (``member``).
+        self._template = [copy.deepcopy(nets[0])] if len(nets) > 1 else []
 
     def forward(self, x: Tensor) -> Tensor:
         k, b = x.shape[:2]
         x = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.inner(x).transpose(0, 1)
+        return self.inner(x).view(b, k, -1).transpose(0, 1)
 
-    def member_index(self, tensor: Tensor) -> Tensor:
-        """The member of each block of a stacked parameter's first dimension, shaped to broadcast against it."""
-        index = torch.arange(self.members, device=tensor.device).repeat_interleave(tensor.shape[0] // self.members)
-        return index.view(-1, *([1] * (tensor.dim() - 1)))
+    def member_parameters(self, k: int) -> list[Tensor]:
+        """Member ``k``'s parameters, in ``parameters()`` order: each stacked parameter's k-th block as a leaf that
+        shares its storage (one member: the parameters themselves)."""
+        if self.members == 1:
+            return list(self.parameters())
+        shapes = [p.shape for p in self._template[0].parameters()]
+        blocks = [p.detach().chunk(self.members)[k] for p in self.parameters()]
+        return [nn.Parameter(block.view(shape)) for block, shape in zip(blocks, shapes, strict=True)]
 
     def member(self, k: int) -> nn.Module:
         """Member ``k`` as an ordinary network of the members' architecture, with its current state, on the stack's
-        device, dtype and memory format."""
+        device, dtype and memory format (one member: the network itself, live)."""
+        if self.members == 1:
+            return self.inner
         template = self._template[0]
         member = copy.deepcopy(template)
         stacked = dict(self.inner.named_modules())
