@@ -24,7 +24,12 @@
 # e.g. "--num_threads 1" to leave a core free; mind that every run records them and the report averages runs only of
 # one protocol), GRIDS (which grids to run, default "compare sensitivity seeds width"), WIDTH (the full-width
 # grid's folder: runs/ and its report, default docs/results/fmnist_nf64), PARALLEL (1: a grid's run.py commands at
-# once, a launcher each; on one GPU give each its share in LAUNCH's --max_per_gpu).
+# once, a launcher each; on one GPU give each its share in LAUNCH's --max_per_gpu), KEPT (folders whose report alone
+# the report step rebuilds from their runs/, which no grid here makes any more; default docs/results/fmnist_full, the
+# first round's full-data side check: er_ace 500, BN against AdaB2N at kappa 0.4, lambd 0.01, ada_t0 0, --nf 20, all
+# 6000 images per class, 3 seeds, run on a lent H200 by commit 190cb13's benchmarks/gpu.sh FULLDATA=1 before ER-ACE's
+# regulariser followed the reference; the page links its report), PYTHON (the interpreter, default python3).
+# tests/test_published.py runs STEP=report with these defaults and compares what it writes with the published files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-docs/results/fmnist/runs}
@@ -34,6 +39,7 @@ LAUNCH=${LAUNCH:---cpu_workers 2}
 GRIDS=${GRIDS:-compare sensitivity seeds width}
 WIDTH=${WIDTH:-docs/results/fmnist_nf64}
 REPORT=${REPORT:-docs/results/fmnist}  # tables and plots
+KEPT=${KEPT-docs/results/fmnist_full}
 PAGE=${PAGE:-docs/results.md}          # the page they are published on
 rc=0
 # --channels_last: about 20 % faster on the CPU, same float32 arithmetic; --ignore_other_metrics: no FWT evaluations
@@ -41,7 +47,7 @@ rc=0
 EXTRA="--nf 20 --diagnose_norm 1 --channels_last 1 --ignore_other_metrics 1 ${EXTRA_FLAGS:-}"
 [[ "$SPC" == full ]] || EXTRA="$EXTRA --samples_per_class $SPC"
 
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-python3}
 BASE=(--datasets seq-fmnist --bs 10 --epochs 1 --nowandb --yes)
 COMMON=("${BASE[@]}" --kappas 0.1 0.4 0.7 1.0 --lambdas 0.01 0.1 1 10 --extra "$EXTRA" --results_path "$RESULTS"
   --logdir "$RESULTS/logs")
@@ -72,10 +78,12 @@ if len(rows) != 1:
 print("--kappas", rows[0]["kappa"], "--lambdas", rows[0]["lambd"], "--ada_t0s", rows[0]["ada_t0"])' \
     "$REPORT/summary.csv" "$1" "$2"
 }
-if (( ${#wide_grids[@]} )); then
+choose_width() {  # the width grid's configurations, from REPORT's summary.csv as it is now
+  (( ${#wide_grids[@]} )) || return 0
   wide_er_ace=$(chosen er_ace 500) || exit 2
   wide_derpp=$(chosen derpp 500) || exit 2
-fi
+}
+[[ "$STEP" == report ]] || choose_width  # before any grid runs: fail now, not after hours of the other grids
 
 # One run.py command a line (shell-quoted): each grid and its models, buffers and ada_t0 values.
 line() { printf '%q ' "$PYTHON" run.py "$@"; echo; }
@@ -142,6 +150,8 @@ if [[ "$STEP" == all || "$STEP" == grid ]]; then
 fi
 if [[ "$STEP" == all || "$STEP" == report ]]; then
   publish "$RESULTS" "$REPORT" "" "${main_grids[@]}"
+  choose_width  # read again from the report just rebuilt: the page follows the runs, not an older summary.csv
   publish "$WIDTH/runs" "$WIDTH" width "${wide_grids[@]}"
+  for folder in $KEPT; do "$PYTHON" -m utils.report "$folder/runs" --out "$folder" >/dev/null; done
 fi
 exit "$rc"
