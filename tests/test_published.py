@@ -1,0 +1,124 @@
+"""The published results are what the code makes of their runs (issue 24): ``STEP=report bash
+scripts/reproduce_fmnist.sh``, run with the script's own defaults in a copy of the repository whose report files are
+deleted first, must write every report folder under ``docs/results/`` (each folder with a ``runs/``, found from the
+folders, so a new one is covered without being listed here) and ``docs/results.md`` as they are committed.
+
+Tables (``report.md``, ``results.tex``, the CSVs: every file but the figures) and the page, whose recorded
+``--planned`` and ``--command`` text the script makes from its own grid: byte for byte. Figures: the same set of PNG
+files in every folder always (a figure the code no longer makes, or makes and nobody committed, fails), and their
+decoded pixels only under the matplotlib version that drew the committed ones (the ``Software`` text of the PNG):
+requirements.txt does not pin matplotlib, whose layout and text rendering change between versions, and the PNG
+bytes also depend on the zlib that Pillow was built with, so pixels rather than bytes, and a skip naming both
+versions elsewhere. The regeneration is the script's whole report step, 45-55 s on the 2-core machine: a dozen Python
+processes that each import torch (about 2 s each: ``run.py --dry_run`` for each of the page's seven grid commands,
+three reports, two page parts) and 21 figures (about 10 s).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path("scripts", "reproduce_fmnist.sh")
+DOCS = ROOT / "docs"
+PUBLISHED = sorted(runs.parent.name for runs in (DOCS / "results").glob("*/runs") if runs.is_dir())
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {f.name: f for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repository (the code linked, ``docs/`` and the script copied) after the script's report step."""
+    copy = tmp_path_factory.mktemp("published")
+    for entry in ROOT.iterdir():
+        if entry.name not in {".git", "docs", SCRIPT.parts[0]}:
+            (copy / entry.name).symlink_to(entry)
+    shutil.copytree(ROOT / SCRIPT.parts[0], copy / SCRIPT.parts[0])
+    # A local grid's logs, checkpoints and locks beside the published runs are no part of them.
+    shutil.copytree(DOCS, copy / "docs", ignore=shutil.ignore_patterns("logs", "*.ckpt*", ".*.lock"))
+    for name in PUBLISHED:
+        for f in _files(copy / "docs" / "results" / name).values():
+            f.unlink()
+    # The script runs ``python3`` (its default, which the page records): this interpreter, under that name.
+    bin_dir = copy / ".bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    script = (copy / SCRIPT).read_text()
+    # The script's defaults, as the page was published with: every variable it reads with a default is unset.
+    env = {k: v for k, v in os.environ.items() if k not in re.findall(r"\$\{(\w+):?-", script)}
+    env.update(STEP="report", PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
+    done = subprocess.run(["bash", str(SCRIPT)], cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"STEP=report bash {SCRIPT} failed:\n{done.stdout}\n{done.stderr}"
+    return copy
+
+
+def _same_text(committed: Path, made: Path) -> None:
+    if committed.read_bytes() != made.read_bytes():
+        diff = difflib.unified_diff(
+            committed.read_text().splitlines(),
+            made.read_text().splitlines(),
+            "committed",
+            "regenerated",
+            lineterm="",
+            n=1,
+        )
+        shown = "\n".join(list(diff)[:60])
+        pytest.fail(f"{committed.relative_to(ROOT)} is not what the code makes of its runs (STEP=report):\n{shown}")
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_every_report_file_is_what_the_code_makes_of_its_runs(regenerated: Path, name: str) -> None:
+    committed = _files(DOCS / "results" / name)
+    made = _files(regenerated / "docs" / "results" / name)
+    assert made, f"STEP=report bash {SCRIPT} writes nothing in docs/results/{name}: publish it there (KEPT)"
+    for file_name in sorted(committed.keys() & made.keys()):
+        if not file_name.endswith(".png"):
+            _same_text(committed[file_name], made[file_name])
+    missing, extra = sorted(committed.keys() - made.keys()), sorted(made.keys() - committed.keys())
+    assert not missing, f"docs/results/{name}: {missing} committed, no longer made"
+    assert not extra, f"docs/results/{name}: {extra} made, not committed"
+
+
+def test_the_page_is_what_the_code_makes_of_the_runs(regenerated: Path) -> None:
+    pages = sorted(DOCS.glob("*.md"))
+    assert pages
+    for page in pages:
+        _same_text(page, regenerated / "docs" / page.name)
+
+
+def _drawn_by(png: Path) -> str:
+    software = Image.open(png).info.get("Software", "")
+    found = re.match(r"Matplotlib version\s*(\S+?),", software)
+    return found.group(1) if found else f"unknown ({software!r})"
+
+
+def _pixels(png: Path) -> np.ndarray:
+    return np.asarray(Image.open(png).convert("RGBA"))
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_figures_are_what_the_code_draws_pixel_for_pixel(regenerated: Path, name: str) -> None:
+    figures = [f for f in _files(DOCS / "results" / name).values() if f.suffix == ".png"]
+    drawn_by = {_drawn_by(f) for f in figures}
+    if figures and drawn_by != {matplotlib.__version__}:
+        pytest.skip(f"docs/results/{name}: figures drawn by matplotlib {drawn_by}, this is {matplotlib.__version__}")
+    for png in figures:
+        made = regenerated / "docs" / "results" / name / png.name
+        assert made.exists(), f"{png.relative_to(ROOT)} is no longer drawn"
+        same = np.array_equal(_pixels(made), _pixels(png))  # False also when the sizes differ
+        assert same, f"{png.relative_to(ROOT)} is not what the code draws of its runs"
