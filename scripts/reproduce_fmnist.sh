@@ -15,16 +15,21 @@
 #      AdaB2N's gain is largest;
 #   4. the full width (issue 16's question 4), in its own folder WIDTH: the paper's ResNet-18 (--nf 64), BN against
 #      AdaB2N at the configuration validation chose at --nf 20 (read from REPORT's summary.csv), 3 seeds, in er_ace
-#      500 and derpp 500 (on a lent GPU with SPC=full: all 6000 images per class).
+#      500 and derpp 500 (on a lent GPU with SPC=full: all 6000 images per class);
+#   5. accuracy during the stream (issue 24), in its own folder STREAM: BN, CN, TBBN and AdaB2N at its validation
+#      choice in each column (read from REPORT's summary.csv), the four columns, seeds 0-4, evaluated every
+#      EVAL_EVERY steps on EVAL_SUBSET test images a task (AAA, min-ACC, WC-ACC, the stability gap); AdaB2N's five
+#      seeds of a column train as one stack (run.py --stack 5), which pays for AdaB2N's many small operations.
 # Environment: RESULTS (results folder, default docs/results/fmnist/runs: the published runs; with another, also
 # set REPORT, PAGE and WIDTH so the published reports and page are not overwritten; run names do not say SPC, so
 # runs of another SPC need folders of their own too), LAUNCH (run.py's execution flags, default
 # "--cpu_workers 2" without a GPU; on one large GPU e.g. "--max_per_gpu 14 --usage_threshold 0.9 --coldsecs 1"),
 # SPC (training images per class, default 1000 as published; "full" for all 6000), EXTRA_FLAGS (more run flags,
 # e.g. "--num_threads 1" to leave a core free; mind that every run records them and the report averages runs only of
-# one protocol), GRIDS (which grids to run, default "compare sensitivity seeds width"), WIDTH (the full-width
+# one protocol), GRIDS (which grids to run, default "compare sensitivity seeds width stream"), WIDTH (the full-width
 # grid's folder: runs/ and its report, default docs/results/fmnist_nf64), PARALLEL (1: a grid's run.py commands at
-# once, a launcher each; on one GPU give each its share in LAUNCH's --max_per_gpu), KEPT (folders whose report alone
+# once, a launcher each; on one GPU give each its share in LAUNCH's --max_per_gpu), STREAM (the stream grid's folder,
+# default docs/results/fmnist_stream), EVAL_EVERY and EVAL_SUBSET (its evaluation schedule, default 10 and 300), KEPT (folders whose report alone
 # the report step rebuilds from their runs/, which no grid here makes any more; default docs/results/fmnist_full, the
 # first round's full-data side check: er_ace 500, BN against AdaB2N at kappa 0.4, lambd 0.01, ada_t0 0, --nf 20, all
 # 6000 images per class, 3 seeds, run on a lent H200 by commit 190cb13's benchmarks/gpu.sh FULLDATA=1 before ER-ACE's
@@ -36,8 +41,11 @@ RESULTS=${RESULTS:-docs/results/fmnist/runs}
 SPC=${SPC:-1000}
 STEP=${STEP:-all}
 LAUNCH=${LAUNCH:---cpu_workers 2}
-GRIDS=${GRIDS:-compare sensitivity seeds width}
+GRIDS=${GRIDS:-compare sensitivity seeds width stream}
 WIDTH=${WIDTH:-docs/results/fmnist_nf64}
+STREAM=${STREAM:-docs/results/fmnist_stream}
+EVAL_EVERY=${EVAL_EVERY:-10}
+EVAL_SUBSET=${EVAL_SUBSET:-300}
 REPORT=${REPORT:-docs/results/fmnist}  # tables and plots
 KEPT=${KEPT-docs/results/fmnist_full}
 PAGE=${PAGE:-docs/results.md}          # the page they are published on
@@ -53,16 +61,19 @@ COMMON=("${BASE[@]}" --kappas 0.1 0.4 0.7 1.0 --lambdas 0.01 0.1 1 10 --extra "$
   --logdir "$RESULTS/logs")
 WIDE=("${BASE[@]}" --extra "${EXTRA/--nf 20/--nf 64}" --results_path "$WIDTH/runs" --logdir "$WIDTH/runs/logs"
   --methods BN AdaB2N --num_seeds 3)
+ONLINE=("${BASE[@]}" --extra "$EXTRA --eval_every $EVAL_EVERY --eval_subset $EVAL_SUBSET" --num_seeds 5
+  --results_path "$STREAM/runs" --logdir "$STREAM/runs/logs")
 TUNE=("${COMMON[@]}" --buffer_sizes 200 500 --methods BN BN-joint GN CN BRN AdaB2N AdaB2N-renorm --num_seeds 3
   --tune validation --tune_seeds 0)
-# Two results folders: the comparison's (RESULTS) and the full width's (WIDTH/runs), each with its own report and its
-# own generated part of the page.
-main_grids=() wide_grids=()
+# Three results folders: the comparison's (RESULTS), the full width's (WIDTH/runs) and the stream's (STREAM/runs),
+# each with its own report and its own generated part of the page.
+main_grids=() wide_grids=() stream_grids=()
 for grid in $GRIDS; do
   case "$grid" in
     compare | sensitivity | seeds) main_grids+=("$grid") ;;
     width) wide_grids+=("$grid") ;;
-    *) echo "unknown grid '$grid' in GRIDS; use compare, sensitivity, seeds and/or width" >&2; exit 2 ;;
+    stream) stream_grids+=("$grid") ;;
+    *) echo "unknown grid '$grid' in GRIDS; use compare, sensitivity, seeds, width and/or stream" >&2; exit 2 ;;
   esac
 done
 chosen() {  # model buffer: AdaB2N's validation choice in that column of the comparison's report, as run.py flags
@@ -78,12 +89,21 @@ if len(rows) != 1:
 print("--kappas", rows[0]["kappa"], "--lambdas", rows[0]["lambd"], "--ada_t0s", rows[0]["ada_t0"])' \
     "$REPORT/summary.csv" "$1" "$2"
 }
-choose_width() {  # the width grid's configurations, from REPORT's summary.csv as it is now
-  (( ${#wide_grids[@]} )) || return 0
-  wide_er_ace=$(chosen er_ace 500) || exit 2
-  wide_derpp=$(chosen derpp 500) || exit 2
+declare -A stream_chosen
+choose() {  # the width and stream grids' AdaB2N configurations, from REPORT's summary.csv as it is now
+  if (( ${#wide_grids[@]} )); then
+    wide_er_ace=$(chosen er_ace 500) || exit 2
+    wide_derpp=$(chosen derpp 500) || exit 2
+  fi
+  if (( ${#stream_grids[@]} )); then
+    for model in er_ace derpp; do
+      for buffer in 200 500; do
+        stream_chosen[$model $buffer]=$(chosen $model $buffer) || exit 2
+      done
+    done
+  fi
 }
-[[ "$STEP" == report ]] || choose_width  # before any grid runs: fail now, not after hours of the other grids
+[[ "$STEP" == report ]] || choose  # before any grid runs: fail now, not after hours of the other grids
 
 # One run.py command a line (shell-quoted): each grid and its models, buffers and ada_t0 values.
 line() { printf '%q ' "$PYTHON" run.py "$@"; echo; }
@@ -104,6 +124,15 @@ commands() {  # grid...
         line "${WIDE[@]}" --models er_ace --buffer_sizes 500 $wide_er_ace
         # shellcheck disable=SC2086
         line "${WIDE[@]}" --models derpp --buffer_sizes 500 $wide_derpp ;;
+      stream)
+        line "${ONLINE[@]}" --methods BN CN TBBN --models er_ace derpp --buffer_sizes 200 500
+        for model in er_ace derpp; do
+          for buffer in 200 500; do
+            # shellcheck disable=SC2086  # the chosen configuration is a list of flags
+            line "${ONLINE[@]}" --methods AdaB2N --models $model --buffer_sizes $buffer ${stream_chosen[$model $buffer]} \
+              --stack 5
+          done
+        done ;;
     esac
   done
 }
@@ -147,11 +176,13 @@ publish() {  # folder report part grid...: a folder's report and its part of the
 if [[ "$STEP" == all || "$STEP" == grid ]]; then
   sitting "$RESULTS" "${main_grids[@]}"
   sitting "$WIDTH/runs" "${wide_grids[@]}"
+  sitting "$STREAM/runs" "${stream_grids[@]}"
 fi
 if [[ "$STEP" == all || "$STEP" == report ]]; then
   publish "$RESULTS" "$REPORT" "" "${main_grids[@]}"
-  choose_width  # read again from the report just rebuilt: the page follows the runs, not an older summary.csv
+  choose  # read again from the report just rebuilt: the page follows the runs, not an older summary.csv
   publish "$WIDTH/runs" "$WIDTH" width "${wide_grids[@]}"
+  publish "$STREAM/runs" "$STREAM" stream "${stream_grids[@]}"
   for folder in $KEPT; do "$PYTHON" -m utils.report "$folder/runs" --out "$folder" >/dev/null; done
 fi
 exit "$rc"

@@ -184,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     _binary(m, "--disable_log", "write no results file", roles)
     _binary(m, "--ignore_other_metrics", "skip the evaluations that forward transfer needs")
 
+    e = p.add_argument_group("evaluation along the stream (the anytime curve: AAA, min-ACC, WC-ACC)")
+    help_text = "also evaluate every N training steps, and at each task end, on --eval_subset test images of every "
+    _flag(e, "--eval_every", PROTOCOL, type=int, default=0, help=help_text + "task seen so far (0: off)")
+    help_text = "test images per task that --eval_every scores: drawn once from the seed, the same for every method"
+    _flag(e, "--eval_subset", PROTOCOL, type=int, default=500, help=help_text)
+
     s = p.add_argument_group("speed (off by default: each changes the arithmetic or costs compile time)")
     help_text = "bf16 autocast for forward passes (CUDA; CPUs with bf16); norm statistics stay float32"
     _binary(s, "--amp", help_text, PROTOCOL)
@@ -273,6 +279,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("batch_size", "minibatch_size", "n_epochs", "eval_batch_size", "nf", "num_threads"):
         _check(f"--{name}", getattr(args, name), positive)
     _check("--checkpoint_every", args.checkpoint_every, at_least(0))
+    _check("--eval_every", args.eval_every, at_least(0))
+    _check("--eval_subset", args.eval_subset, positive)
     if args.resume and not args.run_name:
         raise UserError("--resume needs the --run_name of the run to continue")
     if args.resume and args.disable_log:

@@ -8,7 +8,8 @@ transfer needs, as in mammoth.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,3 +56,39 @@ def forward_transfer(acc: Matrix, random_acc: Sequence[float] | None) -> float |
     if random_acc is None or len(a) < 2 or np.isnan([a[j - 1, j] for j in range(1, len(a))]).any():
         return None
     return float(np.mean([a[j - 1, j] - random_acc[j] for j in range(1, len(a))]))
+
+
+Curve = Sequence[Mapping[str, Any]]
+"""An anytime curve: points ``{"step", "task", "end", "class_il": [...], "task_il": [...]}`` in stream order, the
+accuracy on every task seen so far (``0 .. task``) while training ``task``; ``end``: the point after its last step."""
+
+
+def anytime_metrics(curve: Curve, n_tasks: int, setting: str = "class_il") -> dict[str, list[float | None]]:
+    """AAA, min-ACC and WC-ACC after each task ``k`` (``None`` where the curve does not reach task ``k``'s end: the
+    run stopped before).
+
+    * ``aaa``: average anytime accuracy (Caccia et al., ICLR 2022): the mean over the points up to task ``k``'s end
+      of the average accuracy on the tasks seen at that point.
+    * ``min_acc`` (De Lange et al., ICLR 2023): the mean over the earlier tasks ``i < k`` of task ``i``'s lowest
+      accuracy at the points after its training ended (during tasks ``i + 1 .. k``); ``None`` for ``k = 0``.
+    * ``wc_acc``: worst-case accuracy, ``(1 / (k + 1)) · acc_k + (1 − 1 / (k + 1)) · min-ACC`` with ``acc_k`` task
+      ``k``'s accuracy at its end (``k`` 0-based: ``k + 1`` tasks seen); for ``k = 0`` it is ``acc_0``.
+    """
+    out: dict[str, list[float | None]] = {"aaa": [], "min_acc": [], "wc_acc": []}
+    for k in range(n_tasks):
+        points = [p for p in curve if p["task"] <= k]
+        ends = [p for p in points if p["task"] == k and p["end"]]
+        if not ends:
+            for name in out:
+                out[name].append(None)
+            continue
+        end = ends[0]
+        aaa = float(np.mean([np.mean(p[setting]) for p in points]))
+        lows = [min(p[setting][i] for p in points if p["task"] > i) for i in range(k)]
+        min_acc = float(np.mean(lows)) if lows else None
+        current = float(end[setting][k])
+        wc_acc = current if min_acc is None else current / (k + 1) + (1 - 1 / (k + 1)) * min_acc
+        out["aaa"].append(aaa)
+        out["min_acc"].append(min_acc)
+        out["wc_acc"].append(wc_acc)
+    return out

@@ -18,7 +18,10 @@ Format (``format_version`` 1)::
           # before it is trained, for forward transfer)
       "random_accuracy": {"class_il": [...], "task_il": [...]} | null,
       "final": {"class_il_avg", "task_il_avg", "forgetting", "bwt", "fwt",
-                "task_il_forgetting", "task_il_bwt", "task_il_fwt"},
+                "task_il_forgetting", "task_il_bwt", "task_il_fwt",
+                "aaa", "min_acc", "wc_acc", "task_il_aaa", "task_il_min_acc", "task_il_wc_acc"},
+          # the last six after the last completed task, from the anytime curve; null without --eval_every (files
+          # before them lack them)
       "norm_diagnostics": null | [per task: {"layers": {name: distances}, "summary": means}],
           # with --diagnose_norm 1: RMS distances of each layer's running mean/var to the
           # task-balanced and to the latest task's population statistics (utils/norm_diagnostics.py)
@@ -26,6 +29,11 @@ Format (``format_version`` 1)::
           # what the model's steps return, read at every 25th step of an epoch and at its end (joint's stream
           # steps do not train: zeros); null in files of runs resumed from a checkpoint older than the curve
           # (checkpoint format 1); files before it lack it
+      "anytime": null | {"curve": [{"step", "task", "end", "class_il": [...], "task_il": [...]}, ...],
+                         "class_il": {"aaa": [...], "min_acc": [...], "wc_acc": [...]}, "task_il": {...}},
+          # with --eval_every N: every N steps and at each task end (end: true), the accuracy on --eval_subset test
+          # images of each task seen so far; the metrics after each task (utils/metrics.py: anytime_metrics); files
+          # before it lack it
       "parameters_sha256": SHA-256 of the trained network's parameters | null (a run that did not complete),
       "timing": {"train_seconds": [...], "eval_seconds": [...], "total_seconds"},
       "environment": {"python", "torch", "torchvision", "numpy", "device", "threads", "cpu", "cpu_capability",
@@ -56,7 +64,7 @@ import torch
 
 from utils.core.atomic import atomic_write_bytes
 from utils.core.run_files import RESULTS_FORMAT_VERSION
-from utils.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer
+from utils.metrics import anytime_metrics, average_accuracy, backward_transfer, forgetting, forward_transfer
 from utils.training import History
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -114,12 +122,35 @@ def cpu_environment() -> dict[str, Any]:
     }
 
 
+ANYTIME_METRICS = ("aaa", "min_acc", "wc_acc")
+SETTINGS = ("class_il", "task_il")
+
+
+def anytime_results(history: History) -> dict[str, Any] | None:
+    """The anytime curve and, per setting, AAA, min-ACC and WC-ACC after each task (``utils.metrics``); ``None``
+    without ``--eval_every``."""
+    if not history.anytime:
+        return None
+    return {"curve": history.anytime, **{s: anytime_metrics(history.anytime, history.n_tasks, s) for s in SETTINGS}}
+
+
+def _final_anytime(history: History, k: int) -> dict[str, float | None]:
+    """AAA, min-ACC and WC-ACC after the last completed task (``task_il_`` prefixed for task-IL); ``None`` without
+    ``--eval_every``."""
+    anytime = anytime_results(history)
+    out: dict[str, float | None] = {}
+    for setting, prefix in zip(SETTINGS, ("", "task_il_"), strict=True):
+        for name in ANYTIME_METRICS:
+            out[prefix + name] = None if anytime is None or k == 0 else anytime[setting][name][k - 1]
+    return out
+
+
 def final_metrics(history: History) -> dict[str, float | None]:
     """Metrics over the tasks completed so far (all of them, unless the run stopped early)."""
     k = len(history.eval_seconds)
     names = ("class_il_avg", "task_il_avg", "forgetting", "bwt", "fwt", "task_il_forgetting", "task_il_bwt")
     if k == 0:
-        return dict.fromkeys((*names, "task_il_fwt"))
+        return dict.fromkeys((*names, "task_il_fwt")) | _final_anytime(history, k)
     class_il = [row[:k] for row in history.class_il[:k]]
     task_il = [row[:k] for row in history.task_il[:k]]
     return {
@@ -131,6 +162,7 @@ def final_metrics(history: History) -> dict[str, float | None]:
         "task_il_forgetting": forgetting(task_il),
         "task_il_bwt": backward_transfer(task_il),
         "task_il_fwt": forward_transfer(task_il, history.random_task_il),
+        **_final_anytime(history, k),
     }
 
 
@@ -152,6 +184,7 @@ def build_results(
         "final": final_metrics(history),
         "norm_diagnostics": history.norm_diagnostics or None,
         "loss_curve": history.loss_curve,
+        "anytime": anytime_results(history),
         "parameters_sha256": history.parameters_sha256,
         "timing": {
             "train_seconds": history.train_seconds,

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from datasets.utils.continual_dataset import ContinualDataset, TaskData
 from models.utils.continual_model import ContinualModel
 from utils.checkpoint import comparable_args, get_rng_state, save_checkpoint, set_rng_state
+from utils.evaluation import anytime_point, evaluate_members, evaluation_subset
 from utils.norm_diagnostics import diagnose
 from utils.stream import batch_indices, epoch_order, n_batches
 from utils.wandb_logger import WandbLogger
@@ -56,45 +57,13 @@ class History:
     """``[step, loss]`` at every read of the loss (every ``LOSS_READ_EVERY``-th step of an epoch and its last)."""
     parameters_sha256: str | None = None
     """The trained network's parameters, digested when the run completes (``parameter_digest``)."""
+    anytime: list[dict] = field(default_factory=list)
+    """With ``--eval_every``: the anytime curve (``utils.metrics.Curve``) on each task's evaluation subset."""
 
     def __post_init__(self) -> None:
         if not self.class_il:
             self.class_il = [[None] * self.n_tasks for _ in range(self.n_tasks)]
             self.task_il = [[None] * self.n_tasks for _ in range(self.n_tasks)]
-
-
-@torch.no_grad()
-def evaluate_members(
-    model: ContinualModel, datasets: list[ContinualDataset], tasks: list[int], batch_size: int, debug: bool = False
-) -> list[tuple[list[float], list[float]]]:
-    """Each member's class-IL and task-IL accuracy (percent) on its own test sets of ``tasks``.
-
-    The members are scored one by one as the ordinary networks they are (``StackedNet.member``; a run alone: its
-    network): the arithmetic of each run alone, and on the CPU, where a grouped convolution over a large test batch
-    is slower than K plain ones, faster too (on a GPU not yet measured). ``debug``
-    (``--debug_mode``) scores only the first batch of each test set, as mammoth's debug mode.
-    """
-    was_training = model.net.training
-    model.net.eval()
-    nets = (model.member_net(k) for k in range(len(datasets)))
-    scores: list[tuple[list[float], list[float]]] = []
-    for net, dataset in zip(nets, datasets, strict=True):
-        correct = torch.zeros(len(tasks), 2, dtype=torch.long, device=dataset.device)
-        sizes = []
-        for i, t in enumerate(tasks):
-            data, (lo, hi) = dataset.task(t), dataset.task_classes(t)
-            n = min(len(data.test_y), batch_size) if debug else len(data.test_y)
-            for start in range(0, n, batch_size):
-                x, y = data.test_x[start : start + batch_size], data.test_y[start : start + batch_size]
-                out = model(dataset.test_transform(x), net=net)
-                correct[i, 0] += (out.argmax(-1) == y).sum()
-                correct[i, 1] += (out[..., lo:hi].argmax(-1) + lo == y).sum()
-            sizes.append(max(n, 1))
-        percent = correct.double() * 100.0 / torch.tensor(sizes, dtype=torch.double, device=correct.device)[:, None]
-        class_il, task_il = percent.T.tolist()
-        scores.append((class_il, task_il))
-    model.net.train(was_training)
-    return scores
 
 
 class Interrupted(Exception):
@@ -162,6 +131,7 @@ class Trainer:
         self.stopped: dict[int, NonFiniteLoss] = {}
         self.pos = Position()
         self._signal: int | None = None
+        self._subsets: list | None = None
 
     @property
     def history(self) -> History:
@@ -228,6 +198,23 @@ class Trainer:
         args = self.args
         return evaluate_members(self.model, self.datasets, tasks, args.eval_batch_size, bool(args.debug_mode))
 
+    def _evaluate_anytime(self, task: int, end: bool, first_bad: Tensor | None = None) -> None:
+        """A point of each active member's anytime curve (``--eval_every``): its accuracy on the evaluation subset of
+        every task seen so far; logged to wandb as ``anytime/...``. ``first_bad``: a member whose loss has turned
+        non-finite since the last read (it stops at the next) gets no point."""
+        if self._subsets is None:
+            size, members = self.args.eval_subset, zip(self.datasets, self.member_args, strict=True)
+            self._subsets = [evaluation_subset(d, size, a.seed) for d, a in members]
+        args, tasks = self.args, list(range(task + 1))
+        scores = evaluate_members(self.model, self.datasets, tasks, args.eval_batch_size, False, self._subsets)
+        bad = [-1] * len(self.datasets) if first_bad is None else first_bad.tolist()
+        for k in (k for k in self.active if bad[k] < 0):
+            point = anytime_point(self.pos.step, task, end, scores[k])
+            self.histories[k].anytime.append(point)
+            values = {f"anytime/{s}_{j}": a for s in ("class_il", "task_il") for j, a in enumerate(point[s])}
+            values |= {f"anytime/{s}_avg": sum(point[s]) / len(point[s]) for s in ("class_il", "task_il")}
+            self.loggers[k].log(values, step=self.pos.step)
+
     def _run(self) -> None:
         args, n_tasks = self.args, self.dataset.N_TASKS
         if self.pos.step == 0 and self.model.current_task == 0 and not args.ignore_other_metrics:
@@ -251,6 +238,8 @@ class Trainer:
             train_seconds = time.perf_counter() - start
             start = time.perf_counter()
             scores = self._evaluate(list(range(t + 1)))
+            if args.eval_every:
+                self._evaluate_anytime(t, end=True)
             eval_seconds = time.perf_counter() - start
             for k in self.active:
                 self._record_task(k, t, scores[k], train_seconds, eval_seconds)
@@ -308,6 +297,9 @@ class Trainer:
                     first_bad = torch.where(torch.isfinite(loss.reshape(-1)) | (first_bad >= 0), first_bad, pos.step)
                     if pos.batch % LOSS_READ_EVERY == 0 or pos.batch == per_epoch:
                         self._read_loss(loss, first_bad, bar, t)
+                    last = pos.batch == per_epoch and pos.epoch == args.n_epochs - 1  # the task's end evaluates
+                    if args.eval_every and pos.step % args.eval_every == 0 and not last and self.active:
+                        self._evaluate_anytime(t, end=False, first_bad=first_bad)
                     if args.checkpoint_every and pos.step % args.checkpoint_every == 0:
                         self.save()
                     self._check_signal()

@@ -75,9 +75,10 @@ class Pooled:
     detectable: float | None
 
 
-def pooled(report: Report, method: str) -> Pooled | None:
-    """The method's report cells against BN's, pooled over columns; a cell whose configuration was picked on its
-    own test runs among several is left out (its gain is optimistic by construction)."""
+def pooled(report: Report, method: str, metric: str = "class_il") -> Pooled | None:
+    """The method's report cells against BN's in ``metric`` (a :class:`Record` field), pooled over columns; a cell
+    whose configuration was picked on its own test runs among several is left out (its gain is optimistic by
+    construction)."""
     diffs: list[float] = []
     columns = 0
     for column in report.columns:
@@ -86,7 +87,7 @@ def pooled(report: Report, method: str) -> Pooled | None:
             continue
         if entry.selected_on == ON_TEST and len(report.sensitivity.get((method, column), {})) > 1:
             continue
-        pairs = paired_diffs(entry.runs, base.runs)
+        pairs = paired_diffs(entry.runs, base.runs, metric)
         columns += bool(pairs)
         diffs += pairs
     if not diffs:

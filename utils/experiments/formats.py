@@ -15,7 +15,7 @@ from typing import Any
 
 from utils.core.atomic import atomic_write_bytes
 from utils.core.run_files import PARTIAL_SUFFIX
-from utils.experiments import evidence
+from utils.experiments import anytime, evidence
 from utils.experiments.methods import BASELINE
 from utils.experiments.records import DIVERGED, Stat, describe_stop
 from utils.experiments.tables import ON_TEST, Column, Entry, Gain, Report, final_drift, paired_gain
@@ -117,6 +117,7 @@ def markdown(report: Report, title: str) -> str:
         out.append("")
     out += _gain_table(report, header, rule)
     out += evidence.markdown(report)
+    out += anytime.markdown(report, header, rule)
     out += _drift_tables(report, header, rule)
     tuned = [(m, c) for m in report.methods for c in report.columns if (m, c) in report.sensitivity]
     if tuned:

@@ -18,7 +18,7 @@ from utils.experiments.records import Record
 from utils.experiments.tables import Column, Entry, Report
 
 
-def _save_figure(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     atomic_write_bytes(path, buffer.getvalue())
@@ -39,7 +39,7 @@ def _mean_matrix(runs: Sequence[Record]) -> np.ndarray:
     return np.where(np.tril(np.ones((size, size), dtype=bool)), mean, np.nan)
 
 
-def _label(method: str, entry: Entry) -> str:
+def label(method: str, entry: Entry) -> str:
     return f"{method} ({entry.config.legend()})" if entry.config else method
 
 
@@ -58,7 +58,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
         curves = np.array([_avg_curve(r.matrix[:size]) for r in e.runs])
         x = np.arange(1, size + 1)
         mean = curves.mean(0)
-        ax.plot(x, mean, marker="o", label=_label(m, e), color=method_colour(m))
+        ax.plot(x, mean, marker="o", label=label(m, e), color=method_colour(m))
         if len(curves) > 1:
             std = curves.std(0, ddof=1)
             ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=method_colour(m))
@@ -67,7 +67,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    paths.append(_save_figure(fig, out_dir / f"accuracy_curve__{column.slug}.png"))
+    paths.append(save_figure(fig, out_dir / f"accuracy_curve__{column.slug}.png"))
 
     fig = Figure(figsize=(3.2 * len(shown) + 0.8, 3.4))
     axes = fig.subplots(1, len(shown), squeeze=False)[0]
@@ -85,7 +85,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="class-IL accuracy (%)")
     fig.suptitle(column.label)
-    paths.append(_save_figure(fig, out_dir / f"accuracy_matrix__{column.slug}.png"))
+    paths.append(save_figure(fig, out_dir / f"accuracy_matrix__{column.slug}.png"))
 
     with_drift = [(m, e, [r for r in e.runs if r.drift]) for m, e in shown]
     with_drift = [(m, e, runs) for m, e, runs in with_drift if runs]
@@ -101,7 +101,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
                     values = np.array([[d.get(key, np.nan) for d in r.drift[:size]] for r in runs])  # type: ignore[index]
                     ax.plot(np.arange(1, size + 1), np.nanmean(values, 0), style, color=color, marker="o")
                     ax.set_xticks(np.arange(1, size + 1))
-                ax.plot([], [], color=color, label=_label(m, e))
+                ax.plot([], [], color=color, label=label(m, e))
             ax.plot([], [], "k-", label="to task-balanced statistics")
             ax.plot([], [], "k--", label="to latest task's statistics")
             ax.set(xlabel="after task", ylabel=f"RMS distance of running {stat}", title=f"running {stat}")
@@ -109,5 +109,5 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
         axes[0].legend(fontsize="small")
         fig.suptitle(f"{column.label}: normalization statistics drift")
         fig.tight_layout()
-        paths.append(_save_figure(fig, out_dir / f"norm_drift__{column.slug}.png"))
+        paths.append(save_figure(fig, out_dir / f"norm_drift__{column.slug}.png"))
     return paths

@@ -65,6 +65,12 @@ class Record:
     seconds: float = 0.0
     diverged: bool = False
     stopped: dict[str, Any] | None = None
+    aaa: float | None = None
+    min_acc: float | None = None
+    wc_acc: float | None = None
+    """Class-IL AAA, min-ACC and WC-ACC after the last task (``--eval_every`` runs; ``None`` otherwise)."""
+    anytime: list[dict[str, Any]] | None = None
+    """The anytime curve (``utils.metrics.Curve``) of an ``--eval_every`` run."""
 
     @property
     def key(self) -> GridKey:
@@ -148,6 +154,10 @@ def _record(path: Path, doc: dict[str, Any], diverged: bool = False) -> Record:
         seconds=float((doc.get("timing") or {}).get("total_seconds", 0.0)),
         diverged=diverged,
         stopped=stopped if isinstance(stopped, dict) else None,
+        aaa=final.get("aaa"),
+        min_acc=final.get("min_acc"),
+        wc_acc=final.get("wc_acc"),
+        anytime=None if diverged else (doc.get("anytime") or {}).get("curve"),
     )
 
 

@@ -21,7 +21,9 @@ each diverged run stopped.
 
 Writes ``report.md`` (also printed), ``summary.csv``, ``sensitivity.csv``, ``results.tex`` and PNG plots: average
 class-IL accuracy after each task, the accuracy matrix, and — for runs with ``--diagnose_norm 1`` — the distance of
-the running statistics to the task-balanced and to the latest task's statistics after each task.
+the running statistics to the task-balanced and to the latest task's statistics after each task; for runs with
+``--eval_every``, AAA, min-ACC and WC-ACC tables and each task's accuracy along the stream
+(``utils/experiments/anytime.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.core.atomic import atomic_write_bytes
+from utils.experiments.anytime import plot_stream
 from utils.experiments.formats import latex, markdown, write_csv, write_sensitivity_csv
 from utils.experiments.plots import plot_column
 from utils.experiments.records import load_records
@@ -73,7 +76,7 @@ def write_report(root: Path, out_dir: Path | None = None, plots: bool = True) ->
     atomic_write_bytes(files.latex, latex(report).encode())
     if plots:
         for column in report.columns:
-            files.plots += plot_column(report, column, out_dir)
+            files.plots += plot_column(report, column, out_dir) + plot_stream(report, column, out_dir)
     return files
 
 
