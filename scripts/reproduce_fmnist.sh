@@ -18,8 +18,9 @@
 #      500 and derpp 500 (on a lent GPU with SPC=full: all 6000 images per class);
 #   5. accuracy during the stream (issue 24), in its own folder STREAM: BN, CN, TBBN and AdaB2N at its validation
 #      choice in each column (read from REPORT's summary.csv), the four columns, seeds 0-4, evaluated every
-#      EVAL_EVERY steps on EVAL_SUBSET test images a task (AAA, min-ACC, WC-ACC, the stability gap); AdaB2N's five
-#      seeds of a column train as one stack (run.py --stack 5), which pays for AdaB2N's many small operations.
+#      EVAL_EVERY steps on EVAL_SUBSET test images a task (AAA, min-ACC, WC-ACC, the stability gap). One run per
+#      process: on this CPU a stack trains at 0.85-1.11x the speed of separate runs (BENCHMARKS.md), so stacks do not
+#      pay here; on a GPU add --stack to LAUNCH.
 # Environment: RESULTS (results folder, default docs/results/fmnist/runs: the published runs; with another, also
 # set REPORT, PAGE and WIDTH so the published reports and page are not overwritten; run names do not say SPC, so
 # runs of another SPC need folders of their own too), LAUNCH (run.py's execution flags, default
@@ -129,8 +130,7 @@ commands() {  # grid...
         for model in er_ace derpp; do
           for buffer in 200 500; do
             # shellcheck disable=SC2086  # the chosen configuration is a list of flags
-            line "${ONLINE[@]}" --methods AdaB2N --models $model --buffer_sizes $buffer ${stream_chosen[$model $buffer]} \
-              --stack 5
+            line "${ONLINE[@]}" --methods AdaB2N --models $model --buffer_sizes $buffer ${stream_chosen[$model $buffer]}
           done
         done ;;
     esac
