@@ -11,6 +11,7 @@ import pytest
 from test_report import write_run
 
 from utils.args import parse_args, parse_members
+from utils.experiments import results_page
 from utils.experiments.report import write_report
 from utils.main import run
 from utils.metrics import anytime_metrics
@@ -116,6 +117,8 @@ def test_the_report_tabulates_the_stream_metrics_and_their_paired_gains(tmp_path
     gains = " | ".join(["+2.00 [+2.00, +2.00]", *["+5.00 [+5.00, +5.00]"] * 3])
     assert f"| CN | 3 | {gains} |" in text
     assert (tmp_path / "report" / "stream_accuracy__seq-fmnist_er_ace_200.png").is_file()
+    page = results_page.render(tmp_path, tmp_path / "report", tmp_path / "results.md", "python run.py")
+    assert "](report/stream_accuracy__seq-fmnist_er_ace_200.png)" in page  # the results page shows the figure
 
 
 def test_a_report_without_anytime_curves_has_no_stream_section(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def test_run_without_api_key_logs_offline(no_wandb_credentials: Path, tmp_path: 
     argv = [
         "--dataset", "seq-fmnist", "--model", "sgd", "--lr", "0.03", "--bs", "10", "--epochs", "1", "--nf", "8",
         "--samples_per_class", "50", "--validation", "1", "--debug_mode", "1", "--non_verbose", "1",
-        "--device", "cpu", "--num_threads", "1", "--seed", "0",
+        "--device", "cpu", "--num_threads", "1", "--seed", "0", "--eval_every", "2", "--eval_subset", "4",
         "--results_path", str(results), "--run_name", "wandb_run",
     ]  # fmt: skip
     env = dict(os.environ)
@@ -66,7 +66,8 @@ def test_run_without_api_key_logs_offline(no_wandb_credentials: Path, tmp_path: 
     assert (results / "class-il" / "seq-fmnist" / "sgd" / "wandb_run.json").is_file()
     runs = list((results / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and runs[0].is_dir(), list((results / "wandb").iterdir())
-    assert len(list(runs[0].glob("*.wandb"))) == 1
+    (log,) = runs[0].glob("*.wandb")
+    assert b"anytime/class_il_avg" in log.read_bytes()  # the anytime curve (--eval_every) is logged
     assert not (no_wandb_credentials / ".netrc").exists(), "no login was attempted"
 
 

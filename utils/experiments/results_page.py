@@ -115,11 +115,13 @@ def tables(report_dir: Path) -> list[str]:
 
 
 def plots(report_dir: Path, page: Path) -> list[str]:
-    """Links to the accuracy-after-each-task and normalisation-drift plots, relative to the page."""
+    """Links to the accuracy-after-each-task, normalisation-drift and (``--eval_every`` runs) stream-accuracy plots,
+    relative to the page."""
     lines = ["## Plots", ""]
     for kind, title in (
         ("accuracy_curve", "Average class-IL accuracy after each task"),
         ("norm_drift", "Normalization-statistics drift"),
+        ("stream_accuracy", "Each task's accuracy along the stream"),
     ):
         for png in sorted(report_dir.glob(f"{kind}__*.png")):
             column = png.stem.split("__", 1)[1]
