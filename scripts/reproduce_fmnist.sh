@@ -31,7 +31,7 @@
 # grid's folder: runs/ and its report, default docs/results/fmnist_nf64), PARALLEL (1: a grid's run.py commands at
 # once, a launcher each; on one GPU give each its share in LAUNCH's --max_per_gpu), STREAM (the stream grid's folder,
 # default docs/results/fmnist_stream), EVAL_EVERY and EVAL_SUBSET (its evaluation schedule, default 20 steps and 300
-# images a task: about 45 000 images scored along a run, 30 % more time on this CPU), KEPT (folders whose report alone
+# images a task: about 45 000 images scored along a run, some 40 % more time on this CPU), KEPT (folders whose report alone
 # the report step rebuilds from their runs/, which no grid here makes any more; default docs/results/fmnist_full, the
 # first round's full-data side check: er_ace 500, BN against AdaB2N at kappa 0.4, lambd 0.01, ada_t0 0, --nf 20, all
 # 6000 images per class, 3 seeds, run on a lent H200 by commit 190cb13's benchmarks/gpu.sh FULLDATA=1 before ER-ACE's
