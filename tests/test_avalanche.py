@@ -92,10 +92,10 @@ def record_tasks(net: nn.Module, plugin: TaskAwareNormPlugin) -> list[tuple[int,
     first = adab2n_layers(net)[0]
     hand_on = first.set_batch_tasks
 
-    def spy(task_ids: Tensor | None, counts: Tensor | None = None) -> None:
-        assert task_ids is not None
+    def spy(task_ids: Tensor | None, counts: Tensor | None = None, stream: int | None = None) -> None:
+        assert task_ids is not None and stream is None
         received.append((plugin.current_task, task_ids.clone()))
-        hand_on(task_ids, counts)
+        hand_on(task_ids, counts, stream)
 
     first.set_batch_tasks = spy  # type: ignore[method-assign]
     return received
