@@ -271,6 +271,17 @@ def test_the_plugin_needs_a_task_aware_layer(fmnist: ContinualDataset) -> None:
         cl.train(benchmark.train_stream[0], eval_streams=[])
 
 
+def test_tbbn_trains_the_first_experience_and_refuses_the_next_without_the_stream_size(
+    fmnist: ContinualDataset,
+) -> None:
+    """The plugin cannot say which samples are the stream's, which TBBN needs from its second task on."""
+    stream = avalanche_benchmark(fmnist, test_samples_per_class=5).train_stream
+    cl = strategy(Naive, convert_norm(ResNet18(10, nf=8, in_channels=1), "TBBN"), [TaskAwareNormPlugin()])
+    cl.train(stream[0], eval_streams=[])
+    with pytest.raises(ValueError, match=r"^TBBN: a training forward after the first task needs the stream batch"):
+        cl.train(stream[1], eval_streams=[])
+
+
 def test_classes_that_reappear_are_refused(fmnist: ContinualDataset) -> None:
     """A stream of plain datasets (no classes timeline: the classes come from the targets) repeating class 0/1."""
     stream = avalanche_benchmark(fmnist, test_samples_per_class=5).train_stream
