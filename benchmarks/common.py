@@ -84,16 +84,17 @@ def after_one_task(net: torch.nn.Module, nl: str, tasks: int) -> torch.nn.Module
 
 
 def replay_step(
-    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, tasks: int
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, tasks: int, stream: int
 ) -> Callable[[], None]:
-    """Forward + backward of ``net`` on a batch, task ids handed to its task-aware layers first and their
-    regularisers (weight 0.1) in the loss. A stack: ``x [K, B, ...]``, ``y`` and ``ids [K, B]``."""
+    """Forward + backward of ``net`` on a batch whose first ``stream`` samples are the stream batch, task ids and
+    that size handed to its task-aware layers first and their regularisers (weight 0.1) in the loss. A stack:
+    ``x [K, B, ...]``, ``y`` and ``ids [K, B]``."""
     layers = task_aware_layers(net)
     counts = task_counts(ids, tasks)
 
     def step() -> None:
         for layer in layers:
-            layer.set_batch_tasks(ids, counts)
+            layer.set_batch_tasks(ids, counts, stream)
         out = net(x)
         loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
         losses = [layer.norm_loss.sum() for layer in layers if layer.norm_loss is not None]

@@ -1,11 +1,12 @@
 """Milliseconds of one training step of K stacked networks, per member, against one network alone.
 
-Both get what a replay step gives AdaB²N (a joint batch of ``--batch`` images, half from task 0 and half from task
-1, after one completed task; the regulariser joins the loss): the stack ``[K, batch]`` images, one member's worth
-each, as ``StackedNet`` takes them. Forward + backward, interleaved (stack, alone, stack, alone, ...) in one
-process at one thread count, so that drift cancels; the medians are reported. Where ``per_member_ratio`` (the
-stack's step / K over the lone network's) is below 1, stacking saves arithmetic time at that thread count; whole
-runs add start-up and evaluation (``benchmarks/stack.py``). The last output line is one JSON object.
+Both get what a replay step gives AdaB²N (a joint batch of ``--batch`` images, the first half from task 1, the
+stream, the second half replayed from task 0, after one completed task; the regulariser joins the loss): the stack
+``[K, batch]`` images, one member's worth each, as ``StackedNet`` takes them. Forward + backward, interleaved
+(stack, alone, stack, alone, ...) in one process at one thread count, so that drift cancels; the medians are
+reported. Where ``per_member_ratio`` (the stack's step / K over the lone network's) is below 1, stacking saves
+arithmetic time at that thread count; whole runs add start-up and evaluation (``benchmarks/stack.py``). The last
+output line is one JSON object.
 
     python benchmarks/stack_step.py --members 8 [--nl AdaB2N] [--nf 20] [--threads 1] [--channels_last 1]
         [--device cuda]
@@ -50,15 +51,15 @@ def main() -> None:
     device, k, b = torch.device(a.device), a.members, a.batch
     alone = network(a.nl, a.nf).to(device)
     stack = StackedNet([network(a.nl, a.nf) for _ in range(k)], channels_last=bool(a.channels_last)).to(device)
-    x, ids = torch.randn(k, b, 1, 28, 28, device=device), (torch.arange(b, device=device) >= b // 2).long()
+    x, ids = torch.randn(k, b, 1, 28, 28, device=device), (torch.arange(b, device=device) < b // 2).long()
     y = torch.randint(0, 4, (k, b), device=device)
     x_alone = x[0]
     if a.channels_last:
         alone, stack = alone.to(memory_format=torch.channels_last), stack.to(memory_format=torch.channels_last)
         x_alone = x_alone.contiguous(memory_format=torch.channels_last)
     steps = {
-        "alone": replay_step(alone, x_alone, y[0], ids, TASKS),
-        "stack": replay_step(stack, x, y, ids.expand(k, b), TASKS),
+        "alone": replay_step(alone, x_alone, y[0], ids, TASKS, b // 2),
+        "stack": replay_step(stack, x, y, ids.expand(k, b), TASKS, b // 2),
     }
     medians = interleaved(steps, device, a.repeats, warmup=3)
     alone_ms, stack_ms = medians["alone"], medians["stack"]

@@ -42,10 +42,10 @@ def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
     layers = task_aware_layers(net)
     n_tasks = model.dataset.N_TASKS
 
-    def forward(x: Tensor, ids: Tensor) -> Tensor:
+    def forward(x: Tensor, ids: Tensor, stream: int) -> Tensor:
         counts = task_counts(ids, n_tasks)
         for layer in layers:
-            layer.set_batch_tasks(ids, counts)
+            layer.set_batch_tasks(ids, counts, stream)
         if model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with model.autocast():
@@ -56,13 +56,13 @@ def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
     def step() -> None:
         extras = []
         if model.forward_mode == "joint" and len(parts) > 1:
-            out, extra = forward(torch.cat([p[0] for p in parts]), torch.cat([p[2] for p in parts]))
+            out, extra = forward(torch.cat([p[0] for p in parts]), torch.cat([p[2] for p in parts]), len(parts[0][0]))
             loss = F.cross_entropy(out, torch.cat([p[1] for p in parts]))
             extras += extra
         else:
             loss = 0.0
-            for x, y, ids in parts:
-                out, extra = forward(x, ids)
+            for i, (x, y, ids) in enumerate(parts):  # the first part is the stream batch
+                out, extra = forward(x, ids, len(x) if i == 0 else 0)
                 loss = loss + F.cross_entropy(out, y)
                 extras += extra
         if extras and lambd:

@@ -92,10 +92,10 @@ def record_tasks(net: nn.Module, plugin: TaskAwareNormPlugin) -> list[tuple[int,
     first = adab2n_layers(net)[0]
     hand_on = first.set_batch_tasks
 
-    def spy(task_ids: Tensor | None, counts: Tensor | None = None) -> None:
-        assert task_ids is not None
+    def spy(task_ids: Tensor | None, counts: Tensor | None = None, stream: int | None = None) -> None:
+        assert task_ids is not None and stream is None
         received.append((plugin.current_task, task_ids.clone()))
-        hand_on(task_ids, counts)
+        hand_on(task_ids, counts, stream)
 
     first.set_batch_tasks = spy  # type: ignore[method-assign]
     return received
@@ -269,6 +269,17 @@ def test_the_plugin_needs_a_task_aware_layer(fmnist: ContinualDataset) -> None:
     cl = strategy(Naive, net, [TaskAwareNormPlugin()])
     with pytest.raises(ValueError, match=r"no task-aware norm layer; convert it first, e\.g\. convert_norm"):
         cl.train(benchmark.train_stream[0], eval_streams=[])
+
+
+def test_tbbn_trains_the_first_experience_and_refuses_the_next_without_the_stream_size(
+    fmnist: ContinualDataset,
+) -> None:
+    """The plugin cannot say which samples are the stream's, which TBBN needs from its second task on."""
+    stream = avalanche_benchmark(fmnist, test_samples_per_class=5).train_stream
+    cl = strategy(Naive, convert_norm(ResNet18(10, nf=8, in_channels=1), "TBBN"), [TaskAwareNormPlugin()])
+    cl.train(stream[0], eval_streams=[])
+    with pytest.raises(ValueError, match=r"^TBBN: a training forward after the first task needs the stream batch"):
+        cl.train(stream[1], eval_streams=[])
 
 
 def test_classes_that_reappear_are_refused(fmnist: ContinualDataset) -> None:

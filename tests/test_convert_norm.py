@@ -1,5 +1,5 @@
-"""``convert_norm``: swapping every BatchNorm of a network for a baseline norm (GN, LN, IN, CN, BRN), its options
-and its errors.
+"""``convert_norm``: swapping every BatchNorm of a network for a baseline norm (GN, LN, IN, CN, BRN) or TBBN, its
+options and its errors.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from torch import nn
 from backbone.resnet18 import ResNet18
 from models.utils.norm_layers import BatchRenorm2d, ContinualNorm2d, batch_renorm, group_norm, layer_norm
 from models.utils.norms import convert_norm
+from models.utils.tbbn import TaskBalancedBN
 from utils.core.errors import UserError
 
-BASELINES = ("BN", "GN", "LN", "IN", "CN", "BRN")
+BASELINES = ("BN", "GN", "LN", "IN", "CN", "BRN", "TBBN")
 
 
 def count_types(net: nn.Module) -> dict[type, int]:
@@ -38,6 +39,7 @@ EXPECTED_TYPES = {
     "IN": nn.InstanceNorm2d,
     "CN": ContinualNorm2d,
     "BRN": BatchRenorm2d,
+    "TBBN": TaskBalancedBN,
 }
 
 
@@ -96,7 +98,7 @@ def test_unknown_norm_lists_valid_names() -> None:
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["BN", "GN", "LN", "CN", "BRN", "IN"])
+@pytest.mark.parametrize("name", ["BN", "GN", "LN", "CN", "BRN", "IN", "TBBN"])
 def test_no_affine_layers_have_no_weight(name: str) -> None:
     options = {} if name == "IN" else {"affine": False}  # IN never has affine parameters (torch's default)
     net = convert_norm(
@@ -111,7 +113,7 @@ def test_no_affine_layers_have_no_weight(name: str) -> None:
 
 def test_conversion_keeps_stats_device_and_dtype() -> None:
     bn = randomised_bn(8).double()
-    for name in ("BN", "CN", "BRN"):
+    for name in ("BN", "CN", "BRN", "TBBN"):
         new = convert_norm(nn.Sequential(bn), name)[0]
         assert new.running_mean.dtype == torch.float64
         assert torch.equal(new.running_mean, bn.running_mean) and torch.equal(new.weight, bn.weight)

@@ -17,6 +17,7 @@ from models import MODELS
 from models.er import Er
 from models.utils.adab2n import AdaB2N
 from models.utils.norms import NORMS
+from models.utils.tbbn import TaskBalancedBN
 from utils.args import parse_args
 from utils.norm_diagnostics import diagnose
 from utils.run_setup import build_model, set_seed
@@ -32,9 +33,9 @@ def fmnist() -> ContinualDataset:
     return dataset
 
 
-@pytest.mark.parametrize("nl", ["BN", "GN", "LN", "IN", "CN", "BRN", "AdaB2N"])
+@pytest.mark.parametrize("nl", ["BN", "GN", "LN", "IN", "CN", "BRN", "TBBN", "AdaB2N"])
 def test_every_norm_trains_under_every_model(fmnist: ContinualDataset, nl: str) -> None:
-    assert set(NORMS.names()) == {"BN", "GN", "LN", "IN", "CN", "BRN", "AdaB2N"}
+    assert set(NORMS.names()) == {"BN", "GN", "LN", "IN", "CN", "BRN", "TBBN", "AdaB2N"}
     for model_name in MODELS.names():
         argv = ["--dataset", "seq-fmnist", "--model", model_name, "--lr", "0.05", "--nl", nl, "--nf", "8"]
         argv += ["--buffer_size", "30", "--bs", "10", "--epochs", "1", "--seed", "0", "--lambd", "0.1"]
@@ -55,6 +56,10 @@ def test_every_norm_trains_under_every_model(fmnist: ContinualDataset, nl: str) 
             layers = [m for m in model.net.modules() if isinstance(m, AdaB2N)]
             assert layers and all(int(m.tasks_completed) == 5 for m in layers)
             assert any(m.task_weight.grad is not None for m in layers) or model_name in ("joint",)
+        elif nl == "TBBN":
+            assert model.forward_mode == "joint"
+            layers = [m for m in model.net.modules() if isinstance(m, TaskBalancedBN)]
+            assert layers and all(m.tasks_completed == 5 for m in layers)
         elif model_name in ("der", "derpp", "er_ace"):
             assert model.forward_mode == "separate"
 

@@ -241,7 +241,8 @@ def test_runs_that_differ_in_any_registered_option_are_not_averaged(tmp_path: Pa
     assert options, f"no {kind} option to check"
     for option in options:
         folder = tmp_path / option.dest
-        other = option.value_when_inactive + 1 if option.type is not bool else 1 - option.value_when_inactive
+        inactive = option.value_when_inactive
+        other = f"{inactive}-other" if option.type is str else inactive + 1 if option.type is not bool else 1 - inactive
         write_run(folder, "a", final=40.0)
         write_run(folder, "b", final=60.0, seed=1, **{option.dest: other})
         text = write_report(folder, plots=False).text

@@ -12,6 +12,7 @@ from models.utils.adab2n import AdaB2N
 from models.utils.norm_layers import BatchRenorm2d, ContinualNorm2d
 from models.utils.norms import convert_norm
 from models.utils.task_aware import task_aware_layers, task_counts
+from models.utils.tbbn import TaskBalancedBN
 
 
 def test_task_counts_by_hand() -> None:
@@ -33,7 +34,9 @@ def test_shared_counts_give_the_same_statistics_as_counting_per_layer() -> None:
     assert torch.equal(own.norm_loss, shared.norm_loss)
 
 
-@pytest.mark.parametrize("make", [lambda: AdaB2N(4, num_tasks=2, kappa=0.4), lambda: BatchRenorm2d(4)])
+@pytest.mark.parametrize(
+    "make", [lambda: AdaB2N(4, num_tasks=2, kappa=0.4), lambda: BatchRenorm2d(4), lambda: TaskBalancedBN(4)]
+)
 def test_norm_statistics_stay_float32_under_bf16_autocast(make) -> None:
     """Under ``--amp`` a hand-written layer sees the bf16 activation but computes in float32, exactly as it would
     on the float32 copy of that activation outside autocast."""
@@ -45,6 +48,10 @@ def test_norm_statistics_stay_float32_under_bf16_autocast(make) -> None:
         if isinstance(layer, AdaB2N):
             layer.end_task()
             layer.set_batch_tasks(ids)
+        if isinstance(layer, TaskBalancedBN):  # two tasks completed: 4 stream samples in 2 splits, 2 replayed
+            layer.end_task()
+            layer.end_task()
+            layer.set_batch_tasks(ids, stream=4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = amp_layer(x)
     expected = ref(x.float())
@@ -96,12 +103,20 @@ def test_compile_wraps_the_network_and_keeps_its_state_dict_keys() -> None:
 def test_every_task_aware_layer_gets_the_counts_once_per_forward() -> None:
     model = small_model("er_ace", "--nl", "AdaB2N")
     received: list[torch.Tensor | None] = []
+    streams: list[int | None] = []
     for layer in task_aware_layers(model.net):
         original = layer.set_batch_tasks
-        layer.set_batch_tasks = lambda ids, counts=None, f=original: (received.append(counts), f(ids, counts))
+
+        def spy(ids, counts=None, stream=None, f=original):
+            received.append(counts)
+            streams.append(stream)
+            f(ids, counts, stream)
+
+        layer.set_batch_tasks = spy
     model.forward_parts([(torch.randn(1, 4, 1, 28, 28), 0), (torch.randn(1, 2, 1, 28, 28), torch.tensor([[0, 0]]))])
     n_layers = len(task_aware_layers(model.net))
     assert len(received) == n_layers  # joint forward: one pass
+    assert streams == [4] * n_layers  # its first 4 samples are the stream batch
     assert all(c is received[0] for c in received)  # one tensor shared by every layer
     assert received[0].tolist() == [[6.0, 0.0, 0.0, 0.0, 0.0]]  # one member's counts
 

@@ -2,7 +2,8 @@
 
 K reduced ResNet-18s with different seeds (and, for AdaB²N, different kappa, lambd and ada_t0) are stacked; one
 training step of the stack on the members' own inputs and task ids must give each member's outputs, gradients,
-running statistics and regulariser, and ``member(k)`` must give member k back.
+running statistics and regulariser, and ``member(k)`` must give member k back. The batch is ``STREAM`` stream
+samples, then replayed ones (TBBN splits them in two after the completed task).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from models.utils.norms import convert_norm
 from models.utils.stacking import StackedNet, UnstackableLayer
 from models.utils.task_aware import task_aware_layers, task_counts
 
-K, B, TASKS = 3, 6, 5
+K, B, TASKS, STREAM = 3, 6, 5, 4
 NORMS = {
     "BN": [{}] * K,
     "GN": [{}] * K,
@@ -27,6 +28,8 @@ NORMS = {
     "IN": [{}] * K,
     "CN": [{"affine": False}] * K,
     "BRN": [{"rmax": 2.0, "dmax": 1.0}] * K,
+    "TBBN": [{}] * K,
+    "TBBN-output": [{"stats": "output"}] * K,
     "AdaB2N": [
         {"num_tasks": TASKS, "kappa": kappa, "lambd": lambd, "ada_t0": t0}
         for kappa, lambd, t0 in ((0.4, 0.1, 0), (1.0, 1.0, 1), (0.0, 0.01, 0))
@@ -50,11 +53,11 @@ def hand_tasks(nets: list[nn.Module], stacked: nn.Module, ids: torch.Tensor) -> 
     for net, k in zip(nets, range(K), strict=True):
         for layer in task_aware_layers(net):
             layer.end_task()
-            layer.set_batch_tasks(ids[k], task_counts(ids[k], TASKS))
+            layer.set_batch_tasks(ids[k], task_counts(ids[k], TASKS), STREAM)
     counts = torch.stack([task_counts(row, TASKS) for row in ids])
     for layer in task_aware_layers(stacked):
         layer.end_task()
-        layer.set_batch_tasks(ids, counts)
+        layer.set_batch_tasks(ids, counts, STREAM)
 
 
 @pytest.mark.parametrize("norm", list(NORMS))
@@ -70,6 +73,9 @@ def test_a_training_step_of_the_stack_is_each_members(norm: str) -> None:
     alone = torch.stack([net(x[k]) for k, net in enumerate(nets)])
     torch.testing.assert_close(out, alone, rtol=1e-10, atol=1e-12)
     stacked_layers, member_layers = task_aware_layers(stacked), [task_aware_layers(net) for net in nets]
+    regularised = [i for i, layer in enumerate(stacked_layers) if layer.norm_loss is not None]
+    stacked_layers = [stacked_layers[i] for i in regularised]
+    member_layers = [[m[i] for i in regularised] for m in member_layers]
     for i, layer in enumerate(stacked_layers):  # AdaB²N: each member's regulariser and its weight
         alone_losses = torch.stack([m[i].norm_loss for m in member_layers])
         torch.testing.assert_close(layer.norm_loss, alone_losses, rtol=1e-10, atol=1e-14)
@@ -77,8 +83,8 @@ def test_a_training_step_of_the_stack_is_each_members(norm: str) -> None:
             weights = torch.tensor([m[i].norm_loss_weight(task) for m in member_layers], dtype=torch.float64)
             assert torch.equal(layer.norm_loss_weight(task), weights)
     (out.square().sum() + sum(layer.norm_loss.sum() for layer in stacked_layers)).backward()
-    for k, net in enumerate(nets):
-        loss = alone[k].square().sum() + sum(layer.norm_loss for layer in task_aware_layers(net))
+    for k in range(K):
+        loss = alone[k].square().sum() + sum(layer.norm_loss for layer in member_layers[k])
         loss.backward(retain_graph=True)
 
     stacked.eval()

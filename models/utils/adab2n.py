@@ -185,12 +185,13 @@ class AdaB2N(nn.BatchNorm2d):
             return self._loss_weights[task]
         return self.lambds[0] if task >= self.ada_t0s[0] else 0.0
 
-    def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None) -> None:
+    def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None, stream: int | None = None) -> None:
         """Task index of every sample of the next training batch (``None``: plain batch statistics); a stack: each
         member's, ``[K, N]``.
 
         ``counts`` (optional) is ``task_counts(task_ids, num_tasks)``: a model computes it
-        once per batch and hands it to every layer instead of each layer counting again.
+        once per batch and hands it to every layer instead of each layer counting again. ``stream`` (the stream
+        batch's size) is ignored: the task ids say all AdaB²N needs.
         """
         self._batch_tasks = task_ids
         self._batch_counts = counts

@@ -7,11 +7,11 @@ model alone keeps; the layers and the buffer are told of it) and call the subcla
 ``OPTIONS`` (``utils/core/options.py``). Shared places make every model work with every normalisation layer, through
 the protocol of ``models/utils/task_aware.py``:
 
-* ``forward_parts`` runs the stream batch and the replayed batches through the
-  network, either as *separate* forward passes (the reference baselines: BN's
-  batch statistics come from each sub-batch alone) or as one *joint*
-  concatenated pass (the reference AdaB²N), and first hands each sample's task
-  id to the task-aware layers;
+* ``forward_parts`` runs the stream batch (a model's first part) and the replayed
+  batches through the network, either as *separate* forward passes (the reference
+  baselines: BN's batch statistics come from each sub-batch alone) or as one *joint*
+  concatenated pass (the reference AdaB²N and TBBN), and first hands each sample's
+  task id and the stream's size to the task-aware layers;
 * ``step`` adds the layers' weighted regularisers (``norm_loss``) to the method's
   loss before the backward pass;
 * ``remember`` stores a stream batch in the buffer with the current task.
@@ -147,10 +147,11 @@ class ContinualModel(nn.Module):
             return ids
         return torch.full((self.members.count, n), ids, dtype=torch.long, device=self.device)
 
-    def _run(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+    def _run(self, x: Tensor, task_ids: Tensor | None, stream: int) -> Tensor:
+        """One training forward of ``x`` whose first ``stream`` samples (per member) are the stream batch."""
         counts = None if task_ids is None else task_counts(task_ids, self.dataset.N_TASKS)
         for layer in self._task_aware:
-            layer.set_batch_tasks(task_ids, counts)
+            layer.set_batch_tasks(task_ids, counts, stream)
         out = self(x)
         self._norm_losses.collect(self._task_aware, self.current_task)
         self._driven = True
@@ -161,14 +162,20 @@ class ContinualModel(nn.Module):
 
         Task ids are an int (the whole part comes from one task, e.g. the
         stream) or a LongTensor with one id per sample (e.g. replay), ``[K, B]``.
+        A model's first part is its stream batch, the others are replayed: the layers are told how many leading
+        samples of each forward are the stream (joint: the first part's size; separate: the first part's forward is
+        all stream, the others' none).
         """
         want_ids, dim = bool(self._task_aware), 1
         self._replaying = len(parts) > 1
-        if self.forward_mode == "separate" or len(parts) == 1:
-            return [self._run(x, self._tasks_tensor(t, x.shape[dim]) if want_ids else None) for x, t in parts]
         sizes = [x.shape[dim] for x, _ in parts]
+        if self.forward_mode == "separate" or len(parts) == 1:
+            return [
+                self._run(x, self._tasks_tensor(t, n) if want_ids else None, n if i == 0 else 0)
+                for i, ((x, t), n) in enumerate(zip(parts, sizes, strict=True))
+            ]
         ids = torch.cat([self._tasks_tensor(t, x.shape[dim]) for x, t in parts], dim) if want_ids else None
-        return list(self._run(torch.cat([x for x, _ in parts], dim), ids).split(sizes, dim))
+        return list(self._run(torch.cat([x for x, _ in parts], dim), ids, sizes[0]).split(sizes, dim))
 
     def regularised(self, loss: Tensor) -> Tensor:
         """``loss`` plus ``weight · Σ norm_loss`` of the forwards since the last step, per weight the layers give

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 L = TypeVar("L", bound=type[nn.Module])
 SHARED_BUFFERS = frozenset({"num_batches_tracked", "tasks_completed"})
-"""Buffers that every member has the same value of (the members train in lockstep)."""
+"""Buffers that every member has the same value of (the members train in lockstep). A layer's extra state
+(``get_extra_state``: Python values its state dict carries, e.g. TBBN's task count) is shared likewise."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,21 @@ def same(layers: Sequence[nn.Module], *names: str) -> None:
             raise ValueError(f"cannot stack {type(layers[0]).__name__} layers whose {name} differ: {sorted(values)}")
 
 
+def extra_state(layer: nn.Module) -> object | None:
+    """The layer's own extra state (``get_extra_state``, which its state dict carries), or ``None``: it has none."""
+    if type(layer).get_extra_state is nn.Module.get_extra_state:
+        return None
+    return layer.get_extra_state()
+
+
 def load(new: nn.Module, layers: Sequence[nn.Module], shared: Sequence[str] = SHARED_BUFFERS) -> nn.Module:
-    """Copy the members' parameters and buffers into ``new``, side by side; ``shared`` buffers are equal and kept."""
+    """Copy the members' parameters and buffers into ``new``, side by side; ``shared`` buffers and the extra state
+    are equal and kept."""
+    states = [extra_state(layer) for layer in layers]
+    if any(state != states[0] for state in states):
+        raise ValueError(f"cannot stack {type(layers[0]).__name__} layers whose extra state differ: {states}")
+    if states[0] is not None:
+        new.set_extra_state(copy.deepcopy(states[0]))
     with torch.no_grad():
         for name, target in state_tensors(new):
             sources = [getattr(layer, name) for layer in layers]
@@ -102,8 +116,12 @@ def load(new: nn.Module, layers: Sequence[nn.Module], shared: Sequence[str] = SH
 
 def slice_member(stacked: nn.Module, k: int, template: nn.Module) -> nn.Module:
     """Member ``k`` of ``stacked`` as a copy of ``template``: its block of every parameter and buffer (the inverse of
-    :func:`load`: the members' blocks lie one after the other along the first dimension)."""
+    :func:`load`: the members' blocks lie one after the other along the first dimension) and the shared extra
+    state."""
     member = copy.deepcopy(template)
+    state = extra_state(stacked)
+    if state is not None:
+        member.set_extra_state(copy.deepcopy(state))
     with torch.no_grad():
         for name, target in state_tensors(member):
             source = getattr(stacked, name)

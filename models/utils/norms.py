@@ -119,14 +119,18 @@ def register_norm(name: str, *options: Option) -> Callable[[NormBuilder], NormBu
 
 
 def copy_matching_state(src: nn.Module, dst: nn.Module) -> list[str]:
-    """Copy every entry of ``src``'s state that ``dst`` has with the same shape; returns the copied keys.
+    """Copy every tensor of ``src``'s state that ``dst`` has with the same shape; returns the copied keys.
 
     This is how a replacement inherits what it shares with the BatchNorm it
-    replaces (affine weight/bias, running statistics) and nothing else.
+    replaces (affine weight/bias, running statistics) and nothing else (not a layer's extra state, e.g. TBBN's).
     """
     source = src.state_dict()
     target = dst.state_dict()
-    copied = [k for k, v in target.items() if k in source and source[k].shape == v.shape]
+    copied = [
+        k
+        for k, v in target.items()
+        if isinstance(v, Tensor) and isinstance(source.get(k), Tensor) and source[k].shape == v.shape
+    ]
     dst.load_state_dict({**target, **{k: source[k] for k in copied}}, strict=True)
     return copied
 

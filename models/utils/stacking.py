@@ -8,7 +8,7 @@ by name):
 
 * ``Conv2d`` becomes a grouped convolution (``groups × K``) whose weights are the members' side by side;
 * BatchNorm over K·C channels is exactly per-member BatchNorm, GroupNorm with K·G groups per-member GroupNorm,
-  InstanceNorm, CN and BRN likewise; LayerNorm normalises each member's C×H×W block (``StackedLayerNorm``);
+  InstanceNorm, CN, BRN and TBBN likewise; LayerNorm normalises each member's C×H×W block (``StackedLayerNorm``);
   AdaB²N keeps each member's task weights, momentum and regulariser (its ``members``, ``models/utils/adab2n.py``);
 * the classifier is one batched matrix product (``StackedLinear``).
 

@@ -1,17 +1,18 @@
 """The protocol between the training loop and task-aware normalisation layers: every hook the loop calls.
 
-A norm layer that wants each sample's task (AdaB²N) implements :class:`TaskAwareNorm`; ``ContinualModel`` is its
-only caller (task ids and the regulariser with its weight around each forward in ``forward_parts``, the weighted sum
-in ``step``, task boundaries in ``meta_end_task``), so models, the trainer and the buffer never know which norm is in
-use. The model owns the task index: the layers are told of every completed task and are handed the current one when
-asked for their regulariser's weight. A layer whose running statistics describe a transform of its
-input (CN) says so through :class:`StatisticsInput`, which the recency-bias diagnostics use.
+A norm layer that wants each sample's task (AdaB²N) or the batch's split into stream and replayed samples (TBBN)
+implements :class:`TaskAwareNorm`; ``ContinualModel`` is its only caller (task ids, the stream's size and the
+regulariser with its weight around each forward in ``forward_parts``, the weighted sum in ``step``, task boundaries
+in ``meta_end_task``), so models, the trainer and the buffer never know which norm is in use. The model owns the
+task index: the layers are told of every completed task and are handed the current one when asked for their
+regulariser's weight. A layer whose running statistics describe a transform of its input (CN) says so through
+:class:`StatisticsInput`, which the recency-bias diagnostics use.
 
 Outside this framework (e.g. in another library's training loop), the same calls are::
 
     counts = task_counts(task_ids, num_tasks)
     for layer in task_aware_layers(net):
-        layer.set_batch_tasks(task_ids, counts)          # before each training forward
+        layer.set_batch_tasks(task_ids, counts, stream)  # before each training forward
     out = net(x)
     layers = task_aware_layers(net)
     loss = criterion(out, y) + sum(layer.norm_loss_weight(task) * layer.norm_loss for layer in layers)
@@ -39,9 +40,12 @@ class TaskAwareNorm(Protocol):
     norm_loss: Tensor | None
     """After a training forward, that forward's differentiable regulariser (``None``: none)."""
 
-    def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None) -> None:
+    def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None, stream: int | None = None) -> None:
         """Task index of every sample of the next training forward (at most the current task: a task the layer has
-        not reached yet takes no part); ``counts = task_counts(task_ids, num_tasks)``."""
+        not reached yet takes no part); ``counts = task_counts(task_ids, num_tasks)``; ``stream``: how many leading
+        samples of the batch are the stream batch, the rest being replayed (a Python int: no host sync). ``None``:
+        the caller does not say, and the whole batch counts as the stream; a layer that needs the split (TBBN from its
+        second task on) refuses a training forward then."""
         ...
 
     def norm_loss_weight(self, task: int) -> float:

@@ -37,6 +37,11 @@ def between(low: float, high: float) -> Check:
     return lambda v: None if math.isfinite(v) and low <= v <= high else f"must lie in [{low:g}, {high:g}]"
 
 
+def one_of(*choices: str) -> Check:
+    """One of the strings ``choices`` (an option whose values are names)."""
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
 def require(name: str, value: Any, check: Check) -> None:
     """Library side of a check: ``ValueError("kappa must lie in [0, 1], got 2")``."""
     try:

@@ -25,6 +25,7 @@ METHOD_COLOURS = {
     "GN": "tab:orange",
     "CN": "tab:purple",
     "BRN": "tab:brown",
+    "TBBN": "#e7ba52",
     "AdaB2N": "tab:red",
     "AdaB2N-renorm": "tab:pink",
 }

@@ -71,6 +71,10 @@ class TaskAwareNormPlugin(SupervisedPlugin):
 
     Forward structure is the strategy's: DER normalises stream and replay jointly, as the reference AdaB²N; ER-ACE
     forwards them separately (this project's ``--forward_mode separate``), which the plugin warns of once.
+
+    The plugin cannot tell which samples of a batch are the stream's (DER puts its replayed samples first), so it
+    hands the layers ``stream=None``: TBBN, which needs the stream batch at the head of the batch, trains its first
+    experience (plain BatchNorm) and refuses the training forwards of the later ones with a one-line ``ValueError``.
     """
 
     def __init__(self, only_when_replaying: bool = False) -> None:
@@ -165,7 +169,7 @@ class TaskAwareNormPlugin(SupervisedPlugin):
         counts = None if self._num_tasks is None else task_counts(task_ids, self._num_tasks)
         for layer in self._layers:
             layer.norm_loss = None  # a layer this forward does not reach adds nothing
-            layer.set_batch_tasks(task_ids, counts)
+            layer.set_batch_tasks(task_ids, counts, stream=None)  # which samples are the stream is the strategy's
         if self.only_when_replaying and not self._replaying:
             self._replaying = bool((task_ids < self.current_task).any())
         self._forwards += 1
