@@ -181,4 +181,7 @@ def test_strict_golden_run_is_bitwise_unchanged_on_this_cpu(
     saved = json.loads(fixture.read_text())
     if saved["recorded_on"] != here or case not in saved["cases"]:
         pytest.fail(f"{fixture} was recorded on {saved['recorded_on']}, this is {here}: record it here first")
-    assert got == saved["cases"][case]
+    expected = saved["cases"][case]
+    # metrics added to the results since the fixture was recorded are not the arithmetic it guards: its own keys
+    assert set(expected["final"]) <= set(got["final"])
+    assert {**got, "final": {k: got["final"][k] for k in expected["final"]}} == expected
