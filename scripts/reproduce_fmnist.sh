@@ -144,6 +144,11 @@ seconds_line() {  # start file: a sitting's wall time, machine and end, appended
 sitting() {  # folder grid...: run the grids; one line per invocation, also an interrupted one, in grid_seconds.txt
   local folder=$1 start command; shift
   (( $# )) || return 0
+  if [[ " $LAUNCH " == *" --dry_run "* ]]; then  # a plan, not a sitting: nothing to time
+    # shellcheck disable=SC2086  # LAUNCH is a list of flags
+    while read -r command; do eval "$command" $LAUNCH || rc=$?; done < <(commands "$@")
+    return 0
+  fi
   start=$(date +%s)
   mkdir -p "$folder"
   trap "seconds_line $start $(printf %q "$folder/grid_seconds.txt")" EXIT
