@@ -40,6 +40,7 @@ TOP_KEYS = {
 }  # fmt: skip
 FINAL_KEYS = {
     "class_il_avg", "task_il_avg", "forgetting", "bwt", "fwt", "task_il_forgetting", "task_il_bwt", "task_il_fwt",
+    "aaa", "min_acc", "wc_acc", "task_il_aaa", "task_il_min_acc", "task_il_wc_acc",
 }  # fmt: skip
 ENVIRONMENT_KEYS = {
     "python",

@@ -321,7 +321,7 @@ def test_each_method_has_its_colour_in_every_figure(tmp_path: Path, monkeypatch:
     for nl in ("GN", "CN", "AdaB2N"):
         write_run(tmp_path, nl, final=40.0, nl=nl, diagnostics=nl != "GN", **({"kappa": 0.4} if nl == "AdaB2N" else {}))
     figures = {}
-    monkeypatch.setattr(plots, "_save_figure", lambda fig, path: figures.setdefault(path.name.split("__")[0], fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.setdefault(path.name.split("__")[0], fig))
     write_report(tmp_path, tmp_path / "out")
     drawn = {
         name: {line.get_label().split(" (")[0]: to_hex(line.get_color()) for ax in fig.axes for line in ax.get_lines()}
