@@ -1,7 +1,7 @@
 """AdaB²N in an Avalanche strategy: Split Fashion-MNIST (5 experiences of 2 classes), reduced ResNet-18.
 
 Avalanche's own ``ER_ACE``, ``DER`` or ``Naive`` train the network after two additions, ``convert_norm`` and
-``TaskAwareNormPlugin`` (``utils/integrations/avalanche.py``); the stream is this project's Fashion-MNIST as an
+``TaskAwareNormPlugin`` (``integrations/avalanche.py``); the stream is this project's Fashion-MNIST as an
 Avalanche class-incremental benchmark. After each experience the strategy is evaluated on the whole test stream and
 Avalanche prints its usual metrics; the last line is one JSON object (final accuracy averaged over experiences).
 
@@ -23,14 +23,13 @@ from avalanche.logging import InteractiveLogger
 from avalanche.training import DER, ER_ACE, Naive
 from avalanche.training.plugins import EvaluationPlugin
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from backbone.resnet18 import ResNet18
-from datasets import get_dataset_class
-from models.utils.adab2n import AdaB2N
-from models.utils.norms import convert_norm
-from utils.best_args import best_args_for
-from utils.integrations.avalanche import TaskAwareNormPlugin, avalanche_benchmark
-from utils.run_setup import resolve_device, set_seed
+from normcl.backbone.resnet18 import ResNet18
+from normcl.datasets import get_dataset_class
+from normcl.integrations.avalanche import TaskAwareNormPlugin, avalanche_benchmark
+from normcl.models.utils.adab2n import AdaB2N
+from normcl.models.utils.norms import convert_norm
+from normcl.utils.best_args import best_args_for
+from normcl.utils.run_setup import resolve_device, set_seed
 
 DATASET = "seq-fmnist"
 MODELS = {"er_ace": "er_ace", "der": "der", "naive": "sgd"}

@@ -29,16 +29,16 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training import DER, ER_ACE, Naive
 from avalanche.training.plugins import EvaluationPlugin
 
-from backbone.resnet18 import ResNet18
-from datasets import get_dataset_class
-from datasets.utils.continual_dataset import ContinualDataset
-from models.er_ace import ErAce
-from models.utils.adab2n import AdaB2N
-from models.utils.members import Members
-from models.utils.norms import convert_norm
-from models.utils.stacking import StackedNet
-from utils.args import parse_args
-from utils.integrations.avalanche import TaskAwareNormPlugin, avalanche_benchmark
+from normcl.backbone.resnet18 import ResNet18
+from normcl.datasets import get_dataset_class
+from normcl.datasets.utils.continual_dataset import ContinualDataset
+from normcl.integrations.avalanche import TaskAwareNormPlugin, avalanche_benchmark
+from normcl.models.er_ace import ErAce
+from normcl.models.utils.adab2n import AdaB2N
+from normcl.models.utils.members import Members
+from normcl.models.utils.norms import convert_norm
+from normcl.models.utils.stacking import StackedNet
+from normcl.utils.args import parse_args
 
 pytestmark = [  # Avalanche's notice, and the plugin's (asserted once)
     pytest.mark.filterwarnings("ignore:No loggers specified:UserWarning"),

@@ -19,9 +19,9 @@ import shlex
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from utils.buffer import BUFFER_MODES, ring_size_problem
-from utils.core.errors import UserError
-from utils.core.options import (
+from normcl.utils.buffer import BUFFER_MODES, ring_size_problem
+from normcl.utils.core.errors import UserError
+from normcl.utils.core.options import (
     BINARY_FLAG,
     PROTOCOL,
     RESUME_FREE,
@@ -60,9 +60,9 @@ def _binary(group: argparse._ActionsContainer, name: str, help_text: str, roles:
 
 def component_options() -> Iterator[tuple[str, str, Option]]:
     """``(kind, name, option)`` for every flag a registered norm, model or dataset declares in its own file."""
-    from datasets import DATASETS
-    from models import MODELS
-    from models.utils.norms import NORMS
+    from normcl.datasets import DATASETS
+    from normcl.models import MODELS
+    from normcl.models.utils.norms import NORMS
 
     declared = [("norm", name, NORMS.get(name).options) for name in NORMS.names()]
     declared += [("model", name, MODELS.get(name).OPTIONS) for name in MODELS.names()]
@@ -239,10 +239,10 @@ def _fill_component_options(args: argparse.Namespace) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and validate the command line; raises ``UserError`` on bad values."""
-    from datasets import get_dataset_class
-    from models import MODELS
-    from models.utils.norms import NORMS
-    from utils.best_args import best_args_for
+    from normcl.datasets import get_dataset_class
+    from normcl.models import MODELS
+    from normcl.models.utils.norms import NORMS
+    from normcl.utils.best_args import best_args_for
 
     args = build_parser().parse_args(argv)
     dataset_cls = get_dataset_class(args.dataset)
@@ -333,8 +333,8 @@ def member_free(args: argparse.Namespace) -> set[str]:
     """The arguments that stacked members of a run like ``args`` may differ in: the flags declared member-free, the
     run's model's own options, and the norm's options that its layer's stacking takes per member
     (``Stacking.per_member``)."""
-    from models import MODELS
-    from models.utils.norms import NORMS
+    from normcl.models import MODELS
+    from normcl.models.utils.norms import NORMS
 
     norm = NORMS.get(args.nl)
     free = {dest for dest, roles in flag_roles().items() if roles.member_free}
@@ -345,8 +345,8 @@ def member_free(args: argparse.Namespace) -> set[str]:
 
 def stacking_problem(args: argparse.Namespace) -> str | None:
     """Why runs like ``args`` cannot be stacked at all (their norm or model declares no stacking), or ``None``."""
-    from models import MODELS
-    from models.utils.norms import NORMS
+    from normcl.models import MODELS
+    from normcl.models.utils.norms import NORMS
 
     norm = NORMS.get(args.nl)
     if norm.stacking is None:

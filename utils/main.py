@@ -27,14 +27,13 @@ from typing import Any
 
 import torch
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from datasets import get_dataset_class
-from utils.args import parse_args, parse_members, split_members
-from utils.checkpoint import load_checkpoint
-from utils.core.errors import UserError
-from utils.core.run_files import checkpoint_file, partial_results_file, results_file
-from utils.results import build_results, code_version, summary_table, write_results
-from utils.run_setup import (
+from normcl.datasets import get_dataset_class
+from normcl.utils.args import parse_args, parse_members, split_members
+from normcl.utils.checkpoint import load_checkpoint
+from normcl.utils.core.errors import UserError
+from normcl.utils.core.run_files import checkpoint_file, partial_results_file, results_file
+from normcl.utils.results import build_results, code_version, summary_table, write_results
+from normcl.utils.run_setup import (
     build_model,
     check_disk_space,
     check_writable,
@@ -42,8 +41,8 @@ from utils.run_setup import (
     member_datasets,
     resolve_device,
 )
-from utils.training import Interrupted, Trainer
-from utils.wandb_logger import WandbLogger
+from normcl.utils.training import Interrupted, Trainer
+from normcl.utils.wandb_logger import WandbLogger
 
 
 def run(runs: Namespace | Sequence[Namespace]) -> list[dict[str, Any]]:

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from utils.core.atomic import atomic_write_bytes
-from utils.experiments.methods import method_colour
-from utils.experiments.records import Record
-from utils.experiments.tables import Column, Entry, Report
+from normcl.utils.core.atomic import atomic_write_bytes
+from normcl.utils.experiments.methods import method_colour
+from normcl.utils.experiments.records import Record
+from normcl.utils.experiments.tables import Column, Entry, Report
 
 
 def save_figure(fig: Figure, path: Path) -> Path:

@@ -27,8 +27,8 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from datasets.utils.continual_dataset import ContinualDataset
-from models.utils.task_aware import NormLosses, TaskAwareNorm, task_aware_layers, task_counts
+from normcl.datasets.utils.continual_dataset import ContinualDataset
+from normcl.models.utils.task_aware import NormLosses, TaskAwareNorm, task_aware_layers, task_counts
 
 NAME = "TaskAwareNormPlugin"
 
