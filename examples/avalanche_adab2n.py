@@ -50,7 +50,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kappa", type=float, default=0.4)
     p.add_argument("--lambd", type=float, default=0.1)
     p.add_argument("--ada_t0", type=int, default=0)
-    p.add_argument("--only_when_replaying", action="store_true", help="the regulariser only in replay iterations")
+    help_text = "1: the regulariser only in iterations with a replay part; 0: in every iteration (default: as the "
+    p.add_argument("--only_when_replaying", type=int, choices=[0, 1], help=help_text + "strategy's reference model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available")
     p.add_argument("--data_path", default="data")
@@ -62,6 +63,7 @@ def make_strategy(args: argparse.Namespace, net: torch.nn.Module, device: torch.
     tuned = best_args_for(DATASET, MODELS[args.strategy], args.buffer_size)
     args.lr = tuned["lr"] if args.lr is None else args.lr
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr)
+    schedule = None if args.only_when_replaying is None else bool(args.only_when_replaying)
     metrics = [accuracy_metrics(experience=True, stream=True), loss_metrics(epoch=True, stream=True)]
     evaluator = EvaluationPlugin(*metrics, loggers=[InteractiveLogger()])
     common = {
@@ -71,7 +73,7 @@ def make_strategy(args: argparse.Namespace, net: torch.nn.Module, device: torch.
         "train_epochs": args.epochs,
         "eval_mb_size": 256,
         "device": device,
-        "plugins": [TaskAwareNormPlugin(only_when_replaying=args.only_when_replaying)],
+        "plugins": [TaskAwareNormPlugin(only_when_replaying=schedule)],
         "evaluator": evaluator,
     }
     if args.strategy == "er_ace":
