@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -113,3 +114,14 @@ def test_importing_the_package_imports_no_torch(tmp_path: Path) -> None:
     code = "import sys, normcl; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'normcl'}))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "['normcl']"
+
+
+def test_the_readmes_own_code_example_runs_as_printed(tmp_path: Path) -> None:
+    """The three lines of "Using the norms in your own code", from another folder, print what the README says."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Using the norms in your own code") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    printed = re.search(r"# (\[.*\])\n", code).group(1)  # type: ignore[union-attr]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == printed
