@@ -9,11 +9,10 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
+from test_cli import _offline  # noqa: F401  (autouse: no downloads; torch's thread count restored after a run)
 
 import normcl
 from normcl.models.utils import norms, task_aware
@@ -27,15 +26,6 @@ ARGS = {
     "device": "cpu",
 }  # fmt: skip
 """A small real run (ER-ACE with AdaB²N on Split Fashion-MNIST, tests/test_golden.py's size), as the API's dict."""
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No downloads; and restore torch's thread count, which an in-process ``num_threads`` changes."""
-    monkeypatch.setenv("NORMCL_OFFLINE", "1")
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def as_flags(args: dict) -> list[str]:
