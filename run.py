@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from utils.experiments.cli import main
+from normcl.utils.experiments.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

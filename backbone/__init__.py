@@ -1,5 +1,5 @@
 """Feature extractors + classifier heads, created by name."""
 
-from utils.core.registry import Registry
+from normcl.utils.core.registry import Registry
 
 BACKBONES: Registry = Registry("backbone", __name__)

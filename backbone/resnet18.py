@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbone import BACKBONES
+from normcl.backbone import BACKBONES
 
 NormFactory = Callable[[int], nn.Module]
 

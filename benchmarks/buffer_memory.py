@@ -13,9 +13,8 @@ import json
 
 import torch
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from datasets import get_dataset_class
-from utils.buffer import Buffer
+from normcl.datasets import get_dataset_class
+from normcl.utils.buffer import Buffer
 
 
 def main() -> None:

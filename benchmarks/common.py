@@ -11,13 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets import get_dataset_class
-from datasets.utils.continual_dataset import ContinualDataset, RawSplit
-from models.utils.continual_model import ContinualModel
-from models.utils.norms import convert_norm
-from models.utils.task_aware import task_aware_layers, task_counts
-from utils.args import parse_args
-from utils.run_setup import build_model, resolve_device, set_seed
+from normcl.datasets import get_dataset_class
+from normcl.datasets.utils.continual_dataset import ContinualDataset, RawSplit
+from normcl.models.utils.continual_model import ContinualModel
+from normcl.models.utils.norms import convert_norm
+from normcl.models.utils.task_aware import task_aware_layers, task_counts
+from normcl.utils.args import parse_args
+from normcl.utils.run_setup import build_model, resolve_device, set_seed
 
 
 def synthetic(dataset_cls: type[ContinualDataset], per_class: int) -> type[ContinualDataset]:

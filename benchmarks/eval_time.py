@@ -17,11 +17,10 @@ import statistics
 
 import torch
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from benchmarks.common import build, machine, timed
-from utils.stream import epoch_batches
-from utils.training import Trainer, evaluate_members
-from utils.wandb_logger import WandbLogger
+from normcl.benchmarks.common import build, machine, timed
+from normcl.utils.stream import epoch_batches
+from normcl.utils.training import Trainer, evaluate_members
+from normcl.utils.wandb_logger import WandbLogger
 
 
 def main() -> None:

@@ -10,11 +10,13 @@
 #   network), then benchmarks/stack.py for K = 1, 4, 8, 16, 32 (whole runs stacked against separate
 #   processes packed --max_per_gpu MAX_PER_GPU on the GPU), then BENCH/GRID as set (e.g. STACK=1 BENCH=0 GRID=0)
 #
-# Needs the Fashion-MNIST IDX files under data/fashion-mnist (the machine has no network) and the repository on
-# PYTHONPATH (set here). Every part runs under its own `timeout`, so whatever finished comes back in $OUT.
+# Needs the Fashion-MNIST IDX files under data/fashion-mnist (the machine has no network) and the repository
+# importable as the package `normcl` without installing it (set here: a link named normcl to it, on PYTHONPATH).
+# Every part runs under its own `timeout`, so whatever finished comes back in $OUT.
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 NORMCL_OFFLINE=1 OMP_NUM_THREADS=1
+PACKAGE_HOME=$(mktemp -d) && ln -s "$PWD" "$PACKAGE_HOME/normcl"
+export PYTHONPATH=$PACKAGE_HOME PYTHONUNBUFFERED=1 NORMCL_OFFLINE=1 OMP_NUM_THREADS=1
 export PYTHON=${PYTHON:-python3}
 OUT=${OUT:-gpu-out}
 DEADLINE=${DEADLINE:-560}

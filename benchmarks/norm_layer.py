@@ -16,9 +16,8 @@ import json
 
 import torch
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from backbone.resnet18 import ResNet18
-from benchmarks.common import after_one_task, interleaved, machine, replay_step
+from normcl.backbone.resnet18 import ResNet18
+from normcl.benchmarks.common import after_one_task, interleaved, machine, replay_step
 
 TASKS = 5
 

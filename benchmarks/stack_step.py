@@ -20,10 +20,9 @@ import json
 import torch
 from torch import nn
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from backbone.resnet18 import ResNet18
-from benchmarks.common import after_one_task, interleaved, machine, replay_step
-from models.utils.stacking import StackedNet
+from normcl.backbone.resnet18 import ResNet18
+from normcl.benchmarks.common import after_one_task, interleaved, machine, replay_step
+from normcl.models.utils.stacking import StackedNet
 
 TASKS = 5
 

@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from benchmarks.common import build, machine, timed
-from models.utils.task_aware import task_aware_layers, task_counts
-from utils.run_setup import apply_speed_options
-from utils.stream import epoch_batches
-from utils.training import Trainer
-from utils.wandb_logger import WandbLogger
+from normcl.benchmarks.common import build, machine, timed
+from normcl.models.utils.task_aware import task_aware_layers, task_counts
+from normcl.utils.run_setup import apply_speed_options
+from normcl.utils.stream import epoch_batches
+from normcl.utils.training import Trainer
+from normcl.utils.wandb_logger import WandbLogger
 
 PARTS = {"sgd": 1, "joint": 1, "er": 2, "der": 2, "derpp": 3, "er_ace": 2}
 

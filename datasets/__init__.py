@@ -1,6 +1,6 @@
 """Continual-learning benchmarks, created by name (``--dataset``)."""
 
-from utils.core.registry import Registry
+from normcl.utils.core.registry import Registry
 
 DATASETS: Registry = Registry("dataset", __name__)
 

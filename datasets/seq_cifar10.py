@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from datasets import DATASETS
-from datasets.utils.continual_dataset import ContinualDataset, RawSplit
-from datasets.utils.formats import data_root, find_or_fetch, read_cifar_batches
+from normcl.datasets import DATASETS
+from normcl.datasets.utils.continual_dataset import ContinualDataset, RawSplit
+from normcl.datasets.utils.formats import data_root, find_or_fetch, read_cifar_batches
 
 
 class CifarDataset(ContinualDataset):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import DATASETS
-from datasets.seq_cifar10 import CifarDataset
+from normcl.datasets import DATASETS
+from normcl.datasets.seq_cifar10 import CifarDataset
 
 
 @DATASETS.register("seq-cifar100")

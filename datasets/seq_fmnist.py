@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets import DATASETS
-from datasets.utils.continual_dataset import ContinualDataset, RawSplit
-from datasets.utils.formats import data_root, find_or_fetch, read_idx
+from normcl.datasets import DATASETS
+from normcl.datasets.utils.continual_dataset import ContinualDataset, RawSplit
+from normcl.datasets.utils.formats import data_root, find_or_fetch, read_idx
 
 # Module-level so tests can point it elsewhere: the system copy cannot be hidden otherwise.
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

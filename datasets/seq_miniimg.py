@@ -9,9 +9,9 @@ an interactive share link, so the files must be copied in by hand.
 
 from __future__ import annotations
 
-from datasets import DATASETS
-from datasets.utils.continual_dataset import ContinualDataset, RawSplit
-from datasets.utils.formats import data_root, find_or_fetch, read_npy_pair
+from normcl.datasets import DATASETS
+from normcl.datasets.utils.continual_dataset import ContinualDataset, RawSplit
+from normcl.datasets.utils.formats import data_root, find_or_fetch, read_npy_pair
 
 FILES = ("train_x.npy", "train_y.npy", "test_x.npy", "test_y.npy")
 

@@ -1,7 +1,7 @@
 """AdaB²N in an Avalanche strategy: Split Fashion-MNIST (5 experiences of 2 classes), reduced ResNet-18.
 
 Avalanche's own ``ER_ACE``, ``DER`` or ``Naive`` train the network after two additions, ``convert_norm`` and
-``TaskAwareNormPlugin`` (``utils/integrations/avalanche.py``); the stream is this project's Fashion-MNIST as an
+``TaskAwareNormPlugin`` (``integrations/avalanche.py``); the stream is this project's Fashion-MNIST as an
 Avalanche class-incremental benchmark. After each experience the strategy is evaluated on the whole test stream and
 Avalanche prints its usual metrics; the last line is one JSON object (final accuracy averaged over experiences).
 
@@ -23,14 +23,13 @@ from avalanche.logging import InteractiveLogger
 from avalanche.training import DER, ER_ACE, Naive
 from avalanche.training.plugins import EvaluationPlugin
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from backbone.resnet18 import ResNet18
-from datasets import get_dataset_class
-from models.utils.adab2n import AdaB2N
-from models.utils.norms import convert_norm
-from utils.best_args import best_args_for
-from utils.integrations.avalanche import TaskAwareNormPlugin, avalanche_benchmark
-from utils.run_setup import resolve_device, set_seed
+from normcl.backbone.resnet18 import ResNet18
+from normcl.datasets import get_dataset_class
+from normcl.integrations.avalanche import TaskAwareNormPlugin, avalanche_benchmark
+from normcl.models.utils.adab2n import AdaB2N
+from normcl.models.utils.norms import convert_norm
+from normcl.utils.best_args import best_args_for
+from normcl.utils.run_setup import resolve_device, set_seed
 
 DATASET = "seq-fmnist"
 MODELS = {"er_ace": "er_ace", "der": "der", "naive": "sgd"}
@@ -51,7 +50,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kappa", type=float, default=0.4)
     p.add_argument("--lambd", type=float, default=0.1)
     p.add_argument("--ada_t0", type=int, default=0)
-    p.add_argument("--only_when_replaying", action="store_true", help="the regulariser only in replay iterations")
+    help_text = "1: the regulariser only in iterations with a replay part; 0: in every iteration (default: as the "
+    p.add_argument("--only_when_replaying", type=int, choices=[0, 1], help=help_text + "strategy's reference model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available")
     p.add_argument("--data_path", default="data")
@@ -63,6 +63,7 @@ def make_strategy(args: argparse.Namespace, net: torch.nn.Module, device: torch.
     tuned = best_args_for(DATASET, MODELS[args.strategy], args.buffer_size)
     args.lr = tuned["lr"] if args.lr is None else args.lr
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr)
+    schedule = None if args.only_when_replaying is None else bool(args.only_when_replaying)
     metrics = [accuracy_metrics(experience=True, stream=True), loss_metrics(epoch=True, stream=True)]
     evaluator = EvaluationPlugin(*metrics, loggers=[InteractiveLogger()])
     common = {
@@ -72,7 +73,7 @@ def make_strategy(args: argparse.Namespace, net: torch.nn.Module, device: torch.
         "train_epochs": args.epochs,
         "eval_mb_size": 256,
         "device": device,
-        "plugins": [TaskAwareNormPlugin(only_when_replaying=args.only_when_replaying)],
+        "plugins": [TaskAwareNormPlugin(only_when_replaying=schedule)],
         "evaluator": evaluator,
     }
     if args.strategy == "er_ace":

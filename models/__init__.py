@@ -1,5 +1,5 @@
 """Continual-learning methods (``--model``), created by name."""
 
-from utils.core.registry import Registry
+from normcl.utils.core.registry import Registry
 
 MODELS: Registry = Registry("model", __name__)

@@ -2,9 +2,9 @@
 
 from torch import Tensor
 
-from models import MODELS
-from models.utils.continual_model import ContinualModel
-from utils.core.options import Option, at_least
+from normcl.models import MODELS
+from normcl.models.utils.continual_model import ContinualModel
+from normcl.utils.core.options import Option, at_least
 
 
 @MODELS.register("derpp")

@@ -3,8 +3,8 @@
 import torch
 from torch import Tensor
 
-from models import MODELS
-from models.utils.continual_model import ContinualModel
+from normcl.models import MODELS
+from normcl.models.utils.continual_model import ContinualModel
 
 
 @MODELS.register("er")

@@ -9,8 +9,8 @@ computed with tensor ops, without ``torch.unique`` and its host sync.
 import torch
 from torch import Tensor
 
-from models import MODELS
-from models.utils.continual_model import ContinualModel
+from normcl.models import MODELS
+from normcl.models.utils.continual_model import ContinualModel
 
 
 @MODELS.register("er_ace")

@@ -8,10 +8,10 @@ final row of its accuracy matrix is meaningful.
 import torch
 from torch import Tensor
 
-from datasets.utils.continual_dataset import ContinualDataset
-from models import MODELS
-from models.utils.continual_model import ContinualModel
-from utils.stream import epoch_batches
+from normcl.datasets.utils.continual_dataset import ContinualDataset
+from normcl.models import MODELS
+from normcl.models.utils.continual_model import ContinualModel
+from normcl.utils.stream import epoch_batches
 
 
 @MODELS.register("joint")

@@ -2,8 +2,8 @@
 
 from torch import Tensor
 
-from models import MODELS
-from models.utils.continual_model import ContinualModel
+from normcl.models import MODELS
+from normcl.models.utils.continual_model import ContinualModel
 
 
 @MODELS.register("sgd")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from torch import Tensor
 
-from utils.training import Trainer
+from normcl.utils.training import Trainer
 
 
 def inject_nan(monkeypatch: pytest.MonkeyPatch, step: int, member: int | None = None) -> None:

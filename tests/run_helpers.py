@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.experiments.cli import parse_launcher_args
-from utils.experiments.grid import Run, expand_grid
-from utils.experiments.scheduler import LocalScheduler, NoGpuError
+from normcl.utils.experiments.cli import parse_launcher_args
+from normcl.utils.experiments.grid import Run, expand_grid
+from normcl.utils.experiments.scheduler import LocalScheduler, NoGpuError
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_GRID = [

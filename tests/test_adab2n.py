@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from backbone.resnet18 import ResNet18
-from models.utils.adab2n import AdaB2N
-from models.utils.norms import convert_norm
-from models.utils.task_aware import task_aware_layers
+from normcl.backbone.resnet18 import ResNet18
+from normcl.models.utils.adab2n import AdaB2N
+from normcl.models.utils.norms import convert_norm
+from normcl.models.utils.task_aware import task_aware_layers
 
 
 def train_forward(layer: AdaB2N, x: torch.Tensor, tasks: list[int] | None) -> torch.Tensor:

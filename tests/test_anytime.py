@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from test_report import write_run
 
-from utils.args import parse_args, parse_members
-from utils.experiments import results_page
-from utils.experiments.report import write_report
-from utils.main import run
-from utils.metrics import anytime_metrics
+from normcl.utils.args import parse_args, parse_members
+from normcl.utils.experiments import results_page
+from normcl.utils.experiments.report import write_report
+from normcl.utils.main import run
+from normcl.utils.metrics import anytime_metrics
 
 # A stream of 3 tasks: (step, task, end, class-IL accuracy on each task seen so far).
 CURVE = [

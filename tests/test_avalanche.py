@@ -29,16 +29,16 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training import DER, ER_ACE, Naive
 from avalanche.training.plugins import EvaluationPlugin
 
-from backbone.resnet18 import ResNet18
-from datasets import get_dataset_class
-from datasets.utils.continual_dataset import ContinualDataset
-from models.er_ace import ErAce
-from models.utils.adab2n import AdaB2N
-from models.utils.members import Members
-from models.utils.norms import convert_norm
-from models.utils.stacking import StackedNet
-from utils.args import parse_args
-from utils.integrations.avalanche import TaskAwareNormPlugin, avalanche_benchmark
+from normcl.backbone.resnet18 import ResNet18
+from normcl.datasets import get_dataset_class
+from normcl.datasets.utils.continual_dataset import ContinualDataset
+from normcl.integrations.avalanche import TaskAwareNormPlugin, avalanche_benchmark
+from normcl.models.er_ace import ErAce
+from normcl.models.utils.adab2n import AdaB2N
+from normcl.models.utils.members import Members
+from normcl.models.utils.norms import convert_norm
+from normcl.models.utils.stacking import StackedNet
+from normcl.utils.args import parse_args
 
 pytestmark = [  # Avalanche's notice, and the plugin's (asserted once)
     pytest.mark.filterwarnings("ignore:No loggers specified:UserWarning"),
@@ -195,8 +195,9 @@ def test_after_the_stream_the_layers_counted_every_experience(er_ace_run: dict[s
         assert int(layer.tasks_completed) == experiences
         assert layer.task_weight.grad is not None and layer.task_weight.grad.abs().sum() > 0
         assert layer.task_weight.detach().abs().sum() > 0  # trained by the strategy's optimiser
-    regularisers = er_ace_run["recorder"].regularisers
-    assert all(term is not None and term > 0 for _, term in regularisers)  # lambd from ada_t0 = 0 on, every step
+    regularisers = er_ace_run["recorder"].regularisers  # ER-ACE's reference: from its first replay (task 1) on
+    assert all((term is None) == (task == 0) for task, term in regularisers)
+    assert all(term > 0 for task, term in regularisers if task > 0)
 
 
 @pytest.mark.parametrize("cls", [DER, Naive])
@@ -224,17 +225,44 @@ def test_joint_and_plain_strategies_hand_on_the_tasks(
     assert all(int(layer.tasks_completed) == 3 for layer in adab2n_layers(net))
 
 
-def test_the_regulariser_can_wait_for_replay(fmnist: ContinualDataset) -> None:
-    """``only_when_replaying``: ER-ACE's first experience is cross-entropy alone, as this project's ER-ACE."""
+@pytest.mark.parametrize(
+    ("cls", "only_when_replaying", "schedule"),
+    [
+        (ER_ACE, None, "replay"),
+        (DER, None, "after_first"),
+        (Naive, None, "always"),
+        (DER, True, "replay"),
+        (ER_ACE, False, "always"),
+    ],
+)
+def test_the_regulariser_follows_the_strategys_reference_model(
+    cls: type, only_when_replaying: bool | None, schedule: str, fmnist: ContinualDataset
+) -> None:
+    """By default the iterations of the reference AdaB²N model: ER-ACE's (``er_ace_ada.py``) from its first replay,
+    the second experience; DER++'s (``derpp_ada.py``) from its second step, whose buffer is not empty, though
+    Avalanche's DER, which fills its buffer after each experience, replays nothing in the first; the others' in every
+    iteration. ``only_when_replaying=True``: in iterations with a replay part (DER's from the second experience)."""
     torch.manual_seed(0)
     benchmark = avalanche_benchmark(fmnist, test_samples_per_class=5)
-    plugin = TaskAwareNormPlugin(only_when_replaying=True)
-    recorder = Recorder(plugin)
-    cl = strategy(ER_ACE, adab2n_net(), [recorder, plugin], mem_size=50, batch_size_mem=10)
+    plugin = TaskAwareNormPlugin(only_when_replaying=only_when_replaying)
+    recorder, batches = Recorder(plugin), []
+
+    class Batches(SupervisedPlugin):
+        def after_forward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+            batches.append((plugin.current_task, len(strategy.mb_x)))
+
+    kwargs = {"mem_size": 50, "batch_size_mem": 10} | ({"alpha": 0.3, "beta": 0.0} if cls is DER else {})
+    cl = strategy(cls, adab2n_net(), [recorder, plugin, Batches()], **({} if cls is Naive else kwargs))
     for experience in list(benchmark.train_stream)[:2]:
         cl.train(experience, eval_streams=[])
-    by_task = {task: {term is None for t, term in recorder.regularisers if t == task} for task in (0, 1)}
-    assert by_task == {0: {True}, 1: {False}}
+    assert plugin.schedule == schedule
+    added = [term is not None for _, term in recorder.regularisers]
+    first = sum(task == 0 for task, _ in recorder.regularisers)
+    assert len(added) == 8 and first == 4  # 40 images per experience, batches of 10
+    expected = {"replay": [False] * 4 + [True] * 4, "after_first": [False] + [True] * 7, "always": [True] * 8}
+    assert added == expected[schedule]
+    if cls is DER:  # Avalanche's DER: the stream batch alone in the first experience, replay in its head after it
+        assert [size for _, size in batches] == [10] * 4 + [20] * 4
 
 
 def test_a_copy_of_the_model_is_left_alone(fmnist: ContinualDataset) -> None:
@@ -317,7 +345,7 @@ def test_a_training_forward_of_other_inputs_is_refused(fmnist: ContinualDataset)
 
 
 def test_the_example_runs_from_anywhere_and_ends_with_its_summary(tmp_path: Path) -> None:
-    """``python examples/avalanche_adab2n.py`` from another folder: the bootstrap finds this clone's packages."""
+    """``python examples/avalanche_adab2n.py`` from another folder: it imports the installed package ``normcl``."""
     example = Path(__file__).resolve().parent.parent / "examples" / "avalanche_adab2n.py"
     argv = ["--strategy", "der", "--samples_per_class", "4", "--test_samples_per_class", "2", "--nf", "4"]
     proc = subprocess.run(

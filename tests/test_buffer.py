@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from utils.buffer import Buffer
+from normcl.utils.buffer import Buffer
 
 CPU = torch.device("cpu")
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-import utils.results
-from utils.args import parse_args
-from utils.main import main
+from normcl.utils import results as results_module
+from normcl.utils.args import parse_args
+from normcl.utils.main import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 N_TASKS = 5
@@ -68,9 +68,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def cli_env() -> dict[str, str]:
-    """Environment of a subprocess run from the repository root: importable packages, no downloads, no wandb."""
+    """Environment of a subprocess run from the repository root: no downloads, no wandb."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["NORMCL_OFFLINE"] = "1"
     env["WANDB_MODE"] = "disabled"
     return env
@@ -106,7 +105,7 @@ def ref_fwt(acc: list[list[float | None]], random: list[float]) -> float:
 
 def documented_keys() -> tuple[set[str], set[str], set[str]]:
     """Top-level, ``final`` and ``environment`` keys of the format documented in ``utils/results.py``."""
-    doc = utils.results.__doc__ or ""
+    doc = results_module.__doc__ or ""
     lines = [line for line in doc[doc.index("::") + 2 :].splitlines() if not line.strip().startswith("#")]
     text = " ".join(lines)
     text = text[text.index("{") + 1 : text.rindex("}")]
@@ -322,7 +321,7 @@ def test_load_best_args_unknown_buffer_size(capsys: pytest.CaptureFixture[str], 
 def test_model_incompatible_with_the_setting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ):
-    from models.sgd import Sgd
+    from normcl.models.sgd import Sgd
 
     monkeypatch.setattr(Sgd, "COMPATIBILITY", ("task-il",))
     results = tmp_path / "results"
@@ -334,8 +333,8 @@ def test_model_incompatible_with_the_setting(
 def test_code_version_is_the_commit_and_whether_python_files_differ(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(utils.results, "REPO_ROOT", tmp_path)
-    assert utils.results.code_version() == {"git_commit": None, "git_dirty": None}  # not a checkout
+    monkeypatch.setattr(results_module, "REPO_ROOT", tmp_path)
+    assert results_module.code_version() == {"git_commit": None, "git_dirty": None}  # not a checkout
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)
     (tmp_path / "a.py").write_text("x = 1\n")
@@ -343,8 +342,8 @@ def test_code_version_is_the_commit_and_whether_python_files_differ(
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "c"], check=True)
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    assert utils.results.code_version() == {"git_commit": head, "git_dirty": False}
+    assert results_module.code_version() == {"git_commit": head, "git_dirty": False}
     (tmp_path / "notes.md").write_text("two\n")  # not code
-    assert utils.results.code_version()["git_dirty"] is False
+    assert results_module.code_version()["git_dirty"] is False
     (tmp_path / "a.py").write_text("x = 2\n")
-    assert utils.results.code_version() == {"git_commit": head, "git_dirty": True}
+    assert results_module.code_version() == {"git_commit": head, "git_dirty": True}

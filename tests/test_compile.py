@@ -14,9 +14,9 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from models.utils.continual_model import ContinualModel
-from utils.args import parse_args
-from utils.main import run
+from normcl.models.utils.continual_model import ContinualModel
+from normcl.utils.args import parse_args
+from normcl.utils.main import run
 
 
 def test_compilations_do_not_grow_after_the_first_task(tmp_path: Path, monkeypatch) -> None:

@@ -13,11 +13,11 @@ import torchvision
 from norm_helpers import randomised_bn
 from torch import nn
 
-from backbone.resnet18 import ResNet18
-from models.utils.norm_layers import BatchRenorm2d, ContinualNorm2d, batch_renorm, group_norm, layer_norm
-from models.utils.norms import convert_norm
-from models.utils.tbbn import TaskBalancedBN
-from utils.core.errors import UserError
+from normcl.backbone.resnet18 import ResNet18
+from normcl.models.utils.norm_layers import BatchRenorm2d, ContinualNorm2d, batch_renorm, group_norm, layer_norm
+from normcl.models.utils.norms import convert_norm
+from normcl.models.utils.tbbn import TaskBalancedBN
+from normcl.utils.core.errors import UserError
 
 BASELINES = ("BN", "GN", "LN", "IN", "CN", "BRN", "TBBN")
 

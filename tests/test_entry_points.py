@@ -1,8 +1,11 @@
-"""The entry points import this repository's packages even where same-named packages are installed (issue 17).
+"""The entry points import this project even where packages named like its folders are installed (issues 17, 25).
 
 Hugging Face's ``datasets`` is in most machine-learning environments, and ``utils`` and ``models`` are common names:
 stand-in packages of those names go on PYTHONPATH and into the site-packages of a virtual environment that also sees
-this project's editable install, and every entry point must still start (``normcl_bootstrap``).
+this project's editable install, and every entry point must still start: the project is the one package ``normcl``
+and its code imports nothing else of its own. An entry point run from the clone (``python -m utils.report``) imports
+its own folder's package once more under the top-level name, but nothing of the project through it: one registry
+of each kind.
 """
 
 from __future__ import annotations
@@ -67,27 +70,40 @@ def shadowed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, s
     return python, env
 
 
-@pytest.mark.parametrize(
-    ("command", "cwd"),
-    [
-        (["utils/main.py", "--help"], "elsewhere"),
-        (["utils/main.py", "--help"], "repo"),
-        (["run.py", "--help"], "elsewhere"),
-        (["benchmarks/step_time.py", "--help"], "elsewhere"),
-        (["-m", "utils.main", "--help"], "repo"),
-        (["-m", "utils.report", "--help"], "repo"),
-    ],
-)
+ENTRY_POINTS = [
+    (["utils/main.py", "--help"], "elsewhere"),
+    (["utils/main.py", "--help"], "repo"),
+    (["run.py", "--help"], "elsewhere"),
+    (["benchmarks/step_time.py", "--help"], "elsewhere"),
+    (["-m", "utils.main", "--help"], "repo"),
+    (["-m", "utils.report", "--help"], "repo"),
+    (["-m", "utils.results_page", "--help"], "repo"),
+    (["-m", "normcl.utils.main", "--help"], "elsewhere"),
+    (["-m", "normcl.utils.report", "--help"], "elsewhere"),
+]
+PROJECT_FOLDERS = ("utils", "models", "datasets", "backbone", "benchmarks", "integrations", "run")
+
+
+@pytest.mark.parametrize(("command", "cwd"), ENTRY_POINTS)
 def test_entry_points_start_beside_conflicting_packages(
     shadowed: tuple[str, dict[str, str]], command: list[str], cwd: str, tmp_path: Path
 ) -> None:
     python, env = shadowed
     args = command if command[0] == "-m" else [str(REPO / command[0]), *command[1:]]
     proc = subprocess.run(
-        [python, *args], env=env, cwd=REPO if cwd == "repo" else tmp_path, capture_output=True, text=True
+        [python, "-X", "importtime", *args],
+        env=env,
+        cwd=REPO if cwd == "repo" else tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout
+    imported = [line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    outside = [name for name in imported if name.split(".")[0] in PROJECT_FOLDERS]
+    package = [command[1].rsplit(".", 1)[0]] if command[0] == "-m" and not command[1].startswith("normcl.") else []
+    assert outside == package, "project modules imported outside the package normcl"
+    assert any(name.startswith("normcl.") for name in imported)
 
 
 def test_a_grid_run_started_by_run_py_imports_the_project(shadowed: tuple[str, dict[str, str]], tmp_path: Path) -> None:
@@ -103,12 +119,3 @@ def test_a_grid_run_started_by_run_py_imports_the_project(shadowed: tuple[str, d
     assert proc.returncode == 0, proc.stdout + proc.stderr + "".join(p.read_text() for p in tmp_path.rglob("*.txt"))
     (results,) = res.rglob("*.json")
     assert json.loads(results.read_text())["args"]["nl"] == "BN"
-
-
-def test_the_bootstrap_puts_the_repository_first_and_drops_package_folders() -> None:
-    code = "import sys; sys.path.insert(0, sys.argv[1]); "
-    code += "import normcl_bootstrap; print(sys.path[0], sys.argv[1] in sys.path)"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "utils")], capture_output=True, text=True, check=True, cwd="/"
-    )
-    assert proc.stdout.split() == [str(REPO), "False"]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from test_report import write_run
 
-from utils.experiments.evidence import pooled, selections
-from utils.experiments.records import load_records
-from utils.experiments.report import write_report
-from utils.experiments.tables import build_report
+from normcl.utils.experiments.evidence import pooled, selections
+from normcl.utils.experiments.records import load_records
+from normcl.utils.experiments.report import write_report
+from normcl.utils.experiments.tables import build_report
 
 A = {"kappa": 0.1, "lambd": 1.0, "ada_t0": 1}
 B = {"kappa": 0.4, "lambd": 0.1, "ada_t0": 1}

@@ -46,7 +46,8 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_main(clone: Path, tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NORMCL_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    # The clone's folder is named normcl: on PYTHONPATH, its parent makes the clone the package its code imports.
+    env = {**os.environ, "NORMCL_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(clone.parent)}
     tmp_path.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(clone / "utils" / "main.py"), *argv, "--results_path", str(tmp_path / "res")]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

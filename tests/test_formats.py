@@ -20,10 +20,10 @@ from format_helpers import (  # _offline: importing the autouse fixture applies 
     write_cifar_batch,
 )
 
-from datasets.seq_cifar100 import SequentialCIFAR100
-from datasets.seq_miniimg import SequentialMiniImagenet
-from datasets.utils.formats import read_cifar_batches, read_idx, read_npy_pair
-from utils.core.errors import DataError
+from normcl.datasets.seq_cifar100 import SequentialCIFAR100
+from normcl.datasets.seq_miniimg import SequentialMiniImagenet
+from normcl.datasets.utils.formats import read_cifar_batches, read_idx, read_npy_pair
+from normcl.utils.core.errors import DataError
 
 # ---------------------------------------------------------------- IDX
 

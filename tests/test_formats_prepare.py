@@ -22,12 +22,12 @@ from format_helpers import (  # _offline: importing the autouse fixture applies 
     write_cifar10,
 )
 
-from datasets import seq_fmnist
-from datasets.seq_cifar10 import SequentialCIFAR10
-from datasets.seq_cifar100 import SequentialCIFAR100
-from datasets.seq_miniimg import SequentialMiniImagenet
-from datasets.utils.formats import find_first, find_or_fetch, locate, missing_files_message
-from utils.core.errors import DataError
+from normcl.datasets import seq_fmnist
+from normcl.datasets.seq_cifar10 import SequentialCIFAR10
+from normcl.datasets.seq_cifar100 import SequentialCIFAR100
+from normcl.datasets.seq_miniimg import SequentialMiniImagenet
+from normcl.datasets.utils.formats import find_first, find_or_fetch, locate, missing_files_message
+from normcl.utils.core.errors import DataError
 
 # ---------------------------------------------------------------- validation through prepare()
 

@@ -32,9 +32,9 @@ from typing import Any
 import pytest
 import torch
 
-from models.utils.continual_model import ContinualModel
-from utils.results import cpu_environment
-from utils.training import parameter_digest
+from normcl.models.utils.continual_model import ContinualModel
+from normcl.utils.results import cpu_environment
+from normcl.utils.training import parameter_digest
 
 GOLDEN = Path(__file__).with_name("golden")
 PORTABLE = GOLDEN / "float64.json"
@@ -78,7 +78,7 @@ def state_norm(model: ContinualModel) -> float:
 
 def run_case(flags: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Run one case through ``utils.main``; the losses of every optimiser step, the results and the trained model."""
-    import utils.main as entry
+    import normcl.utils.main as entry
 
     built: list[ContinualModel] = []
     losses: list[float] = []

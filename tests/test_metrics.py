@@ -2,7 +2,7 @@
 
 import pytest
 
-from utils.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer
+from normcl.utils.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer
 
 # acc[i][j]: accuracy on task j after training task i. None = not measured; the superdiagonal
 # acc[j-1][j] is task j just before it is trained (only forward transfer reads it).

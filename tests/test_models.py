@@ -17,14 +17,14 @@ import pytest
 import torch
 from torch import nn
 
-from backbone.resnet18 import ResNet18
-from datasets import get_dataset_class
-from models import MODELS
-from models.utils.continual_model import ContinualModel
-from utils.args import parse_args
-from utils.main import run
-from utils.run_setup import build_model
-from utils.training import DEBUG_STEPS
+from normcl.backbone.resnet18 import ResNet18
+from normcl.datasets import get_dataset_class
+from normcl.models import MODELS
+from normcl.models.utils.continual_model import ContinualModel
+from normcl.utils.args import parse_args
+from normcl.utils.main import run
+from normcl.utils.run_setup import build_model
+from normcl.utils.training import DEBUG_STEPS
 
 ALL_MODELS = ("sgd", "joint", "er", "der", "derpp", "er_ace")
 REPLAY_MODELS = ("er", "der", "derpp", "er_ace")

@@ -7,8 +7,8 @@ import torch
 from norm_helpers import randomised_bn
 from torch import Tensor, nn
 
-from backbone.resnet18 import ResNet18
-from models.utils.norm_layers import (
+from normcl.backbone.resnet18 import ResNet18
+from normcl.models.utils.norm_layers import (
     BatchRenorm2d,
     ContinualNorm2d,
     batch_renorm,
@@ -18,7 +18,7 @@ from models.utils.norm_layers import (
     instance_norm,
     layer_norm,
 )
-from models.utils.norms import NORMS, convert_norm, probe_input_shapes
+from normcl.models.utils.norms import NORMS, convert_norm, probe_input_shapes
 
 EPS = 1e-5
 

@@ -11,18 +11,18 @@ import pytest
 import torch
 from torch import nn
 
-from datasets import get_dataset_class
-from datasets.utils.continual_dataset import ContinualDataset, RawSplit
-from models import MODELS
-from models.er import Er
-from models.utils.adab2n import AdaB2N
-from models.utils.norms import NORMS
-from models.utils.tbbn import TaskBalancedBN
-from utils.args import parse_args
-from utils.norm_diagnostics import diagnose
-from utils.run_setup import build_model, set_seed
-from utils.training import Trainer
-from utils.wandb_logger import WandbLogger
+from normcl.datasets import get_dataset_class
+from normcl.datasets.utils.continual_dataset import ContinualDataset, RawSplit
+from normcl.models import MODELS
+from normcl.models.er import Er
+from normcl.models.utils.adab2n import AdaB2N
+from normcl.models.utils.norms import NORMS
+from normcl.models.utils.tbbn import TaskBalancedBN
+from normcl.utils.args import parse_args
+from normcl.utils.norm_diagnostics import diagnose
+from normcl.utils.run_setup import build_model, set_seed
+from normcl.utils.training import Trainer
+from normcl.utils.wandb_logger import WandbLogger
 
 
 @pytest.fixture(scope="module")

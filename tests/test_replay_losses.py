@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datasets import get_dataset_class
-from models import MODELS
-from models.utils.continual_model import ContinualModel
-from models.utils.task_aware import task_aware_layers, task_counts
-from utils.args import parse_args, parse_members
-from utils.run_setup import build_model, member_datasets
+from normcl.datasets import get_dataset_class
+from normcl.models import MODELS
+from normcl.models.utils.continual_model import ContinualModel
+from normcl.models.utils.task_aware import task_aware_layers, task_counts
+from normcl.utils.args import parse_args, parse_members
+from normcl.utils.run_setup import build_model, member_datasets
 
 SHARED = [
     "--dataset", "seq-fmnist", "--buffer_size", "30", "--lr", "0.03", "--bs", "10", "--epochs", "1", "--nf", "4",

@@ -14,8 +14,8 @@ import pytest
 from matplotlib.colors import to_hex
 from matplotlib.image import imread
 
-from utils.experiments import plots, report
-from utils.experiments.methods import (
+from normcl.utils.experiments import plots, report
+from normcl.utils.experiments.methods import (
     METHOD_COLOURS,
     METHOD_ORDER,
     OTHER_COLOURS,
@@ -24,10 +24,10 @@ from utils.experiments.methods import (
     method_colour,
     method_of,
 )
-from utils.experiments.records import load_records
-from utils.experiments.report import write_report
-from utils.experiments.selection import select_configs
-from utils.experiments.tables import build_report
+from normcl.utils.experiments.records import load_records
+from normcl.utils.experiments.report import write_report
+from normcl.utils.experiments.selection import select_configs
+from normcl.utils.experiments.tables import build_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -234,7 +234,7 @@ def test_runs_that_differ_in_any_registered_option_are_not_averaged(tmp_path: Pa
     """Every norm's and model's own option is part of a cell's identity (except AdaB²N's configuration, which the
     selection compares, and the options a method's name holds): for each, enumerated from the registries, two runs
     that differ only in it land in two cells. Files without the option ran with its inactive value."""
-    from utils.args import component_options
+    from normcl.utils.args import component_options
 
     held = {*Config._fields, *(key for args in PSEUDO_METHODS.values() for key in args)}
     options = [o for k, _, o in component_options() if k == kind and o.dest not in held]
@@ -370,7 +370,7 @@ def test_cli_prints_and_writes_and_skips_bad_files(tmp_path: Path, capsys: pytes
 
 
 def test_run_py_report_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from utils.experiments.cli import main
+    from normcl.utils.experiments.cli import main
 
     write_run(tmp_path, "bn0", final=40.0)
     assert main(["--report", "--results_path", str(tmp_path), "--report_dir", str(tmp_path / "tables")]) == 0

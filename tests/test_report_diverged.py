@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from test_report import rows, write_run
 
-from utils.core.run_files import PARTIAL_SUFFIX
-from utils.experiments.records import load_records
-from utils.experiments.report import write_report
-from utils.experiments.selection import select_configs
+from normcl.utils.core.run_files import PARTIAL_SUFFIX
+from normcl.utils.experiments.records import load_records
+from normcl.utils.experiments.report import write_report
+from normcl.utils.experiments.selection import select_configs
 
 STOPPED = {"reason": "non-finite loss", "task": 1, "step": 42}
 LEGEND = (

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from test_report import write_run
 
-from utils.experiments import results_page
-from utils.experiments.report import write_report
+from normcl.utils.experiments import results_page
+from normcl.utils.experiments.report import write_report
 
 PROTOCOL = {"nf": 20, "samples_per_class": 1000, "buffer_mode": "reservoir"}
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from faults import inject_nan
 
-from utils.core.errors import UserError
+from normcl.utils.core.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = [
@@ -26,7 +26,7 @@ RUN = [
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "NORMCL_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "NORMCL_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def start(results: Path, name: str, *extra: str) -> subprocess.Popen:
@@ -133,10 +133,10 @@ def test_a_resumed_run_repeats_every_step_of_the_uninterrupted_one(tmp_path: Pat
     """Per-step losses (every optimiser step, not every 25th) and the parameters' digest: a run that dies at step
     50 resumes from its last checkpoint (step 44, the end of task 4: 11 steps a task, a checkpoint every 20 steps
     and after each task) and takes steps 45 on exactly as the uninterrupted run did."""
-    from models.utils.continual_model import ContinualModel
-    from utils.args import parse_args
-    from utils.main import run
-    from utils.training import Trainer
+    from normcl.models.utils.continual_model import ContinualModel
+    from normcl.utils.args import parse_args
+    from normcl.utils.main import run
+    from normcl.utils.training import Trainer
 
     losses: list[float] = []
     step, train_step = ContinualModel.step, Trainer.train_step
@@ -187,7 +187,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path) ->
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
-    from utils.main import main
+    from normcl.utils.main import main
 
     assert main([*RUN, "--results_path", str(tmp_path), "--run_name", "none", "--resume", "1"]) == 2
 
@@ -198,7 +198,7 @@ def test_non_finite_loss_stops_with_partial_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], step: int, task: int
 ) -> None:
     """The loss turns NaN at ``step`` (an injected NaN batch): exit 3, the completed tasks in the partial file."""
-    from utils.main import main
+    from normcl.utils.main import main
 
     inject_nan(monkeypatch, step)
     threads = torch.get_num_threads()
@@ -215,7 +215,7 @@ def test_non_finite_loss_stops_with_partial_results(
 
 
 def _checkpoint_with_args(path: Path, saved_args: list[dict]) -> None:
-    from utils.checkpoint import save_checkpoint
+    from normcl.utils.checkpoint import save_checkpoint
 
     save_checkpoint(path, {"args": saved_args})
 
@@ -225,8 +225,8 @@ def test_speed_flags_may_change_on_resume_and_older_formats_are_refused(tmp_path
     changes the numbers and must match. A checkpoint of format 1 (before every run was a stack) is refused by name."""
     import io
 
-    from utils.args import parse_args
-    from utils.checkpoint import comparable_args, load_checkpoint
+    from normcl.utils.args import parse_args
+    from normcl.utils.checkpoint import comparable_args, load_checkpoint
 
     args = parse_args([*RUN, "--compile", "1"])
     saved = comparable_args(parse_args([*RUN, "--channels_last", "1"]))

@@ -20,12 +20,12 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
     small_runs,
 )
 
-from utils.core.errors import UserError
-from utils.core.run_files import results_file
-from utils.experiments.cli import main, parse_launcher_args, reserved_extra
-from utils.experiments.grid import expand_grid, validate_runs
-from utils.experiments.methods import METHOD_ORDER, PSEUDO_METHODS, Config, method_flags, method_of, norm_of
-from utils.experiments.processes import default_command
+from normcl.utils.core.errors import UserError
+from normcl.utils.core.run_files import results_file
+from normcl.utils.experiments.cli import main, parse_launcher_args, reserved_extra
+from normcl.utils.experiments.grid import expand_grid, validate_runs
+from normcl.utils.experiments.methods import METHOD_ORDER, PSEUDO_METHODS, Config, method_flags, method_of, norm_of
+from normcl.utils.experiments.processes import default_command
 
 # ----------------------------------------------------------------------------------------------- grid
 
@@ -107,7 +107,7 @@ def test_pseudo_methods_and_registered_norms(tmp_path: Path) -> None:
 def test_each_flag_the_launcher_sets_is_refused_in_extra_and_names_a_launcher_flag_that_exists(tmp_path: Path) -> None:
     """``Roles.launcher`` is declared on the flag; where it names a ``run.py`` flag, that flag exists, and every
     reserved flag is refused in ``--extra`` with that advice."""
-    from utils.experiments.cli import build_parser
+    from normcl.utils.experiments.cli import build_parser
 
     launcher_flags = {flag for action in build_parser()._actions for flag in action.option_strings}
     reserved = reserved_extra()
@@ -132,7 +132,7 @@ def test_the_launchers_methods_come_back_as_the_reports_rows(tmp_path: Path) -> 
     """One vocabulary: each of the report's rows is a method ``run.py`` can run, and its runs' flags, as
     ``utils/main.py`` resolves and records them, come back through the report's ``method_of`` as that row, with
     the same AdaB²N configuration."""
-    from utils.args import parse_args
+    from normcl.utils.args import parse_args
 
     runs = small_runs(tmp_path, "--methods", *METHOD_ORDER, "--num_seeds", "1")
     assert [r.method for r in runs] == list(METHOD_ORDER)
@@ -215,7 +215,7 @@ def test_missing_best_args_are_one_line_in_run_py_flags(capsys: pytest.CaptureFi
 
 
 def test_no_best_args_takes_the_hyper_parameters_from_extra(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from utils.args import parse_args
+    from normcl.utils.args import parse_args
 
     argv = [*FMNIST_BN, "--models", "er_ace", "derpp", "--buffer_sizes", "50", "--no_best_args"]
     argv += ["--extra", "--lr 0.05 --alpha 0.2", "--results_path", str(tmp_path / "res"), "--dry_run"]

@@ -20,8 +20,8 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
     no_gpu,
 )
 
-from utils.experiments.cli import main
-from utils.experiments.report import write_report
+from normcl.utils.experiments.cli import main
+from normcl.utils.experiments.report import write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REAL_EXTRA = "--samples_per_class 30 --nf 8 --non_verbose 1 --num_threads 1 --validation 1"

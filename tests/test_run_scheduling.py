@@ -23,10 +23,10 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
     wait_until,
 )
 
-from utils.experiments.cli import main
-from utils.experiments.grid import Run
-from utils.experiments.processes import RunLock, Summary, start_run
-from utils.experiments.scheduler import NoGpuError, allowed_gpus, choose_gpu, nvml_probe
+from normcl.utils.experiments.cli import main
+from normcl.utils.experiments.grid import Run
+from normcl.utils.experiments.processes import RunLock, Summary, start_run
+from normcl.utils.experiments.scheduler import NoGpuError, allowed_gpus, choose_gpu, nvml_probe
 
 # ----------------------------------------------------------------------------------------------- GPU placement
 
@@ -254,7 +254,7 @@ def test_slurm_jobs_report_a_diverged_run_and_do_not_resubmit_it(
 ) -> None:
     """Through the Slurm path (submitit replaced by an executor that runs each job at once): a job whose run
     diverges is neither retried nor failed, and the next submission leaves the run out."""
-    from utils.experiments import slurm
+    from normcl.utils.experiments import slurm
 
     class Job:
         def __init__(self, outcome: slurm.JobOutcome, index: int) -> None:

@@ -21,15 +21,15 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
     no_gpu,
 )
 
-from utils.args import parse_args, split_members
-from utils.checkpoint import save_checkpoint
-from utils.core.run_files import checkpoint_file
-from utils.experiments.cli import main, parse_launcher_args
-from utils.experiments.grid import Run, expand_grid, expand_test, expand_validation
-from utils.experiments.processes import default_command
-from utils.experiments.scheduler import execute
-from utils.experiments.stacks import Stack, even_chunks, narrowed, stack_runs
-from utils.experiments.tuning import select_from_validation
+from normcl.utils.args import parse_args, split_members
+from normcl.utils.checkpoint import save_checkpoint
+from normcl.utils.core.run_files import checkpoint_file
+from normcl.utils.experiments.cli import main, parse_launcher_args
+from normcl.utils.experiments.grid import Run, expand_grid, expand_test, expand_validation
+from normcl.utils.experiments.processes import default_command
+from normcl.utils.experiments.scheduler import execute
+from normcl.utils.experiments.stacks import Stack, even_chunks, narrowed, stack_runs
+from normcl.utils.experiments.tuning import select_from_validation
 
 GRID = [
     "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "AdaB2N", "--num_seeds", "3",

@@ -19,14 +19,14 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
     no_gpu,
 )
 
-from utils.experiments import slurm
-from utils.experiments.cli import main, parse_launcher_args
-from utils.experiments.grid import Run, expand_grid, expand_test, expand_validation
-from utils.experiments.processes import Summary
-from utils.experiments.records import load_records
-from utils.experiments.report import write_report
-from utils.experiments.selection import select_configs
-from utils.experiments.tuning import select_from_validation
+from normcl.utils.experiments import slurm
+from normcl.utils.experiments.cli import main, parse_launcher_args
+from normcl.utils.experiments.grid import Run, expand_grid, expand_test, expand_validation
+from normcl.utils.experiments.processes import Summary
+from normcl.utils.experiments.records import load_records
+from normcl.utils.experiments.report import write_report
+from normcl.utils.experiments.selection import select_configs
+from normcl.utils.experiments.tuning import select_from_validation
 
 # ----------------------------------------------------------------------------------------------- --tune validation
 

@@ -7,12 +7,12 @@ import torch
 from test_models import small_model
 from torch import nn
 
-from backbone.resnet18 import ResNet18
-from models.utils.adab2n import AdaB2N
-from models.utils.norm_layers import BatchRenorm2d, ContinualNorm2d
-from models.utils.norms import convert_norm
-from models.utils.task_aware import task_aware_layers, task_counts
-from models.utils.tbbn import TaskBalancedBN
+from normcl.backbone.resnet18 import ResNet18
+from normcl.models.utils.adab2n import AdaB2N
+from normcl.models.utils.norm_layers import BatchRenorm2d, ContinualNorm2d
+from normcl.models.utils.norms import convert_norm
+from normcl.models.utils.task_aware import task_aware_layers, task_counts
+from normcl.models.utils.tbbn import TaskBalancedBN
 
 
 def test_task_counts_by_hand() -> None:

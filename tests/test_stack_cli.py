@@ -19,9 +19,9 @@ import torch
 from faults import inject_nan
 from norm_helpers import doubled_bn
 
-from models.utils.norms import NORMS, NormSpec
-from utils.args import parse_args, parse_members
-from utils.main import main, run
+from normcl.models.utils.norms import NORMS, NormSpec
+from normcl.utils.args import parse_args, parse_members
+from normcl.utils.main import main, run
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = [

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import MODELS
-from models.utils.continual_model import ContinualModel
-from models.utils.norms import NORMS
-from utils.args import member_free, parse_args, parse_members, stacking_problem
-from utils.experiments.methods import PSEUDO_METHODS, method_flags, runs_without_affine
-from utils.main import main, run
+from normcl.models import MODELS
+from normcl.models.utils.continual_model import ContinualModel
+from normcl.models.utils.norms import NORMS
+from normcl.utils.args import member_free, parse_args, parse_members, stacking_problem
+from normcl.utils.experiments.methods import PSEUDO_METHODS, method_flags, runs_without_affine
+from normcl.utils.main import main, run
 
 OPTION_VALUES = {"kappa": ("0.4", "1.0", "0.0", "0.7"), "lambd": ("0.1", "1", "0.01", "0.5"),
                  "ada_t0": ("0", "1", "0", "2"), "alpha": ("0.3", "0.05", "0.1", "0.5"),

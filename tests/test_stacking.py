@@ -15,10 +15,10 @@ import torch
 from norm_helpers import doubled_bn
 from torch import nn
 
-from backbone.resnet18 import ResNet18
-from models.utils.norms import convert_norm
-from models.utils.stacking import StackedNet, UnstackableLayer
-from models.utils.task_aware import task_aware_layers, task_counts
+from normcl.backbone.resnet18 import ResNet18
+from normcl.models.utils.norms import convert_norm
+from normcl.models.utils.stacking import StackedNet, UnstackableLayer
+from normcl.models.utils.task_aware import task_aware_layers, task_counts
 
 K, B, TASKS, STREAM = 3, 6, 5, 4
 NORMS = {

@@ -21,11 +21,11 @@ from norm_helpers import randomised_bn
 from test_models import small_model
 from torch import Tensor, nn
 
-from models.utils.layer_stacking import load, stacking_of
-from models.utils.norms import NORMS, convert_norm
-from models.utils.task_aware import TaskAwareNorm, task_aware_layers
-from models.utils.tbbn import TaskBalancedBN, feasible_splits, tbbn
-from utils.main import main
+from normcl.models.utils.layer_stacking import load, stacking_of
+from normcl.models.utils.norms import NORMS, convert_norm
+from normcl.models.utils.task_aware import TaskAwareNorm, task_aware_layers
+from normcl.models.utils.tbbn import TaskBalancedBN, feasible_splits, tbbn
+from normcl.utils.main import main
 
 C, H, W, EPS, MOMENTUM = 3, 4, 4, 1e-5, 0.1
 TOL = {"rtol": 1e-12, "atol": 1e-12}

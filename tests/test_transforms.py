@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from datasets.transforms import Normalize, TrainTransform, random_crop, random_hflip
+from normcl.datasets.transforms import Normalize, TrainTransform, random_crop, random_hflip
 
 
 def _random_images(n: int, c: int, h: int, w: int, seed: int) -> torch.Tensor:

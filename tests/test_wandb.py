@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from utils.args import parse_args
-from utils.wandb_logger import WandbLogger, wandb_api_key_configured
+from normcl.utils.args import parse_args
+from normcl.utils.wandb_logger import WandbLogger, wandb_api_key_configured
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_MESSAGE = "wandb: no API key configured, logging offline (upload later with `wandb sync`)"
@@ -50,12 +50,9 @@ def test_run_without_api_key_logs_offline(no_wandb_credentials: Path, tmp_path: 
         "--device", "cpu", "--num_threads", "1", "--seed", "0", "--eval_every", "2", "--eval_subset", "4",
         "--results_path", str(results), "--run_name", "wandb_run",
     ]  # fmt: skip
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "utils/main.py", *argv],
         cwd=REPO_ROOT,
-        env=env,
         stdin=subprocess.DEVNULL,  # a login prompt would fail instead of hanging
         capture_output=True,
         text=True,
@@ -79,7 +76,7 @@ def test_each_stacked_member_is_its_own_wandb_run(no_wandb_credentials: Path, tm
         "--device", "cpu", "--num_threads", "1", "--results_path", str(results), "--wandb_group", "g",
         "--member", "--seed 0 --lr 0.03 --run_name first", "--member", "--seed 1 --lr 0.01 --run_name second",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "WANDB_MODE": "offline"}
+    env = {**os.environ, "WANDB_MODE": "offline"}
     proc = subprocess.run(
         [sys.executable, "utils/main.py", *argv], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=300,

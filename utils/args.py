@@ -19,9 +19,9 @@ import shlex
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from utils.buffer import BUFFER_MODES, ring_size_problem
-from utils.core.errors import UserError
-from utils.core.options import (
+from normcl.utils.buffer import BUFFER_MODES, ring_size_problem
+from normcl.utils.core.errors import UserError
+from normcl.utils.core.options import (
     BINARY_FLAG,
     PROTOCOL,
     RESUME_FREE,
@@ -60,9 +60,9 @@ def _binary(group: argparse._ActionsContainer, name: str, help_text: str, roles:
 
 def component_options() -> Iterator[tuple[str, str, Option]]:
     """``(kind, name, option)`` for every flag a registered norm, model or dataset declares in its own file."""
-    from datasets import DATASETS
-    from models import MODELS
-    from models.utils.norms import NORMS
+    from normcl.datasets import DATASETS
+    from normcl.models import MODELS
+    from normcl.models.utils.norms import NORMS
 
     declared = [("norm", name, NORMS.get(name).options) for name in NORMS.names()]
     declared += [("model", name, MODELS.get(name).OPTIONS) for name in MODELS.names()]
@@ -99,9 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("experiment")
     help_text = "benchmark: seq-fmnist, seq-cifar10, seq-cifar100, seq-miniimg"
     _flag(g, "--dataset", Roles(launcher="--datasets"), required=True, help=help_text)
-    _flag(
-        g, "--model", Roles(launcher="--models"), required=True, help="method, e.g. sgd, joint, er, der, derpp, er_ace"
-    )
+    help_text = "method, e.g. sgd, joint, er, der, derpp, er_ace"
+    _flag(g, "--model", Roles(launcher="--models"), required=True, help=help_text)
     _flag(g, "--backbone", PROTOCOL, default=None, help="network (default: the dataset's, resnet18)")
     _flag(g, "--nf", PROTOCOL, type=int, default=64, help="ResNet-18 base width: 64 = full, 20 = reduced ResNet-18")
     help_text = "normalization layer swapped in for every BatchNorm, e.g. BN"
@@ -224,27 +223,33 @@ def _check(flag: str, value: object, check: Check) -> None:
         raise UserError(f"{flag} {problem}, got {value}")
 
 
+def component_default(owners: list[tuple[str, Option]], chosen: set[tuple[str, str]]) -> Any:
+    """An unset component flag's value: the default of the chosen component (``(kind, name)``) that declares it, else
+    the inactive value; ``owners``: the flag's entry of :func:`merge`."""
+    mine = [o for owner, o in owners if tuple(owner.split(" ", 1)) in chosen]
+    return mine[0].default if mine else owners[0][1].value_when_inactive
+
+
 def _fill_component_options(args: argparse.Namespace) -> None:
     """Unset component flags: the run's component's default if it declares the flag, else the inactive value."""
     chosen = {("norm", args.nl), ("model", args.model), ("dataset", args.dataset)}
     for flag, owners in merge((f"{kind} {name}", o) for kind, name, o in component_options()).items():
         dest = owners[0][1].dest
         if getattr(args, dest) is None:
-            mine = [o for owner, o in owners if tuple(owner.split(" ", 1)) in chosen]
-            setattr(args, dest, mine[0].default if mine else owners[0][1].value_when_inactive)
+            setattr(args, dest, component_default(owners, chosen))
         for _, option in owners:
             if option.check is not None:
                 _check(flag, getattr(args, dest), option.check)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and validate the command line; raises ``UserError`` on bad values."""
-    from datasets import get_dataset_class
-    from models import MODELS
-    from models.utils.norms import NORMS
-    from utils.best_args import best_args_for
+def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse (with :func:`build_parser`'s parser, or ``parser``) and validate the command line; raises ``UserError``."""
+    from normcl.datasets import get_dataset_class
+    from normcl.models import MODELS
+    from normcl.models.utils.norms import NORMS
+    from normcl.utils.best_args import best_args_for
 
-    args = build_parser().parse_args(argv)
+    args = (parser or build_parser()).parse_args(argv)
     dataset_cls = get_dataset_class(args.dataset)
     model_cls = MODELS.get(args.model)
     NORMS.get(args.nl)
@@ -333,8 +338,8 @@ def member_free(args: argparse.Namespace) -> set[str]:
     """The arguments that stacked members of a run like ``args`` may differ in: the flags declared member-free, the
     run's model's own options, and the norm's options that its layer's stacking takes per member
     (``Stacking.per_member``)."""
-    from models import MODELS
-    from models.utils.norms import NORMS
+    from normcl.models import MODELS
+    from normcl.models.utils.norms import NORMS
 
     norm = NORMS.get(args.nl)
     free = {dest for dest, roles in flag_roles().items() if roles.member_free}
@@ -345,8 +350,8 @@ def member_free(args: argparse.Namespace) -> set[str]:
 
 def stacking_problem(args: argparse.Namespace) -> str | None:
     """Why runs like ``args`` cannot be stacked at all (their norm or model declares no stacking), or ``None``."""
-    from models import MODELS
-    from models.utils.norms import NORMS
+    from normcl.models import MODELS
+    from normcl.models.utils.norms import NORMS
 
     norm = NORMS.get(args.nl)
     if norm.stacking is None:

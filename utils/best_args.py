@@ -29,7 +29,7 @@ The AdaB²N hyper-parameters (``kappa``, ``lambd``, ``ada_t0``) are not here: th
 
 from __future__ import annotations
 
-from utils.core.errors import UserError
+from normcl.utils.core.errors import UserError
 
 HParams = dict[str, float | int]
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from datasets.utils.continual_dataset import ContinualDataset
-from models.utils.continual_model import ContinualModel
+from normcl.datasets.utils.continual_dataset import ContinualDataset
+from normcl.models.utils.continual_model import ContinualModel
 
 SUBSET_SEED_OFFSET = 7919
 """Added to a run's seed to seed the draw of its evaluation subset: the same images for every method of a seed, and a

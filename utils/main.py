@@ -27,14 +27,15 @@ from typing import Any
 
 import torch
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from datasets import get_dataset_class
-from utils.args import parse_args, parse_members, split_members
-from utils.checkpoint import load_checkpoint
-from utils.core.errors import UserError
-from utils.core.run_files import checkpoint_file, partial_results_file, results_file
-from utils.results import build_results, code_version, summary_table, write_results
-from utils.run_setup import (
+from normcl.datasets import get_dataset_class
+from normcl.datasets.utils.continual_dataset import ContinualDataset
+from normcl.models.utils.continual_model import ContinualModel
+from normcl.utils.args import parse_args, parse_members, split_members
+from normcl.utils.checkpoint import load_checkpoint
+from normcl.utils.core.errors import UserError
+from normcl.utils.core.run_files import checkpoint_file, partial_results_file, results_file
+from normcl.utils.results import build_results, code_version, summary_table, write_results
+from normcl.utils.run_setup import (
     build_model,
     check_disk_space,
     check_writable,
@@ -42,15 +43,23 @@ from utils.run_setup import (
     member_datasets,
     resolve_device,
 )
-from utils.training import Interrupted, Trainer
-from utils.wandb_logger import WandbLogger
+from normcl.utils.training import Interrupted, Trainer
+from normcl.utils.wandb_logger import WandbLogger
 
 
 def run(runs: Namespace | Sequence[Namespace]) -> list[dict[str, Any]]:
     """Train the runs as one stack (a run alone: a stack of one) and write each run's results file (partial results,
     with the step it stopped at, for a run whose loss turned non-finite); returns the results documents."""
+    start = time.perf_counter()
+    model, datasets = load(runs)
+    return train(model, datasets, start)
+
+
+def load(runs: Namespace | Sequence[Namespace]) -> tuple[ContinualModel, list[ContinualDataset]]:
+    """The model and each member's dataset the runs' arguments ask for, on their device, before any training: what
+    :func:`train` trains (``normcl.load_runner`` hands them to the user in between)."""
     members = [runs] if isinstance(runs, Namespace) else list(runs)
-    start, code, first = time.perf_counter(), code_version(), members[0]
+    first = members[0]
     if first.num_threads is not None:
         torch.set_num_threads(first.num_threads)
     device = resolve_device(first.device)
@@ -58,13 +67,22 @@ def run(runs: Namespace | Sequence[Namespace]) -> list[dict[str, Any]]:
         args.device, args.setting = str(device), get_dataset_class(args.dataset).SETTING
         args.run_name = args.run_name or default_run_name(args) + (f"_member{k}" if len(members) > 1 else "")
     datasets = member_datasets(members, device)
-    ckpt = None if first.disable_log else checkpoint_file(results_file(first), stack=len(members) > 1)
     if not first.disable_log:
         check_writable(Path(first.results_path))
-    payload = load_checkpoint(ckpt, members, device) if first.resume and ckpt is not None else None
     model = build_model(members, datasets)
     if not first.disable_log:
         check_disk_space(Path(first.results_path), model, datasets[0])
+    return model, datasets
+
+
+def train(model: ContinualModel, datasets: list[ContinualDataset], start: float | None = None) -> list[dict[str, Any]]:
+    """Train a model from :func:`load` (continuing from its checkpoint with ``--resume 1``) and write each member's
+    results file; returns the results documents. ``start``: when the run began (default: now), for its timing."""
+    start, code = time.perf_counter() if start is None else start, code_version()
+    members = model.members.args
+    first = members[0]
+    ckpt = None if first.disable_log else checkpoint_file(results_file(first), stack=len(members) > 1)
+    payload = load_checkpoint(ckpt, members, datasets[0].device) if first.resume and ckpt is not None else None
     loggers = [WandbLogger(args, concurrent=len(members) > 1) for args in members]
     trainer = Trainer(model, datasets, members, loggers, ckpt)
     if payload is not None:

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from datasets.utils.continual_dataset import ContinualDataset
-from models.utils.task_aware import StatisticsInput
+from normcl.datasets.utils.continual_dataset import ContinualDataset
+from normcl.models.utils.task_aware import StatisticsInput
 
 MAX_SAMPLES_PER_TASK = 1000
 

@@ -5,8 +5,7 @@ The command stays at this path; the report itself is :mod:`utils.experiments.rep
 
 import sys
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from utils.experiments.report import main
+from normcl.utils.experiments.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -62,10 +62,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.core.atomic import atomic_write_bytes
-from utils.core.run_files import RESULTS_FORMAT_VERSION
-from utils.metrics import anytime_metrics, average_accuracy, backward_transfer, forgetting, forward_transfer
-from utils.training import History
+from normcl.utils.core.atomic import atomic_write_bytes
+from normcl.utils.core.run_files import RESULTS_FORMAT_VERSION
+from normcl.utils.metrics import anytime_metrics, average_accuracy, backward_transfer, forgetting, forward_transfer
+from normcl.utils.training import History
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

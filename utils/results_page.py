@@ -7,8 +7,7 @@ The command stays at this path, which the published pages' markers name; the cod
 
 import sys
 
-import normcl_bootstrap  # noqa: F401  (first: this repository's packages win over installed ones)
-from utils.experiments.results_page import main
+from normcl.utils.experiments.results_page import main
 
 if __name__ == "__main__":
     sys.exit(main())

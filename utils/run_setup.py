@@ -18,15 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backbone import BACKBONES
-from datasets import get_dataset_class
-from datasets.utils.continual_dataset import ContinualDataset
-from models import MODELS
-from models.utils.continual_model import ContinualModel
-from models.utils.members import Members
-from models.utils.norms import NORMS, convert_norm
-from models.utils.stacking import StackedNet
-from utils.core.errors import UserError
+from normcl.backbone import BACKBONES
+from normcl.datasets import get_dataset_class
+from normcl.datasets.utils.continual_dataset import ContinualDataset
+from normcl.models import MODELS
+from normcl.models.utils.continual_model import ContinualModel
+from normcl.models.utils.members import Members
+from normcl.models.utils.norms import NORMS, convert_norm
+from normcl.models.utils.stacking import StackedNet
+from normcl.utils.core.errors import UserError
 
 
 def set_seed(seed: int | None) -> None:

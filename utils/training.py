@@ -29,13 +29,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from datasets.utils.continual_dataset import ContinualDataset, TaskData
-from models.utils.continual_model import ContinualModel
-from utils.checkpoint import comparable_args, get_rng_state, save_checkpoint, set_rng_state
-from utils.evaluation import anytime_point, evaluate_members, evaluation_subset
-from utils.norm_diagnostics import diagnose
-from utils.stream import batch_indices, epoch_order, n_batches
-from utils.wandb_logger import WandbLogger
+from normcl.datasets.utils.continual_dataset import ContinualDataset, TaskData
+from normcl.models.utils.continual_model import ContinualModel
+from normcl.utils.checkpoint import comparable_args, get_rng_state, save_checkpoint, set_rng_state
+from normcl.utils.evaluation import anytime_point, evaluate_members, evaluation_subset
+from normcl.utils.norm_diagnostics import diagnose
+from normcl.utils.stream import batch_indices, epoch_order, n_batches
+from normcl.utils.wandb_logger import WandbLogger
 
 LOSS_READ_EVERY = 25
 DEBUG_STEPS = 5

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datasets.transforms import Normalize, TrainTransform
-from utils.core.errors import DataError
-from utils.core.options import Option, positive, require
+from normcl.datasets.transforms import Normalize, TrainTransform
+from normcl.utils.core.errors import DataError
+from normcl.utils.core.options import Option, positive, require
 
 VALIDATION_FRACTION = 0.1
 
@@ -76,7 +76,7 @@ class ContinualDataset:
     @property
     def name(self) -> str:
         """The name the dataset is registered under (``--dataset``)."""
-        from datasets import DATASETS
+        from normcl.datasets import DATASETS
 
         return DATASETS.name_of(type(self))
 

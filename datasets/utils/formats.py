@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.core.errors import DataError
+from normcl.utils.core.errors import DataError
 
 OFFLINE_ENV = "NORMCL_OFFLINE"
 DEFAULT_DATA_PATH = "data"

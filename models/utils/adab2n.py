@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.utils.layer_stacking import Stacking, load, same, slice_member, stackable
-from models.utils.norms import float32_under_autocast, register_norm
-from models.utils.task_aware import task_counts
-from utils.core.options import Option, at_least, between, require
+from normcl.models.utils.layer_stacking import Stacking, load, same, slice_member, stackable
+from normcl.models.utils.norms import float32_under_autocast, register_norm
+from normcl.models.utils.task_aware import task_counts
+from normcl.utils.core.options import Option, at_least, between, require
 
 KAPPA = Option(
     "--kappa", "momentum adaptation in [0, 1] (1 = plain EMA, 0 = cumulative)", check=between(0, 1), launcher="--kappas"

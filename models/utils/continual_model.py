@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datasets.utils.continual_dataset import ContinualDataset, run_dtype
-from models.utils.members import MemberOptimizers, Members, StackedBuffer, per_member_loss
-from models.utils.stacking import StackedNet
-from models.utils.task_aware import NormLosses, task_aware_layers, task_counts
-from utils.core.options import Option
+from normcl.datasets.utils.continual_dataset import ContinualDataset, run_dtype
+from normcl.models.utils.members import MemberOptimizers, Members, StackedBuffer, per_member_loss
+from normcl.models.utils.stacking import StackedNet
+from normcl.models.utils.task_aware import NormLosses, task_aware_layers, task_counts
+from normcl.utils.core.options import Option
 
 Part = tuple[Tensor, Tensor | int]
 

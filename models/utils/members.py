@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from utils.buffer import Buffer
-from utils.core.options import Option
+from normcl.utils.buffer import Buffer
+from normcl.utils.core.options import Option
 
 
 @dataclass

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.utils.layer_stacking import per_channel, stackable
-from models.utils.norms import Shape, copy_matching_state, float32_under_autocast, register_norm
-from utils.core.options import Option, at_least, require
+from normcl.models.utils.layer_stacking import per_channel, stackable
+from normcl.models.utils.norms import Shape, copy_matching_state, float32_under_autocast, register_norm
+from normcl.utils.core.options import Option, at_least, require
 
 RMAX = Option("--brn_rmax", "clip of the scale correction r to [1/rmax, rmax]", keyword="rmax", check=at_least(1))
 DMAX = Option("--brn_dmax", "clip of the shift correction d to [-dmax, dmax]", keyword="dmax", check=at_least(0))

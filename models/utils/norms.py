@@ -39,9 +39,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.utils.layer_stacking import Stacking, place_like, stacking_of
-from utils.core.options import Option
-from utils.core.registry import Registry
+from normcl.models.utils.layer_stacking import Stacking, place_like, stacking_of
+from normcl.utils.core.options import Option
+from normcl.utils.core.registry import Registry
 
 NormBuilder = Callable[..., nn.Module]
 Shape = tuple[int, int, int]
@@ -105,7 +105,7 @@ class NormSpec:
                 raise TypeError(f"norm '{self.name}' needs the keyword {p.name!r}")
 
 
-NORMS: Registry[NormSpec] = Registry("normalization layer", "models.utils")
+NORMS: Registry[NormSpec] = Registry("normalization layer", __package__)
 
 
 def register_norm(name: str, *options: Option) -> Callable[[NormBuilder], NormBuilder]:

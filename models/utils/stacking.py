@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from models.utils.layer_stacking import own_tensors, place_like, stacking_of
+from normcl.models.utils.layer_stacking import own_tensors, place_like, stacking_of
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 """Modules that only hold others (an empty ``Sequential`` is the identity): a stack stacks their children."""

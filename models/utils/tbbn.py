@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.utils.layer_stacking import per_channel, stackable
-from models.utils.norms import copy_matching_state, float32_under_autocast, register_norm
-from utils.core.options import Option, one_of, require
+from normcl.models.utils.layer_stacking import per_channel, stackable
+from normcl.models.utils.norms import copy_matching_state, float32_under_autocast, register_norm
+from normcl.utils.core.options import Option, one_of, require
 
 STATS_CHOICES = ("balanced", "output")
 STATS = Option(

@@ -12,7 +12,7 @@ import pkgutil
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from utils.core.errors import UserError
+from normcl.utils.core.errors import UserError
 
 T = TypeVar("T")
 

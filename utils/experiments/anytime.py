@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from utils.experiments import evidence
-from utils.experiments.methods import BASELINE, method_colour
-from utils.experiments.plots import label, save_figure
-from utils.experiments.records import Record
-from utils.experiments.tables import Column, Report
+from normcl.utils.experiments import evidence
+from normcl.utils.experiments.methods import BASELINE, method_colour
+from normcl.utils.experiments.plots import label, save_figure
+from normcl.utils.experiments.records import Record
+from normcl.utils.experiments.tables import Column, Report
 
 STREAM_METRICS = (
     ("aaa", "Average anytime accuracy (AAA), class-IL (%)"),

@@ -22,8 +22,8 @@ import sys
 from argparse import Namespace
 from collections.abc import Iterable, Sequence
 
-from utils.core.errors import UserError
-from utils.experiments.grid import (
+from normcl.utils.core.errors import UserError
+from normcl.utils.experiments.grid import (
     NO_BEST_ARGS_EXAMPLE,
     PAPER_ADA_T0S,
     PAPER_BUFFERS,
@@ -39,12 +39,12 @@ from utils.experiments.grid import (
     split_extra,
     validate_runs,
 )
-from utils.experiments.methods import NO_AFFINE_METHODS, PSEUDO_METHODS
-from utils.experiments.processes import CommandBuilder, confirm, default_command, done_text, print_runs
-from utils.experiments.scheduler import GpuProbe, execute, nvml_probe
-from utils.experiments.slurm import slurm_minutes
-from utils.experiments.stacks import stack_runs, stacking_text
-from utils.experiments.tuning import run_tuned
+from normcl.utils.experiments.methods import NO_AFFINE_METHODS, PSEUDO_METHODS
+from normcl.utils.experiments.processes import CommandBuilder, confirm, default_command, done_text, print_runs
+from normcl.utils.experiments.scheduler import GpuProbe, execute, nvml_probe
+from normcl.utils.experiments.slurm import slurm_minutes
+from normcl.utils.experiments.stacks import stack_runs, stacking_text
+from normcl.utils.experiments.tuning import run_tuned
 
 TUNE_MODES = ("none", "validation")
 
@@ -52,7 +52,7 @@ TUNE_MODES = ("none", "validation")
 def reserved_extra() -> dict[str, str]:
     """Flags ``--extra`` may not set, because the launcher sets them per run, with what to use instead: those declared
     so with the flag (``Roles.launcher``), and those that the methods' vocabulary sets (pseudo-methods, no affine)."""
-    from utils.args import flag_roles
+    from normcl.utils.args import flag_roles
 
     reserved = {f"--{dest}": roles.launcher for dest, roles in flag_roles().items() if roles.launcher}
     methods = {f"--{key}": f"--methods {m}" for m, args in PSEUDO_METHODS.items() for key in args if key != "nl"}
@@ -69,7 +69,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """``run.py``'s flags: the grid, AdaB²N's selection, execution, Slurm and the report."""
-    from utils.args import HelpFormatter  # imported here: utils.args pulls in torch
+    from normcl.utils.args import HelpFormatter  # imported here: utils.args pulls in torch
 
     p = _Parser(
         prog="python run.py",
@@ -199,10 +199,10 @@ def _check_extra(args: Namespace) -> None:
 
 def validate_args(args: Namespace) -> None:
     """Reject bad launcher input before anything starts (unknown names, negative counts, kappa outside [0, 1])."""
-    from datasets import DATASETS
-    from models import MODELS
-    from models.utils.adab2n import ADA_T0, KAPPA, LAMBD
-    from models.utils.norms import NORMS
+    from normcl.datasets import DATASETS
+    from normcl.models import MODELS
+    from normcl.models.utils.adab2n import ADA_T0, KAPPA, LAMBD
+    from normcl.models.utils.norms import NORMS
 
     _check_names("dataset", args.datasets, DATASETS.names())
     _check_names("model", args.models, MODELS.names())
@@ -262,7 +262,7 @@ def main(
     try:
         args = parse_launcher_args(argv)
         if args.report:
-            from utils.experiments import report
+            from normcl.utils.experiments import report
 
             out = [args.results_path] + ([] if args.report_dir is None else ["--out", args.report_dir])
             return report.main(out)

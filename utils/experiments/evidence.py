@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-from utils.experiments.methods import BASELINE, Config
-from utils.experiments.records import Stat
-from utils.experiments.selection import best_config
-from utils.experiments.tables import ON_TEST, Column, Entry, Gain, Report, gain_of, paired_diffs
+from normcl.utils.experiments.methods import BASELINE, Config
+from normcl.utils.experiments.records import Stat
+from normcl.utils.experiments.selection import best_config
+from normcl.utils.experiments.tables import ON_TEST, Column, Entry, Gain, Report, gain_of, paired_diffs
 
 POWER = 0.8
 ALPHA = 0.05

@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from utils.core.atomic import atomic_write_bytes
-from utils.core.run_files import PARTIAL_SUFFIX
-from utils.experiments import anytime, evidence
-from utils.experiments.methods import BASELINE
-from utils.experiments.records import DIVERGED, Stat, describe_stop
-from utils.experiments.tables import ON_TEST, Column, Entry, Gain, Report, final_drift, paired_gain
+from normcl.utils.core.atomic import atomic_write_bytes
+from normcl.utils.core.run_files import PARTIAL_SUFFIX
+from normcl.utils.experiments import anytime, evidence
+from normcl.utils.experiments.methods import BASELINE
+from normcl.utils.experiments.records import DIVERGED, Stat, describe_stop
+from normcl.utils.experiments.tables import ON_TEST, Column, Entry, Gain, Report, final_drift, paired_gain
 
 METRICS = (("class_il", "Class-IL accuracy (%)"), ("task_il", "Task-IL accuracy (%)"), ("forgetting", "Forgetting"))
 VALIDATION_MARK = "†"

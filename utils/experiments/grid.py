@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from utils.core.errors import UserError
-from utils.core.run_files import lock_file, log_file, partial_results_file, results_file
-from utils.experiments.methods import (
+from normcl.utils.core.errors import UserError
+from normcl.utils.core.run_files import lock_file, log_file, partial_results_file, results_file
+from normcl.utils.experiments.methods import (
     ADAPTIVE_NORM,
     Config,
     GridKey,
@@ -153,8 +153,8 @@ def _expand(
     """The runs of ``seeds × datasets × methods × models × buffers`` (the reference's order), each AdaB²N method
     with ``configs_of``'s configurations; ``validation`` runs get ``--validation 1`` and a ``_val`` suffix on their
     run, results and wandb names so that they never collide with the test runs of the same configuration."""
-    from datasets import get_dataset_class
-    from models import MODELS
+    from normcl.datasets import get_dataset_class
+    from normcl.models import MODELS
 
     results_root = Path(args.results_path).resolve()
     logdir = Path(args.logdir).resolve()
@@ -231,7 +231,7 @@ def check_unique(runs: Sequence[Run]) -> None:
 def check_best_args(runs: Sequence[Run]) -> None:
     """Every run that loads the best args has some, else one line in ``run.py``'s own flags: ``utils/main.py``'s
     error would say to change ``--buffer_size`` or to drop ``--load_best_args``, which the grid sets itself."""
-    from utils.best_args import available_combinations, best_args_for
+    from normcl.utils.best_args import available_combinations, best_args_for
 
     tuned = available_combinations()
     for dataset, model, buffer in dict.fromkeys(r.key for r in runs if BEST_ARGS_FLAG in r.argv):
@@ -250,7 +250,7 @@ def check_best_args(runs: Sequence[Run]) -> None:
 def validate_runs(runs: Sequence[Run]) -> None:
     """Check the best args, then parse each distinct configuration with ``utils/main.py``'s own parser, so that a
     grid whose runs would all fail (a misspelt ``--extra`` flag) stops here with one line instead."""
-    from utils.args import parse_args
+    from normcl.utils.args import parse_args
 
     check_best_args(runs)
     first_seed = min((r.seed for r in runs), default=0)

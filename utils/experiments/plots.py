@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
-from utils.core.atomic import atomic_write_bytes
-from utils.experiments.methods import method_colour
-from utils.experiments.records import Record
-from utils.experiments.tables import Column, Entry, Report
+from normcl.utils.core.atomic import atomic_write_bytes
+from normcl.utils.experiments.methods import method_colour
+from normcl.utils.experiments.records import Record
+from normcl.utils.experiments.tables import Column, Entry, Report
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
@@ -35,8 +37,23 @@ def _mean_matrix(runs: Sequence[Record]) -> np.ndarray:
     stack = np.array([[[np.nan if v is None else v for v in row[:size]] for row in r.matrix[:size]] for r in runs])
     measured = ~np.isnan(stack)
     count = measured.sum(0)
-    mean = np.where(count > 0, np.where(measured, stack, 0.0).sum(0) / np.maximum(count, 1), np.nan)
-    return np.where(np.tril(np.ones((size, size), dtype=bool)), mean, np.nan)
+    return np.where(count > 0, np.where(measured, stack, 0.0).sum(0) / np.maximum(count, 1), np.nan)
+
+
+def draw_accuracy_matrix(ax: Axes, matrix: Sequence[Sequence[float | None]] | np.ndarray, title: str) -> AxesImage:
+    """An accuracy matrix (a results file's ``accuracy_matrix``: row i after task i, column j task j, in %) on ``ax``:
+    the tasks trained so far (the lower triangle; ``None`` / NaN: not measured), with their values up to 10 tasks."""
+    matrix = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    matrix = np.where(np.tril(np.ones(matrix.shape, dtype=bool)), matrix, np.nan)
+    image = ax.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
+    ticks = np.arange(len(matrix))
+    ax.set_xticks(ticks, [str(t + 1) for t in ticks])
+    ax.set_yticks(ticks, [str(t + 1) for t in ticks])
+    ax.set(title=title, xlabel="task", ylabel="after task")
+    if len(matrix) <= 10:
+        for i, j in zip(*np.nonzero(~np.isnan(matrix)), strict=True):
+            ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", fontsize=7, color="w")
+    return image
 
 
 def label(method: str, entry: Entry) -> str:
@@ -73,15 +90,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
     axes = fig.subplots(1, len(shown), squeeze=False)[0]
     image = None
     for ax, (m, e) in zip(axes, shown, strict=True):
-        matrix = _mean_matrix(e.runs)
-        image = ax.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
-        ticks = np.arange(len(matrix))
-        ax.set_xticks(ticks, [str(t + 1) for t in ticks])
-        ax.set_yticks(ticks, [str(t + 1) for t in ticks])
-        ax.set(title=m, xlabel="task", ylabel="after task")
-        if len(matrix) <= 10:
-            for i, j in zip(*np.nonzero(~np.isnan(matrix)), strict=True):
-                ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", fontsize=7, color="w")
+        image = draw_accuracy_matrix(ax, _mean_matrix(e.runs), m)
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="class-IL accuracy (%)")
     fig.suptitle(column.label)

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from utils.core.run_files import PARTIAL_SUFFIX, checkpoint_file
-from utils.experiments.grid import Run
-from utils.experiments.records import DIVERGED, describe_stop, read_stopped
-from utils.experiments.stacks import Job, Stack, narrowed, stack_flags
+from normcl.utils.core.run_files import PARTIAL_SUFFIX, checkpoint_file
+from normcl.utils.experiments.grid import Run
+from normcl.utils.experiments.records import DIVERGED, describe_stop, read_stopped
+from normcl.utils.experiments.stacks import Job, Stack, narrowed, stack_flags
 
 CommandBuilder = Callable[[Job, int | None], list[str]]
 """Builds a job's command line; the second argument is the CPU thread count when the job goes to the CPU."""
@@ -35,9 +35,9 @@ def cpu_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-MAIN_SCRIPT = Path(__file__).resolve().parents[2] / "utils" / "main.py"
-"""This clone's entry point. A run starts it by path, not as ``-m utils.main``: from the user's directory, a package
-named ``utils`` on PYTHONPATH would win over this clone's before its bootstrap could act."""
+MAIN_SCRIPT = Path(__file__).resolve().parents[1] / "main.py"
+"""This package's entry point (``utils/main.py`` of the clone, or of an installed copy). A run starts it by path, not
+as ``-m normcl.utils.main``, which would let a folder named ``normcl`` in the user's directory win."""
 
 
 def default_command(job: Job, threads: int | None) -> list[str]:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from utils.core.run_files import PARTIAL_SUFFIX
-from utils.experiments.methods import PSEUDO_METHODS, Config, GridKey, method_of
+from normcl.utils.core.run_files import PARTIAL_SUFFIX
+from normcl.utils.experiments.methods import PSEUDO_METHODS, Config, GridKey, method_of
 
 
 @functools.cache
@@ -27,7 +27,7 @@ def protocol_fields() -> tuple[tuple[str, Any], ...]:
     the flags declared so (``Roles.protocol``) and every norm's, model's and dataset's own option, except those that
     the method's name (pseudo-methods) and AdaB²N's configuration already hold; each with the value that a results
     file written before it existed ran with (the flag's default, or the option's inactive value)."""
-    from utils.args import build_parser, component_options, flag_roles
+    from normcl.utils.args import build_parser, component_options, flag_roles
 
     before = {action.dest: action.default for action in build_parser()._actions}
     before |= {option.dest: option.value_when_inactive for _, _, option in component_options()}

@@ -34,12 +34,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.core.atomic import atomic_write_bytes
-from utils.experiments.anytime import plot_stream
-from utils.experiments.formats import latex, markdown, write_csv, write_sensitivity_csv
-from utils.experiments.plots import plot_column
-from utils.experiments.records import load_records
-from utils.experiments.tables import build_report
+from normcl.utils.core.atomic import atomic_write_bytes
+from normcl.utils.experiments.anytime import plot_stream
+from normcl.utils.experiments.formats import latex, markdown, write_csv, write_sensitivity_csv
+from normcl.utils.experiments.plots import plot_column
+from normcl.utils.experiments.records import load_records
+from normcl.utils.experiments.tables import build_report
 
 
 @dataclass

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from utils.experiments import slurm
-from utils.experiments.grid import Run
-from utils.experiments.processes import (
+from normcl.utils.experiments import slurm
+from normcl.utils.experiments.grid import Run
+from normcl.utils.experiments.processes import (
     CommandBuilder,
     RunLock,
     Summary,
@@ -31,8 +31,8 @@ from utils.experiments.processes import (
     divergence,
     start_run,
 )
-from utils.experiments.records import DIVERGED
-from utils.experiments.stacks import Job, narrowed, stack_runs, stacking_text
+from normcl.utils.experiments.records import DIVERGED
+from normcl.utils.experiments.stacks import Job, narrowed, stack_runs, stacking_text
 
 POLL_SECONDS = 0.2
 """How often the local scheduler looks for finished processes."""

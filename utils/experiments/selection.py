@@ -10,8 +10,8 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 
-from utils.experiments.methods import ADAPTIVE_NORM, Config, GridKey
-from utils.experiments.records import Record, Stat
+from normcl.utils.experiments.methods import ADAPTIVE_NORM, Config, GridKey
+from normcl.utils.experiments.records import Record, Stat
 
 
 def by_config(records: Iterable[Record]) -> dict[Config, list[Record]]:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from utils.experiments.processes import Summary, claim, cpu_threads, default_command, start_run
-from utils.experiments.records import DIVERGED
-from utils.experiments.stacks import Job, narrowed
+from normcl.utils.experiments.processes import Summary, claim, cpu_threads, default_command, start_run
+from normcl.utils.experiments.records import DIVERGED
+from normcl.utils.experiments.stacks import Job, narrowed
 
 
 def slurm_minutes(text: str) -> int:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO, TypeAlias
 
-from utils.core.errors import UserError
-from utils.core.run_files import checkpoint_file, stack_log_file
-from utils.experiments.grid import Run
+from normcl.utils.core.errors import UserError
+from normcl.utils.core.run_files import checkpoint_file, stack_log_file
+from normcl.utils.experiments.grid import Run
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def stack_flags(runs: Sequence[Run]) -> list[str]:
     """``utils/main.py``'s flags for ``runs`` as one stack: the flags that they all give alike once, in the first
     run's order, then a ``--member`` with each run's others. argparse does not care about the order of distinct
     flags, so each member parses exactly its run's flags; runs that repeat a flag (last one wins) keep all theirs."""
-    from utils.args import MEMBER_FLAG
+    from normcl.utils.args import MEMBER_FLAG
 
     per_run = [_items(run.argv) for run in runs]
     repeats = any(len({i[0].split("=", 1)[0] for i in items}) < len(items) for items in per_run)
@@ -90,7 +90,7 @@ def stack_flags(runs: Sequence[Run]) -> list[str]:
 
 def _parse(argv: Sequence[str]) -> Namespace | None:
     """``utils/main.py``'s arguments for ``argv``; ``None`` when they do not parse (the run then fails alone)."""
-    from utils.args import parse_args
+    from normcl.utils.args import parse_args
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
@@ -102,7 +102,7 @@ def _parse(argv: Sequence[str]) -> Namespace | None:
 def _shared_arguments(args: Namespace) -> str:
     """What a stack's members must share: every argument but those ``utils.args.parse_members`` lets them differ in
     (:func:`utils.args.member_free`)."""
-    from utils.args import member_free
+    from normcl.utils.args import member_free
 
     free = member_free(args)
     return repr(sorted((key, value) for key, value in vars(args).items() if key not in free))
@@ -111,7 +111,7 @@ def _shared_arguments(args: Namespace) -> str:
 def stack_problem(runs: Sequence[Run], alone: dict[str, Namespace]) -> str | None:
     """Why ``runs`` cannot be stacked, or ``None``: ``utils/main.py``'s own parser reads the stack's flags, and each
     member must get exactly the arguments of its run alone (``alone``: run name -> its parsed flags)."""
-    from utils.args import parse_members, split_members
+    from normcl.utils.args import parse_members, split_members
 
     shared, members = split_members(stack_flags(runs))
     try:
@@ -151,7 +151,7 @@ def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> lis
     model cannot stack: alone, as it must)."""
     if size == 1:
         return list(runs)
-    from utils.args import stacking_problem
+    from normcl.utils.args import stacking_problem
 
     alone: dict[str, Namespace] = {}
     groups: dict[str, list[int]] = {}
@@ -184,7 +184,7 @@ def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> lis
 def _interrupted_stacks(runs: Sequence[Run]) -> list[list[Run]]:
     """The stacks that an interrupted launch left checkpoints of (``FIRST.stack.ckpt``) whose members are all still
     to do here: they are packed again as they were, whatever ``--stack`` says now, so that they resume."""
-    from utils.checkpoint import stack_members
+    from normcl.utils.checkpoint import stack_members
 
     by_name = {run.name: run for run in runs if not run.done}
     stacks: list[list[Run]] = []

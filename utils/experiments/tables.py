@@ -12,10 +12,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from utils.experiments.methods import ADAPTIVE_NORM, BASELINE, DATASET_ORDER, Config, column_label, method_key
-from utils.experiments.methods import slug as file_slug
-from utils.experiments.records import DIVERGED, Record, Stat
-from utils.experiments.selection import best_config, by_config
+from normcl.utils.experiments.methods import ADAPTIVE_NORM, BASELINE, DATASET_ORDER, Config, column_label, method_key
+from normcl.utils.experiments.methods import slug as file_slug
+from normcl.utils.experiments.records import DIVERGED, Record, Stat
+from normcl.utils.experiments.selection import best_config, by_config
 
 DRIFT_KEYS = ("mean_to_balanced", "mean_to_latest", "var_to_balanced", "var_to_latest")
 ON_VALIDATION = "validation"

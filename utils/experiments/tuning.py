@@ -14,14 +14,14 @@ from argparse import Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from utils.core.run_files import PARTIAL_SUFFIX
-from utils.experiments.grid import Run, expand_test
-from utils.experiments.methods import ADAPTIVE_NORM, Config, GridKey, column_label, norm_of
-from utils.experiments.processes import CommandBuilder, Summary, confirm, done_text, print_runs
-from utils.experiments.records import DIVERGED, Record, load_records
-from utils.experiments.scheduler import GpuProbe, execute
-from utils.experiments.selection import best_config, diverged_configs, mean_class_il, validation_candidates
-from utils.experiments.stacks import stack_runs, stacking_text
+from normcl.utils.core.run_files import PARTIAL_SUFFIX
+from normcl.utils.experiments.grid import Run, expand_test
+from normcl.utils.experiments.methods import ADAPTIVE_NORM, Config, GridKey, column_label, norm_of
+from normcl.utils.experiments.processes import CommandBuilder, Summary, confirm, done_text, print_runs
+from normcl.utils.experiments.records import DIVERGED, Record, load_records
+from normcl.utils.experiments.scheduler import GpuProbe, execute
+from normcl.utils.experiments.selection import best_config, diverged_configs, mean_class_il, validation_candidates
+from normcl.utils.experiments.stacks import stack_runs, stacking_text
 
 
 @dataclass

@@ -24,13 +24,32 @@ import torch
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
 from avalanche.core import SupervisedPlugin
+from avalanche.training import DER, ER_ACE
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from datasets.utils.continual_dataset import ContinualDataset
-from models.utils.task_aware import NormLosses, TaskAwareNorm, task_aware_layers, task_counts
+from normcl.datasets.utils.continual_dataset import ContinualDataset
+from normcl.models.utils.task_aware import NormLosses, TaskAwareNorm, task_aware_layers, task_counts
 
 NAME = "TaskAwareNormPlugin"
+SCHEDULES = {
+    "replay": "only in iterations with a replay part (a buffer forward, or replayed samples of earlier experiences)",
+    "after_first": "in every iteration but the stream's first",
+    "always": "in every iteration",
+}
+"""When the regulariser joins the loss (from the layers' ``ada_t0`` on): :func:`reference_schedule` picks one."""
+
+
+def reference_schedule(strategy: Any) -> str:
+    """The schedule of the strategy's reference AdaB²N model. ER-ACE (``er_ace_ada.py``): ``replay``, its first task
+    (no replay, in Avalanche's ER_ACE too) is cross-entropy alone. DER (``derpp_ada.py``): ``after_first``, the
+    reference's first step (empty buffer) is plain and every later one regularised, its reservoir buffer filled from
+    the first step on; Avalanche's DER fills its buffer only after each experience, so it replays from the second
+    experience on, and the plugin follows the reference rather than wait for it. Others (as SGD's reference):
+    ``always``."""
+    if isinstance(strategy, ER_ACE):
+        return "replay"
+    return "after_first" if isinstance(strategy, DER) else "always"
 
 
 def _ignore(*_: Any) -> None:
@@ -59,9 +78,10 @@ class TaskAwareNormPlugin(SupervisedPlugin):
       any remapping of the benchmark). A class that reappears in a later experience is an error.
     * **Regulariser**: ``norm_loss_weight(task) · norm_loss`` of every layer and every training forward since the
       last backward (ER-ACE: stream and buffer forwards) is added to ``strategy.loss`` before the backward pass, i.e.
-      ``lambd · Σ norm_loss`` from ``ada_t0`` on (the reference AdaB²N). ``only_when_replaying=True`` adds it only in
-      iterations whose batch holds a sample of an earlier task, as this project's replay models do
-      (``ContinualModel.NORM_LOSS_ONLY_WHEN_REPLAYING``: ER-ACE's first task is cross-entropy alone).
+      ``lambd · Σ norm_loss`` from ``ada_t0`` on, in the iterations of the strategy's reference model
+      (:func:`reference_schedule`: ER-ACE from its second experience, DER from its second iteration, others in
+      every one). ``only_when_replaying=True`` adds it only in iterations with a replay part, the rule of this
+      project's replay models (``ContinualModel.NORM_LOSS_ONLY_WHEN_REPLAYING``); ``False`` in every iteration.
     * **Task boundaries**: ``end_task()`` on every layer after each training experience.
 
     A training forward of other inputs than the strategy's batches (e.g. GEM's reference gradients) is an error,
@@ -77,9 +97,11 @@ class TaskAwareNormPlugin(SupervisedPlugin):
     experience (plain BatchNorm) and refuses the training forwards of the later ones with a one-line ``ValueError``.
     """
 
-    def __init__(self, only_when_replaying: bool = False) -> None:
+    def __init__(self, only_when_replaying: bool | None = None) -> None:
         super().__init__()
         self.only_when_replaying = only_when_replaying
+        self.schedule = {None: "always", True: "replay", False: "always"}[only_when_replaying]
+        """One of :data:`SCHEDULES`; the default's is the strategy's (:func:`reference_schedule`), set at its start."""
         self.class_tasks: dict[int, int] = {}
         """Class (as in ``mb_y``) -> task index, the count of experiences trained before it first appeared."""
         self.current_task = 0
@@ -92,6 +114,7 @@ class TaskAwareNormPlugin(SupervisedPlugin):
         self._losses = NormLosses()
         self._driven = False
         self._forwards = 0
+        self._iterations = 0
         self._replaying = False
         self._warned = False
 
@@ -115,6 +138,8 @@ class TaskAwareNormPlugin(SupervisedPlugin):
             )
         self._add_classes(_experience_classes(strategy.experience))
         self._strategy = strategy
+        if self.only_when_replaying is None:
+            self.schedule = reference_schedule(strategy)
         model: nn.Module = strategy.model
         self._handles = [
             model.register_forward_pre_hook(_SharedHook(self._before_forward)),
@@ -124,6 +149,9 @@ class TaskAwareNormPlugin(SupervisedPlugin):
     def before_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         self._losses.clear()
         self._forwards, self._replaying = 0, False
+
+    def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._iterations += 1
 
     def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         """``strategy.loss += regulariser()``, then the iteration's terms are spent."""
@@ -154,10 +182,11 @@ class TaskAwareNormPlugin(SupervisedPlugin):
         return ids
 
     def regulariser(self) -> Tensor | None:
-        """``Σ weight · Σ norm_loss`` over the training forwards since the last backward (``None``: nothing to add),
-        from the collector ``ContinualModel`` uses (``models/utils/task_aware.NormLosses``): the two agree to the last
-        bit."""
-        return None if self.only_when_replaying and not self._replaying else self._losses.total()
+        """``Σ weight · Σ norm_loss`` over the training forwards since the last backward (``None``: nothing to add,
+        or not in this iteration by the schedule), from the collector ``ContinualModel`` uses
+        (``models/utils/task_aware.NormLosses``): the two agree to the last bit."""
+        skip = {"replay": not self._replaying, "after_first": self._iterations == 0, "always": False}[self.schedule]
+        return None if skip else self._losses.total()
 
     # Model hooks.
 
@@ -165,13 +194,14 @@ class TaskAwareNormPlugin(SupervisedPlugin):
         self._driven = False
         if not module.training or self._strategy is None or module is not self._strategy.model:
             return  # evaluation (running statistics), or a copy of the model
-        task_ids = self.task_ids(self._labels_of(args[0]))
+        labels, buffer_batch = self._labels_of(args[0])
+        task_ids = self.task_ids(labels)
         counts = None if self._num_tasks is None else task_counts(task_ids, self._num_tasks)
         for layer in self._layers:
             layer.norm_loss = None  # a layer this forward does not reach adds nothing
             layer.set_batch_tasks(task_ids, counts, stream=None)  # which samples are the stream is the strategy's
-        if self.only_when_replaying and not self._replaying:
-            self._replaying = bool((task_ids < self.current_task).any())
+        if self.schedule == "replay" and not self._replaying:
+            self._replaying = buffer_batch or bool((task_ids < self.current_task).any())
         self._forwards += 1
         self._driven = True
         if self._forwards == 2 and not self._warned and any(layer.prefers_joint_forward for layer in self._layers):
@@ -191,12 +221,13 @@ class TaskAwareNormPlugin(SupervisedPlugin):
 
     # Helpers.
 
-    def _labels_of(self, inputs: Any) -> Tensor:
-        """The labels of a training forward's inputs: the strategy's mini-batch, or ER-ACE's buffer batch."""
+    def _labels_of(self, inputs: Any) -> tuple[Tensor, bool]:
+        """The labels of a training forward's inputs, and whether they are a buffer batch: the strategy's mini-batch
+        (DER's replayed samples in its head), or ER-ACE's buffer batch."""
         s = self._strategy
         for x_name, y_name in (("mb_x", "mb_y"), ("mb_buffer_x", "mb_buffer_y")):
             if inputs is getattr(s, x_name, None):
-                return getattr(s, y_name)
+                return getattr(s, y_name), x_name == "mb_buffer_x"
         raise ValueError(
             f"{NAME}: a training forward of {type(s).__name__}'s model got inputs that are neither strategy.mb_x nor "
             "strategy.mb_buffer_x, so their classes (hence tasks) are unknown"

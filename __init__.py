@@ -1,0 +1,51 @@
+"""normcl: normalization layers in continual learning — AdaB²N (Lyu et al., NeurIPS 2023) and baselines, mammoth-style.
+
+The package is the repository's root (``normcl.models``, ``normcl.utils``, ``normcl.datasets``, ...). Its API::
+
+    import normcl
+
+    net = normcl.convert_norm(net, "AdaB2N", num_tasks=5, kappa=0.4, lambd=0.1)  # any model's BatchNorms swapped
+    model, dataset = normcl.load_runner("er_ace", "seq-fmnist", {"nl": "AdaB2N", "buffer_size": 500, "lr": 0.03})
+    results = normcl.train(model, dataset)  # the run `python utils/main.py` would do, and its results document
+
+``get_avail_args()`` lists the arguments (the command line's flags); ``NORMS`` holds the norms by name
+(``NORMS.names()``); ``TaskAwareNorm`` is the protocol a task-aware norm implements; ``UserError`` is what bad input
+raises; ``normcl.integrations.avalanche.TaskAwareNormPlugin`` drives task-aware norms in Avalanche's strategies.
+Importing the package imports no torch: each name is imported on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from normcl.models.utils.norms import NORMS, convert_norm
+    from normcl.models.utils.task_aware import TaskAwareNorm
+    from normcl.utils.api import get_avail_args, load_runner, train
+    from normcl.utils.core.errors import UserError
+
+_HOMES = {
+    "NORMS": "normcl.models.utils.norms",
+    "TaskAwareNorm": "normcl.models.utils.task_aware",
+    "UserError": "normcl.utils.core.errors",
+    "convert_norm": "normcl.models.utils.norms",
+    "get_avail_args": "normcl.utils.api",
+    "load_runner": "normcl.utils.api",
+    "train": "normcl.utils.api",
+}
+"""Each public name's module, imported when the name is first read."""
+
+__all__ = ["NORMS", "TaskAwareNorm", "UserError", "convert_norm", "get_avail_args", "load_runner", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'normcl' has no attribute {name!r}")
+    value = getattr(import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
