@@ -16,7 +16,9 @@ Importing the package imports no torch: each name is imported on first use.
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,6 +39,32 @@ _HOMES = {
 """Each public name's module, imported when the name is first read."""
 
 __all__ = ["NORMS", "TaskAwareNorm", "UserError", "convert_norm", "get_avail_args", "load_runner", "train"]
+
+
+_CLONE_MARK = Path("models", "utils", "adab2n.py")
+"""A file only a copy of this project has: what tells a script's clone."""
+
+
+def _check_clone() -> None:
+    """Refuse a script of one copy of the project that would run another copy's code: ``python utils/main.py`` in a
+    second clone imports whichever ``normcl`` is installed, so its own edits would silently not run. One line and exit
+    2; a script outside any copy of the project (the user's own, a notebook) is not checked."""
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not script:
+        return
+    package = Path(__file__).resolve().parent
+    path = Path(script).resolve()
+    clone = next((folder for folder in path.parents if (folder / _CLONE_MARK).is_file()), None)
+    if clone is not None and clone != package:
+        print(
+            f"error: {path} is in the copy of normcl at {clone}, but Python imports normcl from {package}: "
+            f"pip install -e {clone} (scripts/setup.sh there) to run that copy, or run {package}'s script",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
+_check_clone()
 
 
 def __getattr__(name: str) -> Any:

@@ -119,3 +119,21 @@ def test_a_grid_run_started_by_run_py_imports_the_project(shadowed: tuple[str, d
     assert proc.returncode == 0, proc.stdout + proc.stderr + "".join(p.read_text() for p in tmp_path.rglob("*.txt"))
     (results,) = res.rglob("*.json")
     assert json.loads(results.read_text())["args"]["nl"] == "BN"
+
+
+@pytest.mark.parametrize("script", ["utils/main.py", "run.py"])
+def test_a_second_clones_script_is_refused_not_run_with_this_clones_code(tmp_path: Path, script: str) -> None:
+    """A script of another copy of the project imports the installed ``normcl``, this clone: it would silently run
+    code other than its own, so it stops with one line naming both copies and the fix, exit 2, nothing written."""
+    other = tmp_path / "other_clone"
+    for name in (script, "models/utils/adab2n.py"):
+        (other / name).parent.mkdir(parents=True, exist_ok=True)
+        (other / name).write_bytes((REPO / name).read_bytes())
+    before = sorted(tmp_path.rglob("*"))
+    proc = subprocess.run(
+        [sys.executable, str(other / script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert f"copy of normcl at {other}, but Python imports normcl from {REPO}: pip install -e {other}" in proc.stderr
+    assert sorted(tmp_path.rglob("*")) == before
