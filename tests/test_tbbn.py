@@ -40,16 +40,20 @@ def reference_splits(b_c: int, b_p: int, batch_ratio: float, t: int) -> int | No
     return r if r in divisors else max([d for d in divisors if d < r], default=None)
 
 
+def ema(batch: Tensor, running_mean: Tensor, running_var: Tensor) -> tuple[Tensor, Tensor]:
+    """The reference's running-statistics update from a ``[N, C, H, W]`` batch, as both of its branches write it: the
+    EMA of the mean and of the unbiased variance (n = per-channel count)."""
+    mean = batch.mean([0, 2, 3])
+    n = batch.numel() / batch.size(1)
+    unbiased = batch.var([0, 2, 3], unbiased=False) * n / (n - 1)
+    with torch.no_grad():
+        return MOMENTUM * mean + (1 - MOMENTUM) * running_mean, MOMENTUM * unbiased + (1 - MOMENTUM) * running_var
+
+
 def first_task_rule(batch: Tensor, running_mean: Tensor, running_var: Tensor, r: int) -> tuple[Tensor, Tensor]:
     """Lines 84-111's running statistics of a reshaped ``[*, r·C, H, W]`` batch: each split's EMA with the unbiased
     variance (n = per-split count), then the mean over the splits."""
-    mean_split, var_split = running_mean.repeat(r), running_var.repeat(r)
-    mean = batch.mean([0, 2, 3])
-    var = batch.var([0, 2, 3], unbiased=False)
-    n = batch.numel() / batch.size(1)
-    with torch.no_grad():
-        mean_split = MOMENTUM * mean + (1 - MOMENTUM) * mean_split
-        var_split = MOMENTUM * var * n / (n - 1) + (1 - MOMENTUM) * var_split
+    mean_split, var_split = ema(batch, running_mean.repeat(r), running_var.repeat(r))
     return mean_split.view(r, -1).mean(dim=0), var_split.view(r, -1).mean(dim=0)
 
 
@@ -78,13 +82,7 @@ def reference_forward(
     curr = concat[: curr_dataset // r].view(-1, c, h, w)
     mem = torch.mean(concat[curr_dataset // r :].view(-1, r, c, h, w), dim=1)
     out = torch.cat([curr, mem], dim=0)
-    mean = out.mean([0, 2, 3])
-    var = out.var([0, 2, 3], unbiased=False)
-    n = out.numel() / out.size(1)
-    with torch.no_grad():
-        running_mean = MOMENTUM * mean + (1 - MOMENTUM) * running_mean
-        running_var = MOMENTUM * var * n / (n - 1) + (1 - MOMENTUM) * running_var
-    return out, running_mean, running_var
+    return out, *ema(out, running_mean, running_var)
 
 
 def balanced_running(x: Tensor, running: tuple[Tensor, Tensor], b_c: int, r: int) -> tuple[Tensor, Tensor]:
