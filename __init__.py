@@ -38,30 +38,43 @@ _HOMES = {
 }
 """Each public name's module, imported when the name is first read."""
 
-__all__ = ["NORMS", "TaskAwareNorm", "UserError", "convert_norm", "get_avail_args", "load_runner", "train"]
+__all__ = ["NORMS", "TaskAwareNorm", "UserError", "convert_norm", "get_avail_args", "load_runner", "train"]  # as _HOMES
 
 
 _CLONE_MARK = Path("models", "utils", "adab2n.py")
 """A file only a copy of this project has: what tells a script's clone."""
 
 
+def _installed_tool(path: Path, clone: Path) -> bool:
+    """Whether ``path`` is an installed program rather than the clone's code: under the running interpreter's prefix,
+    or in a virtual environment or site-packages inside the clone (``.venv/bin/pytest``, submitit's job runner)."""
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    if any(prefix in path.parents for prefix in prefixes):
+        return True
+    inside = [folder for folder in path.parents if clone in folder.parents]
+    return any(folder.name == "site-packages" or (folder / "pyvenv.cfg").is_file() for folder in inside)
+
+
 def _check_clone() -> None:
     """Refuse a script of one copy of the project that would run another copy's code: ``python utils/main.py`` in a
-    second clone imports whichever ``normcl`` is installed, so its own edits would silently not run. One line and exit
-    2; a script outside any copy of the project (the user's own, a notebook) is not checked."""
+    second clone imports whichever ``normcl`` the environment has installed, so its own edits would silently not run.
+    One line and exit 2, at import, before anything runs. Scripts outside any copy of the project (the user's own, a
+    notebook's kernel) and installed programs (pytest, submitit) are not checked."""
     script = getattr(sys.modules.get("__main__"), "__file__", None)
     if not script:
         return
     package = Path(__file__).resolve().parent
     path = Path(script).resolve()
     clone = next((folder for folder in path.parents if (folder / _CLONE_MARK).is_file()), None)
-    if clone is not None and clone != package:
-        print(
-            f"error: {path} is in the copy of normcl at {clone}, but Python imports normcl from {package}: "
-            f"pip install -e {clone} (scripts/setup.sh there) to run that copy, or run {package}'s script",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+    if clone is None or clone == package or _installed_tool(path, clone):
+        return
+    print(
+        f"error: {path} is in the copy of normcl at {clone}, but this Python imports normcl from {package}: run it "
+        f"with a Python where that copy is installed (one virtual environment per clone, pip install -e {clone}), or "
+        f"run {package}'s own script",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
 
 
 _check_clone()

@@ -5,7 +5,7 @@ BasicBlock with layers [2, 2, 2, 2] and a 3x3, stride-1 stem (no max-pool), so
 the width: 64 is the paper's full ResNet-18, 20 the "reduced ResNet-18" of
 online continual learning. Every normalisation layer is an ``nn.BatchNorm2d``
 built through ``norm_layer``, so ``--nl`` can swap them afterwards with
-``models.utils.norms.convert_norm``.
+``normcl.models.utils.norms.convert_norm``.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def synthetic(dataset_cls: type[ContinualDataset], per_class: int) -> type[Conti
 def build(
     argv: Sequence[str], synthetic_per_class: int | None
 ) -> tuple[argparse.Namespace, ContinualDataset, ContinualModel]:
-    """Parse framework arguments and build the dataset (prepared) and the model, as ``utils.main.run`` does."""
+    """Parse framework arguments and build the dataset (prepared) and the model, as ``normcl.utils.main.run`` does."""
     args = parse_args(list(argv))
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)

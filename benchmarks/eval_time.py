@@ -1,8 +1,9 @@
 """Evaluation throughput: the framework's ``evaluate`` against a bare inference loop over the same test tensors.
 
-``framework`` times ``utils.training.evaluate_members`` on every task's test set (uint8 images normalised on the device,
-class-IL and task-IL counts kept on the device, one host read per task); ``bare`` times ``net(x).argmax(1)`` in
-eval mode under ``torch.no_grad`` over the same images, normalised beforehand, in batches of the same size. Both
+``framework`` times ``normcl.utils.evaluation.evaluate_members`` on every task's test set (uint8 images normalised
+on the device, class-IL and task-IL counts kept on the device, one host read per task); ``bare`` times
+``net(x).argmax(1)`` in eval mode under ``torch.no_grad`` over the same images, normalised beforehand, in batches of
+the same size. Both
 run on the network after training task 0, so the norm layers are in their evaluation state. The last output line
 is a JSON object with ``framework_ips``, ``bare_ips`` (images per second) and ``ratio`` = framework / bare.
 

@@ -15,7 +15,7 @@
 # Every part runs under its own `timeout`, so whatever finished comes back in $OUT.
 set -u
 cd "$(dirname "$0")/.."
-PACKAGE_HOME=$(mktemp -d) && ln -s "$PWD" "$PACKAGE_HOME/normcl"
+PACKAGE_HOME=$(mktemp -d) && ln -s "$PWD" "$PACKAGE_HOME/normcl" && trap 'rm -rf "$PACKAGE_HOME"' EXIT
 export PYTHONPATH=$PACKAGE_HOME PYTHONUNBUFFERED=1 NORMCL_OFFLINE=1 OMP_NUM_THREADS=1
 export PYTHON=${PYTHON:-python3}
 OUT=${OUT:-gpu-out}

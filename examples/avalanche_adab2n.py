@@ -51,7 +51,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lambd", type=float, default=0.1)
     p.add_argument("--ada_t0", type=int, default=0)
     help_text = "1: the regulariser only in iterations with a replay part; 0: in every iteration (default: as the "
-    p.add_argument("--only_when_replaying", type=int, choices=[0, 1], help=help_text + "strategy's reference model)")
+    p.add_argument(
+        "--only_when_replaying",
+        type=int,
+        choices=[0, 1],
+        nargs="?",
+        const=1,
+        help=help_text + "strategy's reference model)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available")
     p.add_argument("--data_path", default="data")

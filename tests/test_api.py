@@ -95,7 +95,7 @@ def test_the_public_names_are_the_projects_own_objects() -> None:
     assert normcl.NORMS is norms.NORMS and normcl.convert_norm is norms.convert_norm
     assert normcl.TaskAwareNorm is task_aware.TaskAwareNorm and normcl.UserError is UserError
     assert {"AdaB2N", "BN", "GN", "TBBN"} <= set(normcl.NORMS.names())
-    assert set(normcl.__all__) <= set(dir(normcl))
+    assert set(normcl.__all__) == set(normcl._HOMES) and set(normcl.__all__) <= set(dir(normcl))
     with pytest.raises(AttributeError, match="module 'normcl' has no attribute 'Trainer'"):
         normcl.Trainer  # noqa: B018
 

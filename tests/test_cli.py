@@ -347,3 +347,7 @@ def test_code_version_is_the_commit_and_whether_python_files_differ(
     assert results_module.code_version()["git_dirty"] is False
     (tmp_path / "a.py").write_text("x = 2\n")
     assert results_module.code_version() == {"git_commit": head, "git_dirty": True}
+    installed = tmp_path / ".venv" / "site-packages" / "normcl"  # installed inside another project's repository
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(results_module, "REPO_ROOT", installed)
+    assert results_module.code_version() == {"git_commit": None, "git_dirty": None}

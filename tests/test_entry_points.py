@@ -135,5 +135,23 @@ def test_a_second_clones_script_is_refused_not_run_with_this_clones_code(tmp_pat
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
-    assert f"copy of normcl at {other}, but Python imports normcl from {REPO}: pip install -e {other}" in proc.stderr
+    assert f"copy of normcl at {other}, but this Python imports normcl from {REPO}" in proc.stderr
+    assert f"pip install -e {other}" in proc.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_program_installed_in_a_venv_inside_a_clone_is_not_taken_for_its_script(tmp_path: Path) -> None:
+    """``.venv/bin/pytest`` (or submitit's job runner in its site-packages) inside a second clone is an installed
+    program, not that clone's code: importing normcl from it is not refused."""
+    other = tmp_path / "other_clone"
+    (other / "models/utils").mkdir(parents=True)
+    (other / "models/utils/adab2n.py").write_bytes((REPO / "models/utils/adab2n.py").read_bytes())
+    (other / ".venv").mkdir()
+    (other / ".venv/pyvenv.cfg").write_text("home = /usr/bin\n")
+    site_packages = other / ".venv/lib/python3/site-packages/tool"
+    for tool in (other / ".venv/bin/tool.py", site_packages / "run.py"):
+        tool.parent.mkdir(parents=True, exist_ok=True)
+        tool.write_text("import normcl\nprint(normcl.__file__)\n")
+        proc = subprocess.run([sys.executable, str(tool)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert Path(proc.stdout.strip()) == REPO / "__init__.py"

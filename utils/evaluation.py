@@ -1,5 +1,5 @@
 """Scoring the members on test sets: after each task on the whole test sets (the accuracy matrix), and along the
-stream on a fixed subset (``--eval_every``: the anytime curve, :mod:`utils.metrics`' AAA, min-ACC and WC-ACC).
+stream on a fixed subset (``--eval_every``: the anytime curve, :mod:`normcl.utils.metrics`' AAA, min-ACC and WC-ACC).
 
 Evaluating along the stream changes no number of the training: the network is scored in eval mode under
 ``no_grad`` (no running statistic moves), the test transform draws nothing, and the subset is drawn from a generator
@@ -76,7 +76,7 @@ def evaluation_subset(dataset: ContinualDataset, size: int, seed: int | None) ->
 
 
 def anytime_point(step: int, task: int, end: bool, scores: tuple[list[float], list[float]]) -> dict[str, object]:
-    """One point of the anytime curve (``utils.metrics.Curve``): after ``step`` steps (over the run), while training
-    ``task`` (0-based; ``end``: after its last step), the accuracy on each task seen so far, ``0 .. task``."""
+    """One point of the anytime curve (``normcl.utils.metrics.Curve``): after ``step`` steps (over the run), while
+    training ``task`` (0-based; ``end``: after its last step), the accuracy on each task seen so far, ``0 .. task``."""
     class_il, task_il = scores
     return {"step": step, "task": task, "end": end, "class_il": class_il, "task_il": task_il}

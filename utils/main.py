@@ -9,7 +9,7 @@ Stacked runs: ``python utils/main.py FLAGS --member "--seed 0 --kappa 0.4 --run_
 trains each ``--member`` (the shared flags plus its own) as the same run it would be alone: its own class order, data
 order, augmentation, buffer and draws (its generator, in the order of its run alone), arithmetic, results file and
 wandb run. Every run is such a stack; without ``--member`` it has one member, whose network is the ordinary one. The
-members train in lockstep through ``utils.training.Trainer``, so they must share everything that shapes a step
+members train in lockstep through ``normcl.utils.training.Trainer``, so they must share everything that shapes a step
 (dataset, model, norm, buffer size, batch size, epochs, network width, forward mode); ``utils/args.py`` checks that.
 A member whose loss turns NaN or infinite stops with its partial results, and the others go on. A stack checkpoints
 as a run does (``{first member}.stack.ckpt``), so ``kill -9`` and ``--resume 1`` with the same command continue every

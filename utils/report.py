@@ -1,6 +1,6 @@
 """``python -m utils.report RESULTS_DIR [--out DIR] [--no_plots]``: the paper's tables and plots from results files.
 
-The command stays at this path; the report itself is :mod:`utils.experiments.report`.
+The command stays at this path; the report itself is :mod:`normcl.utils.experiments.report`.
 """
 
 import sys

@@ -86,10 +86,14 @@ def _git(*argv: str) -> subprocess.CompletedProcess[str] | None:
 
 
 def code_version() -> dict[str, Any]:
-    """The commit of the code and whether its tracked Python files differ from it (None: not a git checkout).
+    """The commit of the code and whether its tracked Python files differ from it (None: not a git checkout, e.g. a
+    non-editable install, also one inside another project's repository, whose commit is not this code's).
 
     Taken when a run starts: the code it imported, even if the checkout moves on while it trains."""
+    top = _git("rev-parse", "--show-toplevel")
     head = _git("rev-parse", "HEAD")
+    if top is None or top.returncode != 0 or Path(top.stdout.strip()).resolve() != REPO_ROOT.resolve():
+        return {"git_commit": None, "git_dirty": None}
     if head is None or head.returncode != 0 or not head.stdout.strip():
         return {"git_commit": None, "git_dirty": None}
     diff = _git("diff", "--quiet", "HEAD", "--", "*.py")
@@ -127,7 +131,7 @@ SETTINGS = ("class_il", "task_il")
 
 
 def anytime_results(history: History) -> dict[str, Any] | None:
-    """The anytime curve and, per setting, AAA, min-ACC and WC-ACC after each task (``utils.metrics``); ``None``
+    """The anytime curve and, per setting, AAA, min-ACC and WC-ACC after each task (``normcl.utils.metrics``); ``None``
     without ``--eval_every``."""
     if not history.anytime:
         return None

@@ -2,7 +2,7 @@
 part (``scripts/reproduce_fmnist.sh``).
 
 The command stays at this path, which the published pages' markers name; the code is
-:mod:`utils.experiments.results_page`.
+:mod:`normcl.utils.experiments.results_page`.
 """
 
 import sys

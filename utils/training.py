@@ -7,7 +7,7 @@ model's ``current_task`` (the model owns the index). Each task's data is one uin
 shuffled by index and augmented in batches; the loss is read back from the
 device only every ``LOSS_READ_EVERY`` steps, so the device never waits on the
 progress bar. ``Trainer`` checkpoints its whole state so a killed run resumes
-exactly (see ``utils.checkpoint``).
+exactly (see ``normcl.utils.checkpoint``).
 
 Every run is a stack of K members trained in lockstep (a run alone: K = 1): every dataset, history, logger and
 argument list has one entry per member, the epoch order is each member's draw from its own generator, the batches
@@ -58,7 +58,7 @@ class History:
     parameters_sha256: str | None = None
     """The trained network's parameters, digested when the run completes (``parameter_digest``)."""
     anytime: list[dict] = field(default_factory=list)
-    """With ``--eval_every``: the anytime curve (``utils.metrics.Curve``) on each task's evaluation subset."""
+    """With ``--eval_every``: the anytime curve (``normcl.utils.metrics.Curve``) on each task's evaluation subset."""
 
     def __post_init__(self) -> None:
         if not self.class_il:

@@ -70,7 +70,7 @@ class Record:
     wc_acc: float | None = None
     """Class-IL AAA, min-ACC and WC-ACC after the last task (``--eval_every`` runs; ``None`` otherwise)."""
     anytime: list[dict[str, Any]] | None = None
-    """The anytime curve (``utils.metrics.Curve``) of an ``--eval_every`` run."""
+    """The anytime curve (``normcl.utils.metrics.Curve``) of an ``--eval_every`` run."""
 
     @property
     def key(self) -> GridKey:

@@ -1,8 +1,8 @@
 """``run.py --stack K``: the grid's compatible runs packed into stacks of at most K, each stack one process.
 
 ``utils/main.py`` trains K runs, one ``--member`` each, as one vectorised network whose members are the runs alone
-(README, "Stacked runs"), as long as they differ only in what ``utils.args.member_free`` allows (the flags declared
-member-free, the model's options and those of the norm's options that its stacking takes per member). Runs are
+(README, "Stacked runs"), as long as they differ only in what ``normcl.utils.args.member_free`` allows (the flags
+declared member-free, the model's options and those of the norm's options that its stacking takes per member). Runs are
 grouped by that rule, read from each run's parsed flags; a stack's command gives each member exactly the flags of its
 run alone (the shared ones once), so its results file, run and wandb names and results are the
 run's, and ``utils/main.py``'s own ``parse_members`` checks that before the stack is started. The packing happens
@@ -100,8 +100,8 @@ def _parse(argv: Sequence[str]) -> Namespace | None:
 
 
 def _shared_arguments(args: Namespace) -> str:
-    """What a stack's members must share: every argument but those ``utils.args.parse_members`` lets them differ in
-    (:func:`utils.args.member_free`)."""
+    """What a stack's members must share: every argument but those ``normcl.utils.args.parse_members`` lets them
+    differ in (:func:`normcl.utils.args.member_free`)."""
     from normcl.utils.args import member_free
 
     free = member_free(args)

@@ -59,7 +59,7 @@ def _validation_records(phase1: Sequence[Run]) -> tuple[list[Record], list[str]]
 
 def select_from_validation(phase1: Sequence[Run]) -> Selection:
     """Choose each column's AdaB²N configuration from its phase-1 results with the report's loader and rule
-    (:mod:`utils.experiments.selection`), so ``run.py`` runs the configuration that the tables will report. Only
+    (:mod:`normcl.utils.experiments.selection`), so ``run.py`` runs the configuration that the tables will report. Only
     the phase-1 runs' own results files count as done, and a column is chosen only once all of them exist, final or
     partial (diverged): choosing among the runs that happened to succeed would pick another configuration after
     they are retried."""
