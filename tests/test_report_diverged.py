@@ -142,3 +142,18 @@ def test_a_partial_file_next_to_final_results_is_an_earlier_attempt_and_ignored(
     assert [r.diverged for r in records] == [False] and not warnings
     text = write_report(tmp_path, plots=False).text
     assert "| BN | 40.00 (1) |" in text and "diverged" not in text
+
+
+def test_one_configuration_fixed_beforehand_keeps_its_cell_when_a_seed_diverges(tmp_path: Path) -> None:
+    """A column that ran one AdaB²N configuration on the test protocol alone (the stream grid's, chosen on another
+    grid's validation runs) chose nothing: a diverged seed is counted in its cell, not reported as "every
+    configuration diverged"."""
+    for seed in (0, 1):
+        write_run(tmp_path, f"ada{seed}", final=40.0 + 2 * seed, nl="AdaB2N", seed=seed, kappa=0.1, lambd=10.0)
+    write_partial(tmp_path, "ada2", nl="AdaB2N", seed=2, kappa=0.1, lambd=10.0)
+    write_run(tmp_path, "bn0", final=40.0)
+    files = write_report(tmp_path, plots=False)
+    assert f"| AdaB2N | 41.00 ± {statistics.stdev([40, 42]):.2f} (2 + 1 diverged) |" in files.text
+    assert "| AdaB2N | seq-fmnist er_ace 200 | 0.1 | 10 | 0 | only configuration run |" in files.text
+    (row,) = [r for r in rows(files.csv) if r["method"] == "AdaB2N"]
+    assert (row["kappa"], row["selected_on"], row["n_diverged"]) == ("0.1", "only configuration run", "1")

@@ -121,7 +121,8 @@ def _columns(records: Sequence[Record]) -> dict[Record, Column]:
 def build_report(records: Sequence[Record]) -> Report:
     """Group the records into the paper's table; for AdaB²N pick each column's best configuration: on its
     validation runs when there are any (reporting the test runs of that configuration), else on the test runs;
-    never one with a diverged run, and none when all diverged."""
+    never one with a diverged run, and none when all diverged. A column that ran one configuration on the test
+    protocol alone (fixed beforehand, as the stream grid's) reports it, its diverged runs counted."""
     column_of = _columns(records)
     cells: dict[tuple[str, Column], list[Record]] = defaultdict(list)
     for r in records:
@@ -137,6 +138,8 @@ def build_report(records: Sequence[Record]) -> Report:
             continue
         groups = by_config(val or test)
         best = best_config(groups)
+        if best is None and not val and len(groups) == 1:  # one configuration, fixed beforehand: nothing was chosen,
+            best = next(iter(groups))  # so a diverged run is counted in its cell, not taken for a choice of none
         reported = [r for r in test if r.config == best] or [r for r in val if r.config == best]
         if best is None:  # every configuration diverged: the cell counts the runs the choice had
             reported = val or test
