@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import site
 import subprocess
 import sys
 import sysconfig
-import venv
 from pathlib import Path
 
 import pytest
+from venv_helpers import PROJECT_NAMES, REPO, bare_venv, see_running_site_dirs
 
-REPO = Path(__file__).resolve().parent.parent
 STAND_INS = ("datasets", "utils", "models", "backbone")
 
 
@@ -36,38 +34,22 @@ def write_stand_ins(folder: Path) -> Path:
     return folder
 
 
-def running_site_dirs() -> list[str]:
-    """The site directories this interpreter imports from: a venv's own (and the base's, where it sees them), or the
-    system's, and the user's where pip installed there; each processed with its ``.pth`` files (editable installs)."""
-    dirs = [*site.getsitepackages(), site.getusersitepackages()]
-    return [d for d in dict.fromkeys(dirs) if d in sys.path]
-
-
 @pytest.fixture(scope="module")
 def shadowed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
     """A Python whose site-packages and PYTHONPATH both hold the stand-ins; the project and its dependencies come
     from the running interpreter's site directories (not the system's: the suite may itself run in a venv, where
     ``system_site_packages`` would reach the base interpreter's, without torch)."""
     root = tmp_path_factory.mktemp("shadowed")
-    env_dir = root / "venv"
-    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
-    python = str(env_dir / "bin" / "python")
-    purelib = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    assert Path(purelib) != Path(sysconfig.get_paths()["purelib"])
-    write_stand_ins(Path(purelib))
-    lines = [f"import site; site.addsitedir({d!r})" for d in running_site_dirs()]
-    (Path(purelib) / "zz_running_interpreter.pth").write_text("\n".join(lines) + "\n")
+    python, purelib = bare_venv(root)
+    assert purelib != Path(sysconfig.get_paths()["purelib"])
+    write_stand_ins(purelib)
+    see_running_site_dirs(purelib)
     env = {**os.environ, "PYTHONPATH": str(write_stand_ins(root / "pythonpath"))}
     probe = subprocess.run(
         [python, "-c", "import datasets; print(datasets.__file__)"], env=env, capture_output=True, text=True, cwd=root
     )
     assert probe.stdout.startswith(str(root / "pythonpath")), probe.stdout + probe.stderr
-    return python, env
+    return str(python), env
 
 
 ENTRY_POINTS = [
@@ -81,7 +63,6 @@ ENTRY_POINTS = [
     (["-m", "normcl.utils.main", "--help"], "elsewhere"),
     (["-m", "normcl.utils.report", "--help"], "elsewhere"),
 ]
-PROJECT_FOLDERS = ("utils", "models", "datasets", "backbone", "benchmarks", "integrations", "run")
 
 
 @pytest.mark.parametrize(("command", "cwd"), ENTRY_POINTS)
@@ -100,7 +81,7 @@ def test_entry_points_start_beside_conflicting_packages(
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout
     imported = [line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
-    outside = [name for name in imported if name.split(".")[0] in PROJECT_FOLDERS]
+    outside = [name for name in imported if name.split(".")[0] in PROJECT_NAMES]
     package = [command[1].rsplit(".", 1)[0]] if command[0] == "-m" and not command[1].startswith("normcl.") else []
     assert outside == package, "project modules imported outside the package normcl"
     assert any(name.startswith("normcl.") for name in imported)

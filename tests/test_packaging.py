@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import site
 import subprocess
-import sys
-import venv
 from importlib.metadata import distribution
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from venv_helpers import PROJECT_NAMES, REPO, bare_venv, see_running_site_dirs
 
-REPO = Path(__file__).resolve().parent.parent
 MARKER = "the stand-in datasets distribution"
-PROJECT_FOLDERS = ("utils", "models", "datasets", "backbone", "benchmarks", "integrations", "run", "tests")
 
 
 def sh(*argv: str | Path, cwd: Path) -> str:
@@ -47,9 +43,7 @@ def clean_copy(destination: Path) -> Path:
 def fresh_venv(root: Path) -> tuple[Path, Path]:
     """A virtual environment without the system's packages, whose pip and setuptools are the running interpreter's
     (links in a folder of its own on its path, so that its site-packages holds only what the test installs)."""
-    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(root / "venv")
-    python = root / "venv" / "bin" / "python"
-    purelib = Path(sh(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=root).strip())
+    python, purelib = bare_venv(root)
     tools = root / "tools"
     tools.mkdir()
     for name in ("pip", "setuptools", "_distutils_hack", "pkg_resources"):
@@ -78,14 +72,6 @@ def stand_in(root: Path) -> Path:
     return project
 
 
-def running_site_dirs_pth(purelib: Path) -> Path:
-    """The running interpreter's site directories (torch, numpy, ...) after the environment's own."""
-    dirs = [d for d in dict.fromkeys([*site.getsitepackages(), site.getusersitepackages()]) if d in sys.path]
-    path = purelib / "zz_running_interpreter.pth"
-    path.write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in dirs))
-    return path
-
-
 @pytest.mark.parametrize("editable", [False, True], ids=["pip install .", "pip install -e ."])
 def test_the_install_adds_normcl_alone_and_leaves_a_datasets_distribution_intact(
     editable: bool, tmp_path: Path
@@ -110,7 +96,7 @@ def test_the_install_adds_normcl_alone_and_leaves_a_datasets_distribution_intact
     marker, location = sh(python, "-c", code, cwd=elsewhere).splitlines()
     assert marker == MARKER
     assert Path(location) == (clone if editable else purelib / "normcl") / "__init__.py"
-    for name in PROJECT_FOLDERS:
+    for name in PROJECT_NAMES:
         if name != "datasets":
             assert find_in(python, name, elsewhere) is None, f"'{name}' is importable as a top-level name"
 
@@ -139,7 +125,7 @@ def test_the_installed_package_holds_every_module_and_trains(tmp_path: Path) -> 
     pip(python, "install", "--no-index", "--no-build-isolation", "--no-deps", clone, cwd=tmp_path)
     installed = {p.relative_to(purelib / "normcl") for p in (purelib / "normcl").rglob("*.py")}
     assert installed == shipped
-    running_site_dirs_pth(purelib)
+    see_running_site_dirs(purelib)
     env = {**os.environ, "NORMCL_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": ""}
     code = "import normcl; print(normcl.__file__); print(' '.join(normcl.NORMS.names()))"
     proc = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
