@@ -73,6 +73,11 @@ def test_bad_input_raises_the_command_lines_one_line_error() -> None:
         assert "\n" not in str(raised.value)
 
 
+def test_a_value_that_starts_with_a_dash_is_a_value(tmp_path: Path) -> None:
+    model, _ = normcl.load_runner("er_ace", "seq-fmnist", {**ARGS, "run_name": "-ablation", "results_path": tmp_path})
+    assert model.args.run_name == "-ablation"
+
+
 def test_get_avail_args_are_the_command_lines_flags() -> None:
     required, optional = normcl.get_avail_args()
     assert set(required) == {"dataset", "model"}

@@ -50,13 +50,15 @@ def _argv(model: str, dataset: str, args: Mapping[str, Any], flags: Mapping[str,
         if name not in flags:
             raise UserError(f"unknown argument '{name}'; normcl.get_avail_args() lists them")
         if value is not None:
-            argv += [flags[name], str(int(value)) if isinstance(value, bool) else str(value)]
+            text = str(int(value)) if isinstance(value, bool) else str(value)
+            argv.append(f"{flags[name]}={text}")  # one token: a value may start with a dash (run_name "-ablation")
     return argv
 
 
 def load_runner(model: str, dataset: str, args: Mapping[str, Any]) -> tuple[ContinualModel, ContinualDataset]:
     """The model and dataset of the run ``python utils/main.py --model MODEL --dataset DATASET --NAME VALUE ...``
-    would train, ready for :func:`train`; ``args`` maps flag names (without dashes) to values."""
+    would train, ready for :func:`train`; ``args`` maps flag names (without dashes) to values. As on the command
+    line, ``num_threads``, when given, sets torch's thread count for the whole process (``torch.set_num_threads``)."""
     parser = _parser()
     flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.dest not in NOT_ARGUMENTS}
     run_args = parse_args(_argv(model, dataset, args, flags), parser)
