@@ -142,16 +142,14 @@ seconds_line() {  # start file: a sitting's wall time, machine and end, appended
   echo "$(( $(date +%s) - $1 )) $(hostname) $(date -u +%FT%TZ)" >>"$2"
 }
 sitting() {  # folder grid...: run the grids; one line per invocation, also an interrupted one, in grid_seconds.txt
-  local folder=$1 start command; shift
+  local folder=$1 start command timed=1; shift
   (( $# )) || return 0
-  if [[ " $LAUNCH " == *" --dry_run "* ]]; then  # a plan, not a sitting: nothing to time
-    # shellcheck disable=SC2086  # LAUNCH is a list of flags
-    while read -r command; do eval "$command" $LAUNCH || rc=$?; done < <(commands "$@")
-    return 0
+  [[ " $LAUNCH " == *" --dry_run "* ]] && timed=0  # a plan, not a sitting: nothing to time
+  if (( timed )); then
+    start=$(date +%s)
+    mkdir -p "$folder"
+    trap "seconds_line $start $(printf %q "$folder/grid_seconds.txt")" EXIT
   fi
-  start=$(date +%s)
-  mkdir -p "$folder"
-  trap "seconds_line $start $(printf %q "$folder/grid_seconds.txt")" EXIT
   while read -r command; do
     # shellcheck disable=SC2086  # LAUNCH is a list of flags
     if [[ ${PARALLEL:-0} == 1 ]]; then
@@ -161,8 +159,10 @@ sitting() {  # folder grid...: run the grids; one line per invocation, also an i
     fi
   done < <(commands "$@")
   for job in $(jobs -p); do wait "$job" || rc=$?; done
-  trap - EXIT
-  seconds_line "$start" "$folder/grid_seconds.txt"
+  if (( timed )); then
+    trap - EXIT
+    seconds_line "$start" "$folder/grid_seconds.txt"
+  fi
 }
 publish() {  # folder report part grid...: a folder's report and its part of the page (the page adds up sittings)
   local folder=$1 report=$2 part=$3 planned command; shift 3
