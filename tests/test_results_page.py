@@ -27,6 +27,7 @@ def make_results(root: Path) -> Path:
         )
         doc = json.loads(path.read_text())
         doc["timing"] = {"total_seconds": seconds}
+        doc["created"] = f"2026-11-26T00:1{seed}:00+00:00"  # seed 0 ran 00:08:20-00:10:00, seed 1 00:08:40-00:11:00
         doc["environment"] = {
             "device": "cpu",
             "threads": 2,
@@ -40,6 +41,12 @@ def make_results(root: Path) -> Path:
     report_dir = root / "report"
     write_report(root, report_dir)
     return report_dir
+
+
+def test_busy_seconds_is_the_length_of_the_union_of_intervals() -> None:
+    assert results_page.busy_seconds([]) == 0
+    assert results_page.busy_seconds([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17  # [0, 12] and [20, 25]
+    assert results_page.busy_seconds([(3, 4), (0, 10)]) == 10  # one inside another, in any order
 
 
 def test_new_page_has_provenance_tables_and_relative_plot_links(tmp_path: Path) -> None:
@@ -60,7 +67,8 @@ def test_new_page_has_provenance_tables_and_relative_plot_links(tmp_path: Path) 
     )
     assert "**a subset of the training data**" in text
     assert "- Compute: 4 min 00 s summed over the runs' own wall times." in text
-    assert "- Wall time of the grid command: 1 h 02 min in 2 sitting(s)." in text
+    assert "- Wall time with a run in progress: 2 min 40 s (the union of the runs' own intervals)." in text
+    assert "- Wall time of the grid command: 1 h 02 min in 2 sitting(s) (a sitting whose machine went away" in text
     assert "| BN | 55.00 ± 7.07 (2) |" in text  # the report's table, mean ± std of 50 and 60
     assert "\n## Class-IL accuracy (%)" not in text and "\n### Class-IL accuracy (%)" in text  # one level down
     link = "../results/report/accuracy_curve__seq-fmnist_er_ace_200.png"

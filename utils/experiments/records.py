@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ class Record:
     args: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    finished: float | None = None  # when the results file was written (POSIX seconds; "created"), if it says
     diverged: bool = False
     stopped: dict[str, Any] | None = None
     aaa: float | None = None
@@ -152,6 +154,7 @@ def _record(path: Path, doc: dict[str, Any], diverged: bool = False) -> Record:
         args=args,
         environment=doc.get("environment") or {},
         seconds=float((doc.get("timing") or {}).get("total_seconds", 0.0)),
+        finished=datetime.fromisoformat(doc["created"]).timestamp() if doc.get("created") else None,
         diverged=diverged,
         stopped=stopped if isinstance(stopped, dict) else None,
         aaa=final.get("aaa"),

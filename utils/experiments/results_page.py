@@ -49,6 +49,15 @@ def _hms(seconds: float) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
 
 
+def busy_seconds(spans: list[tuple[float, float]]) -> float:
+    """The length of the union of (start, end) intervals: the wall time during which at least one ran."""
+    busy, reached = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reached:
+            busy, reached = busy + end - max(start, reached), end
+    return busy
+
+
 def provenance(results_dir: Path, command: str, planned: str = "") -> list[str]:
     """The command, the machines and the time the results took, from the results files themselves."""
     records, warnings = load_records(results_dir)
@@ -72,10 +81,15 @@ def provenance(results_dir: Path, command: str, planned: str = "") -> list[str]:
     )
     lines.append("- Code: " + ", ".join(f"{c} ({n} runs)" for c, n in sorted(commits.items())) + ".")
     lines.append(f"- Compute: {_hms(run_seconds)} summed over the runs' own wall times.")
+    spans = [(r.finished - r.seconds, r.finished) for r in records if r.finished is not None]
+    if spans:
+        busy = _hms(busy_seconds(spans))
+        lines.append(f"- Wall time with a run in progress: {busy} (the union of the runs' own intervals).")
     grid = results_dir / "grid_seconds.txt"
     if grid.exists():
         sittings = [float(line.split()[0]) for line in grid.read_text().splitlines() if line.strip()]
-        lines.append(f"- Wall time of the grid command: {_hms(sum(sittings))} in {len(sittings)} sitting(s).")
+        total = f"{_hms(sum(sittings))} in {len(sittings)} sitting(s)"
+        lines.append(f"- Wall time of the grid command: {total} (a sitting whose machine went away records none).")
     lines += [f"- Warning: {w}" for w in warnings]
     return [*lines, ""]
 
