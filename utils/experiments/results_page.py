@@ -49,6 +49,13 @@ def _hms(seconds: float) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
 
 
+def _cpu(environment: dict) -> str:
+    """The CPU and torch's kernel set, where the results file records them (results since issue 22): a run's
+    numbers depend on both."""
+    cpu = environment.get("cpu")
+    return f" ({cpu}, kernels {environment.get('cpu_capability', '?')})" if cpu else ""
+
+
 def busy_seconds(spans: list[tuple[float, float]]) -> float:
     """The length of the union of (start, end) intervals: the wall time during which at least one ran."""
     busy, reached = 0.0, float("-inf")
@@ -63,7 +70,7 @@ def provenance(results_dir: Path, command: str, planned: str = "") -> list[str]:
     records, warnings = load_records(results_dir)
     envs = [r.environment for r in records]
     machines = Counter(
-        f"{e.get('device', '?')}, {e.get('threads', '?')} thread(s), torch {e.get('torch', '?')}" for e in envs
+        f"{e.get('device', '?')}{_cpu(e)}, {e.get('threads', '?')} thread(s), torch {e.get('torch', '?')}" for e in envs
     )
     run_seconds = sum(r.seconds for r in records)
     validation = sum(r.validation for r in records)
