@@ -152,7 +152,7 @@ sitting() {  # folder grid...: run the grids; one line per invocation, also an i
   fi
   while read -r command; do
     # shellcheck disable=SC2086  # LAUNCH is a list of flags
-    if [[ ${PARALLEL:-0} == 1 ]]; then
+    if [[ ${PARALLEL:-0} == 1 ]] && (( timed )); then  # a plan's lines one after another
       eval "$command" $LAUNCH &
     else
       eval "$command" $LAUNCH || rc=$?  # failed runs (exit 1): go on, and still rebuild the page from what finished

@@ -157,3 +157,12 @@ def test_one_configuration_fixed_beforehand_keeps_its_cell_when_a_seed_diverges(
     assert "| AdaB2N | seq-fmnist er_ace 200 | 0.1 | 10 | 0 | only configuration run |" in files.text
     (row,) = [r for r in rows(files.csv) if r["method"] == "AdaB2N"]
     assert (row["kappa"], row["selected_on"], row["n_diverged"]) == ("0.1", "only configuration run", "1")
+
+
+def test_one_configuration_fixed_beforehand_whose_every_seed_diverged_is_named_and_counted(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        write_partial(tmp_path, f"ada{seed}", nl="AdaB2N", seed=seed, kappa=0.1, lambd=10.0)
+    write_run(tmp_path, "bn0", final=40.0)
+    files = write_report(tmp_path, plots=False)
+    assert "| AdaB2N | diverged (2) |" in files.text
+    assert "| AdaB2N | seq-fmnist er_ace 200 | 0.1 | 10 | 0 | only configuration run |" in files.text

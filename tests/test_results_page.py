@@ -37,7 +37,8 @@ def make_results(root: Path) -> Path:
             **({"cpu": "AMD EPYC", "cpu_capability": "AVX2"} if seed == 1 else {}),
         }
         path.write_text(json.dumps(doc))
-    write_run(root, "ada_val", final=70.0, nl="AdaB2N", validation=1, kappa=0.4, lambd=0.1, **PROTOCOL)
+    ada = write_run(root, "ada_val", final=70.0, nl="AdaB2N", validation=1, kappa=0.4, lambd=0.1, **PROTOCOL)
+    ada.write_text(json.dumps({**json.loads(ada.read_text()), "created": "yesterday"}))  # unreadable: untimed, kept
     (root / "grid_seconds.txt").write_text("3000 hostA 2026-11-26T01:00:00Z\n725 hostB 2026-11-27T01:00:00Z\n")
     report_dir = root / "report"
     write_report(root, report_dir)
@@ -69,7 +70,8 @@ def test_new_page_has_provenance_tables_and_relative_plot_links(tmp_path: Path) 
     )
     assert "**a subset of the training data**" in text
     assert "- Compute: 4 min 00 s summed over the runs' own wall times." in text
-    assert "- Wall time with a run in progress: 2 min 40 s (the union of the runs' own intervals)." in text
+    busy = "2 min 40 s (the union of the runs' own intervals, 2 of 3 runs timestamped)"
+    assert f"- Wall time with a run in progress: {busy}." in text
     assert "- Wall time of the grid command: 1 h 02 min in 2 sitting(s) (a sitting whose machine went away" in text
     assert "| BN | 55.00 ± 7.07 (2) |" in text  # the report's table, mean ± std of 50 and 60
     assert "\n## Class-IL accuracy (%)" not in text and "\n### Class-IL accuracy (%)" in text  # one level down

@@ -16,8 +16,8 @@ import venv
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# The project's folders of Python code and its top-level modules (run.py): installed, each is normcl.NAME, and none
-# of them may be importable as a top-level name of its own.
+# The clone's folders of Python code and its top-level modules (run.py): none may be importable as a top-level name
+# (installed, the packages among them are normcl.NAME; tests/ and examples/ are not installed).
 PROJECT_NAMES = tuple(
     sorted(
         {p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".") and any(p.glob("*.py"))}
@@ -32,8 +32,9 @@ def bare_venv(root: Path) -> tuple[Path, Path]:
     venv.EnvBuilder(system_site_packages=False, with_pip=False).create(root / "venv")
     python = root / "venv" / "bin" / "python"
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    purelib = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    return python, Path(purelib)
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return python, Path(proc.stdout.strip())
 
 
 def running_site_dirs() -> list[str]:

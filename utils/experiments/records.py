@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,7 @@ def _record(path: Path, doc: dict[str, Any], diverged: bool = False) -> Record:
         args=args,
         environment=doc.get("environment") or {},
         seconds=float((doc.get("timing") or {}).get("total_seconds", 0.0)),
-        finished=datetime.fromisoformat(doc["created"]).timestamp() if doc.get("created") else None,
+        finished=_finished(doc.get("created")),
         diverged=diverged,
         stopped=stopped if isinstance(stopped, dict) else None,
         aaa=final.get("aaa"),
@@ -162,6 +162,16 @@ def _record(path: Path, doc: dict[str, Any], diverged: bool = False) -> Record:
         wc_acc=final.get("wc_acc"),
         anytime=None if diverged else (doc.get("anytime") or {}).get("curve"),
     )
+
+
+def _finished(created: Any) -> float | None:
+    """A results file's ``created`` time as POSIX seconds (UTC where it names no zone); None where it has none that
+    reads: it only times the grid, so it never costs a run its place in the tables."""
+    try:
+        when = datetime.fromisoformat(created)
+    except (TypeError, ValueError):
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def load_records(root: Path) -> tuple[list[Record], list[str]]:

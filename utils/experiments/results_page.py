@@ -91,7 +91,8 @@ def provenance(results_dir: Path, command: str, planned: str = "") -> list[str]:
     spans = [(r.finished - r.seconds, r.finished) for r in records if r.finished is not None]
     if spans:
         busy = _hms(busy_seconds(spans))
-        lines.append(f"- Wall time with a run in progress: {busy} (the union of the runs' own intervals).")
+        timed = "" if len(spans) == len(records) else f", {len(spans)} of {len(records)} runs timestamped"
+        lines.append(f"- Wall time with a run in progress: {busy} (the union of the runs' own intervals{timed}).")
     grid = results_dir / "grid_seconds.txt"
     if grid.exists():
         sittings = [float(line.split()[0]) for line in grid.read_text().splitlines() if line.strip()]

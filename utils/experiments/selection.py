@@ -1,7 +1,8 @@
 """AdaB²N's selection rule, the one the report's tables and ``run.py --tune validation`` both apply, so that phase 2
 runs the configuration that the tables then report: per column, the configuration with the best mean class-IL
 accuracy; ties go to the smallest configuration, so that reruns pick the same one. A configuration with a diverged
-run (non-finite loss) is never chosen, as if its accuracy were −∞: the same seed diverges again in a rerun.
+run (non-finite loss) is never chosen, as if its accuracy were −∞: the same seed diverges again in a rerun. (A
+column that ran one configuration alone chose nothing: the tables report it, diverged runs counted.)
 """
 
 from __future__ import annotations

@@ -137,9 +137,8 @@ def build_report(records: Sequence[Record]) -> Report:
             report.entries[key] = Entry.of(test or val)
             continue
         groups = by_config(val or test)
-        best = best_config(groups)
-        if best is None and not val and len(groups) == 1:  # one configuration, fixed beforehand: nothing was chosen,
-            best = next(iter(groups))  # so a diverged run is counted in its cell, not taken for a choice of none
+        fixed = not val and len(groups) == 1  # one configuration, fixed beforehand: nothing is chosen (ON_SINGLE)
+        best = next(iter(groups)) if fixed else best_config(groups)  # fixed: its diverged runs counted in its cell
         reported = [r for r in test if r.config == best] or [r for r in val if r.config == best]
         if best is None:  # every configuration diverged: the cell counts the runs the choice had
             reported = val or test
@@ -151,8 +150,7 @@ def build_report(records: Sequence[Record]) -> Report:
             report.test_sensitivity[key] = {c: Entry.of(rs, c) for c, rs in by_config(test).items()}
     for (method, column), entry in report.entries.items():
         if entry.selected_on != ON_TEST or len(report.sensitivity[(method, column)]) > 1:
-            continue
-        # One configuration and no validation runs: nothing was chosen on the test accuracy.
+            continue  # only the fixed configurations above: nothing was chosen on the test accuracy
         base = report.entries.get((ADAPTIVE_NORM, column))
         inherited = base is not None and base.selected_on == ON_VALIDATION and base.config == entry.config
         entry.selected_on = ON_ADAPTIVE_CHOICE if method != ADAPTIVE_NORM and inherited else ON_SINGLE
