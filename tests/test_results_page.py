@@ -34,7 +34,11 @@ def make_results(root: Path) -> Path:
             "torch": "2.14.1",
             "git_commit": f"{seed}" * 40,
             "git_dirty": seed == 1,
-            **({"cpu": "AMD EPYC", "cpu_capability": "AVX2"} if seed == 1 else {}),
+            **(
+                {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "kernel_limits": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+                if seed == 1
+                else {}
+            ),
         }
         path.write_text(json.dumps(doc))
     ada = write_run(root, "ada_val", final=70.0, nl="AdaB2N", validation=1, kappa=0.4, lambd=0.1, **PROTOCOL)
@@ -62,7 +66,10 @@ def test_new_page_has_provenance_tables_and_relative_plot_links(tmp_path: Path) 
     assert "python run.py --x 1" in text
     assert "- Runs: 2 on the test protocol, 1 on the validation split (the grid: 1 + 4 runs)." in text
     assert "- Machine: cpu, 2 thread(s), torch 2.14.1 (1 runs)." in text  # a file from before issue 22
-    assert "- Machine: cpu (AMD EPYC, kernels AVX2), 2 thread(s), torch 2.14.1 (1 runs)." in text
+    assert (
+        "- Machine: cpu (AMD EPYC, kernels AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2), 2 thread(s), torch 2.14.1 (1 runs)."
+        in text
+    )
     code = "commit `0000000000` (1 runs), commit `1111111111` with changed Python files (1 runs), commit `unknown`"
     assert f"- Code: {code} (1 runs)." in text
     assert (

@@ -50,10 +50,11 @@ def _hms(seconds: float) -> str:
 
 
 def _cpu(environment: dict) -> str:
-    """The CPU and torch's kernel set, where the results file records them (results since issue 22): a run's
-    numbers depend on both."""
-    cpu = environment.get("cpu")
-    return f" ({cpu}, kernels {environment.get('cpu_capability', '?')})" if cpu else ""
+    """The CPU, torch's kernel set and the kernel limits set in the environment, where the results file records
+    them (results since issue 22): a run's numbers depend on all three."""
+    cpu, limits = environment.get("cpu"), environment.get("kernel_limits") or {}
+    limited = "".join(f", {name}={value}" for name, value in sorted(limits.items()))
+    return f" ({cpu}, kernels {environment.get('cpu_capability', '?')}{limited})" if cpu else ""
 
 
 def busy_seconds(spans: list[tuple[float, float]]) -> float:
