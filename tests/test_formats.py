@@ -7,6 +7,7 @@ at once instead of waiting on a download.
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -38,6 +39,23 @@ def test_read_idx_exact_values(tmp_path: Path, compressed: bool) -> None:
     assert out.dtype == np.uint8 and out.shape == (2, 3, 4)
     np.testing.assert_array_equal(out, images)
     assert out.flags.writeable  # torch.from_numpy warns on read-only arrays
+
+
+def test_read_idx_gives_each_call_its_own_copy_and_reads_a_rewritten_file_again(tmp_path: Path) -> None:
+    """The decoded file is kept per process (keyed by path, size and modification time): a caller that writes into
+    its array changes no other caller's, and a file rewritten in place is decoded anew."""
+    path = tmp_path / "images.idx.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((2, 2), dtype=np.uint8))))
+    first = read_idx(path)
+    first[0, 0] = 9
+    assert read_idx(path).tolist() == [[0, 0], [0, 0]]
+    written = path.stat().st_mtime_ns
+    path.write_bytes(gzip.compress(idx_bytes(np.full((2, 2), 7, dtype=np.uint8))))
+    os.utime(path, ns=(written, written + 10**9))  # a clock tick may hold both writes: a distinct time, as on disk
+    assert read_idx(path).tolist() == [[7, 7], [7, 7]]
+    path.unlink()
+    with pytest.raises(DataError, match=r"cannot open .*images\.idx\.gz"):
+        read_idx(path)
 
 
 def test_read_idx_big_endian_int32(tmp_path: Path) -> None:
