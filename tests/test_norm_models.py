@@ -1,4 +1,5 @@
-"""Every normalisation layer under every model, and the recency-bias diagnostics on a constructed case."""
+"""The base class's bookkeeping, and the recency-bias diagnostics on a constructed case (every norm under every model
+trains in ``tests/test_stack_runs.py``, enumerated from the registries)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,12 @@ from torch import nn
 
 from normcl.datasets import get_dataset_class
 from normcl.datasets.utils.continual_dataset import ContinualDataset, RawSplit
-from normcl.models import MODELS
 from normcl.models.er import Er
 from normcl.models.utils.adab2n import AdaB2N
 from normcl.models.utils.norms import NORMS
-from normcl.models.utils.tbbn import TaskBalancedBN
 from normcl.utils.args import parse_args
 from normcl.utils.norm_diagnostics import diagnose
-from normcl.utils.run_setup import build_model, set_seed
-from normcl.utils.training import Trainer
-from normcl.utils.wandb_logger import WandbLogger
+from normcl.utils.run_setup import build_model
 
 
 @pytest.fixture(scope="module")
@@ -31,37 +28,6 @@ def fmnist() -> ContinualDataset:
     dataset = get_dataset_class("seq-fmnist")(args, "cpu")
     dataset.prepare()
     return dataset
-
-
-@pytest.mark.parametrize("nl", ["BN", "GN", "LN", "IN", "CN", "BRN", "TBBN", "AdaB2N"])
-def test_every_norm_trains_under_every_model(fmnist: ContinualDataset, nl: str) -> None:
-    assert set(NORMS.names()) == {"BN", "GN", "LN", "IN", "CN", "BRN", "TBBN", "AdaB2N"}
-    for model_name in MODELS.names():
-        argv = ["--dataset", "seq-fmnist", "--model", model_name, "--lr", "0.05", "--nl", nl, "--nf", "8"]
-        argv += ["--buffer_size", "30", "--bs", "10", "--epochs", "1", "--seed", "0", "--lambd", "0.1"]
-        argv += ["--debug_mode", "1", "--non_verbose", "1", "--nowand", "1", "--ignore_other_metrics", "1"]
-        argv += ["--eval_batch_size", "20"]
-        args = parse_args(argv)
-        set_seed(0)
-        fmnist.args = args
-        model = build_model(args, fmnist)
-        before = [p.detach().clone() for p in model.net.parameters()]
-        history = Trainer(model, fmnist, args, WandbLogger(args)).run()
-        changed = sum(not torch.equal(a, b) for a, b in zip(before, model.net.parameters(), strict=True))
-        assert changed > 0, f"{model_name} with {nl} did not train"
-        final = history.class_il[-1]
-        assert all(v is not None and 0.0 <= v <= 100.0 for v in final), (model_name, nl, final)
-        if nl == "AdaB2N":
-            assert model.forward_mode == "joint"
-            layers = [m for m in model.net.modules() if isinstance(m, AdaB2N)]
-            assert layers and all(int(m.tasks_completed) == 5 for m in layers)
-            assert any(m.task_weight.grad is not None for m in layers) or model_name in ("joint",)
-        elif nl == "TBBN":
-            assert model.forward_mode == "joint"
-            layers = [m for m in model.net.modules() if isinstance(m, TaskBalancedBN)]
-            assert layers and all(m.tasks_completed == 5 for m in layers)
-        elif model_name in ("der", "derpp", "er_ace"):
-            assert model.forward_mode == "separate"
 
 
 def test_the_base_class_keeps_the_books_for_hooks_that_never_call_super(fmnist: ContinualDataset) -> None:

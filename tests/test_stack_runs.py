@@ -4,7 +4,9 @@ methods vocabulary's pseudo-methods) under every registered model, enumerated fr
 Two members with other seeds, learning rates and per-member options of the norm and the model train as one stack;
 each must give the per-step losses and the accuracy matrices of its run alone, bit for bit, and its results file under
 the name and in the schema it would have alone. A combination that cannot stack must be refused with its one-line
-error instead. Runs are small: ``--nf 4`` (8 for the group norms), 10 images per class (two steps a task), a
+error instead (its run alone still runs). Every run alone is also checked to train its norm under its model as the
+reference does (``check_trained``: the forward mode, the task-aware layers' task count, AdaB²N's task-weight
+gradients). Runs are small: ``--nf 4`` (8 for the group norms), 10 images per class (two steps a task), a
 validation split as test set; two combinations run four members.
 """
 
@@ -18,8 +20,10 @@ import pytest
 import torch
 
 from normcl.models import MODELS
+from normcl.models.utils.adab2n import AdaB2N
 from normcl.models.utils.continual_model import ContinualModel
 from normcl.models.utils.norms import NORMS
+from normcl.models.utils.task_aware import task_aware_layers
 from normcl.utils.args import member_free, parse_args, parse_members, stacking_problem
 from normcl.utils.experiments.methods import PSEUDO_METHODS, method_flags, runs_without_affine
 from normcl.utils.main import main, run
@@ -67,11 +71,14 @@ def shared(model: str, method: str, per_class: int, results: Path) -> list[str]:
 
 @pytest.fixture
 def losses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[torch.Tensor]]:
-    """Every optimiser step's losses, ``[K]`` (a run alone: ``[1]``; joint's too, which trains at the end)."""
+    """Every optimiser step's losses, ``[K]`` (a run alone: ``[1]``; joint's too, which trains at the end). The
+    models that stepped and their parameters before their first step are kept in ``STEPPED``."""
     recorded: list[torch.Tensor] = []
     original = ContinualModel.step
 
     def step(self: ContinualModel, loss: torch.Tensor) -> torch.Tensor:
+        if not any(model is self for model, _ in STEPPED):
+            STEPPED.append((self, [p.detach().clone() for p in self.net.parameters()]))
         total = original(self, loss)
         recorded.append(total.clone())
         return total
@@ -80,6 +87,26 @@ def losses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[torch.Tensor]]:
     threads = torch.get_num_threads()
     yield recorded
     torch.set_num_threads(threads)
+    STEPPED.clear()
+
+
+STEPPED: list[tuple[ContinualModel, list[torch.Tensor]]] = []
+
+
+def check_trained(doc: dict, flags: list[str]) -> None:
+    """The run alone that ``doc`` reports trained its norm under its model as the reference does: its parameters
+    moved; every accuracy of the last row is a percentage; the task-aware layers (AdaB²N, TBBN) saw every task end,
+    ask for the joint forward and AdaB²N's task weights got gradients; without them a replay model keeps the
+    forward its flags or its reference give."""
+    (model, before), n_tasks = STEPPED[-1], len(doc["accuracy_matrix"]["class_il"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.net.parameters(), strict=True)), "it trained"
+    assert all(v is not None and 0.0 <= v <= 100.0 for v in doc["accuracy_matrix"]["class_il"][-1])
+    layers = task_aware_layers(model.net)
+    assert all(int(layer.tasks_completed) == n_tasks for layer in layers)
+    flagged = flags[flags.index("--forward_mode") + 1] if "--forward_mode" in flags else None
+    assert model.forward_mode == (flagged or ("joint" if layers else type(model).REFERENCE_FORWARD))
+    adab2n = [layer for layer in layers if isinstance(layer, AdaB2N)]
+    assert not adab2n or any(layer.task_weight.grad is not None for layer in adab2n), "AdaB2N's task weights learn"
 
 
 @pytest.mark.parametrize(("model", "method", "k", "per_class"), CASES)
@@ -91,10 +118,14 @@ def test_each_member_is_its_run_alone_or_the_combination_is_refused(
     if problem is not None:
         member_flags = [token for member in members(model, method, k) for token in ("--member", member)]
         assert main([*flags, *member_flags]) == 2 and capsys.readouterr().err == f"error: {problem}\n"
+        alone = [*shared(model, method, per_class, tmp_path / "alone"), *members(model, method, k)[0].split()]
+        check_trained(run(parse_args(alone))[0], alone)  # refused stacked, it still trains alone
         return
     alone_losses, alone_docs = [], []
     for i, member in enumerate(members(model, method, k)):
-        (doc,) = run(parse_args([*shared(model, method, per_class, tmp_path / "alone"), *member.split()]))
+        alone = [*shared(model, method, per_class, tmp_path / "alone"), *member.split()]
+        (doc,) = run(parse_args(alone))
+        check_trained(doc, alone)
         alone_losses.append(torch.cat(losses[:]))
         alone_docs.append(doc)
         losses.clear()
