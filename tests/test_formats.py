@@ -23,7 +23,7 @@ from format_helpers import (  # _offline: importing the autouse fixture applies 
 
 from normcl.datasets.seq_cifar100 import SequentialCIFAR100
 from normcl.datasets.seq_miniimg import SequentialMiniImagenet
-from normcl.datasets.utils.formats import read_cifar_batches, read_idx, read_npy_pair
+from normcl.datasets.utils.formats import _decode_idx, read_cifar_batches, read_idx, read_npy_pair
 from normcl.utils.core.errors import DataError
 
 # ---------------------------------------------------------------- IDX
@@ -48,7 +48,9 @@ def test_read_idx_gives_each_call_its_own_copy_and_reads_a_rewritten_file_again(
     path.write_bytes(gzip.compress(idx_bytes(np.zeros((2, 2), dtype=np.uint8))))
     first = read_idx(path)
     first[0, 0] = 9
+    hits = _decode_idx.cache_info().hits
     assert read_idx(path).tolist() == [[0, 0], [0, 0]]
+    assert _decode_idx.cache_info().hits == hits + 1, "the second read is the kept one"
     written = path.stat().st_mtime_ns
     path.write_bytes(gzip.compress(idx_bytes(np.full((2, 2), 7, dtype=np.uint8))))
     os.utime(path, ns=(written, written + 10**9))  # a clock tick may hold both writes: a distinct time, as on disk

@@ -63,20 +63,22 @@ def _read_bytes(path: Path) -> bytes:
 def read_idx(path: Path | str) -> np.ndarray:
     """Parse an IDX file (MNIST / Fashion-MNIST), raw or gzip-compressed, into a native-endian array.
 
-    The last files read are kept decoded, keyed by path, size and modification time, so the runs of one process (a
-    notebook, a grid of in-process runs, the tests) gunzip Fashion-MNIST once (0.4 s a run); each call returns its
-    own writable copy."""
+    The last files read are kept decoded, keyed by the file's resolved path, inode, size and modification and change
+    times, so the runs of one process (a notebook, a grid of in-process runs, the tests) gunzip Fashion-MNIST once
+    (0.4 s a run); each call returns its own writable copy."""
     path = Path(path)
     try:
         stat = path.stat()
     except OSError:
-        return _decode_idx(path, None, None)  # _read_bytes names the problem
-    return _decode_idx(path, stat.st_size, stat.st_mtime_ns).copy()
+        return _decode_idx.__wrapped__(path, None)  # uncached: _read_bytes names the problem
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    return _decode_idx(path, key).copy()
 
 
 @functools.lru_cache(maxsize=8)
-def _decode_idx(path: Path, size: int | None, mtime_ns: int | None) -> np.ndarray:
-    """``read_idx``'s work; ``size`` and ``mtime_ns`` only key the cache, so a rewritten file is read again."""
+def _decode_idx(path: Path, key: tuple | None) -> np.ndarray:
+    """``read_idx``'s work; ``key`` (the file's identity and times) only keys the cache, so a file rewritten or
+    replaced is read again."""
     raw = _read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'}); {REFETCH}")
