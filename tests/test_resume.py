@@ -25,6 +25,11 @@ RUN = [
 ]  # fmt: skip
 
 
+EVERY = "6"
+"""``--checkpoint_every`` of the killed runs. At 9 steps a task, checkpoints fall at steps 12 (task 1, batch 3) and 18
+(task 2's start), each left on disk for six steps before the next: time enough for the poll below to see it."""
+
+
 def env() -> dict[str, str]:
     return {**os.environ, "NORMCL_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -80,12 +85,12 @@ def wait_for_checkpoint(proc: subprocess.Popen, ckpt: Path, ready) -> dict:
 )
 def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path: Path, reference: dict, label: str, ready) -> None:
     ckpt = folder(tmp_path) / f"{label}.ckpt"
-    proc = start(tmp_path, label, "--checkpoint_every", "4")
+    proc = start(tmp_path, label, "--checkpoint_every", EVERY)
     wait_for_checkpoint(proc, ckpt, ready)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (folder(tmp_path) / f"{label}.json").exists()
-    resumed = start(tmp_path, label, "--checkpoint_every", "4", "--resume", "1")
+    resumed = start(tmp_path, label, "--checkpoint_every", EVERY, "--resume", "1")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert "Resuming" in out
@@ -270,14 +275,14 @@ def test_a_stack_stopped_mid_task_then_resumed_gives_every_member_the_uninterrup
     """A stack (AdaB²N, two members with other seeds and options) killed, or stopped by SIGTERM (which saves a
     checkpoint at the next step and exits 143), continues with ``--resume 1``: its checkpoint holds each member's
     generator, buffer, history and the stacked network."""
-    proc = start_stack(tmp_path, "--checkpoint_every", "4")
+    proc = start_stack(tmp_path, "--checkpoint_every", EVERY)
     ckpt = folder(tmp_path) / "s1.stack.ckpt"
     wait_for_checkpoint(proc, ckpt, lambda p: p["task"] == 1 and p["batch"] > 0)
     proc.send_signal(stop)
     out, _ = proc.communicate(timeout=120)
     if stop == signal.SIGTERM:
         assert proc.returncode == 143 and "stopped by SIGTERM: checkpoint saved" in out, out
-    resumed = start_stack(tmp_path, "--checkpoint_every", "4", "--resume", "1")
+    resumed = start_stack(tmp_path, "--checkpoint_every", EVERY, "--resume", "1")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert "Resuming the stack of 2 runs at task 2" in out
