@@ -95,15 +95,13 @@ class StackedNet(nn.Module):
             return self.inner
         template = self._template[0]
         stacked = dict(self.inner.named_modules())
-        # Each declared layer's member first, outermost first (it owns its sub-tree), handed to the copy of the
-        # template through deepcopy's memo: the copy takes them as they are and copies only the rest (containers).
-        singles: dict[int, object] = {}
-        owned: list[str] = []
-        for name, layer in template.named_modules():
-            stacking = stacking_of(type(layer))
-            if stacking is not None and not any(name.startswith(f"{outer}.") for outer in owned):
-                singles[id(layer)] = stacking.member(stacked[name], k, layer)
-                owned.append(name)
+        # Each declared layer's member first, handed to the copy of the template through deepcopy's memo: the copy
+        # takes them as they are (a declared layer's sub-tree with it) and copies only the rest (containers).
+        singles = {
+            id(layer): stacking.member(stacked[name], k, layer)
+            for name, layer in template.named_modules()
+            if (stacking := stacking_of(type(layer))) is not None
+        }
         # The template stayed where the members were built: the member goes where the stack is.
         member = place_like(copy.deepcopy(template, singles), self.inner)
         return member.to(memory_format=torch.channels_last) if self.channels_last else member
