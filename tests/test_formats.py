@@ -42,7 +42,7 @@ def test_read_idx_exact_values(tmp_path: Path, compressed: bool) -> None:
 
 
 def test_read_idx_gives_each_call_its_own_copy_and_reads_a_rewritten_file_again(tmp_path: Path) -> None:
-    """The decoded file is kept per process (keyed by path, size and modification time): a caller that writes into
+    """The decoded file is kept per process (keyed by the file's identity and times): a caller that writes into
     its array changes no other caller's, and a file rewritten in place is decoded anew."""
     path = tmp_path / "images.idx.gz"
     path.write_bytes(gzip.compress(idx_bytes(np.zeros((2, 2), dtype=np.uint8))))

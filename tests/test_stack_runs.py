@@ -13,6 +13,7 @@ validation split as test set; two combinations run four members.
 from __future__ import annotations
 
 import json
+from argparse import Namespace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,28 +102,27 @@ them, every other model forwards them separately (a model with one part, e.g. sg
 
 def run_alone(flags: list[str]) -> dict:
     """The run alone of ``flags``, checked to train its norm under its model as the reference does (below)."""
-    stepped = len(STEPPED)
-    (doc,) = run(parse_args(flags))
+    stepped, args = len(STEPPED), parse_args(flags)
+    (doc,) = run(args)
     assert len(STEPPED) == stepped + 1, "the run stepped one model"
-    check_trained(doc, flags)
+    check_trained(doc, args)
     return doc
 
 
-def check_trained(doc: dict, flags: list[str]) -> None:
+def check_trained(doc: dict, args: Namespace) -> None:
     """The run that ``doc`` reports: its network holds its norm's layers and its parameters moved; every accuracy of
     the last row is a percentage; the task-aware layers (AdaB²N, TBBN) saw every task end and ask for the joint
     forward, and AdaB²N's task weights got gradients; without them a model keeps the forward its flags or its
     reference give."""
     (model, before), n_tasks = STEPPED[-1], len(doc["accuracy_matrix"]["class_il"])
-    layer = NORMS.get(flags[flags.index("--nl") + 1]).layer
+    layer = NORMS.get(args.nl).layer
     assert any(type(m) is layer for m in model.net.modules()), f"{layer} installed"
     assert any(not torch.equal(a, b) for a, b in zip(before, model.net.parameters(), strict=True)), "it trained"
     assert all(v is not None and 0.0 <= v <= 100.0 for v in doc["accuracy_matrix"]["class_il"][-1])
     layers = task_aware_layers(model.net)
     assert all(int(layer.tasks_completed) == n_tasks for layer in layers)
-    flagged = flags[flags.index("--forward_mode") + 1] if "--forward_mode" in flags else None
-    reference = REFERENCE_FORWARD.get(flags[flags.index("--model") + 1], "separate")
-    assert model.forward_mode == (flagged or ("joint" if layers else reference))
+    reference = REFERENCE_FORWARD.get(args.model, "separate")
+    assert model.forward_mode == (args.forward_mode or ("joint" if layers else reference))
     adab2n = [layer for layer in layers if isinstance(layer, AdaB2N)]
     assert not adab2n or any(layer.task_weight.grad is not None for layer in adab2n), "AdaB2N's task weights learn"
 
