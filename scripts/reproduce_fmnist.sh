@@ -16,11 +16,16 @@
 #   4. the full width (issue 16's question 4), in its own folder WIDTH: the paper's ResNet-18 (--nf 64), BN against
 #      AdaB2N at the configuration validation chose at --nf 20 (read from REPORT's summary.csv), 3 seeds, in er_ace
 #      500 and derpp 500 (on a lent GPU with SPC=full: all 6000 images per class);
-#   5. accuracy during the stream (issue 24), in its own folder STREAM: BN, CN, TBBN and AdaB2N at its validation
-#      choice in each column (read from REPORT's summary.csv), the four columns, seeds 0-4, evaluated every
-#      EVAL_EVERY steps on EVAL_SUBSET test images a task (AAA, min-ACC, WC-ACC, the stability gap). One run per
-#      process: on this CPU a stack trains at 0.85-1.11x the speed of separate runs (BENCHMARKS.md), so stacks do not
-#      pay here; on a GPU add --stack to LAUNCH.
+#   5. accuracy during the stream (issues 24 and 34), in its own folder STREAM: BN (separate), BN-joint (BN with one
+#      joint forward pass: the control of the joint norms), CN, TBBN and AdaB2N at its validation choice in each
+#      column (read from REPORT's summary.csv), the four columns, seeds 0-9, evaluated every EVAL_EVERY steps on
+#      EVAL_SUBSET test images a task (AAA, min-ACC, WC-ACC, the stability gap); AdaB2N and BN-joint first (the
+#      primary endpoint's runs, docs/results.md). One run per process: on this CPU a stack trains at 0.85-1.11x the
+#      speed of separate runs (BENCHMARKS.md), so stacks do not pay here; on a GPU add --stack to LAUNCH;
+#   6. rounding noise (issue 34), in its own folder ROUNDING: BN and AdaB2N of the stream grid in er_ace 500 and
+#      derpp 200, seeds 0-4, run again three ways, each in a folder of its own (run names do not say how):
+#      same/ (seed 0, the same settings: the identity check), kernels/ (the second kernel set of .ci/run) and
+#      threads/ (2 threads a run instead of 1).
 # Environment: RESULTS (results folder, default docs/results/fmnist/runs: the published runs; with another, also
 # set REPORT, PAGE and WIDTH so the published reports and page are not overwritten; run names do not say SPC, so
 # runs of another SPC need folders of their own too), LAUNCH (run.py's execution flags, default
@@ -30,7 +35,8 @@
 # one protocol), GRIDS (which grids to run, default "compare sensitivity seeds width stream"), WIDTH (the full-width
 # grid's folder: runs/ and its report, default docs/results/fmnist_nf64), PARALLEL (1: a grid's run.py commands at
 # once, a launcher each; on one GPU give each its share in LAUNCH's --max_per_gpu), STREAM (the stream grid's folder,
-# default docs/results/fmnist_stream), EVAL_EVERY and EVAL_SUBSET (its evaluation schedule, default 20 steps and 300
+# default docs/results/fmnist_stream), ROUNDING (the rounding grid's folder, default docs/results/fmnist_rounding),
+# EVAL_EVERY and EVAL_SUBSET (its evaluation schedule, default 20 steps and 300
 # images a task: about 45 000 images scored along a run, some 40 % more time on this CPU), KEPT (folders whose report alone
 # the report step rebuilds from their runs/, which no grid here makes any more; default docs/results/fmnist_full, the
 # first round's full-data side check: er_ace 500, BN against AdaB2N at kappa 0.4, lambd 0.01, ada_t0 0, --nf 20, all
@@ -43,9 +49,10 @@ RESULTS=${RESULTS:-docs/results/fmnist/runs}
 SPC=${SPC:-1000}
 STEP=${STEP:-all}
 LAUNCH=${LAUNCH:---cpu_workers 2}
-GRIDS=${GRIDS:-compare sensitivity seeds width stream}
+GRIDS=${GRIDS:-compare sensitivity seeds width stream rounding}
 WIDTH=${WIDTH:-docs/results/fmnist_nf64}
 STREAM=${STREAM:-docs/results/fmnist_stream}
+ROUNDING=${ROUNDING:-docs/results/fmnist_rounding}
 EVAL_EVERY=${EVAL_EVERY:-20}
 EVAL_SUBSET=${EVAL_SUBSET:-300}
 REPORT=${REPORT:-docs/results/fmnist}  # tables and plots
@@ -63,19 +70,24 @@ COMMON=("${BASE[@]}" --kappas 0.1 0.4 0.7 1.0 --lambdas 0.01 0.1 1 10 --extra "$
   --logdir "$RESULTS/logs")
 WIDE=("${BASE[@]}" --extra "${EXTRA/--nf 20/--nf 64}" --results_path "$WIDTH/runs" --logdir "$WIDTH/runs/logs"
   --methods BN AdaB2N --num_seeds 3)
-ONLINE=("${BASE[@]}" --extra "$EXTRA --eval_every $EVAL_EVERY --eval_subset $EVAL_SUBSET" --num_seeds 5
-  --results_path "$STREAM/runs" --logdir "$STREAM/runs/logs")
+STREAM_FLAGS="$EXTRA --eval_every $EVAL_EVERY --eval_subset $EVAL_SUBSET"
+ONLINE=("${BASE[@]}" --extra "$STREAM_FLAGS" --num_seeds 10 --results_path "$STREAM/runs" --logdir "$STREAM/runs/logs")
+# The second kernel set, as .ci/run: torch's plain C++ kernels, oneDNN and MKL limited to SSE4.
+OTHER_KERNELS=(ATEN_CPU_CAPABILITY=default DNNL_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2)
+ROUNDING_VARIANTS=(same kernels threads)
 TUNE=("${COMMON[@]}" --buffer_sizes 200 500 --methods BN BN-joint GN CN BRN AdaB2N AdaB2N-renorm --num_seeds 3
   --tune validation --tune_seeds 0)
 # Three results folders: the comparison's (RESULTS), the full width's (WIDTH/runs) and the stream's (STREAM/runs),
 # each with its own report and its own generated part of the page.
-main_grids=() wide_grids=() stream_grids=()
+main_grids=() wide_grids=() stream_grids=() rounding_grids=()
 for grid in $GRIDS; do
   case "$grid" in
     compare | sensitivity | seeds) main_grids+=("$grid") ;;
     width) wide_grids+=("$grid") ;;
     stream) stream_grids+=("$grid") ;;
-    *) echo "unknown grid '$grid' in GRIDS; use compare, sensitivity, seeds, width and/or stream" >&2; exit 2 ;;
+    rounding) rounding_grids+=("$grid") ;;
+    *) echo "unknown grid '$grid' in GRIDS; use compare, sensitivity, seeds, width, stream and/or rounding" >&2
+       exit 2 ;;
   esac
 done
 chosen() {  # model buffer: AdaB2N's validation choice in that column of the comparison's report, as run.py flags
@@ -97,7 +109,7 @@ choose() {  # the width and stream grids' AdaB2N configurations, from REPORT's s
     wide_er_ace=$(chosen er_ace 500) || exit 2
     wide_derpp=$(chosen derpp 500) || exit 2
   fi
-  if (( ${#stream_grids[@]} )); then
+  if (( ${#stream_grids[@]} + ${#rounding_grids[@]} )); then
     for model in er_ace derpp; do
       for buffer in 200 500; do
         stream_chosen[$model $buffer]=$(chosen $model $buffer) || exit 2
@@ -109,6 +121,19 @@ choose() {  # the width and stream grids' AdaB2N configurations, from REPORT's s
 
 # One run.py command a line (shell-quoted): each grid and its models, buffers and ada_t0 values.
 line() { printf '%q ' "$PYTHON" run.py "$@"; echo; }
+rerun() {  # variant model buffer: the rounding grid's command of one variant and column (BN and AdaB2N)
+  local variant=$1 model=$2 buffer=$3 seeds=5 flags=$STREAM_FLAGS prefix=()
+  case "$variant" in
+    same) seeds=1 ;;
+    kernels) prefix=(env "${OTHER_KERNELS[@]}") ;;
+    threads) flags="$flags --num_threads 2" ;;
+  esac
+  # shellcheck disable=SC2086  # the chosen configuration is a list of flags
+  printf '%q ' "${prefix[@]}" "$PYTHON" run.py "${BASE[@]}" --extra "$flags" --num_seeds "$seeds" \
+    --results_path "$ROUNDING/$variant/runs" --logdir "$ROUNDING/$variant/runs/logs" --methods BN AdaB2N \
+    --models "$model" --buffer_sizes "$buffer" ${stream_chosen[$model $buffer]}
+  echo
+}
 commands() {  # grid...
   for grid in "$@"; do
     case "$grid" in
@@ -126,13 +151,19 @@ commands() {  # grid...
         line "${WIDE[@]}" --models er_ace --buffer_sizes 500 $wide_er_ace
         # shellcheck disable=SC2086
         line "${WIDE[@]}" --models derpp --buffer_sizes 500 $wide_derpp ;;
-      stream)
-        line "${ONLINE[@]}" --methods BN CN TBBN --models er_ace derpp --buffer_sizes 200 500
+      stream)  # the primary endpoint's runs first: AdaB2N and its control BN-joint, a column at a time
         for model in er_ace derpp; do
           for buffer in 200 500; do
             # shellcheck disable=SC2086  # the chosen configuration is a list of flags
-            line "${ONLINE[@]}" --methods AdaB2N --models $model --buffer_sizes $buffer ${stream_chosen[$model $buffer]}
+            line "${ONLINE[@]}" --methods BN-joint AdaB2N --models $model --buffer_sizes $buffer \
+              ${stream_chosen[$model $buffer]}
           done
+        done
+        line "${ONLINE[@]}" --methods BN CN TBBN --models er_ace derpp --buffer_sizes 200 500 ;;
+      rounding)
+        for variant in "${ROUNDING_VARIANTS[@]}"; do
+          rerun "$variant" er_ace 500
+          rerun "$variant" derpp 200
         done ;;
     esac
   done
@@ -183,6 +214,7 @@ if [[ "$STEP" == all || "$STEP" == grid ]]; then
   sitting "$RESULTS" "${main_grids[@]}"
   sitting "$WIDTH/runs" "${wide_grids[@]}"
   sitting "$STREAM/runs" "${stream_grids[@]}"
+  sitting "$ROUNDING" "${rounding_grids[@]}"
 fi
 if [[ "$STEP" == all || "$STEP" == report ]]; then
   publish "$RESULTS" "$REPORT" "" "${main_grids[@]}"
