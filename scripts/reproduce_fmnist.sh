@@ -23,9 +23,9 @@
 #      primary endpoint's runs, docs/results.md). One run per process: on this CPU a stack trains at 0.85-1.11x the
 #      speed of separate runs (BENCHMARKS.md), so stacks do not pay here; on a GPU add --stack to LAUNCH;
 #   6. rounding noise (issue 34), in its own folder ROUNDING: BN and AdaB2N of the stream grid in er_ace 500 and
-#      derpp 200, seeds 0-4, run again three ways, each in a folder of its own (run names do not say how):
-#      same/ (seed 0, the same settings: the identity check), kernels/ (the second kernel set of .ci/run) and
-#      threads/ (2 threads a run instead of 1).
+#      derpp 200, seeds 0-4, run again three ways, each in a folder of its own under ROUNDING/runs (run names do
+#      not say how): same/ (seed 0, the same settings: the identity check), kernels/ (the second kernel set of
+#      .ci/run) and threads/ (2 threads a run instead of 1).
 # Environment: RESULTS (results folder, default docs/results/fmnist/runs: the published runs; with another, also
 # set REPORT, PAGE and WIDTH so the published reports and page are not overwritten; run names do not say SPC, so
 # runs of another SPC need folders of their own too), LAUNCH (run.py's execution flags, default
@@ -130,7 +130,7 @@ rerun() {  # variant model buffer: the rounding grid's command of one variant an
   esac
   # shellcheck disable=SC2086  # the chosen configuration is a list of flags
   printf '%q ' "${prefix[@]}" "$PYTHON" run.py "${BASE[@]}" --extra "$flags" --num_seeds "$seeds" \
-    --results_path "$ROUNDING/$variant/runs" --logdir "$ROUNDING/$variant/runs/logs" --methods BN AdaB2N \
+    --results_path "$ROUNDING/runs/$variant" --logdir "$ROUNDING/runs/$variant/logs" --methods BN AdaB2N \
     --models "$model" --buffer_sizes "$buffer" ${stream_chosen[$model $buffer]}
   echo
 }
@@ -214,9 +214,10 @@ if [[ "$STEP" == all || "$STEP" == grid ]]; then
   sitting "$RESULTS" "${main_grids[@]}"
   sitting "$WIDTH/runs" "${wide_grids[@]}"
   sitting "$STREAM/runs" "${stream_grids[@]}"
-  sitting "$ROUNDING" "${rounding_grids[@]}"
+  sitting "$ROUNDING/runs" "${rounding_grids[@]}"
 fi
-if [[ "$STEP" == all || "$STEP" == report ]]; then
+# A dry run (--dry_run in LAUNCH) plans the grids; it publishes nothing, or the page would record it as the command.
+if [[ "$STEP" == report || ( "$STEP" == all && " $LAUNCH " != *" --dry_run "* ) ]]; then
   publish "$RESULTS" "$REPORT" "" "${main_grids[@]}"
   choose  # read again from the report just rebuilt: the page follows the runs, not an older summary.csv
   publish "$WIDTH/runs" "$WIDTH" width "${wide_grids[@]}"
