@@ -195,15 +195,17 @@ sitting() {  # folder grid...: run the grids; one line per invocation, also an i
     seconds_line "$start" "$folder/grid_seconds.txt"
   fi
 }
-publish() {  # folder report part grid...: a folder's report and its part of the page (the page adds up sittings)
-  local folder=$1 report=$2 part=$3 planned command; shift 3
+publish() {  # folder report part "report flags" grid...: a folder's report and its part of the page (the page adds
+  # up sittings)
+  local folder=$1 report=$2 part=$3 flags=$4 planned command; shift 4
   (( $# )) || return 0
   if [[ ! -d $folder ]]; then
     echo "error: no results folder $folder; run the grids first (STEP=grid), or set RESULTS/WIDTH" >&2
     rc=2
     return 0
   fi
-  "$PYTHON" -m utils.report "$folder" --out "$report" >/dev/null
+  # shellcheck disable=SC2086  # flags is a list of flags
+  "$PYTHON" -m utils.report "$folder" --out "$report" $flags >/dev/null
   planned=$(while read -r command; do eval "$command --dry_run" | tail -1 | sed 's/^=> //'; done < <(commands "$@") |
     paste -sd';' | sed 's/;/; /g')
   "$PYTHON" -m utils.results_page "$folder" "$report" "$PAGE" --part "$part" --planned "$planned" \
@@ -218,10 +220,12 @@ if [[ "$STEP" == all || "$STEP" == grid ]]; then
 fi
 # A dry run (--dry_run in LAUNCH) plans the grids; it publishes nothing, or the page would record it as the command.
 if [[ "$STEP" == report || ( "$STEP" == all && " $LAUNCH " != *" --dry_run "* ) ]]; then
-  publish "$RESULTS" "$REPORT" "" "${main_grids[@]}"
+  publish "$RESULTS" "$REPORT" "" "" "${main_grids[@]}"
   choose  # read again from the report just rebuilt: the page follows the runs, not an older summary.csv
-  publish "$WIDTH/runs" "$WIDTH" width "${wide_grids[@]}"
-  publish "$STREAM/runs" "$STREAM" stream "${stream_grids[@]}"
+  publish "$WIDTH/runs" "$WIDTH" width "" "${wide_grids[@]}"
+  # The stream grid's primary endpoint, declared on the page before its third round's runs (issue 34).
+  publish "$STREAM/runs" "$STREAM" stream "--primary AdaB2N BN-joint class_il" "${stream_grids[@]}"
+  publish "$ROUNDING/runs" "$ROUNDING" rounding "--reruns_of $STREAM/runs" "${rounding_grids[@]}"
   for folder in $KEPT; do "$PYTHON" -m utils.report "$folder/runs" --out "$folder" >/dev/null; done
 fi
 exit "$rc"

@@ -1,22 +1,20 @@
-"""The report's evidence tables: the configuration best on test against the validation choice, and the pooled
-paired gain with its interval and detectable effect, on results files whose numbers are known."""
+"""The report's selection table: the configuration best on test against the validation choice, on results files
+whose numbers are known (the gains over BN: ``test_gains.py``)."""
 
 from __future__ import annotations
 
-import math
 import statistics
 from pathlib import Path
 
 from test_report import write_run
 
-from normcl.utils.experiments.evidence import pooled, selections
+from normcl.utils.experiments.evidence import selections
 from normcl.utils.experiments.records import load_records
 from normcl.utils.experiments.report import write_report
 from normcl.utils.experiments.tables import build_report
 
 A = {"kappa": 0.1, "lambd": 1.0, "ada_t0": 1}
 B = {"kappa": 0.4, "lambd": 0.1, "ada_t0": 1}
-T_975_5, T_80_5 = 2.570582, 0.919544  # Student's t quantiles, 5 degrees of freedom
 
 
 def column(root: Path, model: str, bn: list[float], a: list[float], b: list[float], val: tuple[float, float]) -> None:
@@ -40,7 +38,8 @@ def test_best_on_test_and_the_validation_choice_are_reported_apart(tmp_path: Pat
     assert s.best_gain.diff.mean == statistics.mean([6, 4, 5]) and s.best_gain.ahead == 3
     assert s.chosen_gain.diff.mean == statistics.mean([1, 0, -1]) and s.chosen_gain.ahead == 1
     text = write_report(tmp_path, plots=False).text
-    assert "| AdaB2N | seq-fmnist er_ace 200 | 2 | κ 0.4, λ 0.1, t0 1 | +5.00 ± 1.00 (3; ahead on 3) |" in text
+    row = "| AdaB2N − BN | seq-fmnist er_ace 200 | 2 | κ 0.4, λ 0.1, t0 1 | +5.00 ± 1.00 (3; ahead on 3) |"
+    assert row in text
     assert "| κ 0.1, λ 1, t0 1 | +0.00 ± 1.00 (3; ahead on 1) |" in text
     assert "(test split)" in text and "(validation split)" in text  # both sensitivity tables
 
@@ -58,34 +57,8 @@ def test_a_partly_run_grid_is_compared_on_the_seeds_every_configuration_has(tmp_
     assert s.best_gain is not None and s.best_gain.diff.mean == 10.0 and s.best_gain.diff.n == 1
 
 
-def test_pooled_gain_interval_and_detectable_effect_by_hand(tmp_path: Path) -> None:
-    # The validation choice (A) in both columns: paired diffs 1, 2, 3 and -1, 0, 2.
-    column(tmp_path, "er_ace", bn=[40, 40, 40], a=[41, 42, 43], b=[0, 0, 0], val=(60, 50))
-    column(tmp_path, "derpp", bn=[50, 50, 50], a=[49, 50, 52], b=[0, 0, 0], val=(60, 50))
-    p = pooled(build_report(load_records(tmp_path)[0]), "AdaB2N")
-    diffs = [1, 2, 3, -1, 0, 2]
-    se = statistics.stdev(diffs) / math.sqrt(6)
-    assert p is not None and (p.columns, p.diff.n) == (2, 6)
-    assert math.isclose(p.diff.mean, 7 / 6)
-    assert math.isclose(p.low, 7 / 6 - T_975_5 * se, rel_tol=1e-6)
-    assert math.isclose(p.high, 7 / 6 + T_975_5 * se, rel_tol=1e-6)
-    assert math.isclose(p.detectable, (T_975_5 + T_80_5) * se, rel_tol=1e-6)
-    text = write_report(tmp_path, plots=False).text
-    low, high = 7 / 6 - T_975_5 * se, 7 / 6 + T_975_5 * se
-    assert f"| AdaB2N | 2 | 6 | +1.17 | [{low:+.2f}, {high:+.2f}] | {(T_975_5 + T_80_5) * se:.2f} |" in text
-
-
 def test_no_evidence_tables_without_their_runs(tmp_path: Path) -> None:
     write_run(tmp_path, "bn0", final=40.0)
     write_run(tmp_path, "ada0", final=41.0, nl="AdaB2N", **A)
     report = build_report(load_records(tmp_path)[0])
     assert selections(report) == []  # no validation runs: nothing chosen apart from test
-    p = pooled(report, "AdaB2N")
-    assert p is not None and p.diff.n == 1 and p.low is None and p.detectable is None
-
-
-def test_a_cell_chosen_on_its_own_test_runs_is_left_out_of_the_pooled_gain(tmp_path: Path) -> None:
-    write_run(tmp_path, "bn0", final=40.0)
-    write_run(tmp_path, "a0", final=41.0, nl="AdaB2N", **A)
-    write_run(tmp_path, "b0", final=45.0, nl="AdaB2N", **B)  # chosen on test among two: optimistic
-    assert pooled(build_report(load_records(tmp_path)[0]), "AdaB2N") is None

@@ -52,10 +52,13 @@ def write_run(
     task_il: float = 90.0,
     forgetting: float = 10.0,
     diagnostics: bool = False,
+    mode: str | None = None,
+    environment: dict[str, Any] | None = None,
     **args: Any,
 ) -> Path:
     """A results file in ``utils/results.py``'s format, with a 3-task accuracy matrix whose last row averages to
-    ``final``."""
+    ``final``; ``mode``: the forward mode it records (none, as files before it was recorded, by default),
+    ``environment``: its machine and code version."""
     full = {
         "dataset": dataset,
         "model": model,
@@ -87,7 +90,8 @@ def write_run(
         "name": name,
         "args": full,
         "setting": "class-il",
-        "forward_mode": "joint",
+        **({"forward_mode": mode} if mode else {}),
+        **({"environment": environment} if environment else {}),
         "accuracy_matrix": {"class_il": matrix, "task_il": matrix},
         "final": {"class_il_avg": final, "task_il_avg": task_il, "forgetting": forgetting},
         "norm_diagnostics": drift,
@@ -120,7 +124,8 @@ def test_cells_are_mean_and_std_over_seeds_in_the_papers_layout(tmp_path: Path) 
     files = write_report(tmp_path, plots=False)
     text = files.text
     header = "| method | seq-cifar10 er_ace 500 | seq-fmnist er_ace 200 |"
-    assert text.count(header) == 4  # three metrics and the gain over BN
+    assert text.count(header) == 3  # three metrics
+    assert text.count(header.replace("| method |", "| comparison |")) == 1  # and the gain over BN
     class_il = f"{statistics.mean([40, 44, 45]):.2f} ± {statistics.stdev([40, 44, 45]):.2f} (3)"
     task_il = f"{statistics.mean([80, 84, 83]):.2f} ± {statistics.stdev([80, 84, 83]):.2f} (3)"
     forgetting = f"{statistics.mean([20, 26, 23]):.2f} ± {statistics.stdev([20, 26, 23]):.2f} (3)"
@@ -128,7 +133,7 @@ def test_cells_are_mean_and_std_over_seeds_in_the_papers_layout(tmp_path: Path) 
     assert f"| BN | 90.00 (1) | {task_il} |" in text
     assert f"| BN | 10.00 (1) | {forgetting} |" in text
     assert "| GN |  | 30.00 (1) |" in text
-    assert "| GN |  | -10.00 (1; ahead on 0) |" in text  # seed 0: 30 - 40
+    assert "| GN − BN |  | -10.00 (1; ahead on 0) |" in text  # seed 0: 30 - 40
     assert text.index("| BN |") < text.index("| GN |")
     assert files.markdown.read_text() == text
     table = rows(files.csv)
@@ -276,11 +281,11 @@ def test_gain_over_bn_is_paired_by_seed(tmp_path: Path) -> None:
     write_run(tmp_path, "cn7", final=70.0, seed=7, nl="CN")  # no BN run of seed 7: no gain
     write_run(tmp_path, "brn0", final=50.0, seed=0, nl="BRN", validation=1)  # validation: no gain
     text = write_report(tmp_path, plots=False).text
-    assert "## Gain over BN in class-IL accuracy (points), paired by seed" in text
-    assert "| AdaB2N | +2.33 ± 2.08 (3; ahead on 2) |" in text
-    assert "| GN | -3.00 (1; ahead on 0) |" in text
+    assert "## Gain over BN per column, paired by seed: final class-IL (points)" in text
+    assert "| AdaB2N − BN | +2.33 ± 2.08 (3; ahead on 2) |" in text
+    assert "| GN − BN | -3.00 (1; ahead on 0) |" in text
     gain_table = text.split("## Gain over BN")[1].split("\n## ")[0]
-    assert "| CN |" not in gain_table and "| BRN |" not in gain_table and "| BN |" not in gain_table
+    assert "| CN − BN |" not in gain_table and "| BRN − BN |" not in gain_table and "| BN − " not in gain_table
 
 
 def test_running_statistics_after_the_last_task_are_tabulated(tmp_path: Path) -> None:
@@ -324,7 +329,7 @@ def test_each_method_has_its_colour_in_every_figure(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.setdefault(path.name.split("__")[0], fig))
     write_report(tmp_path, tmp_path / "out")
     drawn = {
-        name: {line.get_label().split(" (")[0]: to_hex(line.get_color()) for ax in fig.axes for line in ax.get_lines()}
+        name: {line.get_label().split(",")[0]: to_hex(line.get_color()) for ax in fig.axes for line in ax.get_lines()}
         for name, fig in figures.items()
     }
     expected = {"GN": to_hex("tab:orange"), "CN": to_hex("tab:purple"), "AdaB2N": to_hex("tab:red")}

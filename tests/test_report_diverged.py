@@ -66,7 +66,7 @@ def test_cells_leave_diverged_runs_out_of_the_means_and_count_them(tmp_path: Pat
     assert f"| BN | 41.00 ± {spread} (2 + 1 diverged) |" in text  # class-IL
     assert "| BN | 90.00 ± 0.00 (2 + 1 diverged) |" in text  # task-IL
     assert "| GN | diverged (2) |" in text
-    assert "| CN | +5.00 ± 0.00 (2; ahead on 2; 1 diverged) |" in text  # paired gain: diverged seeds unpaired
+    assert "| CN − BN | +5.00 ± 0.00 (2; ahead on 2; 1 diverged) |" in text  # paired gain: diverged seeds unpaired
     assert "| GN | diverged" not in text.split("## Gain over BN")[1].split("\n## ")[0]
     assert text.split("## Runs that diverged (4)\n\n")[1].split("\n\n")[0].splitlines() == [
         "- `bn2`: non-finite loss at step 42, task 2",

@@ -1,5 +1,5 @@
-"""The report's view of accuracy during the stream (runs with ``--eval_every``): AAA, min-ACC and WC-ACC tables, each
-method's gain over BN in them pooled over columns, and per column a figure of each task's accuracy along the stream.
+"""The report's view of accuracy during the stream (runs with ``--eval_every``): AAA, min-ACC and WC-ACC tables and
+per column a figure of each task's accuracy along the stream.
 
 Nothing here appears for runs without an anytime curve, so reports of such runs are unchanged. The metrics are
 ``utils/metrics.py``'s (``anytime_metrics``), read from each run's results file after its last task.
@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from normcl.utils.experiments import evidence
-from normcl.utils.experiments.methods import BASELINE, method_colour
+from normcl.utils.experiments.methods import method_colour
 from normcl.utils.experiments.plots import label, save_figure
 from normcl.utils.experiments.records import Record
 from normcl.utils.experiments.tables import Column, Report
@@ -23,7 +22,6 @@ STREAM_METRICS = (
     ("min_acc", "min-ACC: each earlier task's lowest accuracy after it was learned, class-IL (%)"),
     ("wc_acc", "WC-ACC: worst-case accuracy after the last task, class-IL (%)"),
 )
-GAIN_METRICS = (("class_il", "final class-IL"), ("aaa", "AAA"), ("min_acc", "min-ACC"), ("wc_acc", "WC-ACC"))
 
 
 def _with_curves(report: Report) -> list[Record]:
@@ -38,7 +36,7 @@ def _schedule(runs: list[Record]) -> str:
 
 
 def markdown(report: Report, header: str, rule: str) -> list[str]:
-    """The three tables and the pooled gains, when runs with an anytime curve exist."""
+    """The three tables, when runs with an anytime curve exist (their gains are :mod:`.gains`')."""
     runs = _with_curves(report)
     if not runs:
         return []
@@ -58,44 +56,9 @@ def markdown(report: Report, header: str, rule: str) -> list[str]:
         for m in report.methods:
             cells = [report.entries[(m, c)].text(metric) if (m, c) in report.entries else "" for c in report.columns]
             if any(cell not in ("", "–") for cell in cells):
-                rows.append(f"| {m} | " + " | ".join(cells) + " |")
+                rows.append(f"| {report.label(m)} | " + " | ".join(cells) + " |")
         out += [f"### {name}", "", header, rule, *rows, ""]
-    out += _pooled_gains(report)
     return out
-
-
-def _pooled_gains(report: Report) -> list[str]:
-    """Each method's paired gain over BN in the final class-IL and in the stream metrics, pooled over columns."""
-    rows = []
-    for m in report.methods:
-        if m == BASELINE:
-            continue
-        gains = [evidence.pooled(report, m, metric) for metric, _ in GAIN_METRICS]
-        if gains[1] is None:  # no run of the method has a paired anytime curve
-            continue
-        cells = []
-        for g in gains:
-            if g is None or g.diff.mean is None:
-                cells.append("–")
-            elif g.low is None:
-                cells.append(f"{g.diff.mean:+.2f}")
-            else:
-                cells.append(f"{g.diff.mean:+.2f} [{g.low:+.2f}, {g.high:+.2f}]")
-        rows.append(f"| {m} | {gains[1].diff.n} | " + " | ".join(cells) + " |")
-    if not rows:
-        return []
-    return [
-        f"### Gain over {BASELINE} during the stream, pooled over columns, paired by seed",
-        "",
-        f"Mean of (method − {BASELINE}) over every (column, seed) pair, in points, with its 95 % confidence interval "
-        "(Student's t; the pairs treated as independent, as in the pooled table above). Pairs: those with anytime "
-        "curves.",
-        "",
-        "| method | pairs | " + " | ".join(name for _, name in GAIN_METRICS) + " |",
-        "| --- | --- |" + " --- |" * len(GAIN_METRICS),
-        *rows,
-        "",
-    ]
 
 
 def _task_curve(run: Record, task: int) -> dict[int, float]:
@@ -123,7 +86,7 @@ def plot_stream(report: Report, column: Column, out_dir: Path) -> list[Path]:
                 continue
             values = np.array([[c[s] for s in steps] for c in curves])
             mean, colour = values.mean(0), method_colour(m)
-            ax.plot(steps, mean, color=colour, linewidth=1.2, label=f"{label(m, e)} ({len(runs)})")
+            ax.plot(steps, mean, color=colour, linewidth=1.2, label=f"{label(report, m, e)} ({len(runs)})")
             if len(runs) > 1:
                 std = values.std(0, ddof=1)
                 ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)

@@ -15,10 +15,9 @@ from typing import Any
 
 from normcl.utils.core.atomic import atomic_write_bytes
 from normcl.utils.core.run_files import PARTIAL_SUFFIX
-from normcl.utils.experiments import anytime, evidence
-from normcl.utils.experiments.methods import BASELINE
+from normcl.utils.experiments import anytime, evidence, gains
 from normcl.utils.experiments.records import DIVERGED, Stat, describe_stop
-from normcl.utils.experiments.tables import ON_TEST, Column, Entry, Gain, Report, final_drift, paired_gain
+from normcl.utils.experiments.tables import ON_TEST, Column, Entry, Report, final_drift
 
 METRICS = (("class_il", "Class-IL accuracy (%)"), ("task_il", "Task-IL accuracy (%)"), ("forgetting", "Forgetting"))
 VALIDATION_MARK = "†"
@@ -36,10 +35,6 @@ def _cell_text(entry: Entry | None, metric: str) -> str:
     return f"{text} {VALIDATION_MARK}" if entry.on_validation else text
 
 
-def _gain_text(gain: Gain | None) -> str:
-    return "" if gain is None else gain.text()
-
-
 def _drift_text(drift: dict[str, Stat], stat: str) -> str:
     to_balanced, to_latest = drift[f"{stat}_to_balanced"], drift[f"{stat}_to_latest"]
     if to_balanced.mean is None or to_latest.mean is None:
@@ -53,26 +48,8 @@ def _filled_rows(report: Report, cell: Callable[[str, Column], str]) -> list[str
     for m in report.methods:
         cells = [cell(m, c) for c in report.columns]
         if any(cells):
-            rows.append(f"| {m} | " + " | ".join(cells) + " |")
+            rows.append(f"| {report.label(m)} | " + " | ".join(cells) + " |")
     return rows
-
-
-def _gain_table(report: Report, header: str, rule: str) -> list[str]:
-    """The paper's claim in one table: class-IL accuracy gained over the baseline, paired by seed."""
-    rows = _filled_rows(report, lambda m, c: _gain_text(paired_gain(report, m, c)))
-    if not rows:
-        return []
-    return [
-        f"## Gain over {BASELINE} in class-IL accuracy (points), paired by seed",
-        "",
-        f"Per cell: mean ± sample std over seeds of (method − {BASELINE}) on the same seed, (number of seeds; on "
-        f"how many the method was ahead of {BASELINE}). Test-protocol runs only.",
-        "",
-        header,
-        rule,
-        *rows,
-        "",
-    ]
 
 
 def _drift_tables(report: Report, header: str, rule: str) -> list[str]:
@@ -90,8 +67,9 @@ def _drift_tables(report: Report, header: str, rule: str) -> list[str]:
     return out
 
 
-def markdown(report: Report, title: str) -> str:
-    """The tables as Markdown: one per metric, the AdaB²N selection, and the sensitivity tables."""
+def markdown(report: Report, title: str, primary: gains.Primary | None = None) -> str:
+    """The tables as Markdown: one per metric, the declared primary endpoint, the gains over BN per column and pooled
+    at the seed level, the AdaB²N selection, and the sensitivity tables."""
     out = [f"# {title}", ""]
     out.append("Final values after the last task: mean ± sample std over seeds (number of seeds).")
     runs = [r for e in report.entries.values() for r in e.runs]
@@ -113,9 +91,9 @@ def markdown(report: Report, title: str) -> str:
         out += [f"## {name}", "", header, rule]
         for m in report.methods:
             cells = [_cell_text(report.entries.get((m, c)), metric) for c in report.columns]
-            out.append(f"| {m} | " + " | ".join(cells) + " |")
+            out.append(f"| {report.label(m)} | " + " | ".join(cells) + " |")
         out.append("")
-    out += _gain_table(report, header, rule)
+    out += gains.markdown(report, header, rule, primary)
     out += evidence.markdown(report)
     out += anytime.markdown(report, header, rule)
     out += _drift_tables(report, header, rule)
@@ -127,7 +105,7 @@ def markdown(report: Report, title: str) -> str:
             e = report.entries[(m, c)]
             values = ("–",) * 3 if e.config is None else (f"{e.config[0]:g}", f"{e.config[1]:g}", str(e.config[2]))
             note = f"{e.selected_on} (no validation runs)" if e.selected_on == ON_TEST else e.selected_on
-            out.append(f"| {m} | {c.label} | {' | '.join(values)} | {note} |")
+            out.append(f"| {report.label(m)} | {c.label} | {' | '.join(values)} | {note} |")
         out.append("")
         if any(report.entries[k].selected_on == ON_TEST for k in tuned):
             out += [
@@ -140,7 +118,7 @@ def markdown(report: Report, title: str) -> str:
             for t0 in sorted({cfg[2] for cfg in cells}):
                 kappas = sorted({cfg[0] for cfg in cells if cfg[2] == t0})
                 lambdas = sorted({cfg[1] for cfg in cells if cfg[2] == t0})
-                out += [f"### {m}, {c.label}, ada_t0 = {t0} ({split} split)", ""]
+                out += [f"### {report.label(m)}, {c.label}, ada_t0 = {t0} ({split} split)", ""]
                 out.append("| kappa \\ lambd | " + " | ".join(f"{lam:g}" for lam in lambdas) + " |")
                 out.append("| --- |" + " --- |" * len(lambdas))
                 for k in kappas:
@@ -181,11 +159,14 @@ def _write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> None:
 
 def write_csv(report: Report, path: Path) -> None:
     """One row per method × column with every metric's mean, std and the seeds (``n_seeds``), and the runs that
-    diverged (``n_diverged``, last so that the earlier columns keep their places)."""
+    diverged (``n_diverged``) and the forward mode (``forward_mode``), last so that the earlier columns keep their
+    places."""
     header = ["method", "dataset", "model", "buffer_size", "variant", "n_seeds", "seeds"]
     for metric, _ in METRICS:
         header += [f"{metric}_mean", f"{metric}_std"]
-    rows: list[list[Any]] = [[*header, "kappa", "lambd", "ada_t0", "selected_on", "split", "n_diverged"]]
+    rows: list[list[Any]] = [
+        [*header, "kappa", "lambd", "ada_t0", "selected_on", "split", "n_diverged", "forward_mode"]
+    ]
     for m in report.methods:
         for c in report.columns:
             e = report.entries.get((m, c))
@@ -197,7 +178,7 @@ def write_csv(report: Report, path: Path) -> None:
                 row += _mean_std(e, metric)
             row += list(e.config) if e.config else ["", "", ""]
             row += [e.selected_on, "validation" if e.on_validation else "test", len(e.diverged)]
-            rows.append(row)
+            rows.append([*row, "/".join(e.forward_modes)])
     _write_csv(path, rows)
 
 
@@ -242,6 +223,6 @@ def latex(report: Report) -> str:
                     std = "" if s.std is None else f"_{{\\pm {s.std:.2f}}}"
                     more = f"\\textsuperscript{{+{len(e.diverged)} {DIVERGED}}}" if e and e.diverged else ""
                     cells.append(f"${s.mean:.2f}{std}$" + ("$^\\dagger$" if e and e.on_validation else "") + more)
-            out.append(f"{_latex_escape(m)} & " + " & ".join(cells) + " \\\\")
+            out.append(f"{_latex_escape(report.label(m))} & " + " & ".join(cells) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}", ""]
     return "\n".join(out)

@@ -56,8 +56,10 @@ def draw_accuracy_matrix(ax: Axes, matrix: Sequence[Sequence[float | None]] | np
     return image
 
 
-def label(method: str, entry: Entry) -> str:
-    return f"{method} ({entry.config.legend()})" if entry.config else method
+def label(report: Report, method: str, entry: Entry) -> str:
+    """The method as the tables name it (with its forward mode), and its AdaB²N configuration."""
+    name = report.label(method)
+    return f"{name}, {entry.config.legend()}" if entry.config else name
 
 
 def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
@@ -75,7 +77,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
         curves = np.array([_avg_curve(r.matrix[:size]) for r in e.runs])
         x = np.arange(1, size + 1)
         mean = curves.mean(0)
-        ax.plot(x, mean, marker="o", label=label(m, e), color=method_colour(m))
+        ax.plot(x, mean, marker="o", label=label(report, m, e), color=method_colour(m))
         if len(curves) > 1:
             std = curves.std(0, ddof=1)
             ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=method_colour(m))
@@ -90,7 +92,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
     axes = fig.subplots(1, len(shown), squeeze=False)[0]
     image = None
     for ax, (m, e) in zip(axes, shown, strict=True):
-        image = draw_accuracy_matrix(ax, _mean_matrix(e.runs), m)
+        image = draw_accuracy_matrix(ax, _mean_matrix(e.runs), report.label(m))
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="class-IL accuracy (%)")
     fig.suptitle(column.label)
@@ -110,7 +112,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
                     values = np.array([[d.get(key, np.nan) for d in r.drift[:size]] for r in runs])  # type: ignore[index]
                     ax.plot(np.arange(1, size + 1), np.nanmean(values, 0), style, color=color, marker="o")
                     ax.set_xticks(np.arange(1, size + 1))
-                ax.plot([], [], color=color, label=label(m, e))
+                ax.plot([], [], color=color, label=label(report, m, e))
             ax.plot([], [], "k-", label="to task-balanced statistics")
             ax.plot([], [], "k--", label="to latest task's statistics")
             ax.set(xlabel="after task", ylabel=f"RMS distance of running {stat}", title=f"running {stat}")

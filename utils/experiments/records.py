@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from normcl.datasets import DATASETS
 from normcl.utils.core.run_files import PARTIAL_SUFFIX
 from normcl.utils.experiments.methods import PSEUDO_METHODS, Config, GridKey, method_of
 
@@ -73,6 +74,13 @@ class Record:
     """Class-IL AAA, min-ACC and WC-ACC after the last task (``--eval_every`` runs; ``None`` otherwise)."""
     anytime: list[dict[str, Any]] | None = None
     """The anytime curve (``normcl.utils.metrics.Curve``) of an ``--eval_every`` run."""
+    forward_mode: str | None = None
+    """How the run passed its stream and replay batches through the network (``joint``, ``separate``), as the
+    results file records it; None for files that do not."""
+    digest: str | None = None
+    """The SHA-256 of the trained parameters (``parameters_sha256``): equal only for bitwise equal trainings."""
+    chance: float | None = None
+    """The accuracy (%) of guessing among the dataset's classes: what a declared endpoint may score a diverged run."""
 
     @property
     def key(self) -> GridKey:
@@ -161,7 +169,19 @@ def _record(path: Path, doc: dict[str, Any], diverged: bool = False) -> Record:
         min_acc=final.get("min_acc"),
         wc_acc=final.get("wc_acc"),
         anytime=None if diverged else (doc.get("anytime") or {}).get("curve"),
+        forward_mode=doc.get("forward_mode"),
+        digest=doc.get("parameters_sha256") if isinstance(doc.get("parameters_sha256"), str) else None,
+        chance=chance_accuracy(str(args["dataset"])),
     )
+
+
+@functools.cache
+def chance_accuracy(dataset: str) -> float | None:
+    """100 / the number of classes of a registered dataset; None for one this installation does not know."""
+    if dataset not in DATASETS.names():
+        return None
+    cls = DATASETS.get(dataset)
+    return 100.0 / (cls.N_TASKS * cls.N_CLASSES_PER_TASK)
 
 
 def _finished(created: Any) -> float | None:

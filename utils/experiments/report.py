@@ -35,8 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from normcl.utils.core.atomic import atomic_write_bytes
+from normcl.utils.experiments import rounding
 from normcl.utils.experiments.anytime import plot_stream
 from normcl.utils.experiments.formats import latex, markdown, write_csv, write_sensitivity_csv
+from normcl.utils.experiments.gains import METRIC_NAMES, Primary
 from normcl.utils.experiments.plots import plot_column
 from normcl.utils.experiments.records import load_records
 from normcl.utils.experiments.tables import build_report
@@ -54,14 +56,17 @@ class ReportFiles:
     text: str
 
 
-def write_report(root: Path, out_dir: Path | None = None, plots: bool = True) -> ReportFiles:
-    """Load ``root``'s results, write every table and plot into ``out_dir`` (default ``root/report``)."""
+def write_report(
+    root: Path, out_dir: Path | None = None, plots: bool = True, primary: Primary | None = None
+) -> ReportFiles:
+    """Load ``root``'s results, write every table and plot into ``out_dir`` (default ``root/report``); ``primary``:
+    the declared primary endpoint, reported on its own."""
     out_dir = out_dir or root / "report"
     records, warnings = load_records(root)
     report = build_report(records)
     report.warnings = warnings
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(report, f"Results in {root}")
+    text = markdown(report, f"Results in {root}", primary)
     files = ReportFiles(
         markdown=out_dir / "report.md",
         csv=out_dir / "summary.csv",
@@ -86,12 +91,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("results_dir", type=Path, help="folder searched recursively for results JSON files")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS_DIR/report)")
     p.add_argument("--no_plots", action="store_true", help="tables only")
+    p.add_argument(
+        "--primary",
+        nargs=3,
+        metavar=("METHOD", "BASELINE", "METRIC"),
+        help="the primary endpoint, declared before the runs: METHOD − BASELINE (report rows, e.g. AdaB2N BN-joint) "
+        f"in METRIC ({', '.join(METRIC_NAMES)}), pooled at the seed level, a diverged run scoring chance; reported "
+        "on its own and left out of the exploratory family",
+    )
+    p.add_argument(
+        "--reruns_of",
+        type=Path,
+        metavar="BASE_DIR",
+        help="RESULTS_DIR's subfolders rerun some of BASE_DIR's runs under other rounding (another kernel set, "
+        "thread count, or the same settings as an identity check): report the rounding noise against the seeds' "
+        "spread instead of the tables (utils/experiments/rounding.py)",
+    )
     args = p.parse_args(argv)
+    if args.primary and args.primary[2] not in METRIC_NAMES:
+        p.error(f"--primary: unknown metric '{args.primary[2]}'; choose one of: {', '.join(METRIC_NAMES)}")
     if not args.results_dir.is_dir():
         print(f"error: {args.results_dir} is not a folder; pass the --results_path of the runs", file=sys.stderr)
         return 2
-    files = write_report(args.results_dir, args.out, plots=not args.no_plots)
+    if args.reruns_of is not None:
+        return _rounding_report(args.results_dir, args.reruns_of, args.out or args.results_dir / "report")
+    primary = Primary(*args.primary) if args.primary else None
+    files = write_report(args.results_dir, args.out, plots=not args.no_plots, primary=primary)
     print(files.text)
     written = [files.markdown, files.csv, files.sensitivity_csv, files.latex, *files.plots]
     print(f"=> wrote {len(written)} file(s) to {files.markdown.parent}")
+    return 0
+
+
+def _rounding_report(reruns_dir: Path, base_dir: Path, out_dir: Path) -> int:
+    """``--reruns_of``: the rounding-noise report, written as ``report.md`` and printed."""
+    if not base_dir.is_dir():
+        print(
+            f"error: --reruns_of {base_dir} is not a folder; pass the --results_path of the base runs", file=sys.stderr
+        )
+        return 2
+    text = rounding.markdown(rounding.analyse(reruns_dir, base_dir), f"Rounding noise: {reruns_dir} against {base_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / "report.md", text.encode())
+    print(text)
+    print(f"=> wrote {out_dir / 'report.md'}")
     return 0

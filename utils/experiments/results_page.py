@@ -139,8 +139,8 @@ def tables(report_dir: Path) -> list[str]:
 
 def plots(report_dir: Path, page: Path) -> list[str]:
     """Links to the accuracy-after-each-task, normalisation-drift and (``--eval_every`` runs) stream-accuracy plots,
-    relative to the page."""
-    lines = ["## Plots", ""]
+    relative to the page; nothing where the report drew none (the rounding report)."""
+    lines = []
     for kind, title in (
         ("accuracy_curve", "Average class-IL accuracy after each task"),
         ("norm_drift", "Normalization-statistics drift"),
@@ -149,7 +149,7 @@ def plots(report_dir: Path, page: Path) -> list[str]:
         for png in sorted(report_dir.glob(f"{kind}__*.png")):
             column = png.stem.split("__", 1)[1]
             lines += [f"### {title}: {column}", "", f"![{title}, {column}]({os.path.relpath(png, page.parent)})", ""]
-    return lines
+    return ["## Plots", "", *lines] if lines else []
 
 
 def render(results_dir: Path, report_dir: Path, page: Path, command: str, planned: str = "", part: str = "") -> str:

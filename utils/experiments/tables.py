@@ -81,6 +81,11 @@ class Entry:
     def seeds(self) -> list[int | None]:
         return sorted({r.seed for r in self.runs}, key=lambda s: -1 if s is None else s)
 
+    @property
+    def forward_modes(self) -> tuple[str, ...]:
+        """The forward modes the cell's runs recorded (one, unless the cell mixes runs of different models)."""
+        return tuple(sorted({r.forward_mode for r in self.runs + self.diverged if r.forward_mode}))
+
 
 @dataclass
 class Report:
@@ -96,6 +101,19 @@ class Report:
     """Where the configuration was chosen on validation runs: every configuration that also has test runs."""
     warnings: list[str] = field(default_factory=list)
     diverged: list[Record] = field(default_factory=list)
+
+    def forward_modes(self, method: str) -> tuple[str, ...]:
+        """The forward modes of the method's runs in every column."""
+        return tuple(sorted({m for (m2, _), e in self.entries.items() if m2 == method for m in e.forward_modes}))
+
+    def label(self, method: str) -> str:
+        """The method as every table and figure names it: with its forward mode, part of its identity (``BN
+        (separate)``, ``BN (joint)`` for the ``BN-joint`` pseudo-method, ``AdaB2N (joint)``)."""
+        modes = self.forward_modes(method)
+        if not modes:
+            return method
+        name = method.removesuffix(f"-{modes[0]}") if len(modes) == 1 else method
+        return f"{name} ({'/'.join(modes)})"
 
 
 def _columns(records: Sequence[Record]) -> dict[Record, Column]:

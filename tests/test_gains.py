@@ -1,0 +1,137 @@
+"""The report's gains over BN (``utils/experiments/gains.py``) on results files whose numbers are known: each method
+against the BN row run as it is, pooled at the seed level, the warnings when a comparison differs in more than the
+norm or pools runs of different code or machines, and a declared primary endpoint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_report import write_run
+from test_report_diverged import write_partial
+
+from normcl.utils.experiments import gains
+from normcl.utils.experiments.records import load_records
+from normcl.utils.experiments.report import main, write_report
+from normcl.utils.experiments.tables import build_report
+
+ADA = {"nl": "AdaB2N", "kappa": 0.4, "lambd": 0.1, "ada_t0": 1, "mode": "joint"}
+BN_JOINT = {"forward_mode": "joint", "mode": "joint"}
+MACHINE = {"git_commit": "a" * 40, "cpu": "AMD EPYC", "cpu_capability": "AVX2"}
+# Per column and seed (0, 1, 2): BN-joint and AdaB2N. Differences: er_ace 1, 3, 0; derpp 3, -1, 2.
+COLUMNS = {"er_ace": ([40.0, 42.0, 44.0], [41.0, 45.0, 44.0]), "derpp": ([50.0, 50.0, 50.0], [53.0, 49.0, 52.0])}
+
+
+def grid(root: Path, environment: dict[str, Any] = MACHINE, **extra: Any) -> None:
+    """BN (separate), BN-joint and AdaB2N (joint) in two columns, seeds 0-2."""
+    for model, (bn, ada) in COLUMNS.items():
+        for seed, (b, a) in enumerate(zip(bn, ada, strict=True)):
+            kw = {"seed": seed, "model": model, "environment": environment, **extra}
+            write_run(root, f"{model}-bn{seed}", final=b - 5, mode="separate", **kw)
+            write_run(root, f"{model}-bnj{seed}", final=b, **BN_JOINT, **kw)
+            write_run(root, f"{model}-ada{seed}", final=a, **ADA, **kw)
+
+
+def test_a_joint_norm_is_compared_with_bn_joint_and_pooled_per_seed_by_hand(tmp_path: Path) -> None:
+    grid(tmp_path)
+    report = build_report(load_records(tmp_path)[0])
+    comp = gains.comparison(report, "AdaB2N")
+    assert comp is not None and (comp.baseline, comp.differs) == ("BN-joint", ())
+    assert comp.label == "AdaB2N (joint) − BN (joint)"
+    p = gains.pooled(report, comp)
+    # Per seed, the mean of the two columns: (1 + 3) / 2, (3 - 1) / 2, (0 + 2) / 2 = 2, 1, 1.
+    assert p is not None and p.estimate.values == (2.0, 1.0, 1.0) and (p.columns, p.incomplete) == (2, 0)
+    sd = math.sqrt(1 / 3)
+    half = 4.302653 * sd / math.sqrt(3)  # t(0.975, 2 df)
+    assert p.estimate.low == pytest.approx(4 / 3 - half, rel=1e-6)
+    assert p.estimate.p_exact == 2 / 8 and p.estimate.d_z == pytest.approx((4 / 3) / sd)
+    text = write_report(tmp_path, plots=False).text
+    assert (
+        "| AdaB2N (joint) − BN (joint) | final class-IL | 3 | 2 | 0 | +1.33 | [-0.10, +2.77] | 0.250 | 2.31 |" in text
+    )
+    # BN-joint itself against BN: the forward pass alone, said to differ in it.
+    assert "| BN (joint) − BN (separate) | final class-IL | 3 | 2 | 0 | +5.00 |" in text
+    assert "- ⚠ BN (joint) − BN (separate) differs in more than the norm: the forward mode (joint against " in text
+    assert "AdaB2N (joint) − BN (joint) differs" not in text and "⚠ AdaB2N (joint) − BN (joint) pools" not in text
+    assert "| AdaB2N (joint) − BN (joint) | +1.33" in text  # one machine, one commit: no ⚠
+    assert "| BN (separate) | 45.00 ± 0.00 (3) | 37.00 ± 2.00 (3) |" in text  # rows carry their forward mode
+    assert "| comparison | seq-fmnist derpp 200 | seq-fmnist er_ace 200 |" in text
+    assert "| AdaB2N (joint) − BN (joint) | +1.33 ± 2.08 (3; ahead on 2) | +1.33 ± 1.53 (3; ahead on 2) |" in text
+
+
+def test_without_bn_joint_a_joint_norm_is_compared_with_bn_and_the_table_says_what_differs(tmp_path: Path) -> None:
+    for seed in range(2):
+        write_run(tmp_path, f"bn{seed}", final=40.0, seed=seed, mode="separate")
+        write_run(tmp_path, f"tbbn{seed}", final=42.0, seed=seed, nl="TBBN", mode="joint")
+        write_run(tmp_path, f"cn{seed}", final=41.0, seed=seed, nl="CN", no_affine=1, mode="separate")
+    report = build_report(load_records(tmp_path)[0])
+    tbbn, cn = gains.comparison(report, "TBBN"), gains.comparison(report, "CN")
+    assert tbbn is not None and tbbn.baseline == "BN" and tbbn.differs == ("the forward mode (joint against separate)",)
+    assert cn is not None and cn.differs == ("affine parameters (CN (separate) runs with `--no_affine`)",)
+    text = write_report(tmp_path, plots=False).text
+    assert "| TBBN (joint) − BN (separate) ⚠ | +2.00 ± 0.00 (2; ahead on 2) |" in text  # marked in the column table
+    pooled = text.split("## Gain over BN pooled over columns")[1]
+    assert (
+        "- ⚠ TBBN (joint) − BN (separate) differs in more than the norm: the forward mode (joint against separate)."
+        in pooled
+    )
+    assert "- ⚠ CN (separate) − BN (separate) differs in more than the norm: affine parameters" in pooled
+
+
+def test_a_comparison_pooling_code_versions_and_machines_is_flagged_with_counts(tmp_path: Path) -> None:
+    grid(tmp_path)
+    other = {"git_commit": "b" * 40, "cpu": "Intel Xeon", "cpu_capability": "AVX512"}
+    for model in COLUMNS:
+        write_run(
+            tmp_path, f"{model}-bnj0", final=COLUMNS[model][0][0], seed=0, model=model, environment=other, **BN_JOINT
+        )
+    text = write_report(tmp_path, plots=False).text
+    line = (
+        "- ⚠ AdaB2N (joint) − BN (joint) pools 12 runs of 2 code versions (aaaaaaa: 10, bbbbbbb: 2); 2 CPU models "
+        "(AMD EPYC: 10, Intel Xeon: 2); 2 kernel sets (AVX2: 10, AVX512: 2)."
+    )
+    assert line in text
+
+
+def test_the_primary_endpoint_scores_a_diverged_run_at_chance_and_stays_out_of_the_family(tmp_path: Path) -> None:
+    grid(tmp_path)
+    (tmp_path / "class-il" / "seq-fmnist" / "derpp" / "derpp-ada2.json").unlink()
+    write_partial(tmp_path, "derpp-ada2", seed=2, model="derpp", **ADA)
+    report = build_report(load_records(tmp_path)[0])
+    primary = gains.Primary("AdaB2N", "BN-joint", "class_il")
+    text = "\n".join(gains.markdown(report, "| method |", "| --- |", primary))
+    # Seed 2, derpp: chance (10 %) − 50 = -40; seed 2's mean (0 - 40) / 2 = -20; seeds 0 and 1 as before: 2, 1.
+    comp = gains.comparison(report, "AdaB2N")
+    assert comp is not None
+    assert gains.pooled(report, comp, at_chance=True).estimate.values == (2.0, 1.0, -20.0)  # type: ignore[union-attr]
+    assert "## Primary endpoint (declared): AdaB2N (joint) − BN (joint), final class-IL" in text
+    assert "a run that diverged scores chance (10 %)" in text
+    assert "- Units: 3 seeds, 2 columns (0 seeds short of a column)." in text
+    assert "- Gain: -5.67 points" in text and "ahead on 2 of 3 seeds" in text
+    assert "- Verdict: not resolved" in text
+    assert "- Without the seeds that hold a diverged run: 2 seeds, +1.50 points" in text
+    pooled = text.split("## Gain over BN pooled over columns")[1]
+    assert "| AdaB2N (joint) − BN (joint) | final class-IL |" in pooled and "primary: not in the family" in pooled
+    # The family: 2 comparisons x 1 metric, less the primary.
+    assert "the table's 1 rows are one family" in pooled
+
+
+def test_the_verdict_needs_the_test_and_the_interval() -> None:
+    from normcl.utils.experiments.inference import Estimate
+
+    assert gains.verdict(Estimate.of([float(v) for v in range(1, 11)])).startswith("a gain is shown")
+    assert gains.verdict(Estimate.of([-float(v) for v in range(1, 11)])).startswith("a loss is shown")
+    assert gains.verdict(Estimate.of([1.0, 2.0, 3.0, 4.0, 5.0])).startswith("not resolved")  # p >= 0.0625
+    assert gains.verdict(Estimate.of([1.0])).startswith("not resolved (too few seeds")
+
+
+def test_the_cli_takes_a_declared_primary_and_refuses_an_unknown_metric(tmp_path: Path, capsys) -> None:
+    grid(tmp_path)
+    assert main([str(tmp_path), "--no_plots", "--primary", "AdaB2N", "BN-joint", "class_il"]) == 0
+    assert "## Primary endpoint (declared): AdaB2N (joint) − BN (joint), final class-IL" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path), "--no_plots", "--primary", "AdaB2N", "BN-joint", "accuracy"])
+    assert stop.value.code == 2
+    assert "unknown metric 'accuracy'; choose one of: class_il, aaa, min_acc, wc_acc" in capsys.readouterr().err
