@@ -11,7 +11,9 @@ current part is viewed back and the replayed part averaged over its ``r`` copies
 running statistics.
 
 Reference code: ``csm9493/TaskBalancedBN``, ``src/networks/tbbn.py`` at commit
-9261ac0f995c2e67c54e116db7f2ea06ed93523f (line numbers below are that file's).
+9261ac0f995c2e67c54e116db7f2ea06ed93523f (line numbers below are that file's), whose later-task running statistics
+``stats="output"`` reproduces; the authors' current code (commit c3a5dee, 2024-10-16, unchanged at HEAD c4a939c)
+computes them as the default ``stats="balanced"`` does. Outputs and gradients are the same in both commits.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from normcl.utils.core.options import Option, one_of, require
 STATS_CHOICES = ("balanced", "output")
 STATS = Option(
     "--tbbn_stats",
-    "running statistics: balanced (the paper: the task-balanced statistics of the input) or output (the reference "
-    "code from the second task on: the statistics of the layer's output)",
+    "running statistics: balanced (the paper and the authors' current code, c3a5dee: the task-balanced statistics "
+    "of the input) or output (their first commit, 9261ac0, from the second task on: the statistics of the output)",
     keyword="stats",
     check=one_of(*STATS_CHOICES),
 )
