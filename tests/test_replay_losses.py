@@ -56,9 +56,10 @@ def stream(args: Namespace, task: int, batch: int) -> tuple[Tensor, Tensor]:
     return data.train_x[10 * batch : 10 * (batch + 1)], data.train_y[10 * batch : 10 * (batch + 1)]
 
 
-def formula(model: str, args: Namespace, net: nn.Module, step: dict[str, Any], mode: str) -> Tensor:
+def formula(model: str, args: Namespace, net: nn.Module, step: dict[str, Any], mode: str) -> tuple[Tensor, Tensor]:
     """The method's loss on ``net`` (train mode) for the recorded step, plus AdaB²N's regulariser as the reference
-    adds it: ``lambd · Σ`` over layers and forwards of ``norm_loss``, in steps that replay, from task ``ada_t0`` on."""
+    adds it: ``lambd · Σ`` over layers and forwards of ``norm_loss``, in steps that replay, from task ``ada_t0`` on;
+    and the stream batch's logits of that forward (what DER and DER++ store)."""
     parts = [(step["inputs"], torch.full_like(step["labels"], step["task"]))]
     parts += [(draw[0], draw[-1]) for draw in step["draws"]]
     layers, norm_losses = task_aware_layers(net), []
@@ -91,7 +92,7 @@ def formula(model: str, args: Namespace, net: nn.Module, step: dict[str, Any], m
             loss = loss + args.beta * F.cross_entropy(outs[2], step["draws"][1][1])
     if layers and step["task"] >= args.ada_t0:
         loss = loss + args.lambd * torch.stack(norm_losses).sum()
-    return loss
+    return loss, outs[0]
 
 
 def record_step(model: ContinualModel, inputs: Tensor, labels: Tensor, not_aug: Tensor) -> dict[str, Any]:
@@ -112,11 +113,17 @@ def record_step(model: ContinualModel, inputs: Tensor, labels: Tensor, not_aug: 
 
 
 def check(model: str, args: Namespace, step: dict[str, Any], net: nn.Module, grads: list[Tensor], loss: Tensor) -> None:
-    expected = formula(model, args, net.train(), step, step["mode"])
+    """The step's loss and gradients against the formula's; for DER and DER++ also what the step stored: the buffer
+    rows the stream batch filled hold that batch's logits of the same forward, before the update (mammoth's
+    ``der.py`` / ``derpp.py`` store ``outputs.data`` of the training forward)."""
+    expected, logits = formula(model, args, net.train(), step, step["mode"])
     wanted = torch.autograd.grad(expected, list(net.parameters()))
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-12, atol=0)
     for got, want in zip(grads, wanted, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    if model in ("der", "derpp"):
+        assert step["stored"] is not None, "DER stores logits"
+        torch.testing.assert_close(step["stored"], logits.detach(), rtol=1e-12, atol=0)
 
 
 def warm_up(model: ContinualModel, batches: list[tuple[Tensor, Tensor]]) -> None:
@@ -143,6 +150,9 @@ def check_members(model: str, members: list[Namespace]) -> None:
         seen = {*firsts[0][k][1].tolist(), *firsts[1][k][1].tolist(), *labels[k].tolist()}
         draws = [tuple(column[k] for column in draw) for draw in step["draws"]]
         own = {"inputs": inputs[k], "labels": labels[k], "task": 1, "seen": seen, "draws": draws}
+        # The buffer (30 rows) held the 20 warm-up samples: the step's 10 went to rows 20-29, in order.
+        logits = stacked.buffer.buffers[k].logits
+        own["stored"] = None if logits is None else logits[20:30]
         own["mode"] = stacked.forward_mode
         grads = [p.detach() for p in grad_net.member(k).parameters()]
         check(model, args, own, step["net"].member(k), grads, step["loss"][k])
