@@ -80,24 +80,30 @@ def test_all_models_are_registered():
     assert set(MODELS.names()) >= set(ALL_MODELS)
 
 
+FLOAT64 = ("--dtype", "float64")
+"""The learning checks run in float64: a float32 online run's accuracy depends on the CPU's kernels (README,
+Reproducibility), float64's rounding stays below what moves an accuracy (``tests/test_golden.py``)."""
+
+
 @pytest.mark.parametrize("model", [m for m in ALL_MODELS if m != "joint"])
 def test_model_learns_first_task(model: str, run_model: RunFn):
-    results, path = run_model(model, *(["--forward_mode", "separate"] if model == "derpp" else []))
+    results, path = run_model(model, *FLOAT64, *(["--forward_mode", "separate"] if model == "derpp" else []))
     assert path.is_file()
     class_il = results["accuracy_matrix"]["class_il"]
     assert len(class_il) == 5 and all(v is not None for v in class_il[-1])
-    # chance on the first task's 2 classes is 50 %
-    assert class_il[0][0] > 60, class_il
+    # chance on the first task's 2 classes is 50 %; 92-95 % measured in float64 for these models
+    assert class_il[0][0] > 70, class_il
     assert results["args"]["buffer_size"] == (50 if model in REPLAY_MODELS else None)
 
 
 def test_joint_learns_all_classes(run_model: RunFn):
-    results, path = run_model("joint", *QUICK)
+    """Joint trains once, after the last task, on all of them: its final row is far above chance (10 %) on the
+    whole."""
+    results, path = run_model("joint", *FLOAT64)
     assert path.is_file()
     final = results["accuracy_matrix"]["class_il"][-1]
     assert len(final) == 5 and all(v is not None for v in final)
-    # chance over 10 classes is 10 %
-    assert sum(final) / len(final) > 10, final
+    assert sum(final) / len(final) > 40, final  # 56 % measured in float64
     assert results["final"]["class_il_avg"] == pytest.approx(sum(final) / len(final))
 
 
