@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,27 @@ RUN = [
 
 
 EVERY = "6"
-"""``--checkpoint_every`` of the killed runs. At 9 steps a task, checkpoints fall at steps 12 (task 1, batch 3) and 18
-(task 2's start), each left on disk for six steps before the next: time enough for the poll below to see it."""
+"""``--checkpoint_every`` of the stopped runs: at 9 steps a task, checkpoints fall at steps 6, 9 (task 1's end), 12
+(task 2, batch 3) and 18 (task 2's end: task 3, batch 0)."""
+FAULTS = Path(__file__).with_name("faults.py")
 
 
 def env() -> dict[str, str]:
     return {**os.environ, "NORMCL_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def start(results: Path, name: str, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "utils.main", *RUN, "--results_path", str(results), "--run_name", name, *extra]
+def start(results: Path, name: str, *extra: str, stop: tuple[str, int] | None = None) -> subprocess.Popen:
+    """The run in a process of its own; ``stop=(SIGNAL, STEP)``: stopped by ``SIGNAL`` just before step ``STEP``
+    (``tests/faults.py``)."""
+    head = ["utils/main.py"] if stop is None else [str(FAULTS), stop[0], str(stop[1])]
+    cmd = [sys.executable, *head, *RUN, "--results_path", str(results), "--run_name", name, *extra]
     return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def position(ckpt: Path) -> dict:
+    """Where a checkpoint continues: its position, with the model's task index."""
+    payload = torch.load(ckpt, weights_only=True)
+    return {**payload["position"], "task": payload["model"]["_extra_state"]["current_task"]}
 
 
 def folder(results: Path) -> Path:
@@ -62,33 +71,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return outcome(folder(results) / "ref.json")
 
 
-def wait_for_checkpoint(proc: subprocess.Popen, ckpt: Path, ready) -> dict:
-    """Poll the checkpoint until ``ready(position)``; returns that position, with the model's task index."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the run ended before the wanted checkpoint"
-        if ckpt.exists():
-            payload = torch.load(ckpt, weights_only=True)
-            position = {**payload["position"], "task": payload["model"]["_extra_state"]["current_task"]}
-            if ready(position):
-                return position
-        time.sleep(0.01)
-    raise AssertionError("no checkpoint in time")
-
-
 @pytest.mark.parametrize(
-    ("label", "ready"),
-    [
-        ("mid-task", lambda p: p["task"] == 1 and p["batch"] > 0),
-        ("task-boundary", lambda p: p["task"] == 2 and p["batch"] == 0),
-    ],
+    ("label", "before", "where"),
+    [("mid-task", 13, {"task": 1, "batch": 3, "step": 12}), ("task-boundary", 19, {"task": 2, "batch": 0, "step": 18})],
 )
-def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path: Path, reference: dict, label: str, ready) -> None:
+def test_sigkill_then_resume_equals_the_uninterrupted_run(
+    tmp_path: Path, reference: dict, label: str, before: int, where: dict
+) -> None:
     ckpt = folder(tmp_path) / f"{label}.ckpt"
-    proc = start(tmp_path, label, "--checkpoint_every", EVERY)
-    wait_for_checkpoint(proc, ckpt, ready)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc = start(tmp_path, label, "--checkpoint_every", EVERY, stop=("SIGKILL", before))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, out
+    assert where.items() <= position(ckpt).items()
     assert not (folder(tmp_path) / f"{label}.json").exists()
     resumed = start(tmp_path, label, "--checkpoint_every", EVERY, "--resume", "1")
     out, _ = resumed.communicate(timeout=600)
@@ -99,14 +93,12 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path: Path, refere
 
 def test_sigterm_saves_a_checkpoint_that_resumes_as_the_uninterrupted_run(tmp_path: Path, reference: dict) -> None:
     ckpt = folder(tmp_path) / "term.ckpt"
-    proc = start(tmp_path, "term")
-    wait_for_checkpoint(proc, ckpt, lambda p: p["task"] >= 1)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    proc = start(tmp_path, "term", stop=("SIGTERM", 13))
+    out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 143, out
     assert "checkpoint saved" in out
     payload = torch.load(ckpt, weights_only=True)
-    assert payload["position"]["step"] > 0
+    assert {"task": 1, "batch": 4, "step": 13}.items() <= position(ckpt).items(), "saved after the signalled step"
     assert {"model", "optimizer", "buffer", "rng", "history", "args"} <= set(payload)
     assert any(k.endswith("eta") for k in payload["model"]), "AdaB2N's momentum state is checkpointed"
     resumed = start(tmp_path, "term", "--resume", "1")
@@ -118,11 +110,10 @@ def test_sigterm_saves_a_checkpoint_that_resumes_as_the_uninterrupted_run(tmp_pa
 def test_sigint_saves_a_checkpoint_and_exits_130_then_resume_equals_the_uninterrupted_run(
     tmp_path: Path, reference: dict
 ) -> None:
-    proc = start(tmp_path, "int")
-    wait_for_checkpoint(proc, folder(tmp_path) / "int.ckpt", lambda p: p["task"] >= 1)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    proc = start(tmp_path, "int", stop=("SIGINT", 13))
+    out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 130, out
+    assert position(folder(tmp_path) / "int.ckpt")["step"] == 13
     assert "stopped by SIGINT: checkpoint saved; continue with --resume 1" in out
     resumed = start(tmp_path, "int", "--resume", "1")
     out, _ = resumed.communicate(timeout=600)
@@ -177,14 +168,12 @@ def test_a_resumed_run_repeats_every_step_of_the_uninterrupted_one(tmp_path: Pat
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path) -> None:
-    proc = start(tmp_path, "cfg")
-    ckpt = folder(tmp_path) / "cfg.ckpt"
-    wait_for_checkpoint(proc, ckpt, lambda p: p["task"] >= 1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc = start(tmp_path, "cfg", stop=("SIGKILL", 13))
+    proc.wait(timeout=600)
+    assert (folder(tmp_path) / "cfg.ckpt").exists()
     other = [*RUN, "--results_path", str(tmp_path), "--run_name", "cfg", "--resume", "1", "--lr", "0.1"]
     done = subprocess.run(
-        [sys.executable, "-m", "utils.main", *other], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300
+        [sys.executable, "utils/main.py", *other], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 2
     assert "--lr 0.03 (now 0.1)" in done.stderr
@@ -253,8 +242,9 @@ STACK = [*RUN[:SEED], *RUN[SEED + 2 :], "--member", "--seed 1 --run_name s1"]
 STACK += ["--member", "--seed 2 --kappa 1.0 --lambd 1 --run_name s2"]
 
 
-def start_stack(results: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "utils/main.py", *STACK, "--results_path", str(results), *extra]
+def start_stack(results: Path, *extra: str, stop: tuple[str, int] | None = None) -> subprocess.Popen:
+    head = ["utils/main.py"] if stop is None else [str(FAULTS), stop[0], str(stop[1])]
+    cmd = [sys.executable, *head, *STACK, "--results_path", str(results), *extra]
     return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -275,13 +265,14 @@ def test_a_stack_stopped_mid_task_then_resumed_gives_every_member_the_uninterrup
     """A stack (AdaB²N, two members with other seeds and options) killed, or stopped by SIGTERM (which saves a
     checkpoint at the next step and exits 143), continues with ``--resume 1``: its checkpoint holds each member's
     generator, buffer, history and the stacked network."""
-    proc = start_stack(tmp_path, "--checkpoint_every", EVERY)
+    proc = start_stack(tmp_path, "--checkpoint_every", EVERY, stop=(stop.name, 13))
     ckpt = folder(tmp_path) / "s1.stack.ckpt"
-    wait_for_checkpoint(proc, ckpt, lambda p: p["task"] == 1 and p["batch"] > 0)
-    proc.send_signal(stop)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=600)
     if stop == signal.SIGTERM:
         assert proc.returncode == 143 and "stopped by SIGTERM: checkpoint saved" in out, out
+    else:
+        assert proc.returncode == -signal.SIGKILL, out
+    assert position(ckpt)["task"] == 1 and position(ckpt)["step"] == (13 if stop == signal.SIGTERM else 12)
     resumed = start_stack(tmp_path, "--checkpoint_every", EVERY, "--resume", "1")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
