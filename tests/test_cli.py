@@ -282,26 +282,6 @@ def test_data_path_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert files_under(results) == []
 
 
-@pytest.mark.parametrize(
-    ("argv", "fragments"),
-    [
-        (BAD_INPUTS["unknown dataset"][0], BAD_INPUTS["unknown dataset"][1]),
-        (BAD_INPUTS["missing buffer"][0], BAD_INPUTS["missing buffer"][1]),
-        (["--dataset", "seq-cifar10", "--model", "sgd", "--lr", "0.1", "--data_path", "{empty}"], ["data_batch_1"]),
-    ],
-    ids=["unknown dataset", "missing buffer", "missing data files"],
-)
-def test_bad_input_subprocess(argv: list[str], fragments: list[str], tmp_path: Path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    results = tmp_path / "results"
-    argv = [a.replace("{empty}", str(empty)) for a in argv]
-    proc = run_cli(*argv, "--nowand", "1", "--results_path", str(results))
-    assert proc.returncode == 2, proc.stderr
-    assert_one_line_error(proc.stderr, fragments)
-    assert files_under(results) == []
-
-
 def test_load_best_args_fills_reference_values():
     args = parse_args(fmnist("--model", "er_ace", "--buffer_size", "500", "--load_best_args", "1"))
     assert args.lr == 0.03

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +23,6 @@ from normcl.models.utils.layer_stacking import load, stacking_of
 from normcl.models.utils.norms import NORMS, convert_norm
 from normcl.models.utils.task_aware import TaskAwareNorm, task_aware_layers
 from normcl.models.utils.tbbn import TaskBalancedBN, feasible_splits, tbbn
-from normcl.utils.main import main
 
 C, H, W, EPS, MOMENTUM = 3, 4, 4, 1e-5, 0.1
 TOL = {"rtol": 1e-12, "atol": 1e-12}
@@ -268,21 +265,3 @@ def test_the_model_hands_the_layers_its_stream_batch(mode: str, streams: list[in
     parts = [(torch.randn(1, 4, 1, 28, 28), 2), (torch.randn(1, 2, 1, 28, 28), torch.tensor([[0, 1]]))]
     outputs = model.forward_parts(parts)
     assert received == streams and [tuple(o.shape) for o in outputs] == [(1, 4, 10), (1, 2, 10)]
-
-
-def test_a_short_run_with_tbbn_writes_its_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NORMCL_OFFLINE", "1")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    threads = torch.get_num_threads()
-    argv = ["--dataset", "seq-fmnist", "--model", "er_ace", "--nl", "TBBN", "--buffer_size", "50", "--lr", "0.03",
-            "--bs", "10", "--epochs", "1", "--nf", "4", "--samples_per_class", "20", "--validation", "1",
-            "--num_threads", "1", "--nowand", "1", "--non_verbose", "1", "--run_name", "tbbn",
-            "--results_path", str(tmp_path)]  # fmt: skip
-    try:
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
-    doc = json.loads((tmp_path / "class-il" / "seq-fmnist" / "er_ace" / "tbbn.json").read_text())
-    assert doc["args"]["nl"] == "TBBN" and doc["args"]["tbbn_stats"] == "balanced"
-    assert doc["forward_mode"] == "joint"
-    assert all(v is not None for v in doc["accuracy_matrix"]["class_il"][-1])
