@@ -61,7 +61,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available")
-    p.add_argument("--data_path", default="data")
+    p.add_argument("--data_path", default=None, help="as normcl-run's --data_path (default: data, then the system's)")
     return p.parse_args(argv)
 
 
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     dataset = get_dataset_class(DATASET)(Namespace(samples_per_class=args.samples_per_class, data_path=args.data_path))
     benchmark = avalanche_benchmark(dataset, args.test_samples_per_class)
+    print(dataset.data_line())
     net = ResNet18(dataset.n_classes(), nf=args.nf, in_channels=dataset.SHAPE[0])
     net = convert_norm(net, "AdaB2N", num_tasks=dataset.N_TASKS, kappa=args.kappa, lambd=args.lambd, ada_t0=args.ada_t0)
     strategy = make_strategy(args, net, device)

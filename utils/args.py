@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     _binary(n, "--diagnose_norm", "after each task, measure the running statistics' recency bias")
 
     m = p.add_argument_group("management")
-    help_text = "folder with the datasets' files (downloads go here)"
-    _flag(m, "--data_path", RESUME_FREE, default="data", help=help_text)
+    help_text = "folder with the datasets' files, downloads go here (default: data, then the dataset's system folders)"
+    _flag(m, "--data_path", RESUME_FREE, default=None, help=help_text)
     roles = Roles(resume_free=True, launcher="--results_path")
     _flag(m, "--results_path", roles, default="results", help="folder of the results JSON files")
     help_text = "torch device (default: cuda if available, else cpu)"

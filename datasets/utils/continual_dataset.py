@@ -10,14 +10,17 @@ uint8 tensors on the training device and batched transforms.
 from __future__ import annotations
 
 from argparse import Namespace
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from normcl.datasets.transforms import Normalize, TrainTransform
+from normcl.datasets.utils.formats import file_record, find_or_fetch
 from normcl.utils.core.errors import DataError
 from normcl.utils.core.options import Option, positive, require
 
@@ -71,6 +74,8 @@ class ContinualDataset:
         self.train_transform = TrainTransform(self.MEAN, self.STD, self.CROP_PADDING, self.HFLIP, dtype)
         self.test_transform = Normalize(self.MEAN, self.STD, dtype)
         self.class_order = self.make_class_order(getattr(args, "seed", None), getattr(args, "no_task_shuffle", False))
+        self.files: list[Path] = []
+        """The files ``load_raw`` read, as :meth:`find_files` found them (empty: not said)."""
         self._tasks: list[TaskData] | None = None
 
     @property
@@ -101,8 +106,34 @@ class ContinualDataset:
         return task * self.N_CLASSES_PER_TASK, (task + 1) * self.N_CLASSES_PER_TASK
 
     def load_raw(self) -> tuple[RawSplit, RawSplit]:
-        """Read the (train, test) splits from disk or download them."""
+        """Read the (train, test) splits from disk or download them (find them with :meth:`find_files`)."""
         raise NotImplementedError
+
+    def find_files(
+        self,
+        dirs: Sequence[Path],
+        names: Sequence[str],
+        how_to_get: str,
+        fetch: Callable[[], object] | None = None,
+        suffixes: Sequence[str] = ("",),
+    ) -> list[Path]:
+        """``names`` in the first of ``dirs`` that holds them all, else fetched (``formats.find_or_fetch``); the run
+        records them (:meth:`data_record`)."""
+        self.files = find_or_fetch(self.name, dirs, names, how_to_get, fetch, suffixes)
+        return self.files
+
+    def data_record(self) -> dict[str, Any] | None:
+        """The folder of the files the run read, and each one's size and modification time (``None``: the dataset's
+        ``load_raw`` did not find its files with :meth:`find_files`)."""
+        return file_record(self.files) if self.files else None
+
+    def data_line(self) -> str:
+        """One line saying which files the run read."""
+        if not self.files:
+            return f"data: {self.name} did not say which files it read (its load_raw does not use find_files)"
+        record = file_record(self.files)
+        megabytes = sum(f["bytes"] for f in record["files"].values()) / 1e6
+        return f"data: {self.name} read {', '.join(record['files'])} ({megabytes:.1f} MB) in {record['folder']}"
 
     def _checked(self, split: RawSplit, name: str) -> RawSplit:
         x, y = np.asarray(split.x), np.asarray(split.y).astype(np.int64).reshape(-1)
