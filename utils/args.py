@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _binary(g, "--validation", "hold out 10%% of each task's training data and test on it")
     help_text = "use only the first N training images per class"
     _flag(g, "--samples_per_class", PROTOCOL, type=int, default=None, help=help_text)
+    help_text = "test on only the first N test images per class (quick runs; default: all)"
+    _flag(g, "--test_samples_per_class", PROTOCOL, type=int, default=None, help=help_text)
     roles = Roles(member_free=True, launcher="the grid's run names")
     _flag(g, "--run_name", roles, default=None, help="name of the results file (default: derived from the arguments)")
     _flag(
@@ -291,6 +293,7 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     if args.resume and args.disable_log:
         raise UserError("--resume needs checkpoints, which --disable_log turns off; drop --disable_log")
     _check("--samples_per_class", args.samples_per_class, positive)
+    _check("--test_samples_per_class", args.test_samples_per_class, positive)
     ring_problem = None
     if args.buffer_size is not None and args.buffer_mode == "ring":
         ring_problem = ring_size_problem(args.buffer_size, n_tasks)

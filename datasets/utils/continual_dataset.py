@@ -45,6 +45,11 @@ class TaskData:
     test_y: Tensor
 
 
+def first_per_class(labels: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+    """The indices of the first ``n`` samples of each class ``0 .. n_classes-1``, in the order of ``labels``."""
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in range(n_classes)]))
+
+
 def run_dtype(args: Namespace) -> torch.dtype:
     """The run's floating dtype (``--dtype``; float32 for arguments from before the flag)."""
     return getattr(torch, getattr(args, "dtype", "float32"))
@@ -155,12 +160,11 @@ class ContinualDataset:
         return RawSplit(x, y)
 
     def _select(self, train: RawSplit, test: RawSplit) -> tuple[RawSplit, RawSplit]:
-        """Apply ``--samples_per_class`` and ``--validation`` to the raw splits."""
+        """Apply ``--samples_per_class``, ``--validation`` and ``--test_samples_per_class`` to the raw splits."""
         spc = getattr(self.args, "samples_per_class", None)
         if spc is not None:
             require("samples_per_class", spc, positive)
-            keep = np.concatenate([np.flatnonzero(train.y == c)[:spc] for c in range(self.n_classes())])
-            keep.sort()
+            keep = first_per_class(train.y, spc, self.n_classes())
             train = RawSplit(train.x[keep], train.y[keep])
         if getattr(self.args, "validation", False):
             # A fixed split, the same for every seed, so hyper-parameters chosen on it are comparable.
@@ -171,6 +175,11 @@ class ContinualDataset:
                 held[members[: round(VALIDATION_FRACTION * len(members))]] = True
             test = RawSplit(train.x[held], train.y[held])
             train = RawSplit(train.x[~held], train.y[~held])
+        per_class = getattr(self.args, "test_samples_per_class", None)
+        if per_class is not None:
+            require("test_samples_per_class", per_class, positive)
+            keep = first_per_class(test.y, per_class, self.n_classes())
+            test = RawSplit(test.x[keep], test.y[keep])
         return train, test
 
     def prepare(self) -> None:
