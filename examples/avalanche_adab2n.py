@@ -5,8 +5,10 @@ Avalanche's own ``ER_ACE``, ``DER`` or ``Naive`` train the network after two add
 Avalanche class-incremental benchmark. After each experience the strategy is evaluated on the whole test stream and
 Avalanche prints its usual metrics; the last line is one JSON object (final accuracy averaged over experiences).
 
-    pip install -e ".[avalanche]"
-    python examples/avalanche_adab2n.py --strategy er_ace --samples_per_class 500
+    pip install "normcl[avalanche]"   # or, in a clone: pip install -e ".[avalanche]"
+    python -m normcl.examples.avalanche_adab2n --strategy er_ace --samples_per_class 500
+
+(in a clone also ``python examples/avalanche_adab2n.py``).
 """
 
 from __future__ import annotations

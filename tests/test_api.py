@@ -57,7 +57,7 @@ def test_a_run_from_the_api_writes_the_results_file_of_the_same_command_line(tmp
 
 def test_bad_input_raises_the_command_lines_one_line_error() -> None:
     cases = {
-        "unknown argument 'kapa'; normcl.get_avail_args() lists them": ("er_ace", {"kapa": 0.4}),
+        "unknown argument 'kapa' (did you mean 'kappa'?); normcl.get_avail_args()": ("er_ace", {"kapa": 0.4}),
         "argument --nf: invalid int value: 'wide'": ("er_ace", {"nf": "wide", "lr": 0.03}),
         "argument --validation: invalid choice: '2' (choose from 0, 1)": ("er_ace", {"validation": 2, "lr": 0.1}),
         "--lr is required: pass --lr 0.03, or --load_best_args for the reference value": ("sgd", {}),

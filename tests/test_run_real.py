@@ -113,7 +113,7 @@ def test_real_tune_validation_grid_chooses_on_validation_then_tests(
     res, logs = tmp_path / "res", tmp_path / "logs"
     argv = [
         "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "AdaB2N", "--num_seeds", "1",
-        "--buffer_sizes", "200", "--kappas", "0.4", "1.0", "--lambdas", "0.1", "--ada_t0s", "0", "--nowandb",
+        "--buffer_sizes", "200", "--kappas", "0.4", "1.0", "--lambdas", "0.1", "--ada_t0s", "0", "--nowand",
         "--tune", "validation", "--extra", TUNE_EXTRA, "--launcher", "local",
         "--cpu_workers", "1", "--coldsecs", "0", "--waitsecs", "0", "--results_path", str(res), "--logdir", str(logs),
         "--yes",

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from normcl.utils.buffer import BUFFER_MODES, ring_size_problem
+from normcl.utils.core.commands import WANDB_PROJECT, CommandParser
 from normcl.utils.core.errors import UserError
 from normcl.utils.core.options import (
     BINARY_FLAG,
@@ -91,8 +92,10 @@ def _add_component_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python utils/main.py",
+    from normcl.models.utils.norms import NORMS
+
+    p = CommandParser(
+        "normcl-run",
         description="Run one continual-learning experiment (mammoth-compatible flags).",
         formatter_class=HelpFormatter,
     )
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--model", Roles(launcher="--models"), required=True, help=help_text)
     _flag(g, "--backbone", PROTOCOL, default=None, help="network (default: the dataset's, resnet18)")
     _flag(g, "--nf", PROTOCOL, type=int, default=64, help="ResNet-18 base width: 64 = full, 20 = reduced ResNet-18")
-    help_text = "normalization layer swapped in for every BatchNorm, e.g. BN"
+    help_text = f"normalization layer swapped in for every BatchNorm: {', '.join(NORMS.names())}"
     _flag(g, "--nl", Roles(launcher="--methods"), default="BN", help=help_text)
     _binary(g, "--no_affine", "normalization layers without learnable scale and shift")
     _flag(
@@ -206,14 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     w = p.add_argument_group("wandb")
-    _binary(w, "--nowand", "disable wandb", Roles(resume_free=True, launcher="--nowandb"))
+    _binary(w, "--nowand", "disable wandb", Roles(resume_free=True, launcher="--nowand"))
     roles = Roles(resume_free=True, launcher="--wandb_project")
-    _flag(w, "--wandb_project", roles, default="normcl", help="wandb project")
+    _flag(w, "--wandb_project", roles, default=WANDB_PROJECT, help="wandb project")
     _flag(w, "--wandb_entity", RESUME_FREE, default=None, help="wandb entity (user or team)")
     roles = Roles(resume_free=True, member_free=True, launcher="the grid's run names")
     _flag(w, "--wandb_name", roles, default=None, help="wandb run name (default: --run_name)")
     roles = Roles(resume_free=True, member_free=True, launcher="the grid's groups")
-    _flag(w, "--wandb_group", roles, default=None, help="wandb group (run.py: model + buffer + method)")
+    _flag(w, "--wandb_group", roles, default=None, help="wandb group (run.py: dataset, model, buffer, method)")
     _add_component_options(p)
     return p
 
