@@ -111,11 +111,10 @@ def test_importing_the_package_imports_no_torch(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "['normcl']"
 
 
-def test_the_readmes_own_code_example_runs_as_printed(tmp_path: Path) -> None:
-    """The three lines of "Using the norms in your own code", from another folder, print what the README says."""
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Using the norms in your own code") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+def test_the_documented_conversion_prints_what_the_page_says(tmp_path: Path) -> None:
+    """The first example of docs/own-code.md, from another folder, prints the list its comment shows."""
+    page = (REPO / "docs" / "own-code.md").read_text()
+    code = re.search(r"```python[^\n]*\n(.*?)```", page, re.S).group(1)  # type: ignore[union-attr]
     printed = re.search(r"# (\[.*\])\n", code).group(1)  # type: ignore[union-attr]
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

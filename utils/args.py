@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FLAGS",
         help="train this run as a member of a stack: the shared flags plus these, e.g. --member '--seed 1 --kappa 0.4'"
-        " (repeat; what members may differ in: README, Stacked runs; a wrong difference is refused by name)",
+        " (repeat; what members may differ in: docs/stacking.md; a wrong difference is refused by name)",
     )
 
     o = p.add_argument_group("optimisation")
@@ -368,7 +368,7 @@ def stacking_problem(args: argparse.Namespace) -> str | None:
         )
     if not MODELS.get(args.model).STACKS:
         return (
-            f"model '{args.model}' does not declare STACKS = True (README, Extending the framework); run its runs "
+            f"model '{args.model}' does not declare STACKS = True (docs/extending.md); run its runs "
             f"alone (without {MEMBER_FLAG} or run.py --stack)"
         )
     return None
