@@ -10,7 +10,6 @@ uint8 tensors on the training device and batched transforms.
 from __future__ import annotations
 
 from argparse import Namespace
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -114,17 +113,11 @@ class ContinualDataset:
         """Read the (train, test) splits from disk or download them (find them with :meth:`find_files`)."""
         raise NotImplementedError
 
-    def find_files(
-        self,
-        dirs: Sequence[Path],
-        names: Sequence[str],
-        how_to_get: str,
-        fetch: Callable[[], object] | None = None,
-        suffixes: Sequence[str] = ("",),
-    ) -> list[Path]:
-        """``names`` in the first of ``dirs`` that holds them all, else fetched (``formats.find_or_fetch``); the run
+    def find_files(self, *where: Any, **how: Any) -> list[Path]:
+        """The dataset's files: ``formats.find_or_fetch(name, dirs, names, how_to_get, fetch=None, suffixes=("",))``
+        with this dataset's name (the first of ``dirs`` that holds every one of ``names``, else fetched); the run
         records them (:meth:`data_record`)."""
-        self.files = find_or_fetch(self.name, dirs, names, how_to_get, fetch, suffixes)
+        self.files = find_or_fetch(self.name, *where, **how)
         return self.files
 
     def data_record(self) -> dict[str, Any] | None:
