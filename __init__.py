@@ -6,11 +6,13 @@ The package is the repository's root (``normcl.models``, ``normcl.utils``, ``nor
 
     net = normcl.convert_norm(net, "AdaB2N", num_tasks=5, kappa=0.4, lambd=0.1)  # any model's BatchNorms swapped
     model, dataset = normcl.load_runner("er_ace", "seq-fmnist", {"nl": "AdaB2N", "buffer_size": 500, "lr": 0.03})
-    results = normcl.train(model, dataset)  # the run `python utils/main.py` would do, and its results document
+    results = normcl.train(model, dataset)  # the run `normcl-run` would do, and its results document
 
 ``get_avail_args()`` lists the arguments (the command line's flags); ``NORMS`` holds the norms by name
-(``NORMS.names()``); ``TaskAwareNorm`` is the protocol a task-aware norm implements; ``UserError`` is what bad input
-raises; ``normcl.integrations.avalanche.TaskAwareNormPlugin`` drives task-aware norms in Avalanche's strategies.
+(``NORMS.names()``); ``TaskAwareNorm`` is the protocol a task-aware norm implements, and ``task_aware_layers``,
+``task_counts`` and ``NormLosses`` are what a training loop of one's own needs to drive it (each batch's task ids,
+the regulariser in the loss); ``UserError`` is what bad input raises;
+``normcl.integrations.avalanche.TaskAwareNormPlugin`` drives task-aware norms in Avalanche's strategies.
 Importing the package imports no torch: each name is imported on first use.
 """
 
@@ -23,22 +25,36 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from normcl.models.utils.norms import NORMS, convert_norm
-    from normcl.models.utils.task_aware import TaskAwareNorm
+    from normcl.models.utils.task_aware import NormLosses, TaskAwareNorm, task_aware_layers, task_counts
     from normcl.utils.api import get_avail_args, load_runner, train
     from normcl.utils.core.errors import UserError
 
 _HOMES = {
     "NORMS": "normcl.models.utils.norms",
+    "NormLosses": "normcl.models.utils.task_aware",
     "TaskAwareNorm": "normcl.models.utils.task_aware",
     "UserError": "normcl.utils.core.errors",
     "convert_norm": "normcl.models.utils.norms",
     "get_avail_args": "normcl.utils.api",
     "load_runner": "normcl.utils.api",
+    "task_aware_layers": "normcl.models.utils.task_aware",
+    "task_counts": "normcl.models.utils.task_aware",
     "train": "normcl.utils.api",
 }
 """Each public name's module, imported when the name is first read."""
 
-__all__ = ["NORMS", "TaskAwareNorm", "UserError", "convert_norm", "get_avail_args", "load_runner", "train"]  # as _HOMES
+__all__ = [  # as _HOMES
+    "NORMS",
+    "NormLosses",
+    "TaskAwareNorm",
+    "UserError",
+    "convert_norm",
+    "get_avail_args",
+    "load_runner",
+    "task_aware_layers",
+    "task_counts",
+    "train",
+]
 
 
 _CLONE_MARK = Path("models", "utils", "adab2n.py")

@@ -79,7 +79,7 @@ fi
 if [[ ${FULLDATA:-0} == 1 ]]; then
   # Issue 16's question 4 on the full data: scripts/reproduce_fmnist.sh's width grid (--nf 64, BN against AdaB2N at
   # the --nf 20 validation choice, er_ace 500 and derpp 500, 3 seeds) with all 6000 images per class: the twelve runs
-  # as four stacks of three seeds (README, "Stacked runs"), all at once (the two columns' launchers side by side).
+  # as four stacks of three seeds (docs/stacking.md), all at once (the two columns' launchers side by side).
   SPC=full GRIDS=width STEP=grid WIDTH=fulldata PARALLEL=1 \
     LAUNCH="--stack 3 --max_per_gpu 2 --usage_threshold 0.9 --coldsecs 0.5 --waitsecs 2" \
     timeout $(( $(left) - 20 )) bash scripts/reproduce_fmnist.sh >"$OUT/fulldata.txt" 2>&1

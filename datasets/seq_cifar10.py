@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from normcl.datasets import DATASETS
 from normcl.datasets.utils.continual_dataset import ContinualDataset, RawSplit
-from normcl.datasets.utils.formats import data_root, find_or_fetch, read_cifar_batches
+from normcl.datasets.utils.formats import data_root, read_cifar_batches
 
 
 class CifarDataset(ContinualDataset):
@@ -35,8 +35,7 @@ class CifarDataset(ContinualDataset):
     def load_raw(self) -> tuple[RawSplit, RawSplit]:
         root = data_root(self.args)
         dirs = [root / parent / self.FOLDER for parent in ("", *self.PARENTS)]
-        paths = find_or_fetch(
-            self.name,
+        paths = self.find_files(
             dirs,
             self.TRAIN_FILES + self.TEST_FILES,
             how_to_get="run once with internet access to download them",

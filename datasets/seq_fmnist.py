@@ -2,8 +2,8 @@
 
 The four IDX files (each raw or ``.gz``) are searched, in order, in
 ``{data_path}/FashionMNIST/raw`` (torchvision's layout), ``{data_path}/fashion-mnist``,
-``{data_path}`` and ``/usr/share/datasets/fashion-mnist`` (Debian package
-``dataset-fashion-mnist``). Only if none holds all four is a torchvision download
+``{data_path}`` and, when ``--data_path`` is not given (``data``), ``/usr/share/datasets/fashion-mnist``
+(Debian package ``dataset-fashion-mnist``). Only if none holds all four is a torchvision download
 tried, into ``{data_path}``; setting ``NORMCL_OFFLINE=1`` skips it (the tests do,
 so they never wait on the network).
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from normcl.datasets import DATASETS
 from normcl.datasets.utils.continual_dataset import ContinualDataset, RawSplit
-from normcl.datasets.utils.formats import data_root, find_or_fetch, read_idx
+from normcl.datasets.utils.formats import data_root, read_idx, system_dirs
 
 # Module-level so tests can point it elsewhere: the system copy cannot be hidden otherwise.
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -50,12 +50,12 @@ class SequentialFMNIST(ContinualDataset):
 
     def load_raw(self) -> tuple[RawSplit, RawSplit]:
         root = data_root(self.args)
-        dirs = [root / "FashionMNIST" / "raw", root / "fashion-mnist", root, DEBIAN_DIR]
-        paths = find_or_fetch(
-            self.name,
+        dirs = [root / "FashionMNIST" / "raw", root / "fashion-mnist", root, *system_dirs(self.args, [DEBIAN_DIR])]
+        paths = self.find_files(
             dirs,
             FILES,
-            how_to_get="run once with internet access to download them, or `apt-get install dataset-fashion-mnist`",
+            how_to_get="run once with internet access to download them, or `apt-get install dataset-fashion-mnist` "
+            "(read without --data_path)",
             fetch=lambda: _download(root),
             suffixes=("", ".gz"),
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from normcl.datasets import DATASETS
 from normcl.datasets.utils.continual_dataset import ContinualDataset, RawSplit
-from normcl.datasets.utils.formats import data_root, find_or_fetch, read_npy_pair
+from normcl.datasets.utils.formats import data_root, read_npy_pair
 
 FILES = ("train_x.npy", "train_y.npy", "test_x.npy", "test_y.npy")
 
@@ -35,5 +35,5 @@ class SequentialMiniImagenet(ContinualDataset):
             "or (N, 3, 84, 84), *_y.npy integer labels 0..99; "
             f"unzip it into {root / 'mini-imagenet'}"
         )
-        train_x, train_y, test_x, test_y = find_or_fetch(self.name, dirs, FILES, how_to_get=how)
+        train_x, train_y, test_x, test_y = self.find_files(dirs, FILES, how_to_get=how)
         return RawSplit(*read_npy_pair(train_x, train_y)), RawSplit(*read_npy_pair(test_x, test_y))

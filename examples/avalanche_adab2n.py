@@ -5,8 +5,10 @@ Avalanche's own ``ER_ACE``, ``DER`` or ``Naive`` train the network after two add
 Avalanche class-incremental benchmark. After each experience the strategy is evaluated on the whole test stream and
 Avalanche prints its usual metrics; the last line is one JSON object (final accuracy averaged over experiences).
 
-    pip install -e ".[avalanche]"
-    python examples/avalanche_adab2n.py --strategy er_ace --samples_per_class 500
+    pip install "normcl[avalanche]"   # or, in a clone: pip install -e ".[avalanche]"
+    python -m normcl.examples.avalanche_adab2n --strategy er_ace --samples_per_class 500
+
+(in a clone also ``python examples/avalanche_adab2n.py``).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available")
-    p.add_argument("--data_path", default="data")
+    p.add_argument("--data_path", default=None, help="as normcl-run's --data_path (default: data, then the system's)")
     return p.parse_args(argv)
 
 
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     dataset = get_dataset_class(DATASET)(Namespace(samples_per_class=args.samples_per_class, data_path=args.data_path))
     benchmark = avalanche_benchmark(dataset, args.test_samples_per_class)
+    print(dataset.data_line())
     net = ResNet18(dataset.n_classes(), nf=args.nf, in_channels=dataset.SHAPE[0])
     net = convert_norm(net, "AdaB2N", num_tasks=dataset.N_TASKS, kappa=args.kappa, lambd=args.lambd, ada_t0=args.ada_t0)
     strategy = make_strategy(args, net, device)

@@ -28,7 +28,7 @@ from avalanche.training import DER, ER_ACE
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from normcl.datasets.utils.continual_dataset import ContinualDataset
+from normcl.datasets.utils.continual_dataset import ContinualDataset, first_per_class
 from normcl.models.utils.task_aware import NormLosses, TaskAwareNorm, task_aware_layers, task_counts
 
 NAME = "TaskAwareNormPlugin"
@@ -270,14 +270,13 @@ def avalanche_benchmark(
 
     Images are normalised as the framework evaluates them (no augmentation); labels are the dataset's remapped ones,
     so task ``t`` holds classes ``dataset.task_classes(t)``. ``test_samples_per_class`` keeps the first so many test
-    images of each class (the dataset's ``--samples_per_class`` subsets the training split only).
+    images of each class, as the dataset's own ``--test_samples_per_class`` does.
     """
     tasks = [dataset.task(t) for t in range(dataset.N_TASKS)]
 
     def split(x: Tensor, y: Tensor, per_class: int | None) -> TensorDataset:
         if per_class is not None:
-            keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(dataset.n_classes())])
-            keep = keep.sort().values
+            keep = torch.from_numpy(first_per_class(y.cpu().numpy(), per_class, dataset.n_classes())).to(y.device)
             x, y = x[keep], y[keep]
         data = TensorDataset(dataset.test_transform(x.cpu()).to(dtype), y.cpu())
         data.targets = y.cpu()  # type: ignore[attr-defined]  (what Avalanche reads the classes from)

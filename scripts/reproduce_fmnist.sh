@@ -7,7 +7,7 @@
 # Grids 1-3 share one results folder (a run that two of them name is run once); grid 4 has its own:
 #   1. the comparison: every method, 2 models x 2 buffers x 3 seeds, AdaB2N (and its renormalised variant) tuned on a
 #      validation split over the paper's whole search space, kappa 0.1/0.4/0.7/1.0 x lambd 0.01/0.1/1/10 x ada_t0 0/1;
-#      with ER-ACE the reference adds the regulariser from the second task whatever ada_t0 says (README, AdaB2N), so
+#      with ER-ACE the reference adds the regulariser from the second task whatever ada_t0 says (docs/norms.md, AdaB2N), so
 #      ada_t0 0 and 1 are the same run there and only ada_t0 1 is run;
 #   2. the sensitivity grid: every AdaB2N configuration as a test run, 3 seeds, in the columns derpp 200 and
 #      er_ace 500 (selection on test against selection on validation, issue 16);
@@ -21,7 +21,7 @@
 #      column (read from REPORT's summary.csv), the four columns, seeds 0-9, evaluated every EVAL_EVERY steps on
 #      EVAL_SUBSET test images a task (AAA, min-ACC, WC-ACC, the stability gap); AdaB2N and BN-joint first (the
 #      primary endpoint's runs, docs/results.md). One run per process: on this CPU a stack trains at 0.85-1.11x the
-#      speed of separate runs (BENCHMARKS.md), so stacks do not pay here; on a GPU add --stack to LAUNCH;
+#      speed of separate runs (docs/benchmarks.md), so stacks do not pay here; on a GPU add --stack to LAUNCH;
 #   6. rounding noise (issue 34), in its own folder ROUNDING: BN and AdaB2N of the stream grid in er_ace 500 and
 #      derpp 200, seeds 0-4, run again three ways, each in a folder of its own under ROUNDING/runs (run names do
 #      not say how): same/ (seed 0, the same settings: the identity check), kernels/ (the second kernel set of

@@ -21,8 +21,10 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NORMCL_OFFLINE", "1")
 
 
-def make_args(data_path: Path | str, **overrides: object) -> Namespace:
-    args = Namespace(data_path=str(data_path), seed=0, no_task_shuffle=False, samples_per_class=None, validation=False)
+def make_args(data_path: Path | str | None, **overrides: object) -> Namespace:
+    """A dataset's arguments; ``data_path`` ``None``: no ``--data_path`` given."""
+    data_path = None if data_path is None else str(data_path)
+    args = Namespace(data_path=data_path, seed=0, no_task_shuffle=False, samples_per_class=None, validation=False)
     for key, value in overrides.items():
         setattr(args, key, value)
     return args

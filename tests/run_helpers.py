@@ -23,9 +23,9 @@ from normcl.utils.experiments.scheduler import LocalScheduler, NoGpuError
 REPO = Path(__file__).resolve().parent.parent
 SMALL_GRID = [
     "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "AdaB2N", "--num_seeds", "2",
-    "--buffer_sizes", "200", "--kappas", "0.4", "--lambdas", "0.1", "--ada_t0s", "0", "--nowandb",
+    "--buffer_sizes", "200", "--kappas", "0.4", "--lambdas", "0.1", "--ada_t0s", "0", "--nowand",
 ]  # fmt: skip
-FMNIST_BN = ["--datasets", "seq-fmnist", "--methods", "BN", "--num_seeds", "1", "--nowandb"]
+FMNIST_BN = ["--datasets", "seq-fmnist", "--methods", "BN", "--num_seeds", "1", "--nowand"]
 
 STOPPED = {"reason": "non-finite loss", "task": 1, "step": 42}
 """The ``stopped`` entry of the child's partial file in ``diverge`` mode: step 42, in the second task."""

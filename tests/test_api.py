@@ -57,7 +57,7 @@ def test_a_run_from_the_api_writes_the_results_file_of_the_same_command_line(tmp
 
 def test_bad_input_raises_the_command_lines_one_line_error() -> None:
     cases = {
-        "unknown argument 'kapa'; normcl.get_avail_args() lists them": ("er_ace", {"kapa": 0.4}),
+        "unknown argument 'kapa' (did you mean 'kappa'?); normcl.get_avail_args()": ("er_ace", {"kapa": 0.4}),
         "argument --nf: invalid int value: 'wide'": ("er_ace", {"nf": "wide", "lr": 0.03}),
         "argument --validation: invalid choice: '2' (choose from 0, 1)": ("er_ace", {"validation": 2, "lr": 0.1}),
         "--lr is required: pass --lr 0.03, or --load_best_args for the reference value": ("sgd", {}),
@@ -111,11 +111,10 @@ def test_importing_the_package_imports_no_torch(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "['normcl']"
 
 
-def test_the_readmes_own_code_example_runs_as_printed(tmp_path: Path) -> None:
-    """The three lines of "Using the norms in your own code", from another folder, print what the README says."""
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Using the norms in your own code") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+def test_the_documented_conversion_prints_what_the_page_says(tmp_path: Path) -> None:
+    """The first example of docs/own-code.md, from another folder, prints the list its comment shows."""
+    page = (REPO / "docs" / "own-code.md").read_text()
+    code = re.search(r"```python[^\n]*\n(.*?)```", page, re.S).group(1)  # type: ignore[union-attr]
     printed = re.search(r"# (\[.*\])\n", code).group(1)  # type: ignore[union-attr]
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -92,7 +92,7 @@ def test_a_grid_run_started_by_run_py_imports_the_project(shadowed: tuple[str, d
     res = tmp_path / "res"
     argv = [
         "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "--num_seeds", "1",
-        "--buffer_sizes", "200", "--nowandb", "--cpu_workers", "1", "--coldsecs", "0", "--waitsecs", "0",
+        "--buffer_sizes", "200", "--nowand", "--cpu_workers", "1", "--coldsecs", "0", "--waitsecs", "0",
         "--extra", "--samples_per_class 20 --nf 8 --non_verbose 1 --num_threads 1 --validation 1",
         "--results_path", str(res), "--logdir", str(tmp_path / "logs"), "--yes",
     ]  # fmt: skip

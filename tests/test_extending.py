@@ -2,7 +2,8 @@
 
 Each test copies the repository's code to a temporary clone, writes the new component's file there and nothing
 else, and runs that clone's ``utils/main.py`` end to end: the new flag is parsed, validated, handed to the component
-and recorded in the results file. The files written are the README's examples ("Extending the framework").
+and recorded in the results file. The files written are the examples of the documentation's page
+``docs/extending.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-README = (REPO / "README.md").read_text()
+PAGE = (REPO / "docs" / "extending.md").read_text()
 SMALL = [
     "--lr", "0.03", "--bs", "10", "--epochs", "1", "--nf", "8", "--samples_per_class", "20", "--validation", "1",
     "--seed", "1", "--nowand", "1", "--non_verbose", "1", "--device", "cpu", "--num_threads", "1",
@@ -26,22 +27,22 @@ SMALL = [
 ]  # fmt: skip
 
 
-def readme_example(path: str) -> str:
-    """The Python block that follows the README's line naming ``path`` (so the README shows what is tested)."""
-    match = re.search(rf"`{re.escape(path)}`[^\n]*:\n\n```python\n(.*?)```", README, re.S)
-    assert match, f"the README has no example for {path}"
+def page_example(path: str) -> str:
+    """The Python block that follows the page's line naming ``path`` (so the page shows what is tested)."""
+    match = re.search(rf"`{re.escape(path)}`[^\n]*:\n\n```python\n(.*?)```", PAGE, re.S)
+    assert match, f"docs/extending.md has no example for {path}"
     return match.group(1)
 
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository's code, without its tests, documents, results or history, plus the README's three examples."""
+    """The repository's code, without its tests, documents, results or history, plus the page's three examples."""
     root = tmp_path_factory.mktemp("clone") / "normcl"
     ignored = shutil.ignore_patterns(".*", "docs", "tests", "results", "data", "logs", "__pycache__", "*.egg-info")
     shutil.copytree(REPO, root, ignore=ignored)
     for path in ("models/utils/scaled_bn.py", "models/er_smooth.py", "datasets/seq_fmnist3.py"):
         assert not (root / path).exists()
-        (root / path).write_text(readme_example(path))
+        (root / path).write_text(page_example(path))
     return root
 
 
@@ -67,7 +68,7 @@ def test_a_new_norm_with_its_own_flag_runs_end_to_end(clone: Path, tmp_path: Pat
 
 
 def test_the_new_norm_stacks_as_declared_each_member_its_run_alone(clone: Path, tmp_path: Path) -> None:
-    """``@stackable(per_channel())`` on the README's class: in float64 each member is its run alone, bit for bit;
+    """``@stackable(per_channel())`` on the page's class: in float64 each member is its run alone, bit for bit;
     ``--bn_scale``, which the declaration does not take per member, must be shared."""
     argv = [*SMALL, "--dataset", "seq-fmnist", "--model", "er", "--buffer_size", "20", "--nl", "ScaledBN"]
     argv += ["--bn_scale", "0.5", "--dtype", "float64"]
@@ -114,7 +115,7 @@ def test_a_new_dataset_runs_end_to_end(clone: Path, tmp_path: Path) -> None:
 
 
 def test_the_new_model_stacks_each_member_its_run_alone(clone: Path, tmp_path: Path) -> None:
-    """The README's ``er_smooth`` declares ``STACKS = True``: two members with their own ``--smoothing`` train as one
+    """The page's ``er_smooth`` declares ``STACKS = True``: two members with their own ``--smoothing`` train as one
     stack, each its run alone bit for bit in float64 (losses, accuracies, trained parameters)."""
     argv = [*SMALL, "--dataset", "seq-fmnist", "--model", "er_smooth", "--buffer_size", "20", "--dtype", "float64"]
     members = {"a": "--seed 1 --smoothing 0.1", "b": "--seed 2 --smoothing 0.3"}

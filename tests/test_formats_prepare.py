@@ -89,14 +89,18 @@ def test_missing_cifar10_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_missing_fmnist_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The message names every folder searched: the system folder only without ``--data_path`` (an explicit one
+    holds the data, or the run stops: tests/test_provenance.py)."""
     monkeypatch.setattr(seq_fmnist, "DEBIAN_DIR", tmp_path / "no-debian")
-    with pytest.raises(DataError) as info:
-        seq_fmnist.SequentialFMNIST(make_args(tmp_path / "data")).prepare()
-    msg = str(info.value)
-    assert msg.startswith("seq-fmnist: cannot find train-images-idx3-ubyte, train-labels-idx1-ubyte, ")
-    searched = [tmp_path / "data" / "FashionMNIST" / "raw", tmp_path / "data" / "fashion-mnist", tmp_path / "data"]
-    assert ", ".join(map(str, [*searched, tmp_path / "no-debian"])) in msg
-    assert "apt-get install dataset-fashion-mnist" in msg
+    monkeypatch.chdir(tmp_path)
+    for data_path, root, system in ((tmp_path / "data", tmp_path / "data", []), (None, Path("data"), ["no-debian"])):
+        with pytest.raises(DataError) as info:
+            seq_fmnist.SequentialFMNIST(make_args(data_path)).prepare()
+        msg = str(info.value)
+        assert msg.startswith("seq-fmnist: cannot find train-images-idx3-ubyte, train-labels-idx1-ubyte, ")
+        searched = [root / "FashionMNIST" / "raw", root / "fashion-mnist", root, *(tmp_path / d for d in system)]
+        assert f"in any of {', '.join(map(str, searched))} (download skipped" in msg
+        assert "apt-get install dataset-fashion-mnist` (read without --data_path)" in msg
 
 
 def test_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,10 +152,11 @@ def test_seq_fmnist_torchvision_layout_first(tmp_path: Path) -> None:
     assert train.y.tolist() == (np.arange(20) % 10).tolist() and test.y.tolist() == list(range(10))
 
 
-def test_real_debian_fashion_mnist(tmp_path: Path) -> None:
+def test_real_debian_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not (seq_fmnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"{seq_fmnist.DEBIAN_DIR} is missing (apt-get install dataset-fashion-mnist)")
-    ds = seq_fmnist.SequentialFMNIST(make_args(tmp_path))
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    ds = seq_fmnist.SequentialFMNIST(make_args(None))  # found there without --data_path
     train, test = ds.load_raw()
     assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
     assert np.bincount(train.y).tolist() == [6000] * 10 and np.bincount(test.y).tolist() == [1000] * 10

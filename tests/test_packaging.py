@@ -7,14 +7,20 @@ name, the stand-in's files stay intact and importable, ``import normcl`` works f
 uninstall normcl`` leaves the stand-in as it was. The installed copy holds every module of the repository's packages
 and trains with the running interpreter's torch. Offline: pip, setuptools and the dependencies are the running
 interpreter's.
+
+Then the install as a user has it (issue 37): Hugging Face's real ``datasets`` (from PyPI: these tests need it
+reachable) and a non-editable install beside it, whose commands work from a folder outside any clone: a run
+(``normcl-run``), a two-run grid (``normcl-grid``), the report (``normcl-report``) and the Avalanche example
+(``python -m normcl.examples.avalanche_adab2n``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
-from importlib.metadata import distribution
+from importlib.metadata import PackageNotFoundError, distribution
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -138,3 +144,80 @@ def test_the_installed_package_holds_every_module_and_trains(tmp_path: Path) -> 
     proc = subprocess.run(main, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "res").rglob("*.json"))) == 1
+
+
+# ---------------------------------------------------------------- the commands of an install (issue 37)
+
+QUICK = "--samples_per_class 10 --test_samples_per_class 5 --nf 4 --num_threads 1 --non_verbose 1"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    """A fresh virtual environment with Hugging Face's real ``datasets`` (from PyPI, the version the running
+    interpreter has, whose dependencies it lends) and then ``pip install .`` of a clean copy: its ``bin`` folder, a
+    folder outside any clone to run from, and the environment of the commands (no downloads, no wandb)."""
+    root = tmp_path_factory.mktemp("installed")
+    python, purelib = fresh_venv(root)
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    try:
+        hugging_face = distribution("datasets").version
+    except PackageNotFoundError:
+        pytest.fail("Hugging Face's datasets is not installed here: pip install -e '.[test]' (.ci/run does)")
+    pip(python, "install", "--no-deps", "--ignore-installed", f"datasets=={hugging_face}", cwd=elsewhere)
+    before = files_of(purelib / "datasets")
+    pip(python, "install", "--no-index", "--no-build-isolation", "--no-deps", clean_copy(root / "clone"), cwd=elsewhere)
+    assert files_of(purelib / "datasets") == before, "installing normcl changed Hugging Face's datasets"
+    see_running_site_dirs(purelib)
+    env = {**os.environ, "NORMCL_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    code = "import datasets, normcl; print(datasets.__file__, hasattr(datasets, 'load_dataset'), normcl.__file__)"
+    hf, api, ours = sh(python, "-c", code, cwd=elsewhere).split()
+    assert Path(hf) == purelib / "datasets" / "__init__.py" and api == "True"
+    assert Path(ours) == purelib / "normcl" / "__init__.py"
+    return python.parent, elsewhere, env
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.py"))}
+
+
+def command(
+    bin_dir: Path, cwd: Path, env: dict[str, str], program: str, *argv: str
+) -> subprocess.CompletedProcess[str]:
+    """``program`` (a command of the install, or its ``python``) with ``argv``, which must succeed."""
+    proc = subprocess.run([bin_dir / program, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{program} {' '.join(argv)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_a_run_a_two_run_grid_and_the_report_work_by_their_commands(installed: tuple[Path, Path, dict]) -> None:
+    bin_dir, elsewhere, env = installed
+    for name in ("normcl-run", "normcl-grid", "normcl-report"):
+        assert command(bin_dir, elsewhere, env, name, "--help").stdout.startswith(f"usage: {name} ")
+    flags = ["--dataset", "seq-fmnist", "--model", "sgd", "--lr", "0.03", "--bs", "10", "--epochs", "1", "--seed", "0"]
+    run = command(
+        bin_dir, elsewhere, env, "normcl-run", *flags, "--nowand", "1", "--results_path", "one", *QUICK.split()
+    )
+    assert "data: seq-fmnist read train-images-idx3-ubyte" in run.stdout
+    assert len(list((elsewhere / "one").rglob("*.json"))) == 1
+    grid = ["--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "GN", "--buffer_sizes", "200"]
+    grid += ["--num_seeds", "1", "--cpu_workers", "1", "--coldsecs", "0", "--waitsecs", "0", "--nowand", "--yes"]
+    command(
+        bin_dir, elsewhere, env, "normcl-grid", *grid, "--extra", QUICK, "--results_path", "grid", "--logdir", "logs"
+    )
+    assert len(list((elsewhere / "grid").rglob("*.json"))) == 2
+    report = command(bin_dir, elsewhere, env, "normcl-report", "grid", "--no_plots").stdout
+    assert (
+        "| BN (separate) |" in report
+        and "| GN (separate) |" in report
+        and (elsewhere / "grid" / "report" / "report.md").is_file()
+    )
+
+
+def test_the_avalanche_example_runs_from_the_install(installed: tuple[Path, Path, dict]) -> None:
+    pytest.importorskip("avalanche", minversion="0.6")
+    bin_dir, elsewhere, env = installed
+    argv = ["--strategy", "naive", "--samples_per_class", "4", "--test_samples_per_class", "2", "--nf", "4"]
+    proc = command(bin_dir, elsewhere, env, "python", "-m", "normcl.examples.avalanche_adab2n", *argv)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["strategy"] == "naive" and summary["tasks_completed"] == 5 and summary["adab2n_layers"] == 20

@@ -54,7 +54,7 @@ def test_default_grid_is_the_papers() -> None:
         assert argv[0] == "--load_best_args"
         assert value["--run_name"] == value["--wandb_name"] == run.name
         assert value["--epochs"] == "1" and value["--bs"] == "10" and value["--buffer_mode"] == "reservoir"
-        assert value["--wandb_project"] == f"CL_{run.dataset}"
+        assert value["--wandb_project"] == "normcl"  # utils/main.py's default project
         assert ("--no_affine" in argv) == (run.method == "CN")
         assert run.usage_threshold == (0.1 if run.dataset == "seq-miniimg" else 0.3)
         spec = Namespace(
@@ -181,7 +181,7 @@ def test_a_run_with_a_checkpoint_continues_from_it(tmp_path: Path) -> None:
         (["--tune", "validation", "--extra=--validation 1"], "--extra may not set --validation with --tune validation"),
         (["--tune", "validation", "--tune_seeds", "-1"], "--tune_seeds must be >= 0"),
         (["--tune", "validation", "--tune_seeds", "0", "0"], "the grid repeats a run"),
-        (["--extra=--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+        (["--extra=--no_such_flag"], "would fail: unknown flag --no_such_flag; normcl-run --help lists the flags"),
         (["--datasets", "seq-fmnist", "--buffer_sizes", "50"], "no best args for 'derpp' on 'seq-fmnist'"),
     ],
 )

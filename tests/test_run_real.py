@@ -46,12 +46,17 @@ def _check_real_results(res: Path, logs: Path) -> list[dict]:
     return docs
 
 
+ROWS = {"BN": "BN (separate)", "AdaB2N": "AdaB2N (joint)"}
+"""Each method's row: the report names it with its forward mode (issue 34)."""
+
+
 def _check_report(res: Path, docs: list[dict]) -> None:
     files = write_report(res)
     for name in ("BN", "AdaB2N"):
         values = [d["final"]["class_il_avg"] for d in docs if d["args"]["nl"] == name]
         assert len(values) == 2
-        assert f"| {name} | {statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (2) †" in files.text
+        mean, std = statistics.mean(values), statistics.stdev(values)
+        assert f"| {ROWS[name]} | {mean:.2f} ± {std:.2f} (2) †" in files.text
     rows = files.csv.read_text().splitlines()
     assert len(rows) == 3
     assert rows[1].startswith("BN,seq-fmnist,er_ace,200,,2,0 1,")
@@ -113,7 +118,7 @@ def test_real_tune_validation_grid_chooses_on_validation_then_tests(
     res, logs = tmp_path / "res", tmp_path / "logs"
     argv = [
         "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "AdaB2N", "--num_seeds", "1",
-        "--buffer_sizes", "200", "--kappas", "0.4", "1.0", "--lambdas", "0.1", "--ada_t0s", "0", "--nowandb",
+        "--buffer_sizes", "200", "--kappas", "0.4", "1.0", "--lambdas", "0.1", "--ada_t0s", "0", "--nowand",
         "--tune", "validation", "--extra", TUNE_EXTRA, "--launcher", "local",
         "--cpu_workers", "1", "--coldsecs", "0", "--waitsecs", "0", "--results_path", str(res), "--logdir", str(logs),
         "--yes",
@@ -134,9 +139,9 @@ def test_real_tune_validation_grid_chooses_on_validation_then_tests(
     ada = test["AdaB2N"]["args"]
     assert (ada["kappa"], ada["lambd"], ada["ada_t0"]) == best
     files = write_report(res, plots=False)
-    assert f"| AdaB2N | seq-fmnist er_ace 200 | {best[0]:g} | 0.1 | 0 | validation |" in files.text
+    assert f"| {ROWS['AdaB2N']} | seq-fmnist er_ace 200 | {best[0]:g} | 0.1 | 0 | validation |" in files.text
     for name, doc in test.items():
-        assert f"| {name} | {doc['final']['class_il_avg']:.2f} (1) |" in files.text  # the test run, not †
+        assert f"| {ROWS[name]} | {doc['final']['class_il_avg']:.2f} (1) |" in files.text  # the test run, not †
 
     assert main(argv, probe=no_gpu) == 0
     again = capsys.readouterr().out

@@ -33,7 +33,7 @@ from normcl.utils.experiments.tuning import select_from_validation
 
 GRID = [
     "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "AdaB2N", "--num_seeds", "3",
-    "--buffer_sizes", "200", "500", "--kappas", "0.4", "1.0", "--lambdas", "0.1", "--ada_t0s", "0", "--nowandb",
+    "--buffer_sizes", "200", "500", "--kappas", "0.4", "1.0", "--lambdas", "0.1", "--ada_t0s", "0", "--nowand",
 ]  # fmt: skip
 TINY = "--samples_per_class 20 --nf 4 --non_verbose 1 --num_threads 1 --validation 1"
 """Tiny real runs (about 6 s alone on one core, 7 s as a stack of two)."""
@@ -108,7 +108,7 @@ def test_packing_groups_exactly_the_compatible_runs_to_do_in_stacks_of_at_most_k
 def test_runs_whose_model_cannot_stack_run_alone_without_a_warning(tmp_path: Path) -> None:
     """``joint`` declares no stacking: ``--stack`` runs its runs alone, as it must, and says nothing about it."""
     grid = ["--datasets", "seq-fmnist", "--models", "joint", "er_ace", "--methods", "BN", "--num_seeds", "2"]
-    runs = _grid(tmp_path, [*grid, "--buffer_sizes", "200", "--nowandb"])
+    runs = _grid(tmp_path, [*grid, "--buffer_sizes", "200", "--nowand"])
     out = io.StringIO()
     jobs = stack_runs(runs, 2, out)
     assert sorted(job.name for job in jobs if isinstance(job, Run)) == sorted(
@@ -196,7 +196,7 @@ def test_tune_validation_stacks_both_phases(tmp_path: Path, capsys: pytest.Captu
     res, logs = tmp_path / "res", tmp_path / "logs"
     argv = [
         "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "AdaB2N", "--num_seeds", "2",
-        "--buffer_sizes", "200", "--kappas", "0.4", "1.0", "--lambdas", "0.1", "--ada_t0s", "0", "--nowandb",
+        "--buffer_sizes", "200", "--kappas", "0.4", "1.0", "--lambdas", "0.1", "--ada_t0s", "0", "--nowand",
         "--tune", "validation", "--tune_seeds", "0", "1", "--extra", TINY.replace(" --validation 1", ""),
         "--cpu_workers", "1", "--coldsecs", "0", "--waitsecs", "0", "--results_path", str(res), "--logdir", str(logs),
         "--yes", "--stack", "2",

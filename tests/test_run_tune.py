@@ -33,7 +33,7 @@ from normcl.utils.experiments.tuning import select_from_validation
 TUNE_GRID = [
     "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "AdaB2N", "AdaB2N-renorm",
     "--num_seeds", "2", "--buffer_sizes", "200", "500", "--kappas", "0.4", "1.0", "--lambdas", "0.1",
-    "--ada_t0s", "0", "--nowandb", "--tune", "validation",
+    "--ada_t0s", "0", "--nowand", "--tune", "validation",
 ]  # fmt: skip
 CONFIG_A, CONFIG_B = (0.4, 0.1, 0), (1.0, 0.1, 0)
 

@@ -22,6 +22,7 @@ from normcl.models import MODELS
 from normcl.models.utils.continual_model import ContinualModel
 from normcl.utils import main
 from normcl.utils.args import MEMBER_FLAG, build_parser, component_default, component_options, parse_args
+from normcl.utils.core.commands import did_you_mean
 from normcl.utils.core.errors import UserError
 from normcl.utils.core.options import merge
 
@@ -30,7 +31,7 @@ NOT_ARGUMENTS = ("help", MEMBER_FLAG[2:])
 
 
 def _raise(message: str) -> NoReturn:
-    raise UserError(message)
+    raise UserError(message) from None  # argparse calls it while handling its own errors: no chain behind the line
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +49,8 @@ def _argv(model: str, dataset: str, args: Mapping[str, Any], flags: Mapping[str,
         if name == MEMBER_FLAG[2:]:
             raise UserError(f"load_runner trains one run; stacks ({MEMBER_FLAG}) are the command line's")
         if name not in flags:
-            raise UserError(f"unknown argument '{name}'; normcl.get_avail_args() lists them")
+            raise UserError(f"unknown argument {did_you_mean(repr(name), map(repr, flags))}; normcl.get_avail_args() "
+                            "lists them")  # fmt: skip
         if value is not None:
             text = str(int(value)) if isinstance(value, bool) else str(value)
             argv.append(f"{flags[name]}={text}")  # one token: a value may start with a dash (run_name "-ablation")

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from normcl.utils.buffer import BUFFER_MODES, ring_size_problem
+from normcl.utils.core.commands import WANDB_PROJECT, CommandParser
 from normcl.utils.core.errors import UserError
 from normcl.utils.core.options import (
     BINARY_FLAG,
@@ -91,8 +92,10 @@ def _add_component_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python utils/main.py",
+    from normcl.models.utils.norms import NORMS
+
+    p = CommandParser(
+        "normcl-run",
         description="Run one continual-learning experiment (mammoth-compatible flags).",
         formatter_class=HelpFormatter,
     )
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--model", Roles(launcher="--models"), required=True, help=help_text)
     _flag(g, "--backbone", PROTOCOL, default=None, help="network (default: the dataset's, resnet18)")
     _flag(g, "--nf", PROTOCOL, type=int, default=64, help="ResNet-18 base width: 64 = full, 20 = reduced ResNet-18")
-    help_text = "normalization layer swapped in for every BatchNorm, e.g. BN"
+    help_text = f"normalization layer swapped in for every BatchNorm: {', '.join(NORMS.names())}"
     _flag(g, "--nl", Roles(launcher="--methods"), default="BN", help=help_text)
     _binary(g, "--no_affine", "normalization layers without learnable scale and shift")
     _flag(
@@ -122,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     _binary(g, "--validation", "hold out 10%% of each task's training data and test on it")
     help_text = "use only the first N training images per class"
     _flag(g, "--samples_per_class", PROTOCOL, type=int, default=None, help=help_text)
+    help_text = "test on only the first N test images per class (quick runs; default: all)"
+    _flag(g, "--test_samples_per_class", PROTOCOL, type=int, default=None, help=help_text)
     roles = Roles(member_free=True, launcher="the grid's run names")
     _flag(g, "--run_name", roles, default=None, help="name of the results file (default: derived from the arguments)")
     _flag(
@@ -131,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FLAGS",
         help="train this run as a member of a stack: the shared flags plus these, e.g. --member '--seed 1 --kappa 0.4'"
-        " (repeat; what members may differ in: README, Stacked runs; a wrong difference is refused by name)",
+        " (repeat; what members may differ in: docs/stacking.md; a wrong difference is refused by name)",
     )
 
     o = p.add_argument_group("optimisation")
@@ -164,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     _binary(n, "--diagnose_norm", "after each task, measure the running statistics' recency bias")
 
     m = p.add_argument_group("management")
-    help_text = "folder with the datasets' files (downloads go here)"
-    _flag(m, "--data_path", RESUME_FREE, default="data", help=help_text)
+    help_text = "folder with the datasets' files, downloads go here (default: data, then the dataset's system folders)"
+    _flag(m, "--data_path", RESUME_FREE, default=None, help=help_text)
     roles = Roles(resume_free=True, launcher="--results_path")
     _flag(m, "--results_path", roles, default="results", help="folder of the results JSON files")
     help_text = "torch device (default: cuda if available, else cpu)"
@@ -204,14 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     w = p.add_argument_group("wandb")
-    _binary(w, "--nowand", "disable wandb", Roles(resume_free=True, launcher="--nowandb"))
+    _binary(w, "--nowand", "disable wandb", Roles(resume_free=True, launcher="--nowand"))
     roles = Roles(resume_free=True, launcher="--wandb_project")
-    _flag(w, "--wandb_project", roles, default="normcl", help="wandb project")
+    _flag(w, "--wandb_project", roles, default=WANDB_PROJECT, help="wandb project")
     _flag(w, "--wandb_entity", RESUME_FREE, default=None, help="wandb entity (user or team)")
     roles = Roles(resume_free=True, member_free=True, launcher="the grid's run names")
     _flag(w, "--wandb_name", roles, default=None, help="wandb run name (default: --run_name)")
     roles = Roles(resume_free=True, member_free=True, launcher="the grid's groups")
-    _flag(w, "--wandb_group", roles, default=None, help="wandb group (run.py: model + buffer + method)")
+    _flag(w, "--wandb_group", roles, default=None, help="wandb group (run.py: dataset, model, buffer, method)")
     _add_component_options(p)
     return p
 
@@ -291,6 +296,7 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     if args.resume and args.disable_log:
         raise UserError("--resume needs checkpoints, which --disable_log turns off; drop --disable_log")
     _check("--samples_per_class", args.samples_per_class, positive)
+    _check("--test_samples_per_class", args.test_samples_per_class, positive)
     ring_problem = None
     if args.buffer_size is not None and args.buffer_mode == "ring":
         ring_problem = ring_size_problem(args.buffer_size, n_tasks)
@@ -362,7 +368,7 @@ def stacking_problem(args: argparse.Namespace) -> str | None:
         )
     if not MODELS.get(args.model).STACKS:
         return (
-            f"model '{args.model}' does not declare STACKS = True (README, Extending the framework); run its runs "
+            f"model '{args.model}' does not declare STACKS = True (docs/extending.md); run its runs "
             f"alone (without {MEMBER_FLAG} or run.py --stack)"
         )
     return None

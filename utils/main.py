@@ -67,6 +67,7 @@ def load(runs: Namespace | Sequence[Namespace]) -> tuple[ContinualModel, list[Co
         args.device, args.setting = str(device), get_dataset_class(args.dataset).SETTING
         args.run_name = args.run_name or default_run_name(args) + (f"_member{k}" if len(members) > 1 else "")
     datasets = member_datasets(members, device)
+    print(datasets[0].data_line(), flush=True)
     if not first.disable_log:
         check_writable(Path(first.results_path))
     model = build_model(members, datasets)
@@ -105,7 +106,8 @@ def _finish(trainer: Trainer, k: int, seconds: float, code: dict[str, Any]) -> d
     """Member ``k``'s results (or partial results, if it stopped) written, its logger closed."""
     args, logger = trainer.member_args[k], trainer.loggers[k]
     name = f"[{args.run_name}] " if len(trainer.member_args) > 1 else ""
-    document = build_results(args, trainer.histories[k], trainer.model.forward_mode, seconds, code)
+    dataset, forward_mode = trainer.datasets[k], trainer.model.forward_mode
+    document = build_results(args, trainer.histories[k], forward_mode, seconds, code, dataset.data_record())
     out = results_file(args)
     if k in trainer.stopped:
         document["stopped"] = trainer.stopped[k].record()

@@ -35,6 +35,9 @@ Format (``format_version`` 1)::
           # images of each task seen so far; the metrics after each task (utils/metrics.py: anytime_metrics); files
           # before it lack it
       "parameters_sha256": SHA-256 of the trained network's parameters | null (a run that did not complete),
+      "data": {"folder": absolute path, "files": {name: {"bytes", "modified"}}} | null,
+          # the dataset files the run read (modified: their mtime, UTC); null when the dataset does not say; files
+          # before it lack it
       "timing": {"train_seconds": [...], "eval_seconds": [...], "total_seconds"},
       "environment": {"python", "torch", "torchvision", "numpy", "device", "threads", "cpu", "cpu_capability",
                       "kernel_limits", "git_commit", "git_dirty", "hostname"},
@@ -171,9 +174,15 @@ def final_metrics(history: History) -> dict[str, float | None]:
 
 
 def build_results(
-    args: Namespace, history: History, forward_mode: str, total_seconds: float, code: dict[str, Any]
+    args: Namespace,
+    history: History,
+    forward_mode: str,
+    total_seconds: float,
+    code: dict[str, Any],
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The results document; ``code`` is ``code_version()`` as the run started."""
+    """The results document; ``code`` is ``code_version()`` as the run started, ``data`` the dataset's
+    ``data_record()``."""
     random = None
     if history.random_class_il is not None:
         random = {"class_il": history.random_class_il, "task_il": history.random_task_il}
@@ -190,6 +199,7 @@ def build_results(
         "loss_curve": history.loss_curve,
         "anytime": anytime_results(history),
         "parameters_sha256": history.parameters_sha256,
+        "data": data,
         "timing": {
             "train_seconds": history.train_seconds,
             "eval_seconds": history.eval_seconds,

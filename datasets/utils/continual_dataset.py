@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from argparse import Namespace
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from normcl.datasets.transforms import Normalize, TrainTransform
+from normcl.datasets.utils.formats import file_record, find_or_fetch
 from normcl.utils.core.errors import DataError
 from normcl.utils.core.options import Option, positive, require
 
@@ -40,6 +42,11 @@ class TaskData:
     train_y: Tensor
     test_x: Tensor
     test_y: Tensor
+
+
+def first_per_class(labels: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+    """The indices of the first ``n`` samples of each class ``0 .. n_classes-1``, in the order of ``labels``."""
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in range(n_classes)]))
 
 
 def run_dtype(args: Namespace) -> torch.dtype:
@@ -71,6 +78,8 @@ class ContinualDataset:
         self.train_transform = TrainTransform(self.MEAN, self.STD, self.CROP_PADDING, self.HFLIP, dtype)
         self.test_transform = Normalize(self.MEAN, self.STD, dtype)
         self.class_order = self.make_class_order(getattr(args, "seed", None), getattr(args, "no_task_shuffle", False))
+        self.files: list[Path] = []
+        """The files ``load_raw`` read, as :meth:`find_files` found them (empty: not said)."""
         self._tasks: list[TaskData] | None = None
 
     @property
@@ -101,8 +110,28 @@ class ContinualDataset:
         return task * self.N_CLASSES_PER_TASK, (task + 1) * self.N_CLASSES_PER_TASK
 
     def load_raw(self) -> tuple[RawSplit, RawSplit]:
-        """Read the (train, test) splits from disk or download them."""
+        """Read the (train, test) splits from disk or download them (find them with :meth:`find_files`)."""
         raise NotImplementedError
+
+    def find_files(self, *where: Any, **how: Any) -> list[Path]:
+        """The dataset's files: ``formats.find_or_fetch(name, dirs, names, how_to_get, fetch=None, suffixes=("",))``
+        with this dataset's name (the first of ``dirs`` that holds every one of ``names``, else fetched); the run
+        records them (:meth:`data_record`)."""
+        self.files = find_or_fetch(self.name, *where, **how)
+        return self.files
+
+    def data_record(self) -> dict[str, Any] | None:
+        """The folder of the files the run read, and each one's size and modification time (``None``: the dataset's
+        ``load_raw`` did not find its files with :meth:`find_files`)."""
+        return file_record(self.files) if self.files else None
+
+    def data_line(self) -> str:
+        """One line saying which files the run read."""
+        if not self.files:
+            return f"data: {self.name} did not say which files it read (its load_raw does not use find_files)"
+        record = file_record(self.files)
+        megabytes = sum(f["bytes"] for f in record["files"].values()) / 1e6
+        return f"data: {self.name} read {', '.join(record['files'])} ({megabytes:.1f} MB) in {record['folder']}"
 
     def _checked(self, split: RawSplit, name: str) -> RawSplit:
         x, y = np.asarray(split.x), np.asarray(split.y).astype(np.int64).reshape(-1)
@@ -124,12 +153,11 @@ class ContinualDataset:
         return RawSplit(x, y)
 
     def _select(self, train: RawSplit, test: RawSplit) -> tuple[RawSplit, RawSplit]:
-        """Apply ``--samples_per_class`` and ``--validation`` to the raw splits."""
+        """Apply ``--samples_per_class``, ``--validation`` and ``--test_samples_per_class`` to the raw splits."""
         spc = getattr(self.args, "samples_per_class", None)
         if spc is not None:
             require("samples_per_class", spc, positive)
-            keep = np.concatenate([np.flatnonzero(train.y == c)[:spc] for c in range(self.n_classes())])
-            keep.sort()
+            keep = first_per_class(train.y, spc, self.n_classes())
             train = RawSplit(train.x[keep], train.y[keep])
         if getattr(self.args, "validation", False):
             # A fixed split, the same for every seed, so hyper-parameters chosen on it are comparable.
@@ -140,6 +168,11 @@ class ContinualDataset:
                 held[members[: round(VALIDATION_FRACTION * len(members))]] = True
             test = RawSplit(train.x[held], train.y[held])
             train = RawSplit(train.x[~held], train.y[~held])
+        per_class = getattr(self.args, "test_samples_per_class", None)
+        if per_class is not None:
+            require("test_samples_per_class", per_class, positive)
+            keep = first_per_class(test.y, per_class, self.n_classes())
+            test = RawSplit(test.x[keep], test.y[keep])
         return train, test
 
     def prepare(self) -> None:

@@ -23,7 +23,9 @@ import struct
 import zlib
 from argparse import Namespace
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -205,6 +207,23 @@ def data_root(args: Namespace) -> Path:
     if root.exists() and not root.is_dir():
         raise DataError(f"--data_path {raw} is a file; pass a directory")
     return root
+
+
+def system_dirs(args: Namespace, dirs: Sequence[Path]) -> list[Path]:
+    """A dataset's folders outside ``--data_path`` (a system-wide copy), searched only when ``--data_path`` is not
+    given: an explicit ``--data_path`` that holds no data is an error, never a silent fallback to another copy."""
+    return [] if getattr(args, "data_path", None) else list(dirs)
+
+
+def file_record(paths: Sequence[Path]) -> dict[str, Any]:
+    """Where a run's data came from: the folder of ``paths`` and each file's size and modification time (UTC)."""
+    folder = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+    files = {}
+    for path in paths:
+        stat = path.stat()
+        modified = datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="seconds")
+        files[str(path.resolve().relative_to(folder))] = {"bytes": stat.st_size, "modified": modified}
+    return {"folder": str(folder), "files": files}
 
 
 def find_or_fetch(

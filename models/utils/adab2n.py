@@ -32,6 +32,7 @@ The regulariser's schedule (``lambd`` from task ``ada_t0`` on) is the layer's ow
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -114,6 +115,10 @@ class AdaB2N(nn.BatchNorm2d):
         self._batch_tasks: Tensor | None = None
         self._batch_counts: Tensor | None = None
         self.norm_loss: Tensor | None = None
+        # Python flags, never read from the device: whether a task ended, and whether the loop ever said the batch's
+        # tasks (a layer trained past its first task without them warns once: UNTOLD).
+        self._ended_a_task = False
+        self._told = False
 
     def _build_constants(self) -> None:
         """Each member's constants of the momentum recursion (shaped like ``eta``) and its regulariser weight per task
@@ -195,10 +200,12 @@ class AdaB2N(nn.BatchNorm2d):
         """
         self._batch_tasks = task_ids
         self._batch_counts = counts
+        self._told = True
 
     def end_task(self) -> None:
         """One more task completed: its samples now get their own weight in the statistics."""
         self.tasks_completed += 1
+        self._ended_a_task = True
 
     def next_eta(self) -> Tensor:
         """Each member's momentum of this training forward (``num_batches_tracked`` already counts it).
@@ -237,6 +244,9 @@ class AdaB2N(nn.BatchNorm2d):
         if task_ids is not None and task_ids.numel() != self.members * len(input):
             raise ValueError(f"set_batch_tasks got {task_ids.numel()} task ids for {self.members} member(s) of a "
                              f"batch of {len(input)} samples")  # fmt: skip
+        if task_ids is None and self._ended_a_task and not self._told:
+            self._told = True  # warned: the check is not repeated
+            warnings.warn(UNTOLD, stacklevel=2)
         if task_ids is None:
             var, mean = torch.var_mean(input, [0, 2, 3], correction=0)
         else:
@@ -270,6 +280,15 @@ class AdaB2N(nn.BatchNorm2d):
             for k, b in enumerate(slice(k * c, (k + 1) * c) for k in range(self.members))
         ]
         return torch.cat([mean for mean, _ in parts]), torch.cat([var for _, var in parts])
+
+
+UNTOLD = (
+    "AdaB2N trains past its first task without ever being told the batch's tasks, so its statistics are plain batch "
+    "statistics and its task weights get no gradient: before each training forward call "
+    "layer.set_batch_tasks(task_ids, normcl.task_counts(task_ids, num_tasks)) on every layer of "
+    "normcl.task_aware_layers(net), and add its norm_loss to the loss (documentation: Your own training loop)"
+)
+"""The one-line warning of a layer that ended a task but was never given task ids (once per process and place)."""
 
 
 def _per_member(name: str, value: Any, members: int) -> tuple[Any, ...]:

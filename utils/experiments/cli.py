@@ -22,7 +22,9 @@ import sys
 from argparse import Namespace
 from collections.abc import Iterable, Sequence
 
+from normcl.utils.core.commands import WANDB_PROJECT, CommandParser, DeprecatedAlias
 from normcl.utils.core.errors import UserError
+from normcl.utils.core.options import BINARY_FLAG
 from normcl.utils.experiments.grid import (
     NO_BEST_ARGS_EXAMPLE,
     PAPER_ADA_T0S,
@@ -60,19 +62,12 @@ def reserved_extra() -> dict[str, str]:
     return {**reserved, **methods, "--no_affine": no_affine}
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad input ends with one line and exit code 2, like ``utils/main.py``."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """``run.py``'s flags: the grid, AdaB²N's selection, execution, Slurm and the report."""
     from normcl.utils.args import HelpFormatter  # imported here: utils.args pulls in torch
 
-    p = _Parser(
-        prog="python run.py",
+    p = CommandParser(
+        "normcl-grid",
         description="Run the AdaB2N paper's experiment grid (resumable), or report its results.",
         formatter_class=HelpFormatter,
     )
@@ -113,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--interpreter", default=sys.executable, help="Python that runs utils/main.py")
     g.add_argument("--results_path", default="results", help="results folder of every run (resume looks here)")
     g.add_argument("--logdir", default="data/logs", help="folder of the runs' output, one NAME.txt per run")
-    g.add_argument("--nowandb", action="store_true", help="disable wandb in every run")
-    g.add_argument("--wandb_project", default="CL", help="wandb project prefix (the dataset is appended)")
+    g.add_argument("--nowand", default=0, help="disable wandb in every run", **BINARY_FLAG)
+    g.add_argument("--nowandb", action=DeprecatedAlias, dest="nowand", instead="--nowand")
+    help_text = "wandb project of every run (a run's group: its dataset, model, buffer and method)"
+    g.add_argument("--wandb_project", default=WANDB_PROJECT, help=help_text)
 
     t = p.add_argument_group("AdaB2N selection")
     t.add_argument(

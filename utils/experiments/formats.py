@@ -73,13 +73,19 @@ def markdown(report: Report, title: str, primary: gains.Primary | None = None) -
     out = [f"# {title}", ""]
     out.append("Final values after the last task: mean ± sample std over seeds (number of seeds).")
     runs = [r for e in report.entries.values() for r in e.runs]
-    subsets = sorted({r.args["samples_per_class"] for r in runs if r.args.get("samples_per_class")})
-    if subsets:
-        which = "" if all(r.args.get("samples_per_class") for r in runs) else " (the runs with `--samples_per_class`)"
-        out.append(
-            f"**Trained on a subset{which}:** {' or '.join(map(str, subsets))} training images per class "
-            "(`--samples_per_class`), not the full training data; the test sets are whole."
-        )
+    tested = any(r.args.get("test_samples_per_class") for r in runs)
+    for flag, verb, data in (
+        ("samples_per_class", "Trained", "training"),
+        ("test_samples_per_class", "Tested", "test"),
+    ):
+        subsets = sorted({r.args[flag] for r in runs if r.args.get(flag)})
+        if subsets:
+            which = "" if all(r.args.get(flag) for r in runs) else f" (the runs with `--{flag}`)"
+            whole = "; the test sets are whole" if data == "training" and not tested else ""
+            out.append(
+                f"**{verb} on a subset{which}:** {' or '.join(map(str, subsets))} {data} images per class "
+                f"(`--{flag}`), not the full {data} data{whole}."
+            )
     if any(e.on_validation for e in report.entries.values()):
         out.append(f"{VALIDATION_MARK}: measured on the validation split (`--validation 1`), no test runs found.")
     if report.diverged:

@@ -140,9 +140,9 @@ def _argv(args: Namespace, run: Run, extra: Sequence[str], results_root: Path) -
     if run.validation:
         argv += ["--validation", "1"]
     argv += ["--run_name", run.name, "--results_path", str(results_root)]
-    argv += ["--wandb_project", f"{args.wandb_project}_{run.dataset}", "--wandb_name", run.name]
-    argv += ["--wandb_group", f"{run.model}{buf}_{label}{suffix}"]
-    if args.nowandb:
+    argv += ["--wandb_project", args.wandb_project, "--wandb_name", run.name]
+    argv += ["--wandb_group", f"{run.dataset}_{run.model}{buf}_{label}{suffix}"]
+    if args.nowand:
         argv += ["--nowand", "1"]
     return argv + list(extra)
 
@@ -265,5 +265,5 @@ def validate_runs(runs: Sequence[Run]) -> None:
             raise UserError(f"run {run.name} would fail: {e}") from None
         except SystemExit:
             lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
-            reason = lines[-1] if lines else "invalid arguments"
+            reason = lines[-1].removeprefix("error: ") if lines else "invalid arguments"
             raise UserError(f"run {run.name} would fail: {reason} (check --extra)") from None

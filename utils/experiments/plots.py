@@ -40,16 +40,20 @@ def _mean_matrix(runs: Sequence[Record]) -> np.ndarray:
     return np.where(count > 0, np.where(measured, stack, 0.0).sum(0) / np.maximum(count, 1), np.nan)
 
 
-def draw_accuracy_matrix(ax: Axes, matrix: Sequence[Sequence[float | None]] | np.ndarray, title: str) -> AxesImage:
+def draw_accuracy_matrix(
+    ax: Axes, matrix: Sequence[Sequence[float | None]] | np.ndarray, title: str, ylabel: bool = True
+) -> AxesImage:
     """An accuracy matrix (a results file's ``accuracy_matrix``: row i after task i, column j task j, in %) on ``ax``:
-    the tasks trained so far (the lower triangle; ``None`` / NaN: not measured), with their values up to 10 tasks."""
+    the tasks trained so far (the lower triangle; ``None`` / NaN: not measured), with their values up to 10 tasks.
+    ``ylabel``: name the rows ("after task"); panels side by side name them once, on the first (the label of a later
+    panel would overlap its left neighbour)."""
     matrix = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
     matrix = np.where(np.tril(np.ones(matrix.shape, dtype=bool)), matrix, np.nan)
     image = ax.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
     ticks = np.arange(len(matrix))
     ax.set_xticks(ticks, [str(t + 1) for t in ticks])
     ax.set_yticks(ticks, [str(t + 1) for t in ticks])
-    ax.set(title=title, xlabel="task", ylabel="after task")
+    ax.set(title=title, xlabel="task", ylabel="after task" if ylabel else "")
     if len(matrix) <= 10:
         for i, j in zip(*np.nonzero(~np.isnan(matrix)), strict=True):
             ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", fontsize=7, color="w")
@@ -91,8 +95,8 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
     fig = Figure(figsize=(3.2 * len(shown) + 0.8, 3.4))
     axes = fig.subplots(1, len(shown), squeeze=False)[0]
     image = None
-    for ax, (m, e) in zip(axes, shown, strict=True):
-        image = draw_accuracy_matrix(ax, _mean_matrix(e.runs), report.label(m))
+    for i, (ax, (m, e)) in enumerate(zip(axes, shown, strict=True)):
+        image = draw_accuracy_matrix(ax, _mean_matrix(e.runs), report.label(m), ylabel=i == 0)
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="class-IL accuracy (%)")
     fig.suptitle(column.label)

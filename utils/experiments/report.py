@@ -1,4 +1,4 @@
-"""The paper's tables and plots from a folder of results JSON files: ``python -m utils.report RESULTS_DIR``.
+"""The paper's tables and plots from a folder of results JSON files: ``normcl-report RESULTS_DIR``.
 
 Rows are normalization methods, columns dataset × model × buffer size; a cell is the mean ± sample standard
 deviation over seeds of the final class-IL accuracy, task-IL accuracy and forgetting, with the number of seeds.
@@ -28,14 +28,15 @@ the running statistics to the task-balanced and to the latest task's statistics 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from normcl.utils.core.atomic import atomic_write_bytes
-from normcl.utils.experiments import rounding
+from normcl.utils.core.commands import CommandParser
+from normcl.utils.core.errors import UserError
+from normcl.utils.experiments import results_page, rounding
 from normcl.utils.experiments.anytime import plot_stream
 from normcl.utils.experiments.formats import latex, markdown, write_csv, write_sensitivity_csv
 from normcl.utils.experiments.gains import METRIC_NAMES, Primary
@@ -63,6 +64,9 @@ def write_report(
     the declared primary endpoint, reported on its own."""
     out_dir = out_dir or root / "report"
     records, warnings = load_records(root)
+    if not records:
+        skipped = f" ({len(warnings)} file(s) skipped, the first: {warnings[0]})" if warnings else ""
+        raise UserError(f"no runs in {root}{skipped}; pass the --results_path of the runs")
     report = build_report(records)
     report.warnings = warnings
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,8 +90,10 @@ def write_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m utils.report`` (and ``run.py --report``): write the report and print its Markdown."""
-    p = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.splitlines()[0])
+    """``normcl-report``, ``python -m utils.report`` (and ``run.py --report``): write the report and print its
+    Markdown; with ``--page``, also rewrite a results page's generated part from it (as ``python -m
+    utils.results_page``). Exit code 2 for bad input, a folder without runs among it."""
+    p = CommandParser("normcl-report", description=__doc__.splitlines()[0])
     p.add_argument("results_dir", type=Path, help="folder searched recursively for results JSON files")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS_DIR/report)")
     p.add_argument("--no_plots", action="store_true", help="tables only")
@@ -107,7 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "thread count, or the same settings as an identity check): report the rounding noise against the seeds' "
         "spread instead of the tables (utils/experiments/rounding.py)",
     )
+    g = p.add_argument_group("results page (scripts/reproduce_fmnist.sh; python -m utils.results_page)")
+    g.add_argument("--page", type=Path, help="also rewrite this Markdown page's generated part from the report")
+    g.add_argument("--command", help="with --page: the command that produced the results (required)")
+    g.add_argument("--planned", default="", help="with --page: the grid's size, e.g. '84 test run(s)'")
+    g.add_argument("--part", default="", help="with --page: a named part of the page (default: the main)")
     args = p.parse_args(argv)
+    if args.page is not None and args.command is None:
+        p.error("--page needs --command, the command that produced the results")
     if args.primary and args.primary[2] not in METRIC_NAMES:
         p.error(f"--primary: unknown metric '{args.primary[2]}'; choose one of: {', '.join(METRIC_NAMES)}")
     if not args.results_dir.is_dir():
@@ -116,11 +129,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reruns_of is not None:
         return _rounding_report(args.results_dir, args.reruns_of, args.out or args.results_dir / "report")
     primary = Primary(*args.primary) if args.primary else None
-    files = write_report(args.results_dir, args.out, plots=not args.no_plots, primary=primary)
+    try:
+        files = write_report(args.results_dir, args.out, plots=not args.no_plots, primary=primary)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(files.text)
     written = [files.markdown, files.csv, files.sensitivity_csv, files.latex, *files.plots]
     print(f"=> wrote {len(written)} file(s) to {files.markdown.parent}")
-    return 0
+    if args.page is None:
+        return 0
+    page = [f"--command={args.command}", f"--planned={args.planned}", f"--part={args.part}"]
+    return results_page.main([str(args.results_dir), str(files.markdown.parent), str(args.page), *page])
 
 
 def _rounding_report(reruns_dir: Path, base_dir: Path, out_dir: Path) -> int:

@@ -109,6 +109,7 @@ PROTOCOL_FLAGS = (
     ("buffer_mode", "--buffer_mode"),
     ("nf", "--nf"),
     ("samples_per_class", "--samples_per_class"),
+    ("test_samples_per_class", "--test_samples_per_class"),
 )
 
 
@@ -121,8 +122,12 @@ def protocol_text(all_args: list[dict]) -> str:
             continue
         parts.append(f"`{flag} {values.pop()}`" if len(values) == 1 else f"{flag} varies ({', '.join(sorted(values))})")
     text = ", ".join(parts)
+    tested = any(a.get("test_samples_per_class") for a in all_args)
     if any(a.get("samples_per_class") for a in all_args):
-        text += " — **a subset of the training data** (the first N images of each class; the test sets are whole)"
+        test = "" if tested else "; the test sets are whole"
+        text += f" — **a subset of the training data** (the first N images of each class{test})"
+    if tested:
+        text += " — **a subset of the test data** (the first N test images of each class)"
     return text
 
 

@@ -1,7 +1,7 @@
 """Rounding noise: how far a run moves when only its floating-point rounding changes, against how far seeds move it.
 
 Online training amplifies rounding: the same configuration and seed under another kernel set or thread count trains
-a different network (README, "Reproducibility"). ``python -m utils.report RERUNS --reruns_of BASE`` reads a folder
+a different network (docs/reproducibility.md). ``python -m utils.report RERUNS --reruns_of BASE`` reads a folder
 whose subfolders each rerun some of BASE's runs one way (``same``: the same settings, which must reproduce BASE bit
 for bit; ``kernels``: the second kernel set of ``.ci/run``; ``threads``: another thread count; any name), matches
 the runs by name, and tabulates per metric:

@@ -1,7 +1,7 @@
 """``run.py --stack K``: the grid's compatible runs packed into stacks of at most K, each stack one process.
 
 ``utils/main.py`` trains K runs, one ``--member`` each, as one vectorised network whose members are the runs alone
-(README, "Stacked runs"), as long as they differ only in what ``normcl.utils.args.member_free`` allows (the flags
+(docs/stacking.md), as long as they differ only in what ``normcl.utils.args.member_free`` allows (the flags
 declared member-free, the model's options and those of the norm's options that its stacking takes per member). Runs are
 grouped by that rule, read from each run's parsed flags; a stack's command gives each member exactly the flags of its
 run alone (the shared ones once), so its results file, run and wandb names and results are the

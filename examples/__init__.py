@@ -1,0 +1,2 @@
+"""Examples shipped with the package: ``python -m normcl.examples.avalanche_adab2n`` runs the Avalanche example
+without a clone (``pip install "normcl[avalanche]"``). The quickstart notebook stays in the clone."""
