@@ -81,8 +81,8 @@ def test_all_models_are_registered():
 
 
 FLOAT64 = ("--dtype", "float64")
-"""The learning checks run in float64: a float32 online run's accuracy depends on the CPU's kernels (README,
-Reproducibility), float64's rounding stays below what moves an accuracy (``tests/test_golden.py``)."""
+"""The learning checks run in float64: a float32 online run's accuracy depends on the CPU's kernels
+(docs/reproducibility.md), float64's rounding stays below what moves an accuracy (``tests/test_golden.py``)."""
 
 
 @pytest.mark.parametrize("model", [m for m in ALL_MODELS if m != "joint"])
