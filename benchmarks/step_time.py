@@ -2,10 +2,11 @@
 
 ``framework_ms`` is the median time of ``Trainer.train_step`` in task 1, once task 0 has filled the buffer:
 batch gathering, on-device augmentation, buffer sampling and insertion, the model's losses, the norm layers' task
-ids and regularisers. ``bare_ms`` is the median time of forward + backward + SGD of a copy of the network on
-pre-made tensors of the same batch composition (ER-ACE: 10 stream + 10 replay; DER++: 10 + 10 + 10) and the same
-forward structure (separate passes or one joint pass, as the run uses), with the same norm layers. The two are
-timed in turn (A, B, A, B, ...) so that the machine's drift cancels. The last output line is a JSON object.
+ids and regularisers. ``bare_ms`` is the median time of forward + backward + optimiser step of a copy of the network
+on pre-made tensors of the same batch composition (ER-ACE: 10 stream + 10 replay; DER++: 10 + 10 + 10) and the
+same forward structure (separate passes or one joint pass, as the run uses), with the same norm layers and the
+optimiser the model declares (``make_optimizer``) at the run's ``--lr``. The two are timed in turn (A, B, A, B, ...)
+so that the machine's drift cancels. The last output line is a JSON object.
 
     python benchmarks/step_time.py --dataset seq-fmnist --model er_ace --nl AdaB2N --buffer_size 500 --nf 20
 """
@@ -31,13 +32,14 @@ from normcl.utils.wandb_logger import WandbLogger
 PARTS = {"sgd": 1, "joint": 1, "er": 2, "der": 2, "derpp": 3, "er_ace": 2}
 
 
-def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
-    """forward + backward + SGD of a copy of ``model.net`` on fixed tensors, in the model's forward mode."""
+def bare_step(model, args: argparse.Namespace, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
+    """forward + backward + optimiser step of a copy of the run's network on fixed tensors, in the model's forward
+    mode, with the optimiser the model declares for a run's parameters at the run's learning rate (``args``)."""
     for layer in task_aware_layers(model.net):
         layer.norm_loss = None  # a graph node: not copyable
-    net = copy.deepcopy(model.net.inner)  # the network of the run (one member)
-    apply_speed_options(net, model.args)  # a deep copy drops the compiled call (Module.__getstate__): compile it too
-    opt = type(model.opt)(net.parameters(), **model.opt.defaults)  # the framework's optimiser and settings
+    net = copy.deepcopy(model.member_net(0))  # the network of the run (its one member), a copy
+    apply_speed_options(net, args)  # a deep copy drops the compiled call (Module.__getstate__): compile it too
+    opt = model.make_optimizer(list(net.parameters()), args.lr)
     layers = task_aware_layers(net)
     n_tasks = model.dataset.N_TASKS
 
@@ -45,7 +47,7 @@ def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
         counts = task_counts(ids, n_tasks)
         for layer in layers:
             layer.set_batch_tasks(ids, counts, stream)
-        if model.channels_last:
+        if model.net.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with model.autocast():
             out = net(x).float()
@@ -112,7 +114,7 @@ def main() -> None:
         y = torch.randint(lo if k == 0 else 0, hi if k == 0 else lo, (args.batch_size,), device=device)
         parts.append((x, y, torch.full((args.batch_size,), 1 if k == 0 else 0, device=device)))
     weights = [layer.norm_loss_weight(model.current_task) for layer in task_aware_layers(model.net)]
-    step = bare_step(model, parts, max(weights, default=0.0))
+    step = bare_step(model, args, parts, max(weights, default=0.0))
     framework, bare = [], []
     for i in range(a.steps + a.warmup):  # interleaved (A, B, A, B, ...): the machine's drift cancels
         framework.append(timed(lambda i=i: trainer.train_step([task1], batches[i % len(batches)][None]), device))
