@@ -6,7 +6,11 @@ ids and regularisers. ``bare_ms`` is the median time of forward + backward + opt
 on pre-made tensors of the same batch composition (ER-ACE: 10 stream + 10 replay; DER++: 10 + 10 + 10) and the
 same forward structure (separate passes or one joint pass, as the run uses), with the same norm layers and the
 optimiser the model declares (``make_optimizer``) at the run's ``--lr``. The two are timed in turn (A, B, A, B, ...)
-so that the machine's drift cancels. The last output line is a JSON object.
+so that the machine's drift cancels.
+
+Output: one JSON line with ``dataset``, ``model``, ``nl``, ``nf``, ``buffer_size``, ``forward_mode`` (``separate`` or
+``joint``), ``extra`` (the framework flags added), ``framework_ms``, ``bare_ms`` and ``ratio`` (framework / bare),
+and the environment (``benchmarks/common.py``, ``ENVIRONMENT``).
 
     python benchmarks/step_time.py --dataset seq-fmnist --model er_ace --nl AdaB2N --buffer_size 500 --nf 20
 """
@@ -15,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normcl.benchmarks.common import build, machine, timed
+from normcl.benchmarks.common import build, emit, environment, parse, timed
 from normcl.models.utils.task_aware import task_aware_layers, task_counts
 from normcl.utils.run_setup import apply_speed_options
 from normcl.utils.stream import epoch_batches
@@ -30,6 +34,10 @@ from normcl.utils.training import Trainer
 from normcl.utils.wandb_logger import WandbLogger
 
 PARTS = {"sgd": 1, "joint": 1, "er": 2, "der": 2, "derpp": 3, "er_ace": 2}
+KEYS = ("dataset", "model", "nl", "nf", "buffer_size", "forward_mode", "extra", "framework_ms", "bare_ms", "ratio")
+SMOKE = (
+    "--nl AdaB2N --extra '--lambd 0.1 --kappa 0.4' --nf 2 --buffer_size 20 --samples_per_class 10 --steps 2 --warmup 1"
+)
 
 
 def bare_step(model, args: argparse.Namespace, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
@@ -75,7 +83,7 @@ def bare_step(model, args: argparse.Namespace, parts: list[tuple[Tensor, Tensor,
     return step
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="seq-fmnist")
     p.add_argument("--model", default="er_ace")
@@ -88,15 +96,26 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--synthetic", type=int, default=None, help="random images per class instead of the files")
     p.add_argument("--extra", default="", help="more framework flags, e.g. '--lambd 0.1 --kappa 0.4'")
-    a = p.parse_args()
-    argv = ["--dataset", a.dataset, "--model", a.model, "--nl", a.nl, "--buffer_size", str(a.buffer_size)]
-    argv += ["--nf", str(a.nf), "--lr", "0.03", "--bs", "10", "--epochs", "1", "--seed", "0", "--nowand", "1"]
-    argv += ["--non_verbose", "1", "--samples_per_class", str(max(a.buffer_size, 300)), *a.extra.split()]
+    p.add_argument(
+        "--samples_per_class",
+        type=int,
+        default=None,
+        help="training images per class (default: the buffer size, at least 300)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    a = parse(parser(), SMOKE, argv)
+    spc = a.samples_per_class or max(a.buffer_size, 300)
+    flags = ["--dataset", a.dataset, "--model", a.model, "--nl", a.nl, "--buffer_size", str(a.buffer_size)]
+    flags += ["--nf", str(a.nf), "--lr", "0.03", "--bs", "10", "--epochs", "1", "--seed", "0", "--nowand", "1"]
+    flags += ["--non_verbose", "1", "--samples_per_class", str(spc), *a.extra.split()]
     if a.device:
-        argv += ["--device", a.device]
+        flags += ["--device", a.device]
     if a.threads:
-        argv += ["--num_threads", str(a.threads)]
-    args, dataset, model = build(argv, a.synthetic)
+        flags += ["--num_threads", str(a.threads)]
+    args, dataset, model = build(flags, a.synthetic)
     device = dataset.device
     trainer = Trainer(model, dataset, args, WandbLogger(args))
 
@@ -129,12 +148,12 @@ def main() -> None:
         "nf": a.nf,
         "buffer_size": a.buffer_size,
         "forward_mode": model.forward_mode,
+        "extra": a.extra,
         "framework_ms": round(framework_ms, 3),
         "bare_ms": round(bare_ms, 3),
         "ratio": round(framework_ms / bare_ms, 3),
-        **machine(device),
     }
-    print(json.dumps(result))
+    emit(result | environment(device))
 
 
 if __name__ == "__main__":
