@@ -6,7 +6,7 @@ float32 storage would take, and the bytes of every tensor of the buffer (labels,
 
 Output: one JSON line per dataset and buffer size with ``dataset``, ``buffer_size``, ``dtype`` (of the stored
 images), ``image_bytes``, ``float32_image_bytes``, ``ratio`` (image / float32 bytes) and ``all_tensor_bytes``, and the
-environment (``benchmarks/common.py``, ``ENVIRONMENT``).
+environment (``benchmarks/output.py``, ``ENVIRONMENT``).
 
     python benchmarks/buffer_memory.py [--datasets seq-fmnist seq-cifar10] [--sizes 500 2000]
 """
@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-from normcl.benchmarks.common import emit, environment, parse
+from normcl.benchmarks.common import environment
+from normcl.benchmarks.output import emit, parse
 from normcl.datasets import get_dataset_class
 from normcl.utils.buffer import Buffer
 

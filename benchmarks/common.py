@@ -1,17 +1,10 @@
 """Shared set-up of the benchmarks: a real framework run, on real or synthetic data of a dataset's shape; the
-command line every script shares (``--smoke``) and the environment every output line carries.
-
-Every script prints JSON lines on stdout, each with its documented keys (the script's ``KEYS``) and
-``ENVIRONMENT``'s; the last line is its result (``tests/test_benchmarks.py`` holds each script to that).
-"""
+environment of a figure measured in this process (``benchmarks/output.py``'s ``ENVIRONMENT``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -30,36 +23,9 @@ from normcl.utils.args import parse_args
 from normcl.utils.results import code_version, cpu_environment
 from normcl.utils.run_setup import build_model, resolve_device, set_seed
 
-ENVIRONMENT = (
-    "date",
-    "device",
-    "threads",
-    "torch",
-    "cpu",
-    "cpu_capability",
-    "kernel_limits",
-    "git_commit",
-    "git_dirty",
-)
-"""What a figure was measured on, in every output line: the ISO time, the device (the GPU's name on CUDA; a run's
-``--device`` where a script reads it from the run's results file), torch's CPU threads, torch's version, the CPU's
-model, the kernel set torch dispatches to (``get_cpu_capability()``), any limit set on the kernels, and the code
-(``normcl.utils.results``' ``cpu_environment`` and ``code_version``)."""
-
-
-def parse(p: argparse.ArgumentParser, smoke: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """``p``'s arguments, with ``--smoke`` added: the arguments ``smoke`` (tiny sizes: a run of seconds through the
-    whole measurement, for the tests) before the given ones, which win."""
-    help_text = f"a check of seconds that the script runs: {smoke}"
-    p.add_argument("--smoke", action="store_true", help=help_text)
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--smoke", action="store_true")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return p.parse_args([*shlex.split(smoke), *argv] if first.parse_known_args(argv)[0].smoke else argv)
-
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """``ENVIRONMENT`` of this process."""
+    """``ENVIRONMENT`` (``benchmarks/output.py``) of this process, measuring on ``device``."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -69,16 +35,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         **cpu_environment(),
         **code_version(),
     }
-
-
-def run_environment(results: dict[str, Any]) -> dict[str, Any]:
-    """``ENVIRONMENT`` of the process that wrote the results file ``results`` (``normcl.utils.results``)."""
-    return {"date": results["created"], **{key: results["environment"][key] for key in ENVIRONMENT[1:]}}
-
-
-def emit(row: dict[str, Any]) -> None:
-    """One output line: ``row`` as JSON, at once (a caller's timeout keeps the lines printed before it)."""
-    print(json.dumps(row), flush=True)
 
 
 def synthetic(dataset_cls: type[ContinualDataset], per_class: int) -> type[ContinualDataset]:

@@ -7,7 +7,7 @@ Each configuration (default: er_ace and derpp, each with BN and AdaB²N) runs
 
 Output: one JSON line per configuration, as it finishes, with ``model``, ``nl``, ``wall_s`` (the process, start-up
 included), ``train_s``, ``eval_s_per_task`` (after each task), ``peak_rss_mb``, ``class_il`` (final average, %) and
-``extra`` (the flags added), and the run's environment (``benchmarks/common.py``, ``ENVIRONMENT``, from its results
+``extra`` (the flags added), and the run's environment (``benchmarks/output.py``, ``ENVIRONMENT``, from its results
 file); then the rows as a Markdown table on stderr.
 
     python benchmarks/end_to_end.py [--models er_ace derpp] [--nls BN AdaB2N] [--threads 2]
@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from normcl.benchmarks.common import emit, parse, run_environment
+from normcl.benchmarks.output import emit, parse, run_environment
 
 REPO = Path(__file__).resolve().parent.parent
 ADAB2N_FLAGS = ["--kappa", "0.4", "--lambd", "0.1"]

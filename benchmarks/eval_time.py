@@ -7,7 +7,7 @@ the same size. Both run on the network after training task 0, so the norm layers
 
 Output: one JSON line with ``dataset``, ``nl``, ``nf``, ``images`` (test images of all tasks), ``eval_batch_size``,
 ``extra`` (the framework flags added), ``framework_ips`` and ``bare_ips`` (images per second, medians) and ``ratio``
-(framework / bare), and the environment (``benchmarks/common.py``, ``ENVIRONMENT``).
+(framework / bare), and the environment (``benchmarks/output.py``, ``ENVIRONMENT``).
 
     python benchmarks/eval_time.py --dataset seq-fmnist --nl AdaB2N --nf 20
 """
@@ -20,7 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
-from normcl.benchmarks.common import build, emit, environment, parse, timed
+from normcl.benchmarks.common import build, environment, timed
+from normcl.benchmarks.output import emit, parse
 from normcl.utils.stream import epoch_batches
 from normcl.utils.training import Trainer, evaluate_members
 from normcl.utils.wandb_logger import WandbLogger

@@ -6,7 +6,7 @@ AdaB²N regulariser joins the loss. The two measurements are interleaved (A, B, 
 drift cancels; the median of each is reported.
 
 Output: one JSON line with ``nl``, ``nf``, ``batch``, ``compile``, ``nl_ms`` (the ``--nl`` network's step),
-``bn_ms`` and ``ratio`` (nl / BN), and the environment (``benchmarks/common.py``, ``ENVIRONMENT``).
+``bn_ms`` and ``ratio`` (nl / BN), and the environment (``benchmarks/output.py``, ``ENVIRONMENT``).
 
     python benchmarks/norm_layer.py --nl AdaB2N --nf 20 [--device cuda] [--threads 2] [--repeats 60] [--compile 1]
 """
@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import torch
 
 from normcl.backbone.resnet18 import ResNet18
-from normcl.benchmarks.common import after_one_task, emit, environment, interleaved, parse, replay_step
+from normcl.benchmarks.common import after_one_task, environment, interleaved, replay_step
+from normcl.benchmarks.output import emit, parse
 
 TASKS = 5
 KEYS = ("nl", "nf", "batch", "compile", "nl_ms", "bn_ms", "ratio")

@@ -11,7 +11,7 @@ and the separate runs' summed.
 Output: one JSON line with ``members``, ``stacked_s``, ``separate_s`` (wall seconds), ``speedup`` (separate /
 stacked), ``peak_rss_mib_stacked``, ``peak_rss_mib_separate`` (summed), ``memory_ratio`` (stacked / separate),
 ``samples_per_class``, ``workers``, ``stacks``, ``extra`` (the flags added) and ``cores``, and the environment of the
-first stack's process (``benchmarks/common.py``, ``ENVIRONMENT``, from a member's results file).
+first stack's process (``benchmarks/output.py``, ``ENVIRONMENT``, from a member's results file).
 
     python benchmarks/stack.py --members 8 [--samples_per_class 200] [--device cuda] [--workers 2] [--stacks 2]
         [--extra "..."]
@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from normcl.benchmarks.common import emit, parse, run_environment
+from normcl.benchmarks.output import emit, parse, run_environment
 
 REPO = Path(__file__).resolve().parent.parent
 KAPPAS = (0.1, 0.4, 0.7, 1.0)

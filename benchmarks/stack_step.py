@@ -8,7 +8,7 @@ reported. Where ``per_member_ratio`` (the stack's step / K over the lone network
 arithmetic time at that thread count; whole runs add start-up and evaluation (``benchmarks/stack.py``).
 
 Output: one JSON line with ``members``, ``nl``, ``nf``, ``batch``, ``channels_last``, ``alone_ms`` (one network),
-``stack_ms`` (the stack) and ``per_member_ratio``, and the environment (``benchmarks/common.py``, ``ENVIRONMENT``).
+``stack_ms`` (the stack) and ``per_member_ratio``, and the environment (``benchmarks/output.py``, ``ENVIRONMENT``).
 
     python benchmarks/stack_step.py --members 8 [--nl AdaB2N] [--nf 20] [--threads 1] [--channels_last 1]
         [--device cuda]
@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from normcl.backbone.resnet18 import ResNet18
-from normcl.benchmarks.common import after_one_task, emit, environment, interleaved, parse, replay_step
+from normcl.benchmarks.common import after_one_task, environment, interleaved, replay_step
+from normcl.benchmarks.output import emit, parse
 from normcl.models.utils.stacking import StackedNet
 
 TASKS = 5

@@ -10,7 +10,7 @@ so that the machine's drift cancels.
 
 Output: one JSON line with ``dataset``, ``model``, ``nl``, ``nf``, ``buffer_size``, ``forward_mode`` (``separate`` or
 ``joint``), ``extra`` (the framework flags added), ``framework_ms``, ``bare_ms`` and ``ratio`` (framework / bare),
-and the environment (``benchmarks/common.py``, ``ENVIRONMENT``).
+and the environment (``benchmarks/output.py``, ``ENVIRONMENT``).
 
     python benchmarks/step_time.py --dataset seq-fmnist --model er_ace --nl AdaB2N --buffer_size 500 --nf 20
 """
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normcl.benchmarks.common import build, emit, environment, parse, timed
+from normcl.benchmarks.common import build, environment, timed
+from normcl.benchmarks.output import emit, parse
 from normcl.models.utils.task_aware import task_aware_layers, task_counts
 from normcl.utils.run_setup import apply_speed_options
 from normcl.utils.stream import epoch_batches
