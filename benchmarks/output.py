@@ -27,7 +27,8 @@ ENVIRONMENT = (
 """What a figure was measured on, in every output line: the ISO time, the device (the GPU's name on CUDA; a run's
 ``--device`` where a script reads it from the run's results file), torch's CPU threads, torch's version, the CPU's
 model, the kernel set torch dispatches to (``get_cpu_capability()``), any limit set on the kernels, and the code
-(``normcl.utils.results``' ``cpu_environment`` and ``code_version``)."""
+(in process: ``benchmarks/common.py``'s ``environment``, from ``normcl.utils.results``' ``cpu_environment`` and
+``code_version``; of another process: ``run_environment``)."""
 
 
 def parse(p: argparse.ArgumentParser, smoke: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -43,7 +44,7 @@ def parse(p: argparse.ArgumentParser, smoke: str, argv: Sequence[str] | None = N
 
 def run_environment(results: dict[str, Any]) -> dict[str, Any]:
     """``ENVIRONMENT`` of the process that wrote the results file ``results`` (``normcl.utils.results``)."""
-    return {"date": results["created"], **{key: results["environment"][key] for key in ENVIRONMENT[1:]}}
+    return {key: results["created"] if key == "date" else results["environment"][key] for key in ENVIRONMENT}
 
 
 def emit(row: dict[str, Any]) -> None:
