@@ -1,4 +1,5 @@
-"""Shared set-up of the benchmarks: a real framework run, on real or synthetic data of a dataset's shape."""
+"""Shared set-up of the benchmarks: a real framework run, on real or synthetic data of a dataset's shape; the
+environment of a figure measured in this process (``benchmarks/output.py``'s ``ENVIRONMENT``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,11 +20,26 @@ from normcl.models.utils.continual_model import ContinualModel
 from normcl.models.utils.norms import convert_norm
 from normcl.models.utils.task_aware import task_aware_layers, task_counts
 from normcl.utils.args import parse_args
+from normcl.utils.results import code_version, cpu_environment
 from normcl.utils.run_setup import build_model, resolve_device, set_seed
 
 
+def environment(device: torch.device) -> dict[str, Any]:
+    """``ENVIRONMENT`` (``benchmarks/output.py``) of this process, measuring on ``device``."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": name,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        **cpu_environment(),
+        **code_version(),
+    }
+
+
 def synthetic(dataset_cls: type[ContinualDataset], per_class: int) -> type[ContinualDataset]:
-    """``dataset_cls`` with random uint8 images of its shape: its real pipeline without its files."""
+    """``dataset_cls`` with random uint8 images of its shape: its real pipeline without its files (a fifth of them,
+    every class's, as the test set)."""
 
     class Synthetic(dataset_cls):  # type: ignore[misc, valid-type]
         def load_raw(self) -> tuple[RawSplit, RawSplit]:
@@ -29,7 +47,7 @@ def synthetic(dataset_cls: type[ContinualDataset], per_class: int) -> type[Conti
             n = per_class * self.n_classes()
             y = np.repeat(np.arange(self.n_classes()), per_class)
             x = rng.integers(0, 256, (n, *self.SHAPE), dtype=np.uint8)
-            return RawSplit(x, y), RawSplit(x[: n // 5], y[: n // 5])
+            return RawSplit(x, y), RawSplit(x[::5], y[::5])
 
     return Synthetic
 
@@ -52,12 +70,6 @@ def build(
     dataset = cls(args, device)
     dataset.prepare()
     return args, dataset, build_model(args, dataset)
-
-
-def machine(device: torch.device) -> dict[str, object]:
-    """Where a figure was measured: the device (the GPU's name on CUDA), torch's CPU threads, torch's version."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-    return {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:

@@ -3,8 +3,12 @@
 Each configuration (default: er_ace and derpp, each with BN and AdaB²N) runs
 ``utils/main.py --dataset seq-fmnist --bs 10 --epochs 1 --buffer_size 500
 --nf 20`` in its own process; its peak resident memory comes from the kernel
-(``wait4``), its training and evaluation times from its results file. One JSON
-object per configuration, then a Markdown table.
+(``wait4``), its training and evaluation times from its results file.
+
+Output: one JSON line per configuration, as it finishes, with ``model``, ``nl``, ``wall_s`` (the process, start-up
+included), ``train_s``, ``eval_s_per_task`` (after each task), ``peak_rss_mb``, ``class_il`` (final average, %) and
+``extra`` (the flags added), and the run's environment (``benchmarks/output.py``, ``ENVIRONMENT``, from its results
+file); then the rows as a Markdown table on stderr.
 
     python benchmarks/end_to_end.py [--models er_ace derpp] [--nls BN AdaB2N] [--threads 2]
 """
@@ -18,10 +22,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from normcl.benchmarks.output import emit, parse, run_environment
 
 REPO = Path(__file__).resolve().parent.parent
 ADAB2N_FLAGS = ["--kappa", "0.4", "--lambd", "0.1"]
+KEYS = ("model", "nl", "wall_s", "train_s", "eval_s_per_task", "peak_rss_mb", "class_il", "extra")
+SMOKE = "--models er_ace --nls AdaB2N --nf 2 --buffer_size 20 --samples_per_class 10 --extra '--validation 1'"
 
 
 def run_one(model: str, nl: str, a: argparse.Namespace, results: Path) -> dict:
@@ -53,12 +62,11 @@ def run_one(model: str, nl: str, a: argparse.Namespace, results: Path) -> dict:
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
         "class_il": round(data["final"]["class_il_avg"], 2),
         "extra": a.extra,
-        "device": data["environment"]["device"],
-        "threads": data["environment"]["threads"],
+        **run_environment(data),
     }
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["er_ace", "derpp"])
     p.add_argument("--nls", nargs="+", default=["BN", "AdaB2N"])
@@ -68,21 +76,26 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--samples_per_class", type=int, default=None, help="default: the full 6000 per class")
     p.add_argument("--extra", default="", help="more flags for every run, e.g. '--amp 1 --channels_last 1'")
-    a = p.parse_args()
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    a = parse(parser(), SMOKE, argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in a.models:
             for nl in a.nls:
                 rows.append(run_one(model, nl, a, Path(tmp)))
-                print(json.dumps(rows[-1]), flush=True)
-    print("\n| model | norm | wall (s) | train (s) | eval per task (s) | peak RSS (MiB) | class-IL (%) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+                emit(rows[-1])
+    table = ["| model | norm | wall (s) | train (s) | eval per task (s) | peak RSS (MiB) | class-IL (%) |"]
+    table.append("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         evals = ", ".join(f"{s:.2f}" for s in r["eval_s_per_task"])
-        print(
+        table.append(
             f"| {r['model']} | {r['nl']} | {r['wall_s']} | {r['train_s']} | {evals} | {r['peak_rss_mb']} | "
             f"{r['class_il']} |"
         )
+    print("\n".join(table), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@
 # Needs the Fashion-MNIST IDX files under data/fashion-mnist (the machine has no network) and the repository
 # importable as the package `normcl` without installing it (set here: a link named normcl to it, on PYTHONPATH).
 # Every part runs under its own `timeout`, so whatever finished comes back in $OUT.
+# PYTHON: the interpreter, default python3 (an interpreter and its arguments: tests/test_benchmarks.py runs this
+# script with one that records each command instead of running it).
 set -u
 cd "$(dirname "$0")/.."
 PACKAGE_HOME=$(mktemp -d) && ln -s "$PWD" "$PACKAGE_HOME/normcl" && trap 'rm -rf "$PACKAGE_HOME"' EXIT

@@ -6,7 +6,12 @@ seed, K different (κ, λ). The separate runs are packed as ``run.py`` packs the
 ``--workers`` processes at a time on the one GPU (the launcher's ``--max_per_gpu``). The stack runs alone with all
 the cores, or the members split into ``--stacks`` stacks run at once, each with its share of the cores (what
 ``run.py --stack`` does with as many workers). Peak memory comes from the kernel (``wait4``): the stacks' summed,
-and the separate runs' summed. The last output line is one JSON object.
+and the separate runs' summed.
+
+Output: one JSON line with ``members``, ``stacked_s``, ``separate_s`` (wall seconds), ``speedup`` (separate /
+stacked), ``peak_rss_mib_stacked``, ``peak_rss_mib_separate`` (summed), ``memory_ratio`` (stacked / separate),
+``samples_per_class``, ``workers``, ``stacks``, ``extra`` (the flags added) and ``cores``, and the environment of the
+first stack's process (``benchmarks/output.py``, ``ENVIRONMENT``, from a member's results file).
 
     python benchmarks/stack.py --members 8 [--samples_per_class 200] [--device cuda] [--workers 2] [--stacks 2]
         [--extra "..."]
@@ -22,11 +27,31 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from normcl.benchmarks.output import emit, parse, run_environment
 
 REPO = Path(__file__).resolve().parent.parent
 KAPPAS = (0.1, 0.4, 0.7, 1.0)
 LAMBDAS = (0.01, 0.1, 1.0, 0.03, 0.3, 3.0, 0.001, 0.003)  # the paper's four first, then finer ones for K > 16
+KEYS = (
+    "members",
+    "stacked_s",
+    "separate_s",
+    "speedup",
+    "peak_rss_mib_stacked",
+    "peak_rss_mib_separate",
+    "memory_ratio",
+    "samples_per_class",
+    "workers",
+    "stacks",
+    "extra",
+    "cores",
+)
+SMOKE = (
+    "--members 1 --workers 1 --samples_per_class 10 --extra '--nf 2 --buffer_size 20 --validation 1 --num_threads 1'"
+)
 
 
 def member_flags(k: int) -> list[str]:
@@ -89,7 +114,7 @@ def run_stack(a: argparse.Namespace, members: list[str], results: Path) -> tuple
     return time.perf_counter() - begin, sum(peaks)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--members", type=int, required=True, help="K: runs in the stack")
     p.add_argument("--samples_per_class", type=int, default=200, help="training images per class of every run")
@@ -97,7 +122,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="separate runs at a time (default: cores; on a GPU 14)")
     p.add_argument("--stacks", type=int, default=1, help="the members split into this many stacks run at once")
     p.add_argument("--extra", default="", help="more flags for every run, e.g. '--channels_last 1'")
-    a = p.parse_args()
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser()
+    a = parse(p, SMOKE, argv)
     if a.workers is None:
         a.workers = (os.cpu_count() or 1) if a.device in (None, "cpu") else 14
     if not 1 <= a.stacks <= a.members:
@@ -106,25 +136,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stacked_s, stacked_mib = run_stack(a, members, Path(tmp) / "stack")
         separate_s, separate_mib = run_separate(a, members, Path(tmp) / "separate")
-    print(
-        json.dumps(
-            {
-                "members": a.members,
-                "stacked_s": round(stacked_s, 1),
-                "separate_s": round(separate_s, 1),
-                "speedup": round(separate_s / stacked_s, 3),
-                "peak_rss_mib_stacked": round(stacked_mib, 1),
-                "peak_rss_mib_separate": round(separate_mib, 1),
-                "memory_ratio": round(stacked_mib / separate_mib, 3),
-                "samples_per_class": a.samples_per_class,
-                "workers": a.workers,
-                "stacks": a.stacks,
-                "extra": a.extra,
-                "device": a.device or "default",
-                "cores": os.cpu_count(),
-            }
-        )
-    )
+        first = json.loads(sorted((Path(tmp) / "stack").rglob("*.json"))[0].read_text())
+    result = {
+        "members": a.members,
+        "stacked_s": round(stacked_s, 1),
+        "separate_s": round(separate_s, 1),
+        "speedup": round(separate_s / stacked_s, 3),
+        "peak_rss_mib_stacked": round(stacked_mib, 1),
+        "peak_rss_mib_separate": round(separate_mib, 1),
+        "memory_ratio": round(stacked_mib / separate_mib, 3),
+        "samples_per_class": a.samples_per_class,
+        "workers": a.workers,
+        "stacks": a.stacks,
+        "extra": a.extra,
+        "cores": os.cpu_count(),
+    }
+    emit(result | run_environment(first))
 
 
 if __name__ == "__main__":

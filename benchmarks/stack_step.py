@@ -5,8 +5,10 @@ stream, the second half replayed from task 0, after one completed task; the regu
 ``[K, batch]`` images, one member's worth each, as ``StackedNet`` takes them. Forward + backward, interleaved
 (stack, alone, stack, alone, ...) in one process at one thread count, so that drift cancels; the medians are
 reported. Where ``per_member_ratio`` (the stack's step / K over the lone network's) is below 1, stacking saves
-arithmetic time at that thread count; whole runs add start-up and evaluation (``benchmarks/stack.py``). The last
-output line is one JSON object.
+arithmetic time at that thread count; whole runs add start-up and evaluation (``benchmarks/stack.py``).
+
+Output: one JSON line with ``members``, ``nl``, ``nf``, ``batch``, ``channels_last``, ``alone_ms`` (one network),
+``stack_ms`` (the stack) and ``per_member_ratio``, and the environment (``benchmarks/output.py``, ``ENVIRONMENT``).
 
     python benchmarks/stack_step.py --members 8 [--nl AdaB2N] [--nf 20] [--threads 1] [--channels_last 1]
         [--device cuda]
@@ -15,16 +17,19 @@ output line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from normcl.backbone.resnet18 import ResNet18
-from normcl.benchmarks.common import after_one_task, interleaved, machine, replay_step
+from normcl.benchmarks.common import after_one_task, environment, interleaved, replay_step
+from normcl.benchmarks.output import emit, parse
 from normcl.models.utils.stacking import StackedNet
 
 TASKS = 5
+KEYS = ("members", "nl", "nf", "batch", "channels_last", "alone_ms", "stack_ms", "per_member_ratio")
+SMOKE = "--members 2 --nf 8 --batch 4 --repeats 1"  # narrower: torch 2.14.1 crashes, see BENCHMARKS.md
 
 
 def network(nl: str, nf: int) -> nn.Module:
@@ -32,7 +37,7 @@ def network(nl: str, nf: int) -> nn.Module:
     return after_one_task(ResNet18(num_classes=10, nf=nf, in_channels=1).train(), nl, TASKS)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--members", type=int, required=True, help="K: networks in the stack")
     p.add_argument("--nl", default="AdaB2N", help="the norm of every network")
@@ -42,7 +47,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads of both measurements")
     p.add_argument("--channels_last", type=int, default=1, choices=[0, 1], help="channels-last memory format")
     p.add_argument("--repeats", type=int, default=20, help="timed steps of each (after 3 warm-up steps)")
-    a = p.parse_args()
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser()
+    a = parse(p, SMOKE, argv)
     if a.members < 1:
         p.error(f"--members must be at least 1; got {a.members}")
     torch.set_num_threads(a.threads)
@@ -71,9 +81,8 @@ def main() -> None:
         "alone_ms": round(alone_ms, 2),
         "stack_ms": round(stack_ms, 2),
         "per_member_ratio": round(stack_ms / k / alone_ms, 3),
-        **machine(device),
     }
-    print(json.dumps(result))
+    emit(result | environment(device))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,15 @@
 
 ``framework_ms`` is the median time of ``Trainer.train_step`` in task 1, once task 0 has filled the buffer:
 batch gathering, on-device augmentation, buffer sampling and insertion, the model's losses, the norm layers' task
-ids and regularisers. ``bare_ms`` is the median time of forward + backward + SGD of a copy of the network on
-pre-made tensors of the same batch composition (ER-ACE: 10 stream + 10 replay; DER++: 10 + 10 + 10) and the same
-forward structure (separate passes or one joint pass, as the run uses), with the same norm layers. The two are
-timed in turn (A, B, A, B, ...) so that the machine's drift cancels. The last output line is a JSON object.
+ids and regularisers. ``bare_ms`` is the median time of forward + backward + optimiser step of a copy of the network
+on pre-made tensors of the same batch composition (ER-ACE: 10 stream + 10 replay; DER++: 10 + 10 + 10) and the
+same forward structure (separate passes or one joint pass, as the run uses), with the same norm layers and the
+optimiser the model declares (``make_optimizer``) at the run's ``--lr``. The two are timed in turn (A, B, A, B, ...)
+so that the machine's drift cancels.
+
+Output: one JSON line with ``dataset``, ``model``, ``nl``, ``nf``, ``buffer_size``, ``forward_mode`` (``separate`` or
+``joint``), ``extra`` (the framework flags added), ``framework_ms``, ``bare_ms`` and ``ratio`` (framework / bare),
+and the environment (``benchmarks/output.py``, ``ENVIRONMENT``).
 
     python benchmarks/step_time.py --dataset seq-fmnist --model er_ace --nl AdaB2N --buffer_size 500 --nf 20
 """
@@ -14,14 +19,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normcl.benchmarks.common import build, machine, timed
+from normcl.benchmarks.common import build, environment, timed
+from normcl.benchmarks.output import emit, parse
 from normcl.models.utils.task_aware import task_aware_layers, task_counts
 from normcl.utils.run_setup import apply_speed_options
 from normcl.utils.stream import epoch_batches
@@ -29,15 +35,20 @@ from normcl.utils.training import Trainer
 from normcl.utils.wandb_logger import WandbLogger
 
 PARTS = {"sgd": 1, "joint": 1, "er": 2, "der": 2, "derpp": 3, "er_ace": 2}
+KEYS = ("dataset", "model", "nl", "nf", "buffer_size", "forward_mode", "extra", "framework_ms", "bare_ms", "ratio")
+SMOKE = (
+    "--nl AdaB2N --extra '--lambd 0.1 --kappa 0.4' --nf 2 --buffer_size 20 --samples_per_class 10 --steps 2 --warmup 1"
+)
 
 
-def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
-    """forward + backward + SGD of a copy of ``model.net`` on fixed tensors, in the model's forward mode."""
+def bare_step(model, args: argparse.Namespace, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
+    """forward + backward + optimiser step of a copy of the run's network on fixed tensors, in the model's forward
+    mode, with the optimiser the model declares for a run's parameters at the run's learning rate (``args``)."""
     for layer in task_aware_layers(model.net):
         layer.norm_loss = None  # a graph node: not copyable
-    net = copy.deepcopy(model.net.inner)  # the network of the run (one member)
-    apply_speed_options(net, model.args)  # a deep copy drops the compiled call (Module.__getstate__): compile it too
-    opt = type(model.opt)(net.parameters(), **model.opt.defaults)  # the framework's optimiser and settings
+    net = copy.deepcopy(model.member_net(0))  # the network of the run (its one member), a copy
+    apply_speed_options(net, args)  # a deep copy drops the compiled call (Module.__getstate__): compile it too
+    opt = model.make_optimizer(list(net.parameters()), args.lr)
     layers = task_aware_layers(net)
     n_tasks = model.dataset.N_TASKS
 
@@ -45,7 +56,7 @@ def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
         counts = task_counts(ids, n_tasks)
         for layer in layers:
             layer.set_batch_tasks(ids, counts, stream)
-        if model.channels_last:
+        if model.net.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with model.autocast():
             out = net(x).float()
@@ -73,7 +84,7 @@ def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
     return step
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="seq-fmnist")
     p.add_argument("--model", default="er_ace")
@@ -86,15 +97,26 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--synthetic", type=int, default=None, help="random images per class instead of the files")
     p.add_argument("--extra", default="", help="more framework flags, e.g. '--lambd 0.1 --kappa 0.4'")
-    a = p.parse_args()
-    argv = ["--dataset", a.dataset, "--model", a.model, "--nl", a.nl, "--buffer_size", str(a.buffer_size)]
-    argv += ["--nf", str(a.nf), "--lr", "0.03", "--bs", "10", "--epochs", "1", "--seed", "0", "--nowand", "1"]
-    argv += ["--non_verbose", "1", "--samples_per_class", str(max(a.buffer_size, 300)), *a.extra.split()]
+    p.add_argument(
+        "--samples_per_class",
+        type=int,
+        default=None,
+        help="training images per class (default: the buffer size, at least 300)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    a = parse(parser(), SMOKE, argv)
+    spc = a.samples_per_class or max(a.buffer_size, 300)
+    flags = ["--dataset", a.dataset, "--model", a.model, "--nl", a.nl, "--buffer_size", str(a.buffer_size)]
+    flags += ["--nf", str(a.nf), "--lr", "0.03", "--bs", "10", "--epochs", "1", "--seed", "0", "--nowand", "1"]
+    flags += ["--non_verbose", "1", "--samples_per_class", str(spc), *a.extra.split()]
     if a.device:
-        argv += ["--device", a.device]
+        flags += ["--device", a.device]
     if a.threads:
-        argv += ["--num_threads", str(a.threads)]
-    args, dataset, model = build(argv, a.synthetic)
+        flags += ["--num_threads", str(a.threads)]
+    args, dataset, model = build(flags, a.synthetic)
     device = dataset.device
     trainer = Trainer(model, dataset, args, WandbLogger(args))
 
@@ -112,7 +134,7 @@ def main() -> None:
         y = torch.randint(lo if k == 0 else 0, hi if k == 0 else lo, (args.batch_size,), device=device)
         parts.append((x, y, torch.full((args.batch_size,), 1 if k == 0 else 0, device=device)))
     weights = [layer.norm_loss_weight(model.current_task) for layer in task_aware_layers(model.net)]
-    step = bare_step(model, parts, max(weights, default=0.0))
+    step = bare_step(model, args, parts, max(weights, default=0.0))
     framework, bare = [], []
     for i in range(a.steps + a.warmup):  # interleaved (A, B, A, B, ...): the machine's drift cancels
         framework.append(timed(lambda i=i: trainer.train_step([task1], batches[i % len(batches)][None]), device))
@@ -127,12 +149,12 @@ def main() -> None:
         "nf": a.nf,
         "buffer_size": a.buffer_size,
         "forward_mode": model.forward_mode,
+        "extra": a.extra,
         "framework_ms": round(framework_ms, 3),
         "bare_ms": round(bare_ms, 3),
         "ratio": round(framework_ms / bare_ms, 3),
-        **machine(device),
     }
-    print(json.dumps(result))
+    emit(result | environment(device))
 
 
 if __name__ == "__main__":
