@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CPU figure of BENCHMARKS.md measured again at the current code, with the commands that file gives: one
+# Every CPU figure of docs/benchmarks.md measured again at the current code, with the commands that file gives: one
 # process per figure, each timing what it compares in turn (A, B, A, B, ...), one JSON line per figure on stdout and
 # in $OUT/cpu.jsonl (each with its date, CPU, kernel set, threads, torch version and commit).
 #
@@ -14,7 +14,7 @@
 #     e2e_full  end_to_end.py: er_ace AdaB2N on the full data with --amp 1 --channels_last 1 (about 9 minutes)
 #     stack     stack.py: K runs stacked against separate processes, K = 1, 4, 8 (1 and 2 stacks), 16, 32 (about 40 min)
 #
-# Environment: THREADS (torch threads of each figure, default 2, as BENCHMARKS.md's), OUT (default cpu-out), PYTHON
+# Environment: THREADS (torch threads of each figure, default 2, as docs/benchmarks.md's), OUT (default cpu-out), PYTHON
 # (default python3; an interpreter and its arguments). Run it on an idle machine (no grid, no tests): the figures are
 # wall-clock times. A benchmark that fails stops the script with its exit status.
 set -euo pipefail

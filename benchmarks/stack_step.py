@@ -29,7 +29,7 @@ from normcl.models.utils.stacking import StackedNet
 
 TASKS = 5
 KEYS = ("members", "nl", "nf", "batch", "channels_last", "alone_ms", "stack_ms", "per_member_ratio")
-SMOKE = "--members 2 --nf 8 --batch 4 --repeats 1"  # narrower: torch 2.14.1 crashes, see BENCHMARKS.md
+SMOKE = "--members 2 --nf 8 --batch 4 --repeats 1"  # narrower: torch 2.14.1 crashes, see docs/benchmarks.md
 
 
 def network(nl: str, nf: int) -> nn.Module:

@@ -65,7 +65,7 @@ EXTRA="--nf 20 --diagnose_norm 1 --channels_last 1 --ignore_other_metrics 1 ${EX
 [[ "$SPC" == full ]] || EXTRA="$EXTRA --samples_per_class $SPC"
 
 PYTHON=${PYTHON:-python3}
-BASE=(--datasets seq-fmnist --bs 10 --epochs 1 --nowandb --yes)
+BASE=(--datasets seq-fmnist --bs 10 --epochs 1 --nowand --yes)
 COMMON=("${BASE[@]}" --kappas 0.1 0.4 0.7 1.0 --lambdas 0.01 0.1 1 10 --extra "$EXTRA" --results_path "$RESULTS"
   --logdir "$RESULTS/logs")
 WIDE=("${BASE[@]}" --extra "${EXTRA/--nf 20/--nf 64}" --results_path "$WIDTH/runs" --logdir "$WIDTH/runs/logs"

@@ -1,9 +1,9 @@
-"""Every benchmark runs, and says what it measured as BENCHMARKS.md documents it (issue 39).
+"""Every benchmark runs, and says what it measured as docs/benchmarks.md documents it (issue 39).
 
 Each Python script in ``benchmarks/`` (every file but the modules the scripts share, ``LIBRARY``, where a new shared
 module goes) runs as its own process with ``--smoke`` (tiny sizes: seconds) and must exit 0 and print JSON lines
 with exactly its keys (its ``KEYS``) and the environment's (``benchmarks/output.py``, ``ENVIRONMENT``);
-BENCHMARKS.md's table of the scripts' output and each script's docstring name the same keys. The shell scripts that
+docs/benchmarks.md's table of the scripts' output and each script's docstring name the same keys. The shell scripts that
 run the benchmarks for their figures (``gpu.sh`` on a lent GPU, ``cpu.sh`` on the CPU) parse, and run on this
 machine with an interpreter that records each command instead of running it: every benchmark command they would send
 is accepted by that script's parser, every test file they name exists, and every benchmark they name is called
@@ -32,7 +32,7 @@ LIBRARY = ("__init__.py", "common.py", "output.py")
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name not in LIBRARY)
 SHELL_SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.sh"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NORMCL_OFFLINE": "1", "WANDB_SILENT": "true"}
-# One row of BENCHMARKS.md's table: | `script.py` (or: every line) | `key`, `key`, ... |
+# One row of docs/benchmarks.md's table: | `script.py` (or: every line) | `key`, `key`, ... |
 DOCUMENTED_ROW = re.compile(r"^\| (`\w+\.py`|every line) \| ((?:`\w+`(?:, )?)+) \|$")
 
 
@@ -41,9 +41,9 @@ def script_module(script: str) -> ModuleType:
 
 
 def documented_keys() -> dict[str, list[str]]:
-    """BENCHMARKS.md's table: each script's keys, and the environment's under ``every line``."""
+    """docs/benchmarks.md's table: each script's keys, and the environment's under ``every line``."""
     rows = {}
-    for line in (REPO / "BENCHMARKS.md").read_text().splitlines():
+    for line in (REPO / "docs" / "benchmarks.md").read_text().splitlines():
         if match := DOCUMENTED_ROW.match(line):
             rows[match[1].strip("`")] = re.findall(r"`(\w+)`", match[2])
     return rows
@@ -81,10 +81,10 @@ def test_a_smoke_run_prints_json_lines_with_the_documented_keys(script: str, tmp
 def test_benchmarks_md_and_the_docstrings_name_each_scripts_keys() -> None:
     documented = documented_keys()
     assert documented.pop("every line") == list(ENVIRONMENT)
-    assert sorted(documented) == SCRIPTS, "BENCHMARKS.md's table of output keys lists other scripts than benchmarks/"
+    assert sorted(documented) == SCRIPTS, "docs/benchmarks.md lists other scripts than benchmarks/ holds"
     for script in SCRIPTS:
         module = script_module(script)
-        assert documented[script] == list(module.KEYS), f"BENCHMARKS.md's keys of {script} are not its KEYS"
+        assert documented[script] == list(module.KEYS), f"docs/benchmarks.md's keys of {script} are not its KEYS"
         unnamed = [key for key in module.KEYS if f"``{key}``" not in module.__doc__]
         assert not unnamed, f"the docstring of benchmarks/{script} does not name {unnamed}"
 
