@@ -1,1 +1,5 @@
 """Shared pieces of the models: the ``ContinualModel`` base and the normalisation layers."""
+
+from normcl import require_package_name
+
+require_package_name(__name__, __file__)
