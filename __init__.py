@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from normcl.models.utils.norms import NORMS, convert_norm
+    from normcl.models.utils import NORMS
+    from normcl.models.utils.norms import convert_norm
     from normcl.models.utils.task_aware import TaskAwareNorm
     from normcl.utils.api import get_avail_args, load_runner, train
     from normcl.utils.core.errors import UserError
 
 _HOMES = {
-    "NORMS": "normcl.models.utils.norms",
+    "NORMS": "normcl.models.utils",
     "TaskAwareNorm": "normcl.models.utils.task_aware",
     "UserError": "normcl.utils.core.errors",
     "convert_norm": "normcl.models.utils.norms",

@@ -20,13 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from normcl.datasets import DATASETS
+from normcl.utils.core.run_files import results_file
+
 REPO = Path(__file__).resolve().parent.parent
+DATASET = "seq-fmnist"
 ADAB2N_FLAGS = ["--kappa", "0.4", "--lambd", "0.1"]
 
 
 def run_one(model: str, nl: str, a: argparse.Namespace, results: Path) -> dict:
     name = f"{model}_{nl}"
-    cmd = [sys.executable, "-m", "utils.main", "--dataset", "seq-fmnist", "--model", model, "--nl", nl]
+    cmd = [sys.executable, "-m", "utils.main", "--dataset", DATASET, "--model", model, "--nl", nl]
     cmd += ["--buffer_size", str(a.buffer_size), "--nf", str(a.nf), "--lr", "0.03", "--bs", "10", "--epochs", "1"]
     cmd += ["--seed", "0", "--nowand", "1", "--non_verbose", "1", "--results_path", str(results), "--run_name", name]
     cmd += ADAB2N_FLAGS if nl == "AdaB2N" else []
@@ -42,7 +46,9 @@ def run_one(model: str, nl: str, a: argparse.Namespace, results: Path) -> dict:
         if os.waitstatus_to_exitcode(status) != 0:
             stderr.seek(0)
             raise SystemExit(f"{name} failed: {stderr.read().decode()[-2000:]}")
-    data = json.loads((results / "class-il" / "seq-fmnist" / model / f"{name}.json").read_text())
+    setting = DATASETS.get(DATASET).SETTING
+    spec = argparse.Namespace(results_path=results, setting=setting, dataset=DATASET, model=model, run_name=name)
+    data = json.loads(results_file(spec).read_text())
     timing = data["timing"]
     return {
         "model": model,

@@ -1,9 +1,10 @@
-"""The project imports as one package, ``normcl`` (issue 36).
+"""The project imports as one package, ``normcl``, and its command line without torch (issue 36).
 
 Each package of the project (every folder with an ``__init__.py`` below the root, but the tests) refuses to be
 imported under any other name, in one line naming ``normcl.…``: a second copy of the modules would have registries of
 their own, empty (mammoth's ``from models.utils.norms import convert_norm`` in a clone's root found no AdaB²N). The
-root's own module holds no registry, and pytest imports it by the clone's folder name.
+root's own module holds no registry, and pytest imports it by the clone's folder name. The modules that parse a run's
+command line import no torch, so a launcher or a parser starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -47,3 +48,13 @@ def test_mammoths_import_from_the_clone_root_is_refused_naming_the_package() -> 
     )
     works = python("from normcl.models.utils.norms import NORMS; print(' '.join(NORMS.names()))", cwd=REPO)
     assert works.returncode == 0 and "AdaB2N" in works.stdout.split(), works.stderr
+
+
+def test_the_command_line_imports_no_torch() -> None:
+    """``utils/main.py``'s parser, resolution and stacking rules, and ``run.py``'s launcher, import no torch (the
+    registries load their components, and torch with them, when a name is first looked up)."""
+    modules = ["normcl.utils.args", "normcl.utils.parser", "normcl.utils.member_args", "normcl.utils.experiments.cli"]
+    code = f"import sys, {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    done = python(code, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -21,7 +21,7 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
     no_gpu,
 )
 
-from normcl.utils.args import parse_args, split_members
+from normcl.utils.args import parse_args
 from normcl.utils.checkpoint import save_checkpoint
 from normcl.utils.core.run_files import checkpoint_file
 from normcl.utils.experiments.cli import main, parse_launcher_args
@@ -30,6 +30,7 @@ from normcl.utils.experiments.processes import default_command
 from normcl.utils.experiments.scheduler import execute
 from normcl.utils.experiments.stacks import Stack, even_chunks, narrowed, stack_runs
 from normcl.utils.experiments.tuning import select_from_validation
+from normcl.utils.member_args import split_members
 
 GRID = [
     "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "AdaB2N", "--num_seeds", "3",

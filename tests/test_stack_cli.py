@@ -20,8 +20,9 @@ from faults import inject_nan
 from norm_helpers import doubled_bn
 
 from normcl.models.utils.norms import NORMS, NormSpec
-from normcl.utils.args import parse_args, parse_members
+from normcl.utils.args import parse_args
 from normcl.utils.main import main, run
+from normcl.utils.member_args import parse_members
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = [

@@ -25,9 +25,10 @@ from normcl.models.utils.adab2n import AdaB2N
 from normcl.models.utils.continual_model import ContinualModel
 from normcl.models.utils.norms import NORMS
 from normcl.models.utils.task_aware import task_aware_layers
-from normcl.utils.args import member_free, parse_args, parse_members, stacking_problem
+from normcl.utils.args import parse_args
 from normcl.utils.experiments.methods import PSEUDO_METHODS, method_flags, runs_without_affine
 from normcl.utils.main import main, run
+from normcl.utils.member_args import member_free, parse_members, stacking_problem
 
 OPTION_VALUES = {"kappa": ("0.4", "1.0", "0.0", "0.7"), "lambd": ("0.1", "1", "0.01", "0.5"),
                  "ada_t0": ("0", "1", "0", "2"), "alpha": ("0.3", "0.05", "0.1", "0.5"),

@@ -21,9 +21,10 @@ from normcl.datasets.utils.continual_dataset import ContinualDataset
 from normcl.models import MODELS
 from normcl.models.utils.continual_model import ContinualModel
 from normcl.utils import main
-from normcl.utils.args import MEMBER_FLAG, build_parser, component_default, component_options, parse_args
+from normcl.utils.args import parse_args
+from normcl.utils.component_options import component_default, merged_options
 from normcl.utils.core.errors import UserError
-from normcl.utils.core.options import merge
+from normcl.utils.parser import MEMBER_FLAG, build_parser
 
 NOT_ARGUMENTS = ("help", MEMBER_FLAG[2:])
 """Flags of the command line that are no argument of one run: ``--help``, and ``--member`` (stacks are the CLI's)."""
@@ -82,7 +83,7 @@ def get_avail_args(model: str | None = None, dataset: str | None = None) -> tupl
     for kind, name in given.items():
         (MODELS if kind == "model" else DATASETS).get(name)  # an unknown name: the UserError listing the choices
     chosen = set(given.items())
-    owned = merge((f"{kind} {name}", option) for kind, name, option in component_options())
+    owned = merged_options()
     required: dict[str, dict] = {}
     optional: dict[str, dict] = {}
     for action in build_parser()._actions:

@@ -10,7 +10,8 @@ trains each ``--member`` (the shared flags plus its own) as the same run it woul
 order, augmentation, buffer and draws (its generator, in the order of its run alone), arithmetic, results file and
 wandb run. Every run is such a stack; without ``--member`` it has one member, whose network is the ordinary one. The
 members train in lockstep through ``normcl.utils.training.Trainer``, so they must share everything that shapes a step
-(dataset, model, norm, buffer size, batch size, epochs, network width, forward mode); ``utils/args.py`` checks that.
+(dataset, model, norm, buffer size, batch size, epochs, network width, forward mode); ``utils/member_args.py``
+checks that.
 A member whose loss turns NaN or infinite stops with its partial results, and the others go on. A stack checkpoints
 as a run does (``{first member}.stack.ckpt``), so ``kill -9`` and ``--resume 1`` with the same command continue every
 member exactly.
@@ -22,6 +23,7 @@ import sys
 import time
 from argparse import Namespace
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +32,16 @@ import torch
 from normcl.datasets import get_dataset_class
 from normcl.datasets.utils.continual_dataset import ContinualDataset
 from normcl.models.utils.continual_model import ContinualModel
-from normcl.utils.args import parse_args, parse_members, split_members
+from normcl.utils.args import parse_args
 from normcl.utils.checkpoint import load_checkpoint
 from normcl.utils.core.errors import UserError
-from normcl.utils.core.run_files import checkpoint_file, partial_results_file, results_file
+from normcl.utils.core.run_files import checkpoint_file, default_run_name, partial_results_file, results_file
+from normcl.utils.member_args import parse_members, split_members
 from normcl.utils.results import build_results, code_version, summary_table, write_results
 from normcl.utils.run_setup import (
     build_model,
     check_disk_space,
     check_writable,
-    default_run_name,
     member_datasets,
     resolve_device,
 )
@@ -62,10 +64,10 @@ def load(runs: Namespace | Sequence[Namespace]) -> tuple[ContinualModel, list[Co
     first = members[0]
     if first.num_threads is not None:
         torch.set_num_threads(first.num_threads)
-    device = resolve_device(first.device)
+    device, started = resolve_device(first.device), datetime.now()
     for k, args in enumerate(members):
         args.device, args.setting = str(device), get_dataset_class(args.dataset).SETTING
-        args.run_name = args.run_name or default_run_name(args) + (f"_member{k}" if len(members) > 1 else "")
+        args.run_name = args.run_name or default_run_name(args, started) + (f"_member{k}" if len(members) > 1 else "")
     datasets = member_datasets(members, device)
     if not first.disable_log:
         check_writable(Path(first.results_path))

@@ -10,7 +10,6 @@ import random
 import shutil
 from argparse import Namespace
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,10 @@ from normcl.backbone import BACKBONES
 from normcl.datasets import get_dataset_class
 from normcl.datasets.utils.continual_dataset import ContinualDataset
 from normcl.models import MODELS
+from normcl.models.utils import NORMS
 from normcl.models.utils.continual_model import ContinualModel
 from normcl.models.utils.members import Members
-from normcl.models.utils.norms import NORMS, convert_norm
+from normcl.models.utils.norms import convert_norm
 from normcl.models.utils.stacking import StackedNet
 from normcl.utils.core.errors import UserError
 
@@ -48,12 +48,6 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
     return device
-
-
-def default_run_name(args: Namespace) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    buffer = f"_buf{args.buffer_size}" if args.buffer_size is not None else ""
-    return f"{args.dataset}_{args.model}_{args.nl}{buffer}_seed{args.seed}_{stamp}_{os.getpid()}"
 
 
 def check_writable(path: Path) -> None:

@@ -39,19 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normcl.models.utils.adab2n_options import ADA_T0, KAPPA, LAMBD, OPTIONS, PER_MEMBER
 from normcl.models.utils.layer_stacking import Stacking, load, same, slice_member, stackable
 from normcl.models.utils.norms import float32_under_autocast, register_norm
 from normcl.models.utils.task_aware import task_counts
-from normcl.utils.core.options import Option, at_least, between, require
-
-KAPPA = Option(
-    "--kappa", "momentum adaptation in [0, 1] (1 = plain EMA, 0 = cumulative)", check=between(0, 1), launcher="--kappas"
-)
-RENORM = Option("--adab2n_renorm", "renormalise the task weights over the tasks present in the batch", keyword="renorm")
-LAMBD = Option("--lambd", "weight of the statistics regulariser in the loss", check=at_least(0), launcher="--lambdas")
-ADA_T0 = Option(
-    "--ada_t0", "first task (0-based) whose loss has the regulariser", check=at_least(0), launcher="--ada_t0s"
-)
+from normcl.utils.core.options import require
 
 
 class AdaB2N(nn.BatchNorm2d):
@@ -339,7 +331,7 @@ def normalized(
     return torch.addcmul(shift.view(1, -1, 1, 1), input, scale.view(1, -1, 1, 1))
 
 
-@register_norm("AdaB2N", KAPPA, RENORM, LAMBD, ADA_T0)
+@register_norm("AdaB2N", *OPTIONS)
 def adab2n(
     bn: nn.BatchNorm2d,
     *,
@@ -354,5 +346,4 @@ def adab2n(
     return AdaB2N.from_bn(bn, num_tasks, kappa, affine=affine, renorm=renorm, lambd=lambd, ada_t0=ada_t0)
 
 
-# Each member keeps its own kappa, lambd and ada_t0; --adab2n_renorm shapes every member's weights alike.
-stackable(Stacking(AdaB2N.stack, AdaB2N.member, frozenset({"kappa", "lambd", "ada_t0"})))(AdaB2N)
+stackable(Stacking(AdaB2N.stack, AdaB2N.member, PER_MEMBER))(AdaB2N)

@@ -1,7 +1,7 @@
 """``run.py --stack K``: the grid's compatible runs packed into stacks of at most K, each stack one process.
 
 ``utils/main.py`` trains K runs, one ``--member`` each, as one vectorised network whose members are the runs alone
-(README, "Stacked runs"), as long as they differ only in what ``normcl.utils.args.member_free`` allows (the flags
+(README, "Stacked runs"), as long as they differ only in what ``normcl.utils.member_args.member_free`` allows (the flags
 declared member-free, the model's options and those of the norm's options that its stacking takes per member). Runs are
 grouped by that rule, read from each run's parsed flags; a stack's command gives each member exactly the flags of its
 run alone (the shared ones once), so its results file, run and wandb names and results are the
@@ -21,9 +21,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO, TypeAlias
 
+from normcl.utils.args import parse_args
 from normcl.utils.core.errors import UserError
 from normcl.utils.core.run_files import checkpoint_file, stack_log_file
 from normcl.utils.experiments.grid import Run
+from normcl.utils.member_args import member_free, parse_members, split_members, stacking_problem
+from normcl.utils.parser import MEMBER_FLAG
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,6 @@ def stack_flags(runs: Sequence[Run]) -> list[str]:
     """``utils/main.py``'s flags for ``runs`` as one stack: the flags that they all give alike once, in the first
     run's order, then a ``--member`` with each run's others. argparse does not care about the order of distinct
     flags, so each member parses exactly its run's flags; runs that repeat a flag (last one wins) keep all theirs."""
-    from normcl.utils.args import MEMBER_FLAG
-
     per_run = [_items(run.argv) for run in runs]
     repeats = any(len({i[0].split("=", 1)[0] for i in items}) < len(items) for items in per_run)
     common = set() if repeats else set(per_run[0]).intersection(*per_run[1:])
@@ -90,8 +91,6 @@ def stack_flags(runs: Sequence[Run]) -> list[str]:
 
 def _parse(argv: Sequence[str]) -> Namespace | None:
     """``utils/main.py``'s arguments for ``argv``; ``None`` when they do not parse (the run then fails alone)."""
-    from normcl.utils.args import parse_args
-
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             return parse_args(list(argv))
@@ -100,10 +99,8 @@ def _parse(argv: Sequence[str]) -> Namespace | None:
 
 
 def _shared_arguments(args: Namespace) -> str:
-    """What a stack's members must share: every argument but those ``normcl.utils.args.parse_members`` lets them
-    differ in (:func:`normcl.utils.args.member_free`)."""
-    from normcl.utils.args import member_free
-
+    """What a stack's members must share: every argument but those ``normcl.utils.member_args.parse_members`` lets
+    them differ in (:func:`normcl.utils.member_args.member_free`)."""
     free = member_free(args)
     return repr(sorted((key, value) for key, value in vars(args).items() if key not in free))
 
@@ -111,8 +108,6 @@ def _shared_arguments(args: Namespace) -> str:
 def stack_problem(runs: Sequence[Run], alone: dict[str, Namespace]) -> str | None:
     """Why ``runs`` cannot be stacked, or ``None``: ``utils/main.py``'s own parser reads the stack's flags, and each
     member must get exactly the arguments of its run alone (``alone``: run name -> its parsed flags)."""
-    from normcl.utils.args import parse_members, split_members
-
     shared, members = split_members(stack_flags(runs))
     try:
         with contextlib.redirect_stderr(io.StringIO()):
@@ -151,8 +146,6 @@ def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> lis
     model cannot stack: alone, as it must)."""
     if size == 1:
         return list(runs)
-    from normcl.utils.args import stacking_problem
-
     alone: dict[str, Namespace] = {}
     groups: dict[str, list[int]] = {}
     jobs: list[tuple[int, Job]] = []
@@ -184,7 +177,7 @@ def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> lis
 def _interrupted_stacks(runs: Sequence[Run]) -> list[list[Run]]:
     """The stacks that an interrupted launch left checkpoints of (``FIRST.stack.ckpt``) whose members are all still
     to do here: they are packed again as they were, whatever ``--stack`` says now, so that they resume."""
-    from normcl.utils.checkpoint import stack_members
+    from normcl.utils.checkpoint import stack_members  # torch: where a stack left a checkpoint, not every launch
 
     by_name = {run.name: run for run in runs if not run.done}
     stacks: list[list[Run]] = []
