@@ -51,7 +51,7 @@ def build(
         cls = synthetic(cls, synthetic_per_class)
     dataset = cls(args, device)
     dataset.prepare()
-    return args, dataset, build_model(args, dataset)
+    return args, dataset, build_model([args], [dataset])
 
 
 def machine(device: torch.device) -> dict[str, object]:

@@ -13,7 +13,6 @@ timed in turn (A, B, A, B, ...) so that the machine's drift cancels. The last ou
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 
@@ -35,9 +34,10 @@ def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
     """forward + backward + SGD of a copy of ``model.net`` on fixed tensors, in the model's forward mode."""
     for layer in task_aware_layers(model.net):
         layer.norm_loss = None  # a graph node: not copyable
-    net = copy.deepcopy(model.net.inner)  # the network of the run (one member)
-    apply_speed_options(net, model.args)  # a deep copy drops the compiled call (Module.__getstate__): compile it too
-    opt = type(model.opt)(net.parameters(), **model.opt.defaults)  # the framework's optimiser and settings
+    net = model.member_net(0)  # the network of the run (its one member), a copy
+    apply_speed_options(net, model.args)  # a copy drops the compiled call (Module.__getstate__): compile it too
+    member_opt = model.opt.optimizers[0]
+    opt = type(member_opt)(net.parameters(), **member_opt.defaults)  # the framework's optimiser and settings
     layers = task_aware_layers(net)
     n_tasks = model.dataset.N_TASKS
 
@@ -45,7 +45,7 @@ def bare_step(model, parts: list[tuple[Tensor, Tensor, Tensor]], lambd: float):
         counts = task_counts(ids, n_tasks)
         for layer in layers:
             layer.set_batch_tasks(ids, counts, stream)
-        if model.channels_last:
+        if model.net.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with model.autocast():
             out = net(x).float()
@@ -96,7 +96,7 @@ def main() -> None:
         argv += ["--num_threads", str(a.threads)]
     args, dataset, model = build(argv, a.synthetic)
     device = dataset.device
-    trainer = Trainer(model, dataset, args, WandbLogger(args))
+    trainer = Trainer(model, [dataset], [args], [WandbLogger(args)])
 
     task0 = dataset.task(0)
     for idx in epoch_batches(len(task0.train_y), args.batch_size, device):
@@ -111,7 +111,7 @@ def main() -> None:
         x = torch.randn(args.batch_size, c, h, w, device=device)
         y = torch.randint(lo if k == 0 else 0, hi if k == 0 else lo, (args.batch_size,), device=device)
         parts.append((x, y, torch.full((args.batch_size,), 1 if k == 0 else 0, device=device)))
-    weights = [layer.norm_loss_weight(model.current_task) for layer in task_aware_layers(model.net)]
+    weights = [w for layer in task_aware_layers(model.net) for w in layer.norm_loss_weight(model.current_task)]
     step = bare_step(model, parts, max(weights, default=0.0))
     framework, bare = [], []
     for i in range(a.steps + a.warmup):  # interleaved (A, B, A, B, ...): the machine's drift cancels

@@ -57,7 +57,9 @@ SMALL = [
 
 
 def _run(tmp_path: Path, name: str, *extra: str) -> dict[str, Any]:
-    (document,) = run(parse_args([*SMALL, "--seed", "1", *extra, "--results_path", str(tmp_path), "--run_name", name]))
+    (document,) = run(
+        [parse_args([*SMALL, "--seed", "1", *extra, "--results_path", str(tmp_path), "--run_name", name])]
+    )
     return document
 
 

@@ -63,7 +63,7 @@ def load_runner(model: str, dataset: str, args: Mapping[str, Any]) -> tuple[Cont
     parser = _parser()
     flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.dest not in NOT_ARGUMENTS}
     run_args = parse_args(_argv(model, dataset, args, flags), parser)
-    net, (data,) = main.load(run_args)
+    net, (data,) = main.load([run_args])
     return net, data
 
 

@@ -1,8 +1,10 @@
 """The rules of stacked runs on the command line (``--member``): each member's arguments, what members may differ in,
-and which runs cannot be stacked.
+and which runs cannot hold several members in one network.
 
 ``utils/main.py FLAGS --member "OWN" --member "OWN" ...``: each member parses as the run of the shared flags plus its
-own (``utils/args.py``).
+own (``utils/args.py``). Without ``--member`` the shared flags are one run, a stack of one, as they are with one
+``--member``; what a stack asks more of its runs (a norm and a model that stack, a seed and a name each) is asked of
+several members only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from normcl.models import MODELS
 from normcl.models.utils import NORMS
 from normcl.utils.args import parse_args
 from normcl.utils.core.errors import UserError
+from normcl.utils.core.run_files import default_name_stem
 from normcl.utils.parser import MEMBER_FLAG, flag_roles
 
 
@@ -45,7 +48,7 @@ def member_free(args: argparse.Namespace) -> set[str]:
 
 
 def stacking_problem(args: argparse.Namespace) -> str | None:
-    """Why runs like ``args`` cannot be stacked at all (their norm or model declares no stacking), or ``None``."""
+    """Why several runs like ``args`` cannot be stacked (their norm or model declares no stacking), or ``None``."""
     norm = NORMS.get(args.nl)
     if norm.stacking is None:
         layer = "its builder returns no layer class" if norm.layer is None else f"{norm.layer.__name__} is not"
@@ -62,15 +65,16 @@ def stacking_problem(args: argparse.Namespace) -> str | None:
 
 
 def parse_members(shared: Sequence[str], members: Sequence[str]) -> list[argparse.Namespace]:
-    """Each member's arguments (the shared flags, then its own), validated as a run alone, then as a stack."""
+    """Each member's arguments (the shared flags, then its own), validated as a run alone, then as a stack (no
+    member: the run of the shared flags)."""
     try:
-        runs = [parse_args([*shared, *shlex.split(member)]) for member in members]
+        runs = [parse_args([*shared, *shlex.split(member)]) for member in members or [""]]
     except ValueError as e:
         if isinstance(e, UserError):
             raise
         raise UserError(f"{MEMBER_FLAG} flags cannot be split ({e}); quote each member's flags once") from None
-    first = runs[0]
-    problem = stacking_problem(first)
+    first, several = runs[0], len(runs) > 1
+    problem = stacking_problem(first) if several else None
     if problem is not None:
         raise UserError(problem)
     free = member_free(first)
@@ -82,11 +86,11 @@ def parse_members(shared: Sequence[str], members: Sequence[str]) -> list[argpars
                     f"stacked members differ in --{key} ({getattr(first, key)!r} and {value!r}); members may differ "
                     f"only in {allowed}: run the others in another stack"
                 )
-    if any(run.seed is None for run in runs):
+    if several and any(run.seed is None for run in runs):
         raise UserError(
             f"every stacked member needs a --seed (its generator starts from it): add it to each {MEMBER_FLAG}"
         )
-    names = [run.run_name for run in runs if run.run_name is not None]
+    names = [run.run_name or f"{default_name_stem(run)} (the default)" for run in runs]
     if len(set(names)) < len(names):
         raise UserError(f"stacked members share a --run_name ({sorted(names)}); give each member its own")
     return runs

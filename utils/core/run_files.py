@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ PARTIAL_SUFFIX = ".partial.json"
 """Replaces ``.json`` in the name of a run that diverged: never the final name, so nothing mistakes it for one."""
 STACK_LOG_SUFFIX = ".stack.txt"
 """A stack's log is named after its first member, as its checkpoint (``FIRST.stack.ckpt``)."""
+STACK_CHECKPOINT_SUFFIX = ".stack.ckpt"
 VALIDATION_SUFFIX = "_val"
 """Appended to the run, results and wandb names of ``--tune validation``'s phase-1 runs."""
 SAFE_CHARACTERS = "A-Za-z0-9._+-"
@@ -83,10 +85,15 @@ def final_results_file(partial: Path) -> Path:
     return partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX) + ".json")
 
 
-def checkpoint_file(results: Path, stack: bool = False) -> Path:
-    """The checkpoint of the run whose results file is ``results`` (same folder, ``.ckpt``); a stack's is named
-    after its first member's (``.stack.ckpt``), so a run alone never takes it for its own."""
-    return results.with_suffix(".stack.ckpt" if stack else ".ckpt")
+def checkpoint_file(results: Sequence[Path]) -> Path:
+    """The checkpoint of the runs trained together whose results files are ``results``, beside the first: a run
+    alone's ``NAME.ckpt``; a stack's :func:`stack_checkpoint_file`, so a run alone never takes it for its own."""
+    return results[0].with_suffix(".ckpt") if len(results) == 1 else stack_checkpoint_file(results[0])
+
+
+def stack_checkpoint_file(first: Path) -> Path:
+    """The checkpoint of a stack of several runs, named after its first member's results file ``first``."""
+    return first.with_suffix(STACK_CHECKPOINT_SUFFIX)
 
 
 def lock_file(results: Path) -> Path:
@@ -99,9 +106,10 @@ def log_file(logdir: Path, name: str) -> Path:
     return logdir / f"{name}.txt"
 
 
-def stack_log_file(first_log: Path, first_name: str) -> Path:
-    """The launcher's log of a stack, after its first member's log and name."""
-    return first_log.with_name(first_name + STACK_LOG_SUFFIX)
+def job_log_file(logs: Sequence[Path], names: Sequence[str]) -> Path:
+    """The launcher's log of runs trained in one process (their logs and names): a run alone's own; a stack's after
+    its first member's log and name."""
+    return logs[0] if len(logs) == 1 else logs[0].with_name(names[0] + STACK_LOG_SUFFIX)
 
 
 def grid_seconds_file(results_dir: Path) -> Path:
