@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from normcl.models.utils.norms import NORMS, convert_norm
+    from normcl.models.utils import NORMS
+    from normcl.models.utils.norms import convert_norm
     from normcl.models.utils.task_aware import NormLosses, TaskAwareNorm, task_aware_layers, task_counts
     from normcl.utils.api import get_avail_args, load_runner, train
     from normcl.utils.core.errors import UserError
 
 _HOMES = {
-    "NORMS": "normcl.models.utils.norms",
+    "NORMS": "normcl.models.utils",
     "NormLosses": "normcl.models.utils.task_aware",
     "TaskAwareNorm": "normcl.models.utils.task_aware",
     "UserError": "normcl.utils.core.errors",
@@ -57,8 +58,30 @@ __all__ = [  # as _HOMES
 ]
 
 
+PACKAGE = "normcl"
+"""The one name the project is imported by: its folder is this package (``pyproject.toml``)."""
 _CLONE_MARK = Path("models", "utils", "adab2n.py")
 """A file only a copy of this project has: what tells a script's clone."""
+
+
+def require_package_name(name: str, init_file: str, runs_commands: bool = False) -> None:
+    """Refuse, in one line naming ``normcl.…``, a package of this project imported under another name than its own
+    (each package's ``__init__`` calls this with its ``__name__`` and ``__file__``). From a clone's root, mammoth's
+    ``from models.utils.norms import convert_norm`` would import a second copy of the modules, whose registries are
+    empty: ``convert_norm(net, "AdaB2N")`` would find no AdaB²N. This module itself holds no registry (its names are
+    imported from ``normcl.…``), and pytest imports it by the clone's folder name when it collects the clone.
+    ``runs_commands``: the package of ``python -m utils.main`` (``utils.report``, ``utils.results_page``) from a
+    clone, which runpy imports by its folder's name while it finds the command (``sys.argv[0]`` is ``-m`` then); the
+    command's code imports ``normcl``."""
+    folder = Path(init_file).resolve().parent
+    own = ".".join([PACKAGE, *folder.relative_to(Path(__file__).resolve().parent).parts])
+    if name == own or (runs_commands and sys.argv[:1] == ["-m"]):
+        return
+    example = "from normcl.models.utils.norms import convert_norm"
+    raise ImportError(
+        f"{name} is the package {own} of this project imported by another name, which would be a second copy of it "
+        f"with registries of its own: import {own} instead (e.g. {example})"
+    )
 
 
 def _installed_tool(path: Path, clone: Path) -> bool:

@@ -1,5 +1,8 @@
 """Feature extractors + classifier heads, created by name."""
 
+from normcl import require_package_name
 from normcl.utils.core.registry import Registry
+
+require_package_name(__name__, __file__)
 
 BACKBONES: Registry = Registry("backbone", __name__)

@@ -69,7 +69,7 @@ def build(
         cls = synthetic(cls, synthetic_per_class)
     dataset = cls(args, device)
     dataset.prepare()
-    return args, dataset, build_model(args, dataset)
+    return args, dataset, build_model([args], [dataset])
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:

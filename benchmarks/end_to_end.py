@@ -26,8 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from normcl.benchmarks.output import emit, parse, run_environment
+from normcl.datasets import DATASETS
+from normcl.utils.core.run_files import results_file
 
 REPO = Path(__file__).resolve().parent.parent
+DATASET = "seq-fmnist"
 ADAB2N_FLAGS = ["--kappa", "0.4", "--lambd", "0.1"]
 KEYS = ("model", "nl", "wall_s", "train_s", "eval_s_per_task", "peak_rss_mb", "class_il", "extra")
 SMOKE = "--models er_ace --nls AdaB2N --nf 2 --buffer_size 20 --samples_per_class 10 --extra '--validation 1'"
@@ -35,7 +38,7 @@ SMOKE = "--models er_ace --nls AdaB2N --nf 2 --buffer_size 20 --samples_per_clas
 
 def run_one(model: str, nl: str, a: argparse.Namespace, results: Path) -> dict:
     name = f"{model}_{nl}"
-    cmd = [sys.executable, "-m", "utils.main", "--dataset", "seq-fmnist", "--model", model, "--nl", nl]
+    cmd = [sys.executable, "-m", "utils.main", "--dataset", DATASET, "--model", model, "--nl", nl]
     cmd += ["--buffer_size", str(a.buffer_size), "--nf", str(a.nf), "--lr", "0.03", "--bs", "10", "--epochs", "1"]
     cmd += ["--seed", "0", "--nowand", "1", "--non_verbose", "1", "--results_path", str(results), "--run_name", name]
     cmd += ADAB2N_FLAGS if nl == "AdaB2N" else []
@@ -51,7 +54,9 @@ def run_one(model: str, nl: str, a: argparse.Namespace, results: Path) -> dict:
         if os.waitstatus_to_exitcode(status) != 0:
             stderr.seek(0)
             raise SystemExit(f"{name} failed: {stderr.read().decode()[-2000:]}")
-    data = json.loads((results / "class-il" / "seq-fmnist" / model / f"{name}.json").read_text())
+    setting = DATASETS.get(DATASET).SETTING
+    spec = argparse.Namespace(results_path=results, setting=setting, dataset=DATASET, model=model, run_name=name)
+    data = json.loads(results_file(spec).read_text())
     timing = data["timing"]
     return {
         "model": model,

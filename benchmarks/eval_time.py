@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags += ["--num_threads", str(a.threads)] if a.threads else []
     args, dataset, model = build(flags, a.synthetic)
     device = dataset.device
-    trainer = Trainer(model, dataset, args, WandbLogger(args))
+    trainer = Trainer(model, [dataset], [args], [WandbLogger(args)])
     task0 = dataset.task(0)
     for idx in epoch_batches(len(task0.train_y), args.batch_size, device):
         trainer.train_step([task0], idx[None])  # one member

@@ -18,7 +18,6 @@ and the environment (``benchmarks/output.py``, ``ENVIRONMENT``).
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 from collections.abc import Sequence
 
@@ -46,8 +45,8 @@ def bare_step(model, args: argparse.Namespace, parts: list[tuple[Tensor, Tensor,
     mode, with the optimiser the model declares for a run's parameters at the run's learning rate (``args``)."""
     for layer in task_aware_layers(model.net):
         layer.norm_loss = None  # a graph node: not copyable
-    net = copy.deepcopy(model.member_net(0))  # the network of the run (its one member), a copy
-    apply_speed_options(net, args)  # a deep copy drops the compiled call (Module.__getstate__): compile it too
+    net = model.member_net(0)  # the network of the run (its one member), a copy
+    apply_speed_options(net, args)  # a copy drops the compiled call (Module.__getstate__): compile it too
     opt = model.make_optimizer(list(net.parameters()), args.lr)
     layers = task_aware_layers(net)
     n_tasks = model.dataset.N_TASKS
@@ -118,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         flags += ["--num_threads", str(a.threads)]
     args, dataset, model = build(flags, a.synthetic)
     device = dataset.device
-    trainer = Trainer(model, dataset, args, WandbLogger(args))
+    trainer = Trainer(model, [dataset], [args], [WandbLogger(args)])
 
     task0 = dataset.task(0)
     for idx in epoch_batches(len(task0.train_y), args.batch_size, device):
@@ -133,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         x = torch.randn(args.batch_size, c, h, w, device=device)
         y = torch.randint(lo if k == 0 else 0, hi if k == 0 else lo, (args.batch_size,), device=device)
         parts.append((x, y, torch.full((args.batch_size,), 1 if k == 0 else 0, device=device)))
-    weights = [layer.norm_loss_weight(model.current_task) for layer in task_aware_layers(model.net)]
+    weights = [w for layer in task_aware_layers(model.net) for w in layer.norm_loss_weight(model.current_task)]
     step = bare_step(model, args, parts, max(weights, default=0.0))
     framework, bare = [], []
     for i in range(a.steps + a.warmup):  # interleaved (A, B, A, B, ...): the machine's drift cancels

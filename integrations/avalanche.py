@@ -157,7 +157,7 @@ class TaskAwareNormPlugin(SupervisedPlugin):
         """``strategy.loss += regulariser()``, then the iteration's terms are spent."""
         term = self.regulariser()
         if term is not None:
-            strategy.loss += term
+            strategy.loss += term.view(())  # the strategy's model is one network: its one member's, [1]
         self._losses.clear()
 
     def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
@@ -182,8 +182,8 @@ class TaskAwareNormPlugin(SupervisedPlugin):
         return ids
 
     def regulariser(self) -> Tensor | None:
-        """``Σ weight · Σ norm_loss`` over the training forwards since the last backward (``None``: nothing to add,
-        or not in this iteration by the schedule), from the collector ``ContinualModel`` uses
+        """``Σ weight · Σ norm_loss`` over the training forwards since the last backward, ``[1]`` (``None``: nothing to
+        add, or not in this iteration by the schedule), from the collector ``ContinualModel`` uses
         (``models/utils/task_aware.NormLosses``): the two agree to the last bit."""
         skip = {"replay": not self._replaying, "after_first": self._iterations == 0, "always": False}[self.schedule]
         return None if skip else self._losses.total()

@@ -65,6 +65,8 @@ EXTRA="--nf 20 --diagnose_norm 1 --channels_last 1 --ignore_other_metrics 1 ${EX
 [[ "$SPC" == full ]] || EXTRA="$EXTRA --samples_per_class $SPC"
 
 PYTHON=${PYTHON:-python3}
+# The file of a grid's sittings beside its results, named where every file of a run is (utils/core/run_files.py).
+GRID_SECONDS=$("$PYTHON" -c "from normcl.utils.core.run_files import GRID_SECONDS; print(GRID_SECONDS)")
 BASE=(--datasets seq-fmnist --bs 10 --epochs 1 --nowand --yes)
 COMMON=("${BASE[@]}" --kappas 0.1 0.4 0.7 1.0 --lambdas 0.01 0.1 1 10 --extra "$EXTRA" --results_path "$RESULTS"
   --logdir "$RESULTS/logs")
@@ -172,14 +174,14 @@ commands() {  # grid...
 seconds_line() {  # start file: a sitting's wall time, machine and end, appended to file (the page adds them up)
   echo "$(( $(date +%s) - $1 )) $(hostname) $(date -u +%FT%TZ)" >>"$2"
 }
-sitting() {  # folder grid...: run the grids; one line per invocation, also an interrupted one, in grid_seconds.txt
+sitting() {  # folder grid...: run the grids; one line per invocation, also an interrupted one, in GRID_SECONDS
   local folder=$1 start command timed=1; shift
   (( $# )) || return 0
   [[ " $LAUNCH " == *" --dry_run "* ]] && timed=0  # a plan, not a sitting: nothing to time
   if (( timed )); then
     start=$(date +%s)
     mkdir -p "$folder"
-    trap "seconds_line $start $(printf %q "$folder/grid_seconds.txt")" EXIT
+    trap "seconds_line $start $(printf %q "$folder/$GRID_SECONDS")" EXIT
   fi
   while read -r command; do
     # shellcheck disable=SC2086  # LAUNCH is a list of flags
@@ -192,7 +194,7 @@ sitting() {  # folder grid...: run the grids; one line per invocation, also an i
   for job in $(jobs -p); do wait "$job" || rc=$?; done
   if (( timed )); then
     trap - EXIT
-    seconds_line "$start" "$folder/grid_seconds.txt"
+    seconds_line "$start" "$folder/$GRID_SECONDS"
   fi
 }
 publish() {  # folder report part "report flags" grid...: a folder's report and its part of the page (the page adds

@@ -19,6 +19,7 @@ import pytest
 from normcl.utils.experiments.cli import parse_launcher_args
 from normcl.utils.experiments.grid import Run, expand_grid
 from normcl.utils.experiments.scheduler import LocalScheduler, NoGpuError
+from normcl.utils.experiments.stacks import Job
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_GRID = [
@@ -62,12 +63,13 @@ def small_runs(tmp_path: Path, *extra: str) -> list[Run]:
     return expand_grid(parse_launcher_args(argv))
 
 
-def fake_command(out: Path, modes: dict[str, str] | None = None) -> Callable[[Run, int | None], list[str]]:
-    """A command builder whose child records its environment and writes the results file, or fails (``modes``:
-    run name -> ``fail``, ``flaky`` (fails once), ``diverge`` (a partial file, exit code 3) or ``ok``)."""
+def fake_command(out: Path, modes: dict[str, str] | None = None) -> Callable[[Job, int | None], list[str]]:
+    """A command builder whose child, a job of one run, records its environment and writes the results file, or fails
+    (``modes``: run name -> ``fail``, ``flaky`` (fails once), ``diverge`` (a partial file, exit code 3) or ``ok``)."""
     out.mkdir(parents=True, exist_ok=True)
 
-    def build(run: Run, threads: int | None) -> list[str]:
+    def build(job: Job, threads: int | None) -> list[str]:
+        (run,) = job.members
         mode = (modes or {}).get(run.name, "ok")
         return [sys.executable, "-c", CHILD, str(out), str(run.results), str(run.partial), run.name, mode]
 

@@ -115,9 +115,9 @@ def test_gradient_reaches_the_task_logits_through_the_statistics() -> None:
     layer = AdaB2N(3, num_tasks=3)
     layer.end_task()
     out = train_forward(layer, torch.randn(6, 3, 4, 4), [0, 1, 1, 1, 1, 1])
-    (out.square().mean() + layer.norm_loss).backward()
-    grad = layer.task_weight.grad
-    assert grad is not None and grad[:2].abs().min() > 0
+    (out.square().mean() + layer.norm_loss.sum()).backward()
+    (grad,) = layer.task_weight.grad  # the one member's, [num_tasks]
+    assert grad[:2].abs().min() > 0
     assert grad[2] == 0  # tasks not yet seen take no part
     assert "task" in next(n for n, p in layer.named_parameters() if p is layer.task_weight)
 
@@ -144,6 +144,7 @@ def test_state_dict_round_trip_keeps_eta_and_task_state() -> None:
         a.end_task()
     state = a.state_dict()
     assert {"task_weight", "tasks_completed", "eta", "num_batches_tracked"} <= set(state)
+    assert (state["task_weight"].shape, state["eta"].shape) == ((3,), ()), "a run alone's shapes, as ever"
     b = AdaB2N(2, num_tasks=3, kappa=0.4)
     b.load_state_dict(state)
     x = torch.randn(6, 2, 3, 3)
@@ -167,7 +168,7 @@ def test_reference_arithmetic_on_a_random_case() -> None:
     uniq, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
     extended = torch.zeros(4)
     extended[uniq] = counts.float()
-    concentration = layer.task_weight.detach()[:4].exp() + extended
+    concentration = layer.task_weight.detach()[0, :4].exp() + extended
     sample_weights = (concentration / concentration.sum())[ids] / counts[inverse]
     mean = x.mean([2, 3]).t().matmul(sample_weights).view(1, -1, 1, 1)
     var = (x - mean).square().mean([2, 3]).t().matmul(sample_weights).view(1, -1, 1, 1)
@@ -193,11 +194,11 @@ def test_gradients_equal_autograd_of_the_reference_formulas() -> None:
     ids = torch.tensor([0, 0, 3, 3, 3, 3, 3, 3, 3, 3])  # tasks 1 and 2 seen, absent here
     probe = torch.randn(10, 4, 3, 3, dtype=torch.float64)
     out = train_forward(layer, x, ids.tolist())
-    ((out * probe).sum() + layer.norm_loss).backward()
-    got = [x.grad, layer.weight.grad, layer.bias.grad, layer.task_weight.grad]
+    ((out * probe).sum() + layer.norm_loss.sum()).backward()
+    got = [x.grad, layer.weight.grad, layer.bias.grad, layer.task_weight.grad[0]]
 
     params = [x.detach().clone().requires_grad_()] + [
-        p.detach().clone().requires_grad_() for p in (layer.weight, layer.bias, layer.task_weight)
+        p.detach().clone().requires_grad_() for p in (layer.weight, layer.bias, layer.task_weight[0])
     ]
     xr, weight, bias, logits = params
     counts = torch.bincount(ids, minlength=5).double()
@@ -240,7 +241,7 @@ def test_convert_norm_swaps_every_batchnorm_and_keeps_state() -> None:
     layers = task_aware_layers(net)
     assert len(layers) == 2 and all(isinstance(m, AdaB2N) and isinstance(m, nn.BatchNorm2d) for m in layers)
     torch.testing.assert_close(net[1].running_mean, torch.full((4,), 0.3))
-    assert net[1].task_weight.shape == (5,)
+    assert net[1].task_weight.shape == (1, 5) and net[1].state_dict()["task_weight"].shape == (5,)
 
 
 def test_convert_norm_builds_the_hyper_parameters_it_is_given() -> None:
@@ -248,10 +249,10 @@ def test_convert_norm_builds_the_hyper_parameters_it_is_given() -> None:
     net = convert_norm(ResNet18(num_classes=10, nf=8, in_channels=1), "AdaB2N", num_tasks=5, kappa=0.4, lambd=0.1)
     layers = task_aware_layers(net)
     assert len(layers) == 20
-    assert {(m.num_tasks, m.kappa, m.lambd, m.ada_t0, m.renorm) for m in layers} == {(5, 0.4, 0.1, 0, False)}
-    assert [layers[0].norm_loss_weight(t) for t in (0, 1)] == [0.1, 0.1]
+    assert {(m.num_tasks, m.kappa, m.lambd, m.ada_t0, m.renorm) for m in layers} == {(5, (0.4,), (0.1,), (0,), False)}
+    assert [layers[0].norm_loss_weight(t) for t in (0, 1)] == [(0.1,), (0.1,)]
     net = convert_norm(ResNet18(num_classes=10, nf=8, in_channels=1), "AdaB2N", num_tasks=5, lambd=2.0, ada_t0=1)
-    assert [task_aware_layers(net)[0].norm_loss_weight(t) for t in (0, 1, 4)] == [0.0, 2.0, 2.0]
+    assert [task_aware_layers(net)[0].norm_loss_weight(t) for t in (0, 1, 4)] == [(0.0,), (2.0,), (2.0,)]
 
 
 def test_bad_hyper_parameters_are_refused() -> None:

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from test_report import write_run
 
-from normcl.utils.args import parse_args, parse_members
+from normcl.utils.args import parse_args
 from normcl.utils.experiments import results_page
 from normcl.utils.experiments.report import write_report
 from normcl.utils.main import run
+from normcl.utils.member_args import parse_members
 from normcl.utils.metrics import anytime_metrics
 
 # A stream of 3 tasks: (step, task, end, class-IL accuracy on each task seen so far).
@@ -56,7 +57,9 @@ SMALL = [
 
 
 def _run(tmp_path: Path, name: str, *extra: str) -> dict[str, Any]:
-    (document,) = run(parse_args([*SMALL, "--seed", "1", *extra, "--results_path", str(tmp_path), "--run_name", name]))
+    (document,) = run(
+        [parse_args([*SMALL, "--seed", "1", *extra, "--results_path", str(tmp_path), "--run_name", name])]
+    )
     return document
 
 

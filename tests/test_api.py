@@ -16,8 +16,8 @@ from test_cli import _offline  # noqa: F401  (autouse: no downloads; torch's thr
 
 import normcl
 from normcl.models.utils import norms, task_aware
-from normcl.utils.args import build_parser
 from normcl.utils.core.errors import UserError
+from normcl.utils.parser import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 ARGS = {

@@ -194,8 +194,8 @@ def test_the_results_name_the_cpu_and_its_kernel_set(tmp_path: Path):
 
 
 def test_help_mentions_every_flag():
-    source = (REPO_ROOT / "utils" / "args.py").read_text()
-    flags = set(re.findall(r"""(?:add_argument|_binary|_flag)\(\s*(?:\w+,\s*)?["'](--[a-z_]+)["']""", source))
+    source = (REPO_ROOT / "utils" / "parser.py").read_text()
+    flags = set(re.findall(r"""(?:add_argument|_binary|declare)\(\s*(?:\w+,\s*)?["'](--[a-z_]+)["']""", source))
     assert {"--dataset", "--model", "--lr", "--buffer_size", "--nowand", "--load_best_args"} <= flags
     proc = run_cli("--help", module=True)
     assert proc.returncode == 0, proc.stderr

@@ -41,7 +41,7 @@ def test_compilations_do_not_grow_after_the_first_task(tmp_path: Path, monkeypat
     argv += ["--compile", "1", "--seed", "0", "--ignore_other_metrics", "1"]
     argv += ["--nowand", "1", "--non_verbose", "1", "--device", "cpu", "--results_path", str(tmp_path)]
     try:
-        (results,) = run(parse_args(argv))
+        (results,) = run([parse_args(argv)])
     finally:
         torch._dynamo.reset()
     graphs.append(counters["stats"]["unique_graphs"])

@@ -40,6 +40,7 @@ import pytest
 import torch
 
 from normcl.models.utils.continual_model import ContinualModel
+from normcl.utils.args import parse_args
 from normcl.utils.results import cpu_environment
 from normcl.utils.training import parameter_digest
 
@@ -139,7 +140,7 @@ def run_case(flags: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dic
     threads = torch.get_num_threads()
     argv = [*flags.split(), "--nowand", "1", "--non_verbose", "1", "--device", "cpu"]
     try:
-        (results,) = entry.run(entry.parse_args([*argv, "--results_path", str(tmp_path), "--run_name", "golden"]))
+        (results,) = entry.run([parse_args([*argv, "--results_path", str(tmp_path), "--run_name", "golden"])])
     finally:
         torch.set_num_threads(threads)
     (model,) = built

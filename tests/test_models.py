@@ -68,7 +68,7 @@ def run_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunFn]:
             argv = [*model_argv(model, *extra), "--results_path", str(out), "--run_name", "run"]
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("NORMCL_OFFLINE", "1")
-                (results,) = run(parse_args(argv))
+                (results,) = run([parse_args(argv)])
             cache[key] = (results, out / "class-il" / "seq-fmnist" / model / "run.json")
         return cache[key]
 
@@ -133,7 +133,7 @@ def test_same_seed_same_results(run_model: RunFn, tmp_path: Path, monkeypatch: p
     first, _ = run_model("er", *QUICK)
     monkeypatch.setenv("NORMCL_OFFLINE", "1")
     argv = [*model_argv("er", *QUICK), "--results_path", str(tmp_path), "--run_name", "again"]
-    (second,) = run(parse_args(argv))
+    (second,) = run([parse_args(argv)])
     assert second["accuracy_matrix"] == first["accuracy_matrix"]
     assert second["final"] == first["final"]
 
@@ -166,7 +166,7 @@ def test_the_norm_regulariser_joins_only_the_steps_that_replay_as_in_the_referen
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("NORMCL_OFFLINE", "1")
             mp.setattr(cls, "observe", recording)
-            rows.append(run(parse_args(argv))[0]["accuracy_matrix"]["class_il"])
+            rows.append(run([parse_args(argv)])[0]["accuracy_matrix"]["class_il"])
         first_task_losses.append(torch.stack(losses[:DEBUG_STEPS]))  # --debug_mode: DEBUG_STEPS steps a task
     assert torch.equal(first_task_losses[0], first_task_losses[1]) is not first_task_regularised, first_task_losses
     assert (rows[0][0] != rows[1][0]) is first_task_regularised, rows
@@ -180,7 +180,7 @@ def small_model(model: str, *extra: str) -> ContinualModel:
     args = parse_args(["--model", model, "--buffer_size", "50", *COMMON, *extra])
     args.device = "cpu"
     dataset = get_dataset_class(args.dataset)(args, torch.device("cpu"))
-    return build_model(args, dataset)
+    return build_model([args], [dataset])
 
 
 def reference_mask(seen: set[int], labels: list[int], n_classes: int) -> tuple[torch.Tensor, set[int]]:
@@ -264,13 +264,13 @@ def test_a_model_that_does_not_drive_the_task_aware_layers_fails_in_its_first_st
     args = parse_args(model_argv("sgd", "--nl", "AdaB2N", "--samples_per_class", "20"))
     dataset = get_dataset_class(args.dataset)(args)
     dataset.prepare()
-    built = build_model(args, dataset)
+    built = build_model([args], [dataset])
     model = Undriven(built.net, torch.nn.functional.cross_entropy, built.members, dataset)
     data = dataset.task(0)
     x, y = model.transform(data.train_x[None, :10]), data.train_y[None, :10]  # one member's batch
     with pytest.raises(RuntimeError, match=r"^Undriven trains a network with task-aware norm layers \(AdaB2N\) "):
         model.observe(x, y, data.train_x[None, :10])
-    plain = build_model(parse_args(model_argv("sgd", "--samples_per_class", "20")), dataset)
+    plain = build_model([parse_args(model_argv("sgd", "--samples_per_class", "20"))], [dataset])
     Undriven(plain.net, torch.nn.functional.cross_entropy, plain.members, dataset).observe(
         x, y, data.train_x[None, :10]
     )

@@ -46,7 +46,7 @@ def test_the_base_class_keeps_the_books_for_hooks_that_never_call_super(fmnist: 
          "--buffer_size", "10", "--buffer_mode", "ring", "--bs", "5"]
     )  # fmt: skip
     fmnist.args = args
-    built = build_model(args, fmnist)
+    built = build_model([args], [fmnist])
     net = built.net
     model = Forgetful(net, torch.nn.functional.cross_entropy, built.members, fmnist)
     model.calls = []

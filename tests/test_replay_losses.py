@@ -22,7 +22,8 @@ from normcl.datasets import get_dataset_class
 from normcl.models import MODELS
 from normcl.models.utils.continual_model import ContinualModel
 from normcl.models.utils.task_aware import task_aware_layers, task_counts
-from normcl.utils.args import parse_args, parse_members
+from normcl.utils.args import parse_args
+from normcl.utils.member_args import parse_members
 from normcl.utils.run_setup import build_model, member_datasets
 
 SHARED = [

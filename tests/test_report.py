@@ -239,7 +239,7 @@ def test_runs_that_differ_in_any_registered_option_are_not_averaged(tmp_path: Pa
     """Every norm's and model's own option is part of a cell's identity (except AdaB²N's configuration, which the
     selection compares, and the options a method's name holds): for each, enumerated from the registries, two runs
     that differ only in it land in two cells. Files without the option ran with its inactive value."""
-    from normcl.utils.args import component_options
+    from normcl.utils.component_options import component_options
 
     held = {*Config._fields, *(key for args in PSEUDO_METHODS.values() for key in args)}
     options = [o for k, _, o in component_options() if k == kind and o.dest not in held]

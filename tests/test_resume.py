@@ -151,14 +151,14 @@ def test_a_resumed_run_repeats_every_step_of_the_uninterrupted_one(tmp_path: Pat
     argv = [*RUN, "--results_path", str(tmp_path), "--checkpoint_every", "20", "--samples_per_class", "60"]
     threads = torch.get_num_threads()
     try:
-        (whole,) = run(parse_args([*argv, "--run_name", "whole"]))
+        (whole,) = run([parse_args([*argv, "--run_name", "whole"])])
         uninterrupted, losses[:] = losses[:], []
         with monkeypatch.context() as patch, pytest.raises(Crash):
             patch.setattr(Trainer, "train_step", crash_at_50)
-            run(parse_args([*argv, "--run_name", "crash"]))
+            run([parse_args([*argv, "--run_name", "crash"])])
         losses.clear()
         capsys.readouterr()
-        (resumed,) = run(parse_args([*argv, "--run_name", "crash", "--resume", "1"]))
+        (resumed,) = run([parse_args([*argv, "--run_name", "crash", "--resume", "1"])])
     finally:
         torch.set_num_threads(threads)
     assert "Resuming crash at task 5, step 44" in capsys.readouterr().out
@@ -276,7 +276,7 @@ def test_a_stack_stopped_mid_task_then_resumed_gives_every_member_the_uninterrup
     resumed = start_stack(tmp_path, "--checkpoint_every", EVERY, "--resume", "1")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
-    assert "Resuming the stack of 2 runs at task 2" in out
+    assert "Resuming s1, s2 at task 2" in out
     assert not ckpt.exists(), "a finished stack removes its checkpoint"
     for name in ("s1", "s2"):
         assert outcome(folder(tmp_path) / f"{name}.json") == stack_reference[name]

@@ -21,7 +21,7 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
     no_gpu,
 )
 
-from normcl.utils.args import parse_args, split_members
+from normcl.utils.args import parse_args
 from normcl.utils.checkpoint import save_checkpoint
 from normcl.utils.core.run_files import checkpoint_file
 from normcl.utils.experiments.cli import main, parse_launcher_args
@@ -30,6 +30,7 @@ from normcl.utils.experiments.processes import default_command
 from normcl.utils.experiments.scheduler import execute
 from normcl.utils.experiments.stacks import Stack, even_chunks, narrowed, stack_runs
 from normcl.utils.experiments.tuning import select_from_validation
+from normcl.utils.member_args import split_members
 
 GRID = [
     "--datasets", "seq-fmnist", "--models", "er_ace", "--methods", "BN", "AdaB2N", "--num_seeds", "3",
@@ -70,8 +71,12 @@ def test_packing_groups_exactly_the_compatible_runs_to_do_in_stacks_of_at_most_k
     done.results.parent.mkdir(parents=True)
     done.results.write_text("{}")
     diverged.partial.write_text("{}")
-    checkpoint_file(resumed.results).write_text("")  # a run interrupted alone resumes alone
-    assert stack_runs(runs, 1) == runs
+    checkpoint_file([resumed.results]).write_text("")  # a run interrupted alone resumes alone
+    alone_jobs = stack_runs(runs, 1)  # a stack of one is its run: its name, log and command
+    assert [job.members for job in alone_jobs] == [(run,) for run in runs]
+    assert [(job.name, job.log) for job in alone_jobs] == [(run.name, run.log) for run in runs]
+    assert [default_command(job, 1) for job in alone_jobs] == [default_command(run, 1) for run in runs]
+    assert all("--member" not in default_command(run, 1) for run in runs)
 
     expected: dict[tuple, list[str]] = {}  # the runs to do of each column and method: configurations and seeds
     for run in runs:
@@ -81,9 +86,9 @@ def test_packing_groups_exactly_the_compatible_runs_to_do_in_stacks_of_at_most_k
         jobs = stack_runs(runs, k)
         assert sorted(r.name for job in jobs for r in job.members) == sorted(by_name)
         chunks = [[names[i] for i in c] for names in expected.values() for c in even_chunks(range(len(names)), k)]
-        stacks = [job for job in jobs if isinstance(job, Stack)]
+        stacks = [job for job in jobs if len(job.members) > 1]
         assert sorted([r.name for r in s.members] for s in stacks) == sorted(c for c in chunks if len(c) > 1)
-        alone = {job.name for job in jobs if isinstance(job, Run)}
+        alone = {job.name for job in jobs if len(job.members) == 1}
         assert alone == {done.name, diverged.name, resumed.name} | {c[0] for c in chunks if len(c) == 1}
         assert all(len(s.members) <= k for s in stacks)
         for stack in stacks:
@@ -93,13 +98,13 @@ def test_packing_groups_exactly_the_compatible_runs_to_do_in_stacks_of_at_most_k
                 assert solo[:2] == default_command(stack, 1)[:2]
                 assert _flag_items(flags) == _flag_items(solo[2:])
                 assert vars(parse_args(flags)) == vars(parse_args(solo[2:]))
-    assert Counter(len(s.members) for s in stack_runs(runs, 3) if isinstance(s, Stack)) == {3: 3, 2: 3}
-    assert Counter(len(s.members) for s in stack_runs(runs, 2) if isinstance(s, Stack)) == {2: 6}
+    assert Counter(len(s.members) for s in stack_runs(runs, 3) if len(s.members) > 1) == {3: 3, 2: 3}
+    assert Counter(len(s.members) for s in stack_runs(runs, 2) if len(s.members) > 1) == {2: 6}
     assert [list(c) for c in even_chunks(range(7), 3)] == [[0, 1, 2], [3, 4], [5, 6]]
 
-    stack = next(job for job in stack_runs(runs, 2) if isinstance(job, Stack))
+    stack = next(job for job in stack_runs(runs, 2) if len(job.members) > 1)
     assert "--resume" not in default_command(stack, None)
-    checkpoint_file(stack.members[0].results, stack=True).write_text("")
+    checkpoint_file([run.results for run in stack.members]).write_text("")
     assert default_command(stack, None)[-2:] == ["--resume", "1"]
     one = narrowed(stack, stack.members[1:])
     assert default_command(one, 1) == default_command(stack.members[1], 1)  # a stack of one: the plain run
@@ -111,10 +116,10 @@ def test_runs_whose_model_cannot_stack_run_alone_without_a_warning(tmp_path: Pat
     runs = _grid(tmp_path, [*grid, "--buffer_sizes", "200", "--nowand"])
     out = io.StringIO()
     jobs = stack_runs(runs, 2, out)
-    assert sorted(job.name for job in jobs if isinstance(job, Run)) == sorted(
+    assert sorted(job.name for job in jobs if len(job.members) == 1) == sorted(
         r.name for r in runs if r.model == "joint"
     )
-    assert [[r.model for r in job.members] for job in jobs if isinstance(job, Stack)] == [["er_ace", "er_ace"]]
+    assert [[r.model for r in job.members] for job in jobs if len(job.members) > 1] == [["er_ace", "er_ace"]]
     assert out.getvalue() == ""
 
 
@@ -141,7 +146,7 @@ def test_an_interrupted_stack_is_packed_again_as_it_was_whatever_k_is_now(tmp_pa
     first, second = runs[0], runs[3]  # two runs an earlier --stack 2 had stacked
     first.results.parent.mkdir(parents=True, exist_ok=True)
     saved = {"args": [{"run_name": r.name} for r in (first, second)]}  # what a stack's checkpoint records of it
-    save_checkpoint(checkpoint_file(first.results, stack=True), saved)
+    save_checkpoint(checkpoint_file([first.results, second.results]), saved)
     for k in (3, 4):
         jobs = stack_runs(runs, k)
         pinned = [job for job in jobs if isinstance(job, Stack) and job.members[0] == first]
@@ -230,7 +235,7 @@ def test_a_failing_stack_is_one_job_retried_once_then_each_of_its_runs_reported(
     argv = [*SMALL_GRID, "--methods", "BN", "--extra", TINY, "--coldsecs", "0", "--waitsecs", "0", "--yes"]
     argv += ["--results_path", str(res), "--logdir", str(logs), "--retries", "1", "--stack", "2"]
     runs = expand_grid(parse_launcher_args(argv))
-    ckpt = checkpoint_file(runs[0].results, stack=True)
+    ckpt = checkpoint_file([run.results for run in runs])
     ckpt.parent.mkdir(parents=True)
     ckpt.write_text("not a checkpoint")
     assert main(argv, probe=no_gpu) == 1

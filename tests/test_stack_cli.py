@@ -20,8 +20,9 @@ from faults import inject_nan
 from norm_helpers import doubled_bn
 
 from normcl.models.utils.norms import NORMS, NormSpec
-from normcl.utils.args import parse_args, parse_members
+from normcl.utils.args import parse_args
 from normcl.utils.main import main, run
+from normcl.utils.member_args import parse_members
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = [
@@ -73,13 +74,13 @@ def test_a_diverging_member_stops_alone_and_the_others_finish_as_alone(
     assert partial["stopped"] == {"reason": "non-finite loss", "task": 1, "step": 6}
     with monkeypatch.context() as patch:
         inject_nan(patch, step=6)
-        (alone_stopped,) = run(parse_args([*shared[:-1], str(tmp_path / "alone"), *members[1].split()]))
+        (alone_stopped,) = run([parse_args([*shared[:-1], str(tmp_path / "alone"), *members[1].split()])])
     assert partial["stopped"] == alone_stopped["stopped"]
     alone_file = tmp_path / "alone" / folder.relative_to(tmp_path / "stack") / "nan.partial.json"
     alone_partial = json.loads(alone_file.read_text())
     assert partial["accuracy_matrix"] == alone_partial["accuracy_matrix"], "the first task, completed, as alone"
     for k in (0, 2):
-        (alone,) = run(parse_args([*shared[:-1], str(tmp_path / "alone"), *members[k].split()]))
+        (alone,) = run([parse_args([*shared[:-1], str(tmp_path / "alone"), *members[k].split()])])
         assert docs[k]["accuracy_matrix"] == alone["accuracy_matrix"]
 
 
@@ -91,7 +92,7 @@ def test_a_float32_stack_is_its_members_up_to_the_rounding_of_grouped_convolutio
     shared = [*SHARED, "--results_path", str(tmp_path), "--disable_log", "1"]
     docs = run(parse_members(shared, members))
     for k, member in enumerate(members):
-        (alone,) = run(parse_args([*shared, *member.split()]))
+        (alone,) = run([parse_args([*shared, *member.split()])])
         assert docs[k]["random_accuracy"] == alone["random_accuracy"], "same initialisation and forward"
         matrix = docs[k]["accuracy_matrix"]["class_il"]
         assert all(0.0 <= v <= 100.0 for row in matrix for v in row if v is not None)
@@ -111,6 +112,7 @@ BAD_MEMBERS = {
     ),
     "no seed": (["--seed 0", "--run_name x"], "every stacked member needs a --seed"),
     "same name": (["--seed 0 --run_name x", "--seed 1 --run_name x"], "stacked members share a --run_name"),
+    "same default name": (["--seed 0 --lr 0.1", "--seed 0 --lr 0.05"], "stacked members share a --run_name"),
     "bad value": (["--seed 0", "--seed 1 --lr -1"], "--lr must be positive, got -1.0"),
     "resume without names": (
         ["--seed 0 --resume 1 --run_name r", "--seed 1 --resume 1"],

@@ -29,9 +29,10 @@ from normcl.models.utils.adab2n import AdaB2N
 from normcl.models.utils.continual_model import ContinualModel
 from normcl.models.utils.norms import NORMS
 from normcl.models.utils.task_aware import task_aware_layers
-from normcl.utils.args import member_free, parse_args, parse_members, stacking_problem
+from normcl.utils.args import parse_args
 from normcl.utils.experiments.methods import PSEUDO_METHODS, method_flags, norm_of, runs_without_affine
 from normcl.utils.main import main, run
+from normcl.utils.member_args import member_free, parse_members, stacking_problem
 
 OPTION_VALUES = {"kappa": ("0.4", "1.0", "0.0", "0.7"), "lambd": ("0.1", "1", "0.01", "0.5"),
                  "ada_t0": ("0", "1", "0", "2"), "alpha": ("0.3", "0.05", "0.1", "0.5"),
@@ -122,7 +123,7 @@ STEPPED: list[tuple[ContinualModel, list[torch.Tensor]]] = []
 def run_alone(flags: list[str]) -> dict:
     """The run alone of ``flags``, checked to train its norm under its model as the reference does (below)."""
     stepped, args = len(STEPPED), parse_args(flags)
-    (doc,) = run(args)
+    (doc,) = run([args])
     assert len(STEPPED) == stepped + 1, "the run stepped one model"
     check_trained(doc, args)
     return doc
@@ -135,7 +136,7 @@ def check_trained(doc: dict, args: Namespace) -> None:
     reference give."""
     (model, before), n_tasks = STEPPED[-1], len(doc["accuracy_matrix"]["class_il"])
     layer = NORMS.get(args.nl).layer
-    assert any(type(m) is layer for m in model.net.modules()), f"{layer} installed"
+    assert any(type(m) is layer for m in model.member_net(0).modules()), f"{layer} installed"
     assert any(not torch.equal(a, b) for a, b in zip(before, model.net.parameters(), strict=True)), "it trained"
     assert all(v is not None and 0.0 <= v <= 100.0 for v in doc["accuracy_matrix"]["class_il"][-1])
     layers = task_aware_layers(model.net)
@@ -184,7 +185,7 @@ def test_members_get_the_norm_diagnostics_of_their_runs_alone(tmp_path: Path) ->
     (measured on the member as an ordinary network)."""
     flags = [*shared("er_ace", "AdaB2N", 20, tmp_path / "alone"), "--diagnose_norm", "1"]
     two = members("er_ace", "AdaB2N", 2)
-    alone = [run(parse_args([*flags, *member.split()]))[0] for member in two]
+    alone = [run([parse_args([*flags, *member.split()])])[0] for member in two]
     stack_flags = [*shared("er_ace", "AdaB2N", 20, tmp_path / "stack"), "--diagnose_norm", "1"]
     stacked = run(parse_members(stack_flags, two))
     for k, (doc, solo) in enumerate(zip(stacked, alone, strict=True)):

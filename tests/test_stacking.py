@@ -77,14 +77,13 @@ def test_a_training_step_of_the_stack_is_each_members(norm: str) -> None:
     stacked_layers = [stacked_layers[i] for i in regularised]
     member_layers = [[m[i] for i in regularised] for m in member_layers]
     for i, layer in enumerate(stacked_layers):  # AdaB²N: each member's regulariser and its weight
-        alone_losses = torch.stack([m[i].norm_loss for m in member_layers])
+        alone_losses = torch.cat([m[i].norm_loss for m in member_layers])
         torch.testing.assert_close(layer.norm_loss, alone_losses, rtol=1e-10, atol=1e-14)
         for task in (0, 1):
-            weights = torch.tensor([m[i].norm_loss_weight(task) for m in member_layers], dtype=torch.float64)
-            assert torch.equal(layer.norm_loss_weight(task), weights)
+            assert layer.norm_loss_weight(task) == tuple(w for m in member_layers for w in m[i].norm_loss_weight(task))
     (out.square().sum() + sum(layer.norm_loss.sum() for layer in stacked_layers)).backward()
     for k in range(K):
-        loss = alone[k].square().sum() + sum(layer.norm_loss for layer in member_layers[k])
+        loss = alone[k].square().sum() + sum(layer.norm_loss.sum() for layer in member_layers[k])
         loss.backward(retain_graph=True)
 
     stacked.eval()
@@ -95,20 +94,18 @@ def test_a_training_step_of_the_stack_is_each_members(norm: str) -> None:
         for (name, a), b in zip(net.state_dict().items(), member.state_dict().values(), strict=True):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=f"member {k}: {name}")
         grads = {name: p.grad for name, p in net.named_parameters()}
-        stacked_grads = dict(zip(dict(net.named_parameters()), _member_grads(stacked, k), strict=True))
+        stacked_grads = dict(zip(dict(net.named_parameters()), _member_grads(stacked, k, net), strict=True))
         for name, grad in grads.items():
             torch.testing.assert_close(stacked_grads[name], grad, rtol=1e-9, atol=1e-12, msg=f"member {k}: {name}")
         net.eval()
         torch.testing.assert_close(stacked(x_eval)[k], net(x_eval[k]), rtol=1e-10, atol=1e-12)
 
 
-def _member_grads(stacked: StackedNet, k: int) -> list[torch.Tensor]:
-    """Member ``k``'s block of every stacked parameter's gradient, in the members' parameter order."""
-    grads = []
-    for p in stacked.parameters():
-        block = p.grad.reshape(stacked.members, -1, *p.shape[1:])[k]
-        grads.append(block.reshape(-1, *p.shape[1:]).squeeze(0) if p.shape[0] == stacked.members else block)
-    return grads
+def _member_grads(stacked: StackedNet, k: int, net: torch.nn.Module) -> list[torch.Tensor]:
+    """Member ``k``'s block of every stacked parameter's gradient (the k-th of K along the first dimension), in the
+    shapes of its own network ``net``'s parameters."""
+    members = zip(stacked.parameters(), net.parameters(), strict=True)
+    return [p.grad.chunk(stacked.members)[k].reshape(q.shape) for p, q in members]
 
 
 def test_a_member_comes_back_on_the_stacks_dtype_and_memory_format() -> None:
@@ -126,7 +123,7 @@ def test_a_member_comes_back_on_the_stacks_dtype_and_memory_format() -> None:
 
 def test_member_parameters_are_each_members_blocks_sharing_the_stacks_storage() -> None:
     """Member k's parameters (its optimiser's) are the k-th block of each stacked parameter, in its own network's
-    shapes, writing through to the stack; one member's are the network's own parameters."""
+    shapes, writing through to the stack, for one member as for three."""
     nets = members("BN")
     stacked = StackedNet([copy.deepcopy(net) for net in nets])
     for k, net in enumerate(nets):
@@ -139,9 +136,11 @@ def test_member_parameters_are_each_members_blocks_sharing_the_stacks_storage() 
         conv.add_(1.0)
     torch.testing.assert_close(stacked.member(1).conv1.weight, nets[1].conv1.weight + 1.0)
     torch.testing.assert_close(stacked.member(0).conv1.weight, nets[0].conv1.weight)
-    alone = StackedNet([nets[0]])
-    assert alone.inner is nets[0] and alone.member(0) is nets[0]
-    assert all(a is b for a, b in zip(alone.member_parameters(0), nets[0].parameters(), strict=True))
+    alone = StackedNet([copy.deepcopy(nets[0])])
+    blocks = alone.member_parameters(0)
+    assert [b.shape for b in blocks] == [p.shape for p in nets[0].parameters()]
+    assert all(b.data_ptr() == p.data_ptr() for b, p in zip(blocks, alone.parameters(), strict=True))
+    assert repr(alone.member(0)) == repr(nets[0])
 
 
 def test_layers_that_differ_in_shape_or_kind_are_refused() -> None:
@@ -156,3 +155,23 @@ def test_a_layer_that_declares_no_stacking_is_refused_by_name_not_stacked_as_its
     nets = [convert_norm(ResNet18(10, nf=4, in_channels=1), doubled_bn) for _ in range(2)]
     with pytest.raises(UnstackableLayer, match=r"^DoubledBN \(bn1\) declares no stacking: decorate its class"):
         StackedNet(nets)
+
+
+def test_a_stack_of_one_holds_its_members_dimension_and_saves_the_shapes_of_its_network() -> None:
+    """A run alone is a stack of one, built as any stack: in memory its classifier is ``[1, classes, F]`` and
+    AdaB²N's task logits ``[1, T]``; its state dict, what checkpoints hold, has its network's shapes (as before
+    stacks), and loads back into a stack of one exactly."""
+    net = members("AdaB2N")[0]
+    stacked = StackedNet([copy.deepcopy(net)])
+    assert stacked.inner.classifier.weight.shape == (1, *net.classifier.weight.shape)
+    assert stacked.inner.bn1.task_weight.shape == (1, TASKS) and stacked.inner.bn1.eta.shape == (1,)
+    state = stacked.inner.state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in net.state_dict().items()}
+    assert (state["bn1.task_weight"].shape, state["bn1.eta"].shape) == ((TASKS,), ())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    again = StackedNet([net])
+    again.inner.load_state_dict(state)
+    for (name, a), b in zip(state.items(), again.inner.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

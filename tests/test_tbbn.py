@@ -235,7 +235,7 @@ def test_the_layer_is_a_task_aware_norm_without_a_regulariser() -> None:
     assert isinstance(layer, TaskAwareNorm) and layer.prefers_joint_forward
     layer.set_batch_tasks(torch.zeros(6, dtype=torch.long), None, stream=6)
     layer(torch.randn(6, C, H, W, dtype=torch.float64))
-    assert layer.norm_loss is None and layer.norm_loss_weight(3) == 0.0
+    assert layer.norm_loss is None and layer.norm_loss_weight(3) == ()
     flags = {o.flag: (o.keyword, o.default, o.type) for o in NORMS.get("TBBN").options}
     assert flags == {"--tbbn_stats": ("stats", "balanced", str)}
     net = convert_norm(nn.Sequential(nn.Conv2d(1, C, 3), randomised_bn(C)), "TBBN", stats="output")

@@ -21,10 +21,11 @@ from normcl.datasets.utils.continual_dataset import ContinualDataset
 from normcl.models import MODELS
 from normcl.models.utils.continual_model import ContinualModel
 from normcl.utils import main
-from normcl.utils.args import MEMBER_FLAG, build_parser, component_default, component_options, parse_args
+from normcl.utils.args import parse_args
+from normcl.utils.component_options import component_default, merged_options
 from normcl.utils.core.commands import did_you_mean
 from normcl.utils.core.errors import UserError
-from normcl.utils.core.options import merge
+from normcl.utils.parser import MEMBER_FLAG, build_parser, help_of
 
 NOT_ARGUMENTS = ("help", MEMBER_FLAG[2:])
 """Flags of the command line that are no argument of one run: ``--help``, and ``--member`` (stacks are the CLI's)."""
@@ -64,7 +65,7 @@ def load_runner(model: str, dataset: str, args: Mapping[str, Any]) -> tuple[Cont
     parser = _parser()
     flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.dest not in NOT_ARGUMENTS}
     run_args = parse_args(_argv(model, dataset, args, flags), parser)
-    net, (data,) = main.load(run_args)
+    net, (data,) = main.load([run_args])
     return net, data
 
 
@@ -84,7 +85,7 @@ def get_avail_args(model: str | None = None, dataset: str | None = None) -> tupl
     for kind, name in given.items():
         (MODELS if kind == "model" else DATASETS).get(name)  # an unknown name: the UserError listing the choices
     chosen = set(given.items())
-    owned = merge((f"{kind} {name}", option) for kind, name, option in component_options())
+    owned = merged_options()
     required: dict[str, dict] = {}
     optional: dict[str, dict] = {}
     for action in build_parser()._actions:
@@ -95,7 +96,7 @@ def get_avail_args(model: str | None = None, dataset: str | None = None) -> tupl
             continue  # an option of another model (dataset) than the one given
         default = component_default(owned[action.option_strings[0]], chosen) if owners & chosen else action.default
         if action.required:
-            required[action.dest] = {"description": action.help}
+            required[action.dest] = {"description": help_of(action)}
         else:
-            optional[action.dest] = {"default": default, "description": action.help}
+            optional[action.dest] = {"default": default, "description": help_of(action)}
     return required, optional

@@ -34,15 +34,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-BUFFER_MODES = ("reservoir", "ring")
-
-
-def ring_size_problem(buffer_size: int, n_tasks: int) -> str | None:
-    """What is wrong with a ring buffer of ``buffer_size`` for ``n_tasks`` tasks (every task needs a slot), if any."""
-    if buffer_size < n_tasks:
-        return f"is smaller than the {n_tasks} tasks of the ring buffer (one slot per task at least)"
-    return None
-
+from normcl.utils.buffer_modes import BUFFER_MODES, ring_size_problem
 
 # Stored attributes, in the order `get_data` returns them, and their dtype
 # (None: keep the dtype of the first batch).

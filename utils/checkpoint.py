@@ -26,6 +26,7 @@ import torch
 
 from normcl.utils.core.atomic import atomic_write_bytes
 from normcl.utils.core.errors import UserError
+from normcl.utils.parser import flag_roles
 
 CHECKPOINT_VERSION = 2
 """2: every run is a stack (issue 23): one entry per member for the arguments, history, generator and optimiser. A
@@ -35,8 +36,6 @@ version-1 checkpoint is refused by name (its run resumes with the code that wrot
 def resume_free_args() -> frozenset[str]:
     """The flags that may change between an interrupted run and its resumption (declared so with the flag: they
     change no number)."""
-    from normcl.utils.args import flag_roles
-
     return frozenset(dest for dest, roles in flag_roles().items() if roles.resume_free)
 
 

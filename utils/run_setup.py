@@ -10,7 +10,6 @@ import random
 import shutil
 from argparse import Namespace
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,10 @@ from normcl.backbone import BACKBONES
 from normcl.datasets import get_dataset_class
 from normcl.datasets.utils.continual_dataset import ContinualDataset
 from normcl.models import MODELS
+from normcl.models.utils import NORMS
 from normcl.models.utils.continual_model import ContinualModel
 from normcl.models.utils.members import Members
-from normcl.models.utils.norms import NORMS, convert_norm
+from normcl.models.utils.norms import convert_norm
 from normcl.models.utils.stacking import StackedNet
 from normcl.utils.core.errors import UserError
 
@@ -48,12 +48,6 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
     return device
-
-
-def default_run_name(args: Namespace) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    buffer = f"_buf{args.buffer_size}" if args.buffer_size is not None else ""
-    return f"{args.dataset}_{args.model}_{args.nl}{buffer}_seed{args.seed}_{stamp}_{os.getpid()}"
 
 
 def check_writable(path: Path) -> None:
@@ -115,15 +109,19 @@ def build_network(args: Namespace, dataset: ContinualDataset) -> torch.nn.Module
     return net
 
 
-def member_generator(device: torch.device, seed: int) -> torch.Generator:
+def member_generator(device: torch.device, seed: int | None) -> torch.Generator:
     """The generator a member's run draws its stream from, just after building its network: the CPU's global state as
     it is now (the draws of a run alone before stacks existed), or on a GPU a fresh one of the seed (initialisation
-    draws only on the CPU)."""
+    draws only on the CPU; no seed: a nondeterministic one, as the global generator would be)."""
     if device.type == "cpu":
         generator = torch.Generator()
         generator.set_state(torch.get_rng_state())
         return generator
-    return torch.Generator(device).manual_seed(seed)
+    generator = torch.Generator(device)
+    if seed is None:
+        generator.seed()
+        return generator
+    return generator.manual_seed(seed)
 
 
 def member_datasets(members: list[Namespace], device: torch.device) -> list[ContinualDataset]:
@@ -154,25 +152,23 @@ def check_trainable(dataset: ContinualDataset) -> None:
             raise UserError(f"task {t + 1} of {dataset.name} has no training or test samples; check the data files")
 
 
-def build_model(
-    members: Namespace | list[Namespace], datasets: ContinualDataset | list[ContinualDataset]
-) -> ContinualModel:
-    """The members' networks, each built as its run alone builds it (its seed), stacked (one member: its network
-    as it is), in the requested method; the optimisers made last. One member may be given bare."""
-    members = members if isinstance(members, list) else [members]
-    datasets = datasets if isinstance(datasets, list) else [datasets]
-    first, nets, generators = members[0], [], []
+def build_model(runs: list[Namespace], datasets: list[ContinualDataset]) -> ContinualModel:
+    """The runs' networks, each built as its run alone builds it (its seed), stacked as one network of their members,
+    in the requested method; the optimisers made last."""
+    nets, generators = [], []
     device = datasets[0].device
-    for args, dataset in zip(members, datasets, strict=True):
+    for args, dataset in zip(runs, datasets, strict=True):
         set_seed(args.seed)
         nets.append(build_network(args, dataset))
         generators.append(member_generator(device, args.seed))
+    members = Members(runs, generators)
+    shared = members.shared()
     try:
-        net = StackedNet(nets, channels_last=bool(first.channels_last))
+        net = StackedNet(nets, channels_last=bool(shared.channels_last))
     except ValueError as e:
         raise UserError(f"the members cannot be stacked: {e}") from None
-    apply_speed_options(net.inner, first)
-    return MODELS.get(first.model)(net, F.cross_entropy, Members(members, generators), datasets[0]).to(device)
+    apply_speed_options(net.inner, shared)
+    return MODELS.get(shared.model)(net, F.cross_entropy, members, datasets[0]).to(device)
 
 
 def apply_speed_options(net: torch.nn.Module, args: Namespace) -> None:

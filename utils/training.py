@@ -104,43 +104,36 @@ class Position:
     order: Tensor | None = None  # the shuffled indices of the current epoch, once it has started
 
 
-def _listed(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
 class Trainer:
     """Runs the sequence of tasks, checkpointing so that a killed run resumes exactly.
 
     Checkpoints are written after every task and every ``--checkpoint_every``
     steps; SIGTERM and SIGINT save one at the next step boundary and stop.
-    ``dataset``, ``args`` and ``logger`` have one entry per member (one alone may be given bare).
+    ``datasets``, ``args`` and ``loggers`` have one entry per member.
     """
 
     def __init__(
         self,
         model: ContinualModel,
-        dataset: ContinualDataset | list[ContinualDataset],
-        args: Namespace | list[Namespace],
-        logger: WandbLogger | list[WandbLogger],
+        datasets: list[ContinualDataset],
+        args: list[Namespace],
+        loggers: list[WandbLogger],
         checkpoint: Path | None = None,
     ) -> None:
         self.model, self.checkpoint = model, checkpoint
-        self.datasets, self.member_args, self.loggers = _listed(dataset), _listed(args), _listed(logger)
-        self.dataset, self.args, self.logger = self.datasets[0], self.member_args[0], self.loggers[0]
-        self.histories = [History(self.dataset.N_TASKS) for _ in self.datasets]
+        self.datasets, self.member_args, self.loggers = list(datasets), list(args), list(loggers)
+        self.args = model.members.shared()
+        """What the members share (the schedule, the evaluation, the output): one value for all of them."""
+        self.n_tasks = self.datasets[0].N_TASKS
+        self.histories = [History(self.n_tasks) for _ in self.datasets]
         self.stopped: dict[int, NonFiniteLoss] = {}
         self.pos = Position()
         self._signal: int | None = None
         self._subsets: list | None = None
 
     @property
-    def history(self) -> History:
-        """A run alone's history (the first member's in a stack)."""
-        return self.histories[0]
-
-    @property
     def active(self) -> list[int]:
-        """The members still training (a run alone: ``[0]``)."""
+        """The members still training."""
         return [k for k in range(len(self.datasets)) if k not in self.stopped]
 
     # -- state ----------------------------------------------------------------------------------------------
@@ -185,14 +178,15 @@ class Trainer:
             raise Interrupted(self._signal)
 
     # -- loop -----------------------------------------------------------------------------------------------
-    def run(self) -> History:
+    def run(self) -> list[History]:
+        """Train every task; returns each member's history."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._run()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return self.history
+        return self.histories
 
     def _evaluate(self, tasks: list[int]) -> list[tuple[list[float], list[float]]]:
         args = self.args
@@ -216,7 +210,7 @@ class Trainer:
             self.loggers[k].log(values, step=self.pos.step)
 
     def _run(self) -> None:
-        args, n_tasks = self.args, self.dataset.N_TASKS
+        args, n_tasks = self.args, self.n_tasks
         if self.pos.step == 0 and self.model.current_task == 0 and not args.ignore_other_metrics:
             for history, (c, ti) in zip(self.histories, self._evaluate(list(range(n_tasks))), strict=True):
                 history.random_class_il, history.random_task_il = c, ti
@@ -229,12 +223,12 @@ class Trainer:
                     for k in self.active:
                         (c,), (ti,) = scores[k]
                         self.histories[k].class_il[t - 1][t], self.histories[k].task_il[t - 1][t] = c, ti
-                self.model.meta_begin_task(self.dataset)
+                self.model.meta_begin_task(self.model.dataset)
             start = time.perf_counter()
             self._train_task(t)
             if not self.active:  # every member stopped: nothing left to evaluate or to resume
                 break
-            self.model.meta_end_task(self.dataset)
+            self.model.meta_end_task(self.model.dataset)
             train_seconds = time.perf_counter() - start
             start = time.perf_counter()
             scores = self._evaluate(list(range(t + 1)))
@@ -258,8 +252,7 @@ class Trainer:
         history.train_seconds.append(train_seconds)
         history.eval_seconds.append(eval_seconds)
         history.class_il[t][: t + 1], history.task_il[t][: t + 1] = class_il, task_il
-        if len(self.datasets) > 1:
-            print(f"\n[{self.member_args[k].run_name}]", end="")
+        print(f"\n[{self.member_args[k].run_name}]", end="")
         report_task(t, class_il, task_il)
         logger.log_task(t, class_il, task_il, self.pos.step)
         if self.args.diagnose_norm:
@@ -269,22 +262,21 @@ class Trainer:
 
     def _new_order(self, n: int) -> Tensor:
         """A new epoch's permutation, each member's from its own generator, ``[K, n]``."""
-        return torch.stack([epoch_order(n, self.dataset.device, g) for g in self.model.members.generators])
+        return torch.stack([epoch_order(n, self.model.device, g) for g in self.model.members.generators])
 
     def _train_task(self, t: int) -> None:
         args, pos, data = self.args, self.pos, [dataset.task(t) for dataset in self.datasets]
         n = len(data[0].train_y)
         per_epoch = n_batches(n, args.batch_size)
         per_epoch = min(per_epoch, DEBUG_STEPS) if args.debug_mode else per_epoch
-        runs = f" ({len(self.active)} runs)" if len(data) > 1 else ""
         bar = tqdm(
             total=per_epoch * args.n_epochs,
             initial=pos.epoch * per_epoch + pos.batch,
-            desc=f"Task {t + 1}/{self.dataset.N_TASKS}{runs}",
+            desc=f"Task {t + 1}/{self.n_tasks} ({len(self.active)} of {len(data)} run(s))",
             disable=bool(args.non_verbose),
             unit="step",
         )
-        first_bad = torch.full((len(data),), -1, dtype=torch.long, device=self.dataset.device)
+        first_bad = torch.full((len(data),), -1, dtype=torch.long, device=self.model.device)
         try:
             while pos.epoch < args.n_epochs and self.active:
                 if pos.order is None:

@@ -28,8 +28,8 @@ def wandb_api_key_configured() -> bool:
 class WandbLogger:
     """Losses per step and accuracies per task, as the reference logs them; a no-op when disabled."""
 
-    def __init__(self, args: Namespace, concurrent: bool = False) -> None:
-        """``concurrent``: one of several runs of this process (a stack's members), each its own wandb run."""
+    def __init__(self, args: Namespace) -> None:
+        """A wandb run of the run ``args``: each of a process's runs (a stack's members) its own."""
         self.run = None
         if args.nowand:
             return
@@ -49,8 +49,10 @@ class WandbLogger:
             config=vars(args),
             mode=mode,
             dir=args.results_path,
-            # Several runs in one process: each its own, and no console capture (it would copy every member's output).
-            **({"reinit": "create_new", "settings": wandb.Settings(console="off")} if concurrent else {}),
+            # Each run of the process its own (a stack's members), and no console capture: it would copy every
+            # member's output into each; the output is the process's (the terminal, the launcher's log).
+            reinit="create_new",
+            settings=wandb.Settings(console="off"),
         )
 
     def log(self, values: dict[str, Any], step: int) -> None:

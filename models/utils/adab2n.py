@@ -27,7 +27,9 @@ Usage (any model; create the optimiser *after* the swap so ``task_weight`` is tr
 
 then drive the layers through the task-aware protocol (``models/utils/task_aware.py``): task ids before each
 training forward, ``norm_loss_weight(task) * norm_loss`` added to the loss, ``end_task()`` at each task boundary.
-The regulariser's schedule (``lambd`` from task ``ada_t0`` on) is the layer's own option, like ``kappa``.
+The regulariser's schedule (``lambd`` from task ``ada_t0`` on) is the layer's own option, like ``kappa``. The
+layer holds K runs' members side by side (a run alone: K = 1; ``models/utils/stacking.py``), so its options are
+tuples of K values, its task logits ``[K, num_tasks]`` and its regulariser ``[K]``, whatever K is.
 """
 
 from __future__ import annotations
@@ -40,31 +42,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normcl.models.utils.layer_stacking import Stacking, load, same, slice_member, stackable
+from normcl.models.utils.adab2n_options import ADA_T0, KAPPA, LAMBD, OPTIONS, PER_MEMBER
+from normcl.models.utils.layer_stacking import MemberState, Stacking, load, same, slice_member, stackable
 from normcl.models.utils.norms import float32_under_autocast, register_norm
 from normcl.models.utils.task_aware import task_counts
-from normcl.utils.core.options import Option, at_least, between, require
-
-KAPPA = Option(
-    "--kappa", "momentum adaptation in [0, 1] (1 = plain EMA, 0 = cumulative)", check=between(0, 1), launcher="--kappas"
-)
-RENORM = Option("--adab2n_renorm", "renormalise the task weights over the tasks present in the batch", keyword="renorm")
-LAMBD = Option("--lambd", "weight of the statistics regulariser in the loss", check=at_least(0), launcher="--lambdas")
-ADA_T0 = Option(
-    "--ada_t0", "first task (0-based) whose loss has the regulariser", check=at_least(0), launcher="--ada_t0s"
-)
+from normcl.utils.core.options import Option, require
 
 
-class AdaB2N(nn.BatchNorm2d):
+class AdaB2N(MemberState, nn.BatchNorm2d):
     """BatchNorm2d with task-balanced training statistics and adaptive running-statistics momentum.
 
-    One layer serves one run or ``members`` stacked runs (``models/utils/stacking.py``): with K members the layer has
-    K·C channels, member k's in the k-th block, and each member its own task ids (``[K, N]``), task logits, ``kappa``
-    (so its own ``η``), ``lambd`` and ``ada_t0``. The arithmetic below is written once over the leading member
-    dimension; one member's layer is the ordinary layer (``task_weight`` ``[num_tasks]``, ``eta`` a scalar, a scalar
-    regulariser, a float weight), as a module that takes unbatched input drops the batch dimension.
+    One layer holds ``members`` runs (``models/utils/stacking.py``; a run alone: one): K·C channels, member k's in the
+    k-th block, and each member its own task ids (``[K, N]``), task logits (``task_weight``, ``[K, num_tasks]``),
+    ``kappa`` (so its own ``η``, ``[K]``), ``lambd`` and ``ada_t0`` (tuples of K values), whatever K is. Its
+    regulariser is ``[K]``, its weight K floats. A run alone's state dict keeps the shapes of a layer without members
+    (``task_weight`` ``[num_tasks]``, ``eta`` a scalar), as checkpoints always had them (:class:`MemberState`).
     """
 
+    MEMBER_FIRST = ("task_weight", "eta")
     prefers_joint_forward: ClassVar[bool] = True  # the reference normalises stream and replay samples in one batch
 
     def __init__(
@@ -83,14 +78,9 @@ class AdaB2N(nn.BatchNorm2d):
         members: int = 1,
         dtype: torch.dtype | None = None,
     ) -> None:
-        kappas, lambds, ada_t0s = (_per_member(name, v, members) for name, v in (("kappa", kappa), ("lambd", lambd),
-                                                                                 ("ada_t0", ada_t0)))  # fmt: skip
-        for value in kappas:
-            require("kappa", value, KAPPA.check)
-        for value in lambds:
-            require("lambd", value, LAMBD.check)
-        for value in ada_t0s:
-            require("ada_t0", value, ADA_T0.check)
+        """``kappa``, ``lambd`` and ``ada_t0``: each member's, or one value for every member."""
+        kappas, lambds = _per_member(KAPPA, kappa, members), _per_member(LAMBD, lambd, members)
+        ada_t0s = _per_member(ADA_T0, ada_t0, members)
         if momentum is None or not 0.0 < momentum <= 1.0:
             raise ValueError(f"AdaB2N needs a momentum in (0, 1], got {momentum}")
         if num_tasks < 1:
@@ -99,15 +89,14 @@ class AdaB2N(nn.BatchNorm2d):
             raise ValueError(f"{num_features} channels cannot be split among {members} members")
         super().__init__(num_features, eps, momentum, affine, track_running_stats=True, device=device, dtype=dtype)
         self.num_tasks, self.members, self.renorm = num_tasks, members, renorm
-        self.kappas = tuple(float(v) for v in kappas)
-        self.lambds = tuple(float(v) for v in lambds)
-        self.ada_t0s = tuple(int(v) for v in ada_t0s)
-        shape = () if members == 1 else (members,)  # one member: no member dimension, the ordinary layer
-        self.task_weight = nn.Parameter(torch.full((*shape, num_tasks), float(init_weight), device=device, dtype=dtype))
+        self.kappa, self.lambd = tuple(map(float, kappas)), tuple(map(float, lambds))
+        self.ada_t0 = tuple(map(int, ada_t0s))
+        logits = torch.full((members, num_tasks), float(init_weight), device=device, dtype=dtype)
+        self.task_weight = nn.Parameter(logits)
         self.register_buffer("tasks_completed", torch.zeros((), dtype=torch.long, device=device))
         # η of the last training forward; 0 = none yet. Made float64 (the reference's Python float), but cast with the
         # layer: convert_norm places the layer in the network's dtype, so a float32 run computes η in float32.
-        self.register_buffer("eta", torch.zeros(shape, dtype=torch.float64, device=device))
+        self.register_buffer("eta", torch.zeros(members, dtype=torch.float64, device=device))
         # Task k takes part in the statistics once k <= tasks_completed: a mask over every task, read on the device,
         # so a training forward is the same operations for every task (no host read, no recompilation per task).
         self.register_buffer("_tasks", torch.arange(num_tasks, device=device), persistent=False)
@@ -121,27 +110,17 @@ class AdaB2N(nn.BatchNorm2d):
         self._told = False
 
     def _build_constants(self) -> None:
-        """Each member's constants of the momentum recursion (shaped like ``eta``) and its regulariser weight per task
-        (``lambd`` from its ``ada_t0`` on, the reference's schedule), from the options, in ``eta``'s dtype and on its
+        """Each member's constants of the momentum recursion, ``[K]``, from ``kappa``, in ``eta``'s dtype and on its
         device: the Python floats of the reference's arithmetic, rounded as they were when ``eta`` follows the
         network's dtype. Non-persistent; rebuilt whenever the layer moves or changes dtype (:meth:`_apply`)."""
-        constant = lambda values: torch.tensor(values, dtype=self.eta.dtype, device=self.eta.device)  # noqa: E731
-        momentum, shape = self.momentum, self.eta.shape
-        first, decay = [momentum**k for k in self.kappas], [(1 - momentum) ** k for k in self.kappas]
-        for name, values in (("_kappa", self.kappas), ("_first_eta", first), ("_decay", decay)):
-            self.register_buffer(name, constant(values).view(shape), persistent=False)
-        schedule = list(zip(self.lambds, self.ada_t0s, strict=True))
-        table = [[lambd if t >= t0 else 0.0 for lambd, t0 in schedule] for t in range(self.num_tasks)]
-        self.register_buffer("_loss_weights", constant(table), persistent=False)
+        first, decay = [self.momentum**k for k in self.kappa], [(1 - self.momentum) ** k for k in self.kappa]
+        for name, values in (("_kappa", self.kappa), ("_first_eta", first), ("_decay", decay)):
+            self.register_buffer(name, self.eta.new_tensor(values), persistent=False)
 
     def _apply(self, fn: Any, recurse: bool = True) -> AdaB2N:
         super()._apply(fn, recurse)
         self._build_constants()
         return self
-
-    kappa = property(lambda self: _one(self.kappas), doc="``kappa`` (a stack: each member's, a tuple)")
-    lambd = property(lambda self: _one(self.lambds), doc="``lambd`` (a stack: each member's, a tuple)")
-    ada_t0 = property(lambda self: _one(self.ada_t0s), doc="``ada_t0`` (a stack: each member's, a tuple)")
 
     @classmethod
     def from_bn(cls, bn: nn.BatchNorm2d, num_tasks: int, kappa: float = 1.0, **kwargs: Any) -> AdaB2N:
@@ -161,38 +140,35 @@ class AdaB2N(nn.BatchNorm2d):
 
     @classmethod
     def stack(cls, layers: Sequence[AdaB2N]) -> AdaB2N:
-        """K one-member layers as one layer of K members, each with its own options and state (``Stacking.stack``)."""
+        """The layers' members as one layer, each with its own options and state (``Stacking.stack``)."""
         first = layers[0]
-        same(layers, "num_features", "num_tasks", "eps", "momentum", "affine", "renorm", "members")
-        k = len(layers)
-        new = cls(k * first.num_features, first.num_tasks, [m.kappa for m in layers], first.eps, first.momentum,
-                  first.affine, renorm=first.renorm, lambd=[m.lambd for m in layers], ada_t0=[m.ada_t0 for m in layers],
-                  members=k, device=first.running_mean.device, dtype=first.running_mean.dtype)  # fmt: skip
+        same(layers, "num_tasks", "eps", "momentum", "affine", "renorm")
+        options = {name: [v for m in layers for v in getattr(m, name)] for name in ("kappa", "lambd", "ada_t0")}
+        new = cls(sum(m.num_features for m in layers), first.num_tasks, eps=first.eps, momentum=first.momentum,
+                  affine=first.affine, renorm=first.renorm, members=sum(m.members for m in layers),
+                  device=first.running_mean.device, dtype=first.running_mean.dtype, **options)  # fmt: skip
         return load(new, layers)
 
     def member(self, k: int, template: AdaB2N) -> AdaB2N:
         """Member ``k`` as a one-member layer like ``template``, with its options and state (``Stacking.member``)."""
         c = self.num_features // self.members
-        single = type(template)(c, self.num_tasks, self.kappas[k], self.eps, self.momentum, self.affine,
-                                renorm=self.renorm, lambd=self.lambds[k], ada_t0=self.ada_t0s[k],
+        single = type(template)(c, self.num_tasks, self.kappa[k], self.eps, self.momentum, self.affine,
+                                renorm=self.renorm, lambd=self.lambd[k], ada_t0=self.ada_t0[k],
                                 device=self.running_mean.device, dtype=self.running_mean.dtype)  # fmt: skip
         return slice_member(self, k, single)
 
     def extra_repr(self) -> str:
         options = f"kappa={self.kappa}, renorm={self.renorm}, lambd={self.lambd}, ada_t0={self.ada_t0}"
-        members = "" if self.members == 1 else f", members={self.members}"
-        return f"{super().extra_repr()}, num_tasks={self.num_tasks}, {options}{members}"
+        return f"{super().extra_repr()}, num_tasks={self.num_tasks}, {options}, members={self.members}"
 
-    def norm_loss_weight(self, task: int) -> float | Tensor:
-        """``lambd`` from task ``ada_t0`` on, else 0 (the reference's schedule of the regulariser); a stack: each
-        member's, ``[K]`` (float64, as a Python float; the model casts it to the loss's dtype)."""
-        if self.members > 1:
-            return self._loss_weights[task]
-        return self.lambds[0] if task >= self.ada_t0s[0] else 0.0
+    def norm_loss_weight(self, task: int) -> tuple[float, ...]:
+        """Each member's weight of ``norm_loss`` while training ``task``: its ``lambd`` from its task ``ada_t0`` on,
+        else 0 (the reference's schedule of the regulariser)."""
+        return tuple(lambd if task >= t0 else 0.0 for lambd, t0 in zip(self.lambd, self.ada_t0, strict=True))
 
     def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None, stream: int | None = None) -> None:
-        """Task index of every sample of the next training batch (``None``: plain batch statistics); a stack: each
-        member's, ``[K, N]``.
+        """Task index of every sample of the next training batch, each member's, ``[K, N]`` (``None``: plain batch
+        statistics).
 
         ``counts`` (optional) is ``task_counts(task_ids, num_tasks)``: a model computes it
         once per batch and hands it to every layer instead of each layer counting again. ``stream`` (the stream
@@ -208,7 +184,7 @@ class AdaB2N(nn.BatchNorm2d):
         self._ended_a_task = True
 
     def next_eta(self) -> Tensor:
-        """Each member's momentum of this training forward (``num_batches_tracked`` already counts it).
+        """Each member's momentum of this training forward, ``[K]`` (``num_batches_tracked`` already counts it).
 
         ``kappa = 1``: BatchNorm's momentum; ``kappa = 0``: ``1 / forwards``, a cumulative
         average; otherwise ``η₁ = m^κ`` and ``ηₜ = ηₜ₋₁ / (ηₜ₋₁ + (1 − m)^κ)``.
@@ -220,14 +196,14 @@ class AdaB2N(nn.BatchNorm2d):
 
     def sample_weights(self, task_ids: Tensor, counts: Tensor | None = None) -> Tensor:
         """Per-sample weights ``s_i = π_{k(i)} / n_{k(i)}`` with ``π_k ∝ exp(w_k) + n_k`` over tasks ``k <= T``, each
-        member's, ``[K, N]``.
+        member's, shaped as ``task_ids``.
 
         Before any completed task every sample is task 0 and ``s_i = 1 / N``: the plain batch statistics.
         """
         shape, task_ids = task_ids.shape, task_ids.view(self.members, -1)
         counts = task_counts(task_ids, self.num_tasks, self.task_weight.dtype) if counts is None else counts
         counts = counts.view(self.members, -1)
-        concentration = (self.task_weight.view(self.members, -1).exp() + counts) * (self._tasks <= self.tasks_completed)
+        concentration = (self.task_weight.exp() + counts) * (self._tasks <= self.tasks_completed)
         if self.renorm:
             concentration = concentration * (counts > 0)
         task_weights = concentration / concentration.sum(1, keepdim=True)
@@ -257,8 +233,8 @@ class AdaB2N(nn.BatchNorm2d):
             self.num_batches_tracked += 1
             eta = self.next_eta()
             self.eta.copy_(eta)
-            keep = (1.0 - eta).to(self.running_var.dtype).reshape(-1).repeat_interleave(c)
-            eta = eta.to(self.running_mean.dtype).reshape(-1).repeat_interleave(c)
+            keep = (1.0 - eta).to(self.running_var.dtype).repeat_interleave(c)
+            eta = eta.to(self.running_mean.dtype).repeat_interleave(c)
             self.running_mean.add_((mean - self.running_mean) * eta)
             self.running_var.mul_(keep).add_(var * eta)
         # Against the statistics *after* this update, as the reference; cloned so a later forward's
@@ -267,7 +243,7 @@ class AdaB2N(nn.BatchNorm2d):
         running_mean, running_var = self.running_mean.clone().view(-1, c), self.running_var.clone().view(-1, c)
         mean, var = mean.view(-1, c), var.view(-1, c)
         losses = [F.mse_loss(mean[k], running_mean[k]) + F.mse_loss(var[k], running_var[k]) for k in range(len(mean))]
-        self.norm_loss = torch.stack(losses).view(self.eta.shape)
+        self.norm_loss = torch.stack(losses)
         return out
 
     def _weighted(self, input: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -291,16 +267,14 @@ UNTOLD = (
 """The one-line warning of a layer that ended a task but was never given task ids (once per process and place)."""
 
 
-def _per_member(name: str, value: Any, members: int) -> tuple[Any, ...]:
+def _per_member(option: Option, value: Any, members: int) -> tuple[Any, ...]:
+    """Each member's value of ``option`` (one value: every member's), checked."""
     values = tuple(value) if isinstance(value, Sequence) else (value,) * members
     if len(values) != members:
-        raise ValueError(f"AdaB2N with {members} members needs one {name} per member, got {len(values)}")
+        raise ValueError(f"AdaB2N with {members} members needs one {option.keyword} per member, got {len(values)}")
+    for v in values:
+        require(option.keyword, v, option.check)
     return values
-
-
-def _one(values: tuple[Any, ...]) -> Any:
-    """A one-member layer's option as a number; a stack's as the members' tuple."""
-    return values[0] if len(values) == 1 else values
 
 
 class SampleMoments(torch.autograd.Function):
@@ -358,7 +332,7 @@ def normalized(
     return torch.addcmul(shift.view(1, -1, 1, 1), input, scale.view(1, -1, 1, 1))
 
 
-@register_norm("AdaB2N", KAPPA, RENORM, LAMBD, ADA_T0)
+@register_norm("AdaB2N", *OPTIONS)
 def adab2n(
     bn: nn.BatchNorm2d,
     *,
@@ -373,5 +347,4 @@ def adab2n(
     return AdaB2N.from_bn(bn, num_tasks, kappa, affine=affine, renorm=renorm, lambd=lambd, ada_t0=ada_t0)
 
 
-# Each member keeps its own kappa, lambd and ada_t0; --adab2n_renorm shapes every member's weights alike.
-stackable(Stacking(AdaB2N.stack, AdaB2N.member, frozenset({"kappa", "lambd", "ada_t0"})))(AdaB2N)
+stackable(Stacking(AdaB2N.stack, AdaB2N.member, PER_MEMBER))(AdaB2N)

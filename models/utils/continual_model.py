@@ -16,11 +16,12 @@ the protocol of ``models/utils/task_aware.py``:
   loss before the backward pass;
 * ``remember`` stores a stream batch in the buffer with the current task.
 
-Every model trains K runs at once (``models/utils/members.py``; a run alone is K = 1, its network the ordinary one):
-every tensor of a model's code has the member as its first dimension (``[K, B, ...]``), each of the model's
-``OPTIONS`` arrives as a ``[K]`` tensor (each member's value, in the losses' dtype: a scalar times a loss, as alone),
-every loss goes through ``self.loss`` / ``self.mse`` (one reduction per member, ``[K]``), and each member has its
-own optimiser (``make_optimizer``). Written so, a model declares ``STACKS = True`` and also trains stacked runs.
+Every model trains K runs at once (``models/utils/members.py``; a run alone is K = 1): every tensor of a model's code
+has the member as its first dimension (``[K, B, ...]``), ``self.args`` holds what the members share (reading a value
+they differ in is refused, naming it) and each of the model's ``OPTIONS`` as a ``[K]`` tensor (each member's value,
+in the losses' dtype: a scalar times a loss, as alone), every loss goes through ``self.loss`` / ``self.mse`` (one
+reduction per member, ``[K]``), and each member has its own optimiser (``make_optimizer``). Written so, a model
+declares ``STACKS = True`` and also trains stacked runs.
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ class ContinualModel(nn.Module):
     """A network, its optimiser, and the rules by which it learns from a stream."""
 
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
-    """The model's own command-line flags, read back from ``self.args``."""
+    """The model's own command-line flags, read back from ``self.args`` as ``[K]`` tensors."""
     COMPATIBILITY: ClassVar[tuple[str, ...]] = ("class-il",)
     USES_BUFFER: ClassVar[bool] = False
     STACKS: ClassVar[bool] = False
     """Whether the model trains K > 1 stacked runs (``--member``): true when its code follows the rules above (no
     member's value is read as one number, no loss reduces over members). A model that does not declare it runs
-    alone only and is refused under ``--member``."""
+    alone only (a ``--member`` alone is that run) and is refused with more members."""
     REFERENCE_FORWARD: ClassVar[str] = "separate"
     NORM_LOSS_ONLY_WHEN_REPLAYING: ClassVar[bool] = False
     """Whether the norm regulariser joins the loss only in steps that replay, as in the reference code of the replay
@@ -64,26 +65,25 @@ class ContinualModel(nn.Module):
     def __init__(
         self, net: StackedNet, loss: Callable[..., Tensor], members: Members, dataset: ContinualDataset
     ) -> None:
-        """``net``: the members' networks (one member: its network, wrapped); ``members``: each run's arguments and
-        generator; ``dataset``: the first member's (every member's tasks have the same sizes)."""
+        """``net``: the members' networks as one; ``members``: each run's arguments and generator; ``dataset``: the
+        first member's (every member's tasks have the same sizes)."""
         super().__init__()
         self.net = net
         self.members = members
         self.dataset = dataset
         self.device = dataset.device
-        shared = members.args[0]
-        self.dtype = run_dtype(shared)
+        self.dtype = run_dtype(members.shared())
         self.args = members.model_args(self.OPTIONS, self.device, self.dtype)
         self.loss = per_member_loss(loss, members.count)
         self._mse = per_member_loss(F.mse_loss, members.count)
         self.transform = members.transform(dataset.train_transform)
         self.n_classes = dataset.n_classes()
         self.current_task = 0
-        self.forward_mode = resolve_forward_mode(shared, type(self), net)
-        self.amp = bool(getattr(shared, "amp", False))
+        self.forward_mode = resolve_forward_mode(self.args, type(self), net)
+        self.amp = bool(getattr(self.args, "amp", False))
         self.buffer: StackedBuffer | None = None
         if self.USES_BUFFER:
-            self.buffer = members.buffer(shared.buffer_size, self.device, shared.buffer_mode, dataset.N_TASKS)
+            self.buffer = members.buffer(self.args.buffer_size, self.device, self.args.buffer_mode, dataset.N_TASKS)
         self._task_aware = task_aware_layers(net)
         self._norm_losses = NormLosses()
         self._replaying = False

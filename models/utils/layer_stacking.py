@@ -18,7 +18,7 @@ import copy
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +131,30 @@ def slice_member(stacked: nn.Module, k: int, template: nn.Module) -> nn.Module:
     return member
 
 
+class MemberState:
+    """A layer whose tensors ``MEMBER_FIRST`` carry a leading member dimension (``[K, ...]``) that a layer without
+    members lacks: its state dict, the boundary to checkpoints and to code that knows no stacks, writes a one-member
+    layer's (a run alone's) without it and reads it either way, as ``torch.nn.modules.batchnorm`` reads old state in
+    ``_load_from_state_dict``. In memory the member dimension is always there."""
+
+    MEMBER_FIRST: ClassVar[tuple[str, ...]] = ()
+    members: int
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
+        if self.members == 1:
+            for key in (prefix + name for name in self.MEMBER_FIRST if prefix + name in destination):
+                destination[key] = destination[key][0]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        if self.members == 1:
+            for name in self.MEMBER_FIRST:
+                saved, own = state_dict.get(prefix + name), getattr(self, name)
+                if isinstance(saved, Tensor) and own is not None and saved.dim() == own.dim() - 1:
+                    state_dict[prefix + name] = saved[None]
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+
+
 def _hyper_parameters(layer: nn.Module) -> list[str]:
     """The public, non-tensor attributes of a layer: its hyper-parameters (``eps``, ``momentum``, ``groups``...)."""
     return [
@@ -189,8 +213,11 @@ class StackedLayerNorm(nn.Module):
         return load(place_like(new, ln), layers)
 
 
-class StackedLinear(nn.Module):
-    """K linear heads: ``[N, K·F]`` features -> ``[N, K, classes]`` logits, one ``linear`` per member (exact)."""
+class StackedLinear(MemberState, nn.Module):
+    """K linear heads: ``[N, K·F]`` features -> ``[N, K, classes]`` logits, one ``linear`` per member (exact); a run
+    alone's state dict holds ``nn.Linear``'s shapes."""
+
+    MEMBER_FIRST = ("weight", "bias")
 
     def __init__(self, members: int, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()

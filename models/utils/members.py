@@ -4,14 +4,14 @@ losses and optimiser.
 A model runs one network (``models/utils/stacking.py``) on tensors whose first dimension is the member. To
 stay the same run as alone, each member draws every random number from its own generator in the order its run
 alone would (epoch order, augmentation, buffer draws and insertions), keeps its own replay buffer, reduces its own
-losses, and steps with its own learning rate; the hyper-parameters a member may change (its seed, its norm's and
-model's options, its learning rate) reach the model's code as ``[K]`` tensors, so the 15-50 lines of a model serve
-both.
+losses, and steps with its own learning rate. A model sees the arguments its members share (:class:`SharedArgs`)
+and each of its own options as a ``[K]`` tensor, so the 15-50 lines of a model serve both; a value the members
+differ in (the seed, the learning rate, a norm's per-member option) is refused when a model reads it, never member
+0's.
 """
 
 from __future__ import annotations
 
-import copy
 from argparse import Namespace
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +21,32 @@ import torch
 from torch import Tensor, nn
 
 from normcl.utils.buffer import Buffer
+from normcl.utils.core.errors import UserError
 from normcl.utils.core.options import Option
+
+
+class SharedArgs(Namespace):
+    """The arguments every member of a stack gives alike (a run alone: all of its own), as attributes. An argument
+    the members differ in is not one value: reading it raises a one-line :class:`UserError` naming it and the fix,
+    so that no code takes member 0's value for everyone's."""
+
+    __slots__ = ("_differing",)
+
+    def __init__(self, members: Sequence[Namespace]) -> None:
+        values = [vars(member) for member in members]
+        shared = {key: value for key, value in values[0].items() if all(v.get(key) == value for v in values)}
+        super().__init__(**shared)
+        self._differing = {key: [v.get(key) for v in values] for key in values[0] if key not in shared}
+
+    def __getattr__(self, name: str) -> Any:  # only for what the namespace does not hold
+        differing = object.__getattribute__(self, "_differing")
+        if name in differing:
+            shown = ", ".join(repr(value) for value in differing[name])
+            raise UserError(
+                f"the stacked members differ in --{name} ({shown}), which has one value only where they share it: "
+                f"stack only runs with the same --{name}, or read each member's (self.members.args[k].{name})"
+            )
+        raise AttributeError(name)
 
 
 @dataclass
@@ -35,10 +60,14 @@ class Members:
     def count(self) -> int:
         return len(self.args)
 
-    def model_args(self, options: Sequence[Option], device: torch.device, dtype: torch.dtype) -> Namespace:
-        """The model's view of the arguments: shared values, and each model option as a ``[K]`` tensor of the
-        losses' dtype (a scalar times a loss, as alone)."""
-        args = copy.copy(self.args[0])
+    def shared(self) -> SharedArgs:
+        """What every member's arguments hold alike."""
+        return SharedArgs(self.args)
+
+    def model_args(self, options: Sequence[Option], device: torch.device, dtype: torch.dtype) -> SharedArgs:
+        """The model's view of the arguments: the shared ones, and each model option as a ``[K]`` tensor of the
+        losses' dtype (each member's value; a scalar times a loss, as alone)."""
+        args = self.shared()
         for option in options:
             values = [getattr(member, option.dest) for member in self.args]
             setattr(args, option.dest, torch.tensor(values, dtype=dtype, device=device))
@@ -108,7 +137,7 @@ def per_member_loss(loss: Callable[..., Tensor], members: int) -> Callable[[Tens
 
 class MemberOptimizers:
     """One torch optimiser per member, over the member's parameters (``StackedNet.member_parameters``: blocks of the
-    stacked parameters that share their storage; one member: the network's own parameters), so each member steps
+    stacked parameters that share their storage), so each member steps
     with its own learning rate by torch's own code, and a model's ``make_optimizer`` serves alone and stacked.
 
     ``step`` hands each member its blocks of the stacked gradients first. A member that ``stop``s is not stepped
@@ -140,8 +169,7 @@ class MemberOptimizers:
             if not self._active[k]:
                 continue
             for p, block in zip(self._params, blocks, strict=True):
-                if block is not p:
-                    block.grad = None if p.grad is None else p.grad.chunk(members)[k].reshape(block.shape)
+                block.grad = None if p.grad is None else p.grad.chunk(members)[k].reshape(block.shape)
             optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:

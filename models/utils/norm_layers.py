@@ -91,7 +91,7 @@ class ContinualNorm2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, groups={self.groups}"
 
 
-@register_norm("CN")
+@register_norm("CN", without_affine=True)  # as the reference launcher, and the official code, whose optimiser has none
 def continual_norm(bn: nn.BatchNorm2d, *, affine: bool = True, groups: int = 32) -> ContinualNorm2d:
     """Continual Normalization with the GN group rule (``group_count``); BN's state is kept."""
     new = ContinualNorm2d(

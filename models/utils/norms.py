@@ -39,9 +39,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from normcl.models.utils import NORMS
 from normcl.models.utils.layer_stacking import Stacking, place_like, stacking_of
 from normcl.utils.core.options import Option
-from normcl.utils.core.registry import Registry
 
 NormBuilder = Callable[..., nn.Module]
 Shape = tuple[int, int, int]
@@ -50,11 +50,13 @@ SHAPE_KEYWORD = "shape"
 
 @dataclass(frozen=True)
 class NormSpec:
-    """A normalisation layer: its builder and the command-line options it declares (typed, with defaults)."""
+    """A normalisation layer: its builder, the command-line options it declares (typed, with defaults), and whether
+    its reference runs it without affine parameters (``without_affine``: the launcher adds ``--no_affine 1``)."""
 
     name: str
     builder: NormBuilder
     options: tuple[Option, ...] = ()
+    without_affine: bool = False
 
     @functools.cached_property
     def layer(self) -> type[nn.Module] | None:
@@ -105,14 +107,13 @@ class NormSpec:
                 raise TypeError(f"norm '{self.name}' needs the keyword {p.name!r}")
 
 
-NORMS: Registry[NormSpec] = Registry("normalization layer", __package__)
-
-
-def register_norm(name: str, *options: Option) -> Callable[[NormBuilder], NormBuilder]:
-    """Register a builder under ``name`` with its command-line options (type and default from its signature)."""
+def register_norm(name: str, *options: Option, without_affine: bool = False) -> Callable[[NormBuilder], NormBuilder]:
+    """Register a builder under ``name`` with its command-line options (type and default from its signature);
+    ``without_affine``: its reference runs it without affine parameters."""
 
     def decorator(builder: NormBuilder) -> NormBuilder:
-        NORMS.register(name)(NormSpec(name, builder, tuple(o.from_signature(builder) for o in options)))
+        resolved = tuple(o.from_signature(builder) for o in options)
+        NORMS.register(name)(NormSpec(name, builder, resolved, without_affine))
         return builder
 
     return decorator

@@ -15,7 +15,8 @@ by name):
 The backbone's own ``forward`` is kept: its other operations act per channel. ``StackedNet`` takes member inputs
 ``[K, B, C, H, W]`` and returns ``[K, B, classes]``; ``member(k)`` gives member k back as an ordinary network. Every
 parameter of a stacked network has the K member blocks along its first dimension (``member_parameters``), which is
-how each member gets its own optimiser.
+how each member gets its own optimiser. A run alone is a stack of one member, built and trained the same way. A
+layer that declares no stacking holds one member, itself: a network with one stacks for a run alone only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from normcl.models.utils.layer_stacking import own_tensors, place_like, stacking_of
+from normcl.models.utils.layer_stacking import Stacking, own_tensors, place_like, stacking_of
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 """Modules that only hold others (an empty ``Sequential`` is the identity): a stack stacks their children."""
@@ -36,31 +37,47 @@ class UnstackableLayer(TypeError):
     """A layer of the network declares no stacking (``models/utils/layer_stacking.py``)."""
 
 
+def _kept(layers: Sequence[nn.Module]) -> nn.Module:
+    """The stack of a layer that declares no stacking: the layer itself, which holds its one member."""
+    return layers[0]
+
+
+KEPT = Stacking(_kept, lambda stacked, k, template: stacked)
+"""How a layer without a declaration of its own holds its one member: as it is, live (:func:`_stacking`)."""
+
+
+def _stacking(layer: nn.Module) -> Stacking | None:
+    """How ``layer`` stacks: its class's declaration; ``None`` for a container without tensors of its own (its
+    children are stacked); :data:`KEPT` for any other layer, which declares nothing and holds one member."""
+    stacking = stacking_of(type(layer))
+    if stacking is not None:
+        return stacking
+    if own_tensors(layer) or (not dict(layer.named_children()) and not isinstance(layer, CONTAINERS)):
+        return KEPT
+    return None
+
+
 def _stack(layers: Sequence[nn.Module], path: str = "") -> nn.Module:
-    if len(layers) == 1:  # one member's layer is its own stack: a run alone keeps the ordinary network
-        return layers[0]
     kinds = sorted({type(layer).__name__ for layer in layers})
     if len(kinds) > 1:
         raise ValueError(f"cannot stack layers of different types at {path or 'the root'}: {', '.join(kinds)}")
-    stacking = stacking_of(type(layers[0]))
-    if stacking is not None:
-        return place_like(stacking.stack(layers), layers[0])
-    children = dict(layers[0].named_children())
-    if own_tensors(layers[0]) or (not children and not isinstance(layers[0], CONTAINERS)):
+    stacking = _stacking(layers[0])
+    if stacking is KEPT and len(layers) > 1:
         raise UnstackableLayer(
             f"{type(layers[0]).__name__} ({path or 'the network'}) declares no stacking: decorate its class with "
             "@stackable(...) (models/utils/layer_stacking.py; KEEP for a stateless per-channel layer), or run the "
             "members alone"
         )
+    if stacking is not None:
+        return place_like(stacking.stack(layers), layers[0])
     new = copy.copy(layers[0])  # a container (a backbone too): stack its children
     new._modules = {name: _stack([layer.get_submodule(name) for layer in layers], f"{path}.{name}".lstrip("."))
-                    for name in children}  # fmt: skip
+                    for name in dict(layers[0].named_children())}  # fmt: skip
     return new
 
 
 class StackedNet(nn.Module):
-    """K member networks as one; ``forward([K, B, C, H, W]) -> [K, B, classes]``. One member (a run alone) is its
-    network itself (``inner``), untouched: the same modules, arithmetic and speed."""
+    """K member networks as one (a run alone: one); ``forward([K, B, C, H, W]) -> [K, B, classes]``."""
 
     def __init__(self, nets: Sequence[nn.Module], channels_last: bool = False) -> None:
         super().__init__()
@@ -68,9 +85,8 @@ class StackedNet(nn.Module):
             raise ValueError("a stack needs at least one member network")
         self.members = len(nets)
         self.channels_last = channels_last
+        self._template = [copy.deepcopy(nets[0])]  # a list: not a sub-module, not in the state dict
         self.inner = _stack(nets)
-        # A list: not a sub-module, not in the state dict. One member is its own network (``member``).
-        self._template = [copy.deepcopy(nets[0])] if len(nets) > 1 else []
 
     def forward(self, x: Tensor) -> Tensor:
         k, b = x.shape[:2]
@@ -81,26 +97,22 @@ class StackedNet(nn.Module):
 
     def member_parameters(self, k: int) -> list[Tensor]:
         """Member ``k``'s parameters, in ``parameters()`` order: each stacked parameter's k-th block as a leaf that
-        shares its storage (one member: the parameters themselves)."""
-        if self.members == 1:
-            return list(self.parameters())
+        shares its storage."""
         shapes = [p.shape for p in self._template[0].parameters()]
         blocks = [p.detach().chunk(self.members)[k] for p in self.parameters()]
         return [nn.Parameter(block.view(shape)) for block, shape in zip(blocks, shapes, strict=True)]
 
     def member(self, k: int) -> nn.Module:
         """Member ``k`` as an ordinary network of the members' architecture, with its current state, on the stack's
-        device, dtype and memory format (one member: the network itself, live)."""
-        if self.members == 1:
-            return self.inner
+        device, dtype and memory format (a layer that declares no stacking: itself, live)."""
         template = self._template[0]
         stacked = dict(self.inner.named_modules())
-        # Each declared layer's member first, handed to the copy of the template through deepcopy's memo: the copy
-        # takes them as they are (a declared layer's sub-tree with it) and copies only the rest (containers).
+        # Each layer's member first, handed to the copy of the template through deepcopy's memo: the copy takes them
+        # as they are (a layer's sub-tree with it) and copies only the rest (containers).
         singles = {
             id(layer): stacking.member(stacked[name], k, layer)
             for name, layer in template.named_modules()
-            if (stacking := stacking_of(type(layer))) is not None
+            if (stacking := _stacking(layer)) is not None
         }
         # The template stayed where the members were built: the member goes where the stack is.
         member = place_like(copy.deepcopy(template, singles), self.inner)

@@ -14,11 +14,15 @@ Outside this framework (e.g. in another library's training loop), the same calls
     for layer in task_aware_layers(net):
         layer.set_batch_tasks(task_ids, counts, stream)  # before each training forward
     out = net(x)
-    layers = task_aware_layers(net)
-    loss = criterion(out, y) + sum(layer.norm_loss_weight(task) * layer.norm_loss for layer in layers)
+    losses = NormLosses()
+    losses.collect(task_aware_layers(net), task)         # each layer's regulariser with its weight
+    loss = losses.add_to(criterion(out, y))              # criterion + Σ_weight weight · Σ norm_loss, [1]
     ...
     for layer in task_aware_layers(net):
         layer.end_task()                                 # at each task boundary
+
+A layer holds K members side by side (a network of one run: K = 1; ``models/utils/stacking.py``): its task ids are
+each member's (``[K, N]``), its regulariser ``[K]`` and its weight K floats, whatever K is.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class TaskAwareNorm(Protocol):
     """Whether the reference normalises stream and replay samples in one joint forward (the default mode)."""
 
     norm_loss: Tensor | None
-    """After a training forward, that forward's differentiable regulariser (``None``: none)."""
+    """After a training forward, that forward's differentiable regulariser, each member's, ``[K]`` (``None``: none)."""
 
     def set_batch_tasks(self, task_ids: Tensor | None, counts: Tensor | None = None, stream: int | None = None) -> None:
         """Task index of every sample of the next training forward (at most the current task: a task the layer has
@@ -48,8 +52,8 @@ class TaskAwareNorm(Protocol):
         second task on) refuses a training forward then."""
         ...
 
-    def norm_loss_weight(self, task: int) -> float:
-        """The weight of ``norm_loss`` in the loss while training task ``task`` (0: leave it out)."""
+    def norm_loss_weight(self, task: int) -> tuple[float, ...]:
+        """Each member's weight of ``norm_loss`` in the loss while training task ``task`` (0: leave it out)."""
         ...
 
     def end_task(self) -> None:
@@ -90,34 +94,43 @@ class NormLosses:
     weighted sum: one collector for ``ContinualModel`` and the Avalanche plugin, so the two add the same terms in the
     same order, to the last bit.
 
-    A stack's layers give ``[K]`` weights (each member's; every layer the same) and ``[K]`` losses: each member's
-    weight then multiplies the sum of its losses over the forwards.
+    Each layer gives a ``[K]`` regulariser and K weights (each member's); the regularisers of equal weights are summed
+    first, then multiplied by them (``Σ_weight weight · Σ norm_loss``, per distinct weights in order of appearance).
     """
 
     def __init__(self) -> None:
-        self.terms: list[tuple[float | Tensor, Tensor]] = []
+        self.terms: list[tuple[tuple[float, ...], Tensor]] = []
+        self._weights: dict[tuple[tuple[float, ...], torch.dtype, torch.device], Tensor] = {}
 
     def collect(self, layers: Sequence[TaskAwareNorm], task: int) -> None:
-        """After a training forward: each layer's ``norm_loss`` with its weight while training ``task``. The layer's
+        """After a training forward: each layer's ``norm_loss`` with its weights while training ``task``. The layer's
         attribute is cleared: the collector holds the graph node now (a layer holding one cannot be deep-copied)."""
         for layer in layers:
             if layer.norm_loss is not None:
-                self.terms.append((layer.norm_loss_weight(task), layer.norm_loss))
+                weight = layer.norm_loss_weight(task)
+                if not isinstance(weight, tuple) or layer.norm_loss.shape != (len(weight),):
+                    raise TypeError(
+                        f"{type(layer).__name__} gives a regulariser of shape {tuple(layer.norm_loss.shape)} and the "
+                        f"weights {weight!r}: TaskAwareNorm wants one of each per member, [K] and K floats"
+                    )
+                self.terms.append((weight, layer.norm_loss))
                 layer.norm_loss = None
 
+    def _weight(self, weight: tuple[float, ...], like: Tensor) -> Tensor:
+        """``weight`` as a tensor like ``like``, made once (a step copies nothing to the device)."""
+        key = (weight, like.dtype, like.device)
+        if key not in self._weights:
+            self._weights[key] = like.new_tensor(weight)
+        return self._weights[key]
+
     def total(self) -> Tensor | None:
-        """``Σ_weight weight · Σ norm_loss`` (per distinct weight, in order of appearance; ``None``: nothing)."""
-        terms = [(weight, norm_loss) for weight, norm_loss in self.terms if isinstance(weight, Tensor) or weight]
-        if not terms:
-            return None
-        if isinstance(terms[0][0], Tensor):  # a stack: [K] weights, [K] losses
-            losses = torch.stack([norm_loss for _, norm_loss in terms], 1)
-            return terms[0][0].to(losses.dtype) * losses.sum(1)
-        by_weight: dict[float, list[Tensor]] = {}
-        for weight, norm_loss in terms:
-            by_weight.setdefault(float(weight), []).append(norm_loss)
-        sums = [weight * torch.stack(norm_losses).sum() for weight, norm_losses in by_weight.items()]
-        return sum(sums[1:], sums[0])
+        """``Σ_weight weight · Σ norm_loss``, ``[K]`` (``None``: nothing, or only weights of 0)."""
+        by_weight: dict[tuple[float, ...], list[Tensor]] = {}
+        for weight, norm_loss in self.terms:
+            if any(weight):
+                by_weight.setdefault(weight, []).append(norm_loss)
+        sums = [self._weight(w, losses[0]) * torch.stack(losses, 1).sum(1) for w, losses in by_weight.items()]
+        return sum(sums[1:], sums[0]) if sums else None
 
     def add_to(self, loss: Tensor) -> Tensor:
         """``loss`` plus :meth:`total`; the terms are spent."""
@@ -130,11 +143,8 @@ class NormLosses:
 
 
 def task_counts(task_ids: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Samples of each task ``0 .. n-1`` in a batch, as floats; an ``index_add`` (``bincount`` would sync a GPU).
-
-    Task ids ``[K, N]`` (a stack's members) give each member's counts, ``[K, n]``.
-    """
+    """Samples of each task ``0 .. n-1`` in each member's batch, as floats: ``[K, N]`` task ids give ``[K, n]`` (a
+    scatter-add along the samples; ``bincount`` would sync a GPU)."""
     ones = torch.ones_like(task_ids, dtype=dtype)
-    if task_ids.dim() == 2:
-        return torch.zeros(task_ids.shape[0], n, dtype=dtype, device=task_ids.device).scatter_add(1, task_ids, ones)
-    return torch.zeros(n, dtype=dtype, device=task_ids.device).index_add(0, task_ids, ones)
+    zeros = torch.zeros(*task_ids.shape[:-1], n, dtype=dtype, device=task_ids.device)
+    return zeros.scatter_add(-1, task_ids, ones)

@@ -104,8 +104,9 @@ class TaskBalancedBN(nn.BatchNorm2d):
         """The stream batch's size in the next training forward (its first ``stream`` samples); task ids unused."""
         self._stream = stream
 
-    def norm_loss_weight(self, task: int) -> float:
-        return 0.0
+    def norm_loss_weight(self, task: int) -> tuple[float, ...]:
+        """No regulariser (``norm_loss`` is always ``None``): no weight to give."""
+        return ()
 
     def end_task(self) -> None:
         """One more task completed: from now on the splits balance it against the replayed samples."""

@@ -10,3 +10,7 @@ that the tables then report.
 * report: :mod:`.records` (results files) → :mod:`.tables` (cells, gains, drift) → :mod:`.formats` (Markdown,
   CSV, LaTeX) and :mod:`.plots`, written by :mod:`.report`; :mod:`.results_page` publishes them.
 """
+
+from normcl import require_package_name
+
+require_package_name(__name__, __file__)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from normcl.utils.core.run_files import figure_file
 from normcl.utils.experiments.methods import method_colour
 from normcl.utils.experiments.plots import label, save_figure
 from normcl.utils.experiments.records import Record
@@ -98,4 +99,4 @@ def plot_stream(report: Report, column: Column, out_dir: Path) -> list[Path]:
     axes[-1].legend(fontsize="x-small", loc="lower left")
     fig.suptitle(f"{column.label}: each task's accuracy along the stream (mean ± std over seeds)")
     fig.tight_layout()
-    return [save_figure(fig, out_dir / f"stream_accuracy__{column.slug}.png")]
+    return [save_figure(fig, figure_file(out_dir, "stream_accuracy", column.label))]

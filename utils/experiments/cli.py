@@ -22,17 +22,21 @@ import sys
 from argparse import Namespace
 from collections.abc import Iterable, Sequence
 
+from normcl.datasets import DATASETS
+from normcl.models import MODELS
+from normcl.models.utils import NORMS
+from normcl.models.utils.adab2n_options import SEARCHED
+from normcl.utils.buffer_modes import BUFFER_MODES
 from normcl.utils.core.commands import WANDB_PROJECT, CommandParser, DeprecatedAlias
 from normcl.utils.core.errors import UserError
-from normcl.utils.core.options import BINARY_FLAG
+from normcl.utils.core.options import BINARY_FLAG, above_up_to, at_least, check_values, declare, positive
 from normcl.utils.experiments.grid import (
     NO_BEST_ARGS_EXAMPLE,
-    PAPER_ADA_T0S,
     PAPER_BUFFERS,
     PAPER_DATASETS,
-    PAPER_KAPPAS,
     PAPER_METHODS,
     PAPER_MODELS,
+    PAPER_SEARCH,
     USAGE_THRESHOLD,
     USAGE_THRESHOLD_MINIIMG,
     check_unique,
@@ -41,12 +45,13 @@ from normcl.utils.experiments.grid import (
     split_extra,
     validate_runs,
 )
-from normcl.utils.experiments.methods import NO_AFFINE_METHODS, PSEUDO_METHODS
+from normcl.utils.experiments.methods import PSEUDO_METHODS, no_affine_norms
 from normcl.utils.experiments.processes import CommandBuilder, confirm, default_command, done_text, print_runs
 from normcl.utils.experiments.scheduler import GpuProbe, execute, nvml_probe
 from normcl.utils.experiments.slurm import slurm_minutes
 from normcl.utils.experiments.stacks import stack_runs, stacking_text
 from normcl.utils.experiments.tuning import run_tuned
+from normcl.utils.parser import HelpFormatter, flag_roles
 
 TUNE_MODES = ("none", "validation")
 
@@ -54,18 +59,15 @@ TUNE_MODES = ("none", "validation")
 def reserved_extra() -> dict[str, str]:
     """Flags ``--extra`` may not set, because the launcher sets them per run, with what to use instead: those declared
     so with the flag (``Roles.launcher``), and those that the methods' vocabulary sets (pseudo-methods, no affine)."""
-    from normcl.utils.args import flag_roles
-
     reserved = {f"--{dest}": roles.launcher for dest, roles in flag_roles().items() if roles.launcher}
     methods = {f"--{key}": f"--methods {m}" for m, args in PSEUDO_METHODS.items() for key in args if key != "nl"}
-    no_affine = f"--methods ({', '.join(sorted(NO_AFFINE_METHODS))} runs without affine parameters)"
+    no_affine = f"--methods ({', '.join(no_affine_norms())} runs without affine parameters)"
     return {**reserved, **methods, "--no_affine": no_affine}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``run.py``'s flags: the grid, AdaB²N's selection, execution, Slurm and the report."""
-    from normcl.utils.args import HelpFormatter  # imported here: utils.args pulls in torch
-
+    """``run.py``'s flags: the grid, AdaB²N's selection, execution, Slurm and the report, each with its value's
+    check (:func:`validate_args`)."""
     p = CommandParser(
         "normcl-grid",
         description="Run the AdaB2N paper's experiment grid (resumable), or report its results.",
@@ -80,20 +82,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(PAPER_METHODS),
         help=f"normalization layers (any --nl name) and the pseudo-methods {', '.join(PSEUDO_METHODS)}",
     )
-    g.add_argument("--num_seeds", type=int, default=3, help="number of seeds (0 .. N-1)")
-    g.add_argument("--buffer_sizes", type=int, nargs="+", default=None, help="buffer sizes (default: the paper's)")
-    g.add_argument("--kappas", type=float, nargs="+", default=list(PAPER_KAPPAS), help="AdaB2N kappa values")
-    g.add_argument(
-        "--lambdas",
-        type=float,
+    declare(g, "--num_seeds", check=at_least(1), type=int, default=3, help="number of seeds (0 .. N-1)")
+    declare(
+        g,
+        "--buffer_sizes",
+        check=positive,
+        type=int,
         nargs="+",
         default=None,
-        help="AdaB2N lambd values (default: the paper's, 1e-5..1e-2 for seq-miniimg, else 0.01..10)",
+        help="buffer sizes (default: the paper's)",
     )
-    g.add_argument("--ada_t0s", type=int, nargs="+", default=list(PAPER_ADA_T0S), help="AdaB2N ada_t0 values")
-    g.add_argument("--bs", type=int, default=10, help="batch size of every run")
-    g.add_argument("--epochs", type=int, default=1, help="epochs of every run")
-    g.add_argument("--buffer_mode", choices=("reservoir", "ring"), default="reservoir", help="replay buffer mode")
+    for option in SEARCHED:  # --kappas, --lambdas, --ada_t0s: each searched option's values, checked as it is
+        default = PAPER_SEARCH[option.dest]
+        note = " (default: the paper's for the dataset)" if default is None else ""
+        values = None if default is None else list(default)
+        help = f"AdaB2N {option.dest} values{note}"
+        declare(g, option.launcher, check=option.check, type=option.type, nargs="+", default=values, help=help)
+    declare(g, "--bs", check=at_least(1), type=int, default=10, help="batch size of every run")
+    declare(g, "--epochs", check=at_least(1), type=int, default=1, help="epochs of every run")
+    g.add_argument("--buffer_mode", choices=BUFFER_MODES, default="reservoir", help="replay buffer mode")
     g.add_argument(
         "--extra",
         default="",
@@ -110,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--logdir", default="data/logs", help="folder of the runs' output, one NAME.txt per run")
     g.add_argument("--nowand", default=0, help="disable wandb in every run", **BINARY_FLAG)
     g.add_argument("--nowandb", action=DeprecatedAlias, dest="nowand", instead="--nowand")
-    help_text = "wandb project of every run (a run's group: its dataset, model, buffer and method)"
-    g.add_argument("--wandb_project", default=WANDB_PROJECT, help=help_text)
+    g.add_argument(
+        "--wandb_project",
+        default=WANDB_PROJECT,
+        help="wandb project of every run (a run's group: its dataset, model, buffer and method)",
+    )
 
     t = p.add_argument_group("AdaB2N selection")
     t.add_argument(
@@ -122,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "phase 1 runs AdaB2N's configurations with --validation 1 for --tune_seeds, phase 2 the test grid with "
         "each column's best configuration for AdaB2N and AdaB2N-renorm",
     )
-    t.add_argument("--tune_seeds", type=int, nargs="+", default=[0], help="seeds of the validation runs")
+    declare(t, "--tune_seeds", check=at_least(0), type=int, nargs="+", default=[0], help="seeds of the validation runs")
 
     r = p.add_argument_group("execution")
     r.add_argument(
@@ -134,20 +144,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--dry_run", action="store_true", help="print the runs and their count, start nothing")
     r.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    r.add_argument("--retries", type=int, default=0, help="retry a failed run up to N times")
-    r.add_argument(
+    declare(r, "--retries", check=at_least(0), type=int, default=0, help="retry a failed run up to N times")
+    declare(
+        r,
         "--usage_threshold",
+        check=above_up_to(0, 1),
         type=float,
         default=None,
         help=f"a GPU is idle below this memory-use fraction (default: {USAGE_THRESHOLD}, "
         f"{USAGE_THRESHOLD_MINIIMG} for seq-miniimg)",
     )
-    r.add_argument("--max_per_gpu", type=int, default=1, help="runs (or stacks) of this launcher sharing one GPU")
-    r.add_argument("--coldsecs", type=float, default=15, help="seconds between two starts")
-    r.add_argument("--waitsecs", type=float, default=25, help="seconds between two polls for an idle GPU")
-    r.add_argument("--cpu_workers", type=int, default=1, help="parallel runs (or stacks) when there is no GPU")
-    r.add_argument(
+    declare(
+        r,
+        "--max_per_gpu",
+        check=at_least(1),
+        type=int,
+        default=1,
+        help="runs (or stacks) of this launcher sharing one GPU",
+    )
+    declare(r, "--coldsecs", check=at_least(0), type=float, default=15, help="seconds between two starts")
+    declare(
+        r, "--waitsecs", check=at_least(0), type=float, default=25, help="seconds between two polls for an idle GPU"
+    )
+    declare(
+        r,
+        "--cpu_workers",
+        check=at_least(1),
+        type=int,
+        default=1,
+        help="parallel runs (or stacks) when there is no GPU",
+    )
+    declare(
+        r,
         "--stack",
+        check=at_least(1),
         type=int,
         default=1,
         metavar="K",
@@ -157,11 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = p.add_argument_group("slurm (--launcher slurm, through submitit)")
     s.add_argument("--slurm_partition", default=None, help="partition (default: the cluster's)")
-    s.add_argument("--slurm_time", type=slurm_minutes, default="24:00:00", help="time limit per run (or stack)")
-    s.add_argument("--slurm_gpus_per_job", type=int, default=1, help="GPUs per run or stack (0: CPU)")
-    s.add_argument("--slurm_cpus_per_job", type=int, default=4, help="CPUs per run (or stack)")
-    s.add_argument("--slurm_mem", type=int, default=32, help="memory per run (or stack), GB")
-    s.add_argument("--slurm_array_parallelism", type=int, default=64, help="jobs (runs or stacks) of the array at once")
+    declare(
+        s,
+        "--slurm_time",
+        check=at_least(1),
+        type=slurm_minutes,
+        default="24:00:00",
+        help="time limit per run (or stack)",
+    )
+    declare(s, "--slurm_gpus_per_job", check=at_least(0), type=int, default=1, help="GPUs per run or stack (0: CPU)")
+    declare(s, "--slurm_cpus_per_job", check=at_least(1), type=int, default=4, help="CPUs per run (or stack)")
+    declare(s, "--slurm_mem", check=at_least(1), type=int, default=32, help="memory per run (or stack), GB")
+    declare(
+        s,
+        "--slurm_array_parallelism",
+        check=at_least(1),
+        type=int,
+        default=64,
+        help="jobs (runs or stacks) of the array at once",
+    )
     s.add_argument("--no_wait", action="store_true", help="submit and exit without waiting for the jobs")
 
     o = p.add_argument_group("report")
@@ -194,61 +238,24 @@ def _check_extra(args: Namespace) -> None:
         )
 
 
-def validate_args(args: Namespace) -> None:
-    """Reject bad launcher input before anything starts (unknown names, negative counts, kappa outside [0, 1])."""
-    from normcl.datasets import DATASETS
-    from normcl.models import MODELS
-    from normcl.models.utils.adab2n import ADA_T0, KAPPA, LAMBD
-    from normcl.models.utils.norms import NORMS
-
+def validate_args(parser: argparse.ArgumentParser, args: Namespace) -> None:
+    """Reject bad launcher input before anything starts: unknown names, then every flag's declared check (negative
+    counts, kappa outside [0, 1]), then what the grid cannot run."""
     _check_names("dataset", args.datasets, DATASETS.names())
     _check_names("model", args.models, MODELS.names())
     _check_names("method", args.methods, [*NORMS.names(), *PSEUDO_METHODS])
-    counts = {
-        "--num_seeds": (args.num_seeds, 1),
-        "--bs": (args.bs, 1),
-        "--epochs": (args.epochs, 1),
-        "--retries": (args.retries, 0),
-        "--max_per_gpu": (args.max_per_gpu, 1),
-        "--cpu_workers": (args.cpu_workers, 1),
-        "--stack": (args.stack, 1),
-        "--slurm_gpus_per_job": (args.slurm_gpus_per_job, 0),
-        "--slurm_cpus_per_job": (args.slurm_cpus_per_job, 1),
-        "--slurm_mem": (args.slurm_mem, 1),
-        "--slurm_array_parallelism": (args.slurm_array_parallelism, 1),
-        "--slurm_time": (args.slurm_time, 1),
-    }
-    for flag, (value, least) in counts.items():
-        if value < least:
-            raise UserError(f"{flag} must be >= {least}, got {value}")
-    for flag in ("coldsecs", "waitsecs"):
-        if getattr(args, flag) < 0:
-            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    if args.buffer_sizes is not None and min(args.buffer_sizes) < 1:
-        raise UserError(f"--buffer_sizes must be positive, got {args.buffer_sizes}")
-    if args.usage_threshold is not None and not 0.0 < args.usage_threshold <= 1.0:
-        raise UserError(f"--usage_threshold must lie in (0, 1], got {args.usage_threshold}")
-    searched = {
-        "--kappas": (args.kappas, KAPPA),
-        "--lambdas": (args.lambdas or [], LAMBD),
-        "--ada_t0s": (args.ada_t0s, ADA_T0),
-    }
-    for flag, (values, option) in searched.items():
-        problem = next(filter(None, map(option.check, values)), None)  # AdaB2N's own range for the flag
-        if problem is not None:
-            raise UserError(f"{flag} {problem}, got {values}")
+    check_values(parser, args)
     missing = [d for d in args.datasets if d not in PAPER_BUFFERS]
     if args.buffer_sizes is None and missing:
         raise UserError(f"no default buffer sizes for {', '.join(missing)}; pass --buffer_sizes N ...")
-    if min(args.tune_seeds) < 0:
-        raise UserError(f"--tune_seeds must be >= 0, got {args.tune_seeds}")
     _check_extra(args)
 
 
 def parse_launcher_args(argv: Sequence[str] | None = None) -> Namespace:
     """Parse and validate ``run.py``'s command line; raises ``UserError`` on bad values."""
-    args = build_parser().parse_args(argv)
-    validate_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate_args(parser, args)
     return args
 
 
@@ -259,7 +266,7 @@ def main(
     try:
         args = parse_launcher_args(argv)
         if args.report:
-            from normcl.utils.experiments import report
+            from normcl.utils.experiments import report  # matplotlib: for the report alone, not every launch
 
             out = [args.results_path] + ([] if args.report_dir is None else ["--out", args.report_dir])
             return report.main(out)

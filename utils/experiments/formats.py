@@ -16,6 +16,7 @@ from typing import Any
 from normcl.utils.core.atomic import atomic_write_bytes
 from normcl.utils.core.run_files import PARTIAL_SUFFIX
 from normcl.utils.experiments import anytime, evidence, gains
+from normcl.utils.experiments.methods import Config
 from normcl.utils.experiments.records import DIVERGED, Stat, describe_stop
 from normcl.utils.experiments.tables import ON_TEST, Column, Entry, Report, final_drift
 
@@ -105,7 +106,8 @@ def markdown(report: Report, title: str, primary: gains.Primary | None = None) -
     out += _drift_tables(report, header, rule)
     tuned = [(m, c) for m in report.methods for c in report.columns if (m, c) in report.sensitivity]
     if tuned:
-        out += ["## AdaB²N configuration per column", "", "| method | column | kappa | lambd | ada_t0 | chosen on |"]
+        columns = ["method", "column", *Config._fields, "chosen on"]
+        out += ["## AdaB²N configuration per column", "", f"| {' | '.join(columns)} |"]
         out.append("| --- | --- | --- | --- | --- | --- |")
         for m, c in tuned:
             e = report.entries[(m, c)]
@@ -121,11 +123,12 @@ def markdown(report: Report, title: str, primary: gains.Primary | None = None) -
             ]
         out += ["## AdaB²N sensitivity (class-IL accuracy, %)", ""]
         for m, c, cells, split in evidence.sensitivity_cells(report):
+            rows, columns, panels = Config._fields  # a table of kappa × lambd per ada_t0
             for t0 in sorted({cfg[2] for cfg in cells}):
                 kappas = sorted({cfg[0] for cfg in cells if cfg[2] == t0})
                 lambdas = sorted({cfg[1] for cfg in cells if cfg[2] == t0})
-                out += [f"### {report.label(m)}, {c.label}, ada_t0 = {t0} ({split} split)", ""]
-                out.append("| kappa \\ lambd | " + " | ".join(f"{lam:g}" for lam in lambdas) + " |")
+                out += [f"### {report.label(m)}, {c.label}, {panels} = {t0} ({split} split)", ""]
+                out.append(f"| {rows} \\ {columns} | " + " | ".join(f"{lam:g}" for lam in lambdas) + " |")
                 out.append("| --- |" + " --- |" * len(lambdas))
                 for k in kappas:
                     row = [cells[(k, lam, t0)].text("class_il") if (k, lam, t0) in cells else "" for lam in lambdas]
@@ -170,9 +173,7 @@ def write_csv(report: Report, path: Path) -> None:
     header = ["method", "dataset", "model", "buffer_size", "variant", "n_seeds", "seeds"]
     for metric, _ in METRICS:
         header += [f"{metric}_mean", f"{metric}_std"]
-    rows: list[list[Any]] = [
-        [*header, "kappa", "lambd", "ada_t0", "selected_on", "split", "n_diverged", "forward_mode"]
-    ]
+    rows: list[list[Any]] = [[*header, *Config._fields, "selected_on", "split", "n_diverged", "forward_mode"]]
     for m in report.methods:
         for c in report.columns:
             e = report.entries.get((m, c))
@@ -191,7 +192,7 @@ def write_csv(report: Report, path: Path) -> None:
 def write_sensitivity_csv(report: Report, path: Path) -> None:
     """Every AdaB²N configuration's class-IL accuracy per column, on the split the selection used (``n_seeds``
     runs averaged, ``n_diverged`` left out; ``diverged`` for the mean when all of them diverged)."""
-    header = ["method", "dataset", "model", "buffer_size", "variant", "kappa", "lambd", "ada_t0", "n_seeds"]
+    header = ["method", "dataset", "model", "buffer_size", "variant", *Config._fields, "n_seeds"]
     rows: list[list[Any]] = [[*header, "class_il_mean", "class_il_std", "split", "n_diverged"]]
     for (m, c), cells in report.sensitivity.items():
         for (kappa, lambd, t0), e in sorted(cells.items()):

@@ -16,8 +16,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from normcl.datasets import DATASETS
+from normcl.models import MODELS
+from normcl.models.utils.adab2n_options import ADA_T0, KAPPA, LAMBD
+from normcl.utils.args import parse_args
+from normcl.utils.best_args import available_combinations, best_args_for
 from normcl.utils.core.errors import UserError
-from normcl.utils.core.run_files import lock_file, log_file, partial_results_file, results_file
+from normcl.utils.core.run_files import (
+    VALIDATION_SUFFIX,
+    lock_file,
+    log_file,
+    partial_results_file,
+    results_file,
+    run_name,
+)
 from normcl.utils.experiments.methods import (
     ADAPTIVE_NORM,
     Config,
@@ -25,7 +37,6 @@ from normcl.utils.experiments.methods import (
     method_flags,
     method_label,
     norm_of,
-    run_name,
     runs_without_affine,
 )
 
@@ -42,12 +53,17 @@ PAPER_KAPPAS = (0.1, 0.4, 0.7, 1.0)
 PAPER_LAMBDAS = (0.01, 0.1, 1.0, 10.0)
 PAPER_LAMBDAS_MINIIMG = (1e-5, 1e-4, 1e-3, 1e-2)
 PAPER_ADA_T0S = (0, 1)
+PAPER_SEARCH: dict[str, tuple[float, ...] | None] = {
+    KAPPA.dest: PAPER_KAPPAS,
+    LAMBD.dest: None,
+    ADA_T0.dest: PAPER_ADA_T0S,
+}
+"""The paper's values of each option of AdaB²N's configuration (``adab2n_options.SEARCHED``, by name); ``None``:
+the dataset's (:func:`adaptive_configs`: ``PAPER_LAMBDAS``, ``PAPER_LAMBDAS_MINIIMG`` for seq-miniimg)."""
 USAGE_THRESHOLD = 0.3
 USAGE_THRESHOLD_MINIIMG = 0.1
 """The reference waits for a GPU below 10% memory use for Mini-ImageNet, whose runs are the largest."""
 
-VALIDATION_SUFFIX = "_val"
-"""Appended to the run, results and wandb names of ``--tune validation``'s phase-1 runs."""
 BEST_ARGS_FLAG = "--load_best_args"
 NO_BEST_ARGS_EXAMPLE = '--no_best_args --extra "--lr 0.03"'
 """How ``run.py`` runs a combination without best args (``--alpha``/``--beta`` too for DER/DER++)."""
@@ -153,9 +169,6 @@ def _expand(
     """The runs of ``seeds × datasets × methods × models × buffers`` (the reference's order), each AdaB²N method
     with ``configs_of``'s configurations; ``validation`` runs get ``--validation 1`` and a ``_val`` suffix on their
     run, results and wandb names so that they never collide with the test runs of the same configuration."""
-    from normcl.datasets import get_dataset_class
-    from normcl.models import MODELS
-
     results_root = Path(args.results_path).resolve()
     logdir = Path(args.logdir).resolve()
     extra = split_extra(args.extra)
@@ -164,7 +177,7 @@ def _expand(
     for seed, dataset, method, model in itertools.product(seeds, args.datasets, methods, args.models):
         uses_buffer = MODELS.get(model).USES_BUFFER
         buffers: Sequence[int | None] = (args.buffer_sizes or PAPER_BUFFERS[dataset]) if uses_buffer else [None]
-        setting = get_dataset_class(dataset).SETTING
+        setting = DATASETS.get(dataset).SETTING
         threshold = args.usage_threshold
         if threshold is None:
             threshold = USAGE_THRESHOLD_MINIIMG if dataset == "seq-miniimg" else USAGE_THRESHOLD
@@ -231,8 +244,6 @@ def check_unique(runs: Sequence[Run]) -> None:
 def check_best_args(runs: Sequence[Run]) -> None:
     """Every run that loads the best args has some, else one line in ``run.py``'s own flags: ``utils/main.py``'s
     error would say to change ``--buffer_size`` or to drop ``--load_best_args``, which the grid sets itself."""
-    from normcl.utils.best_args import available_combinations, best_args_for
-
     tuned = available_combinations()
     for dataset, model, buffer in dict.fromkeys(r.key for r in runs if BEST_ARGS_FLAG in r.argv):
         try:
@@ -250,8 +261,6 @@ def check_best_args(runs: Sequence[Run]) -> None:
 def validate_runs(runs: Sequence[Run]) -> None:
     """Check the best args, then parse each distinct configuration with ``utils/main.py``'s own parser, so that a
     grid whose runs would all fail (a misspelt ``--extra`` flag) stops here with one line instead."""
-    from normcl.utils.args import parse_args
-
     check_best_args(runs)
     first_seed = min((r.seed for r in runs), default=0)
     for run in runs:

@@ -8,10 +8,12 @@ in the row it was started for, whichever launcher ran it.
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
+
+from normcl.models.utils import NORMS
+from normcl.models.utils.adab2n_options import SEARCHED
 
 ADAPTIVE_NORM = "AdaB2N"
 """The normalization whose configurations ``(kappa, lambd, ada_t0)`` are searched and selected."""
@@ -36,22 +38,23 @@ OTHER_COLOURS = ("tab:gray", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b417
 DATASET_ORDER = ("seq-cifar10", "seq-cifar100", "seq-miniimg", "seq-fmnist")
 """The report's column order: the paper's datasets, then this project's Fashion-MNIST."""
 
-NO_AFFINE_METHODS = frozenset({"CN"})
-"""Norms that always run without affine parameters, as in the reference launcher (and the official CN code, whose
-optimiser has none): the launcher adds ``--no_affine 1`` and the report does not mark their rows ``-noaffine``."""
 RENORM_SUFFIX = "-renorm"
 NO_AFFINE_SUFFIX = "-noaffine"
-
-SAFE_CHARACTERS = "A-Za-z0-9._+-"
-"""What run names and file names keep; anything else is replaced."""
 
 GridKey = tuple[str, str, int | None]
 """A column of the paper's table, ``(dataset, model, buffer size)``: AdaB²N's configuration is chosen per column."""
 
 
+def no_affine_norms() -> list[str]:
+    """The registered norms that always run without affine parameters, as their declaration says (``register_norm``'s
+    ``without_affine``: the reference launcher runs them so): the launcher adds ``--no_affine 1`` and the report does
+    not mark their rows ``-noaffine``."""
+    return [name for name in NORMS.names() if NORMS.get(name).without_affine]
+
+
 def method_of(args: Mapping[str, Any]) -> str:
     """The row of a run: its ``--nl``, ``-renorm`` for renormalised AdaB²N, ``-MODE`` for an explicit
-    ``--forward_mode``, ``-noaffine`` for ``--no_affine`` (except :data:`NO_AFFINE_METHODS`, which always run so).
+    ``--forward_mode``, ``-noaffine`` for ``--no_affine`` (except :func:`no_affine_norms`, which always run so).
     It reads the arguments, not the run name, so runs of any launcher are grouped alike."""
     norm = str(args.get("nl", "BN"))
     name = norm
@@ -59,7 +62,7 @@ def method_of(args: Mapping[str, Any]) -> str:
         name += RENORM_SUFFIX
     if args.get("forward_mode"):
         name += f"-{args['forward_mode']}"
-    if args.get("no_affine") and norm not in NO_AFFINE_METHODS:
+    if args.get("no_affine") and norm not in no_affine_norms():
         name += NO_AFFINE_SUFFIX
     return name
 
@@ -83,7 +86,7 @@ def method_flags(method: str) -> list[str]:
 
 def runs_without_affine(method: str) -> bool:
     """Whether the launcher adds ``--no_affine 1`` to the method's runs."""
-    return norm_of(method) in NO_AFFINE_METHODS
+    return norm_of(method) in no_affine_norms()
 
 
 def method_key(method: str) -> tuple[int, str]:
@@ -101,28 +104,26 @@ def number(value: float) -> str:
     return repr(float(value))
 
 
-class Config(NamedTuple):
-    """An AdaB²N configuration. A tuple, so a plain ``(0.4, 0.1, 0)`` compares, sorts and looks up the same."""
+class Config(NamedTuple("ConfigFields", [(option.dest, option.type) for option in SEARCHED])):
+    """An AdaB²N configuration: its value of each option ``run.py`` searches (``adab2n_options.SEARCHED``, whose
+    names are the fields). A tuple, so a plain ``(0.4, 0.1, 0)`` compares, sorts and looks up the same."""
 
-    kappa: float
-    lambd: float
-    ada_t0: int
+    __slots__ = ()
 
     @classmethod
     def of(cls, args: Mapping[str, Any]) -> Config | None:
         """A run's configuration from its recorded arguments; ``None`` unless it ran AdaB²N."""
         if args.get("nl") != ADAPTIVE_NORM:
             return None
-        return cls(float(args["kappa"]), float(args["lambd"]), int(args["ada_t0"]))
+        return cls(*(option.type(args[option.dest]) for option in SEARCHED))
 
-    def values(self) -> tuple[str, str, str]:
+    def values(self) -> tuple[str, ...]:
         """The fields as run names, flags and messages print them (floats by :func:`number`)."""
-        return number(self.kappa), number(self.lambd), str(self.ada_t0)
+        return tuple(number(v) if o.type is float else str(v) for o, v in zip(SEARCHED, self, strict=True))
 
     def flags(self) -> list[str]:
         """``--kappa K --lambd L --ada_t0 T`` for ``utils/main.py``."""
-        named = zip(self._fields, self.values(), strict=True)
-        return [token for name, value in named for token in (f"--{name}", value)]
+        return [token for o, value in zip(SEARCHED, self.values(), strict=True) for token in (o.flag, value)]
 
     def text(self) -> str:
         """``kappa 0.4, lambd 0.1, ada_t0 0``: the launcher's messages."""
@@ -130,17 +131,7 @@ class Config(NamedTuple):
 
     def legend(self) -> str:
         """``κ=0.4, λ=0.1, t0=0``: short enough for a plot legend."""
-        return f"κ={self.kappa:g}, λ={self.lambd:g}, t0={self.ada_t0}"
-
-
-def safe_name(text: str) -> str:
-    """``text`` with each character outside :data:`SAFE_CHARACTERS` replaced by ``-`` (run names)."""
-    return re.sub(f"[^{SAFE_CHARACTERS}]", "-", text)
-
-
-def slug(text: str) -> str:
-    """``text`` with each run of characters outside :data:`SAFE_CHARACTERS` replaced by ``_`` (plot file names)."""
-    return re.sub(f"[^{SAFE_CHARACTERS}]+", "_", text).strip("_")
+        return ", ".join(f"{o.symbol or o.dest}={value:g}" for o, value in zip(SEARCHED, self, strict=True))
 
 
 def method_label(method: str, config: Config | None = None) -> str:
@@ -149,12 +140,6 @@ def method_label(method: str, config: Config | None = None) -> str:
         return method
     kappa, lambd, ada_t0 = config.values()
     return f"{method}_kappa{kappa}_lambd{lambd}_ada{ada_t0}"
-
-
-def run_name(dataset: str, epochs: int, model: str, buffer: int | None, label: str, seed: int, mode: str) -> str:
-    """The reference's run name: dataset, epochs, model, buffer, method (+ AdaB²N hyper-parameters), seed, mode."""
-    buf = "none" if buffer is None else str(buffer)
-    return safe_name(f"{dataset}_ep{epochs}_{model}_buf{buf}_{label}_seed{seed}_{mode}")
 
 
 def column_label(key: GridKey) -> str:

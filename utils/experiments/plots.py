@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
 from normcl.utils.core.atomic import atomic_write_bytes
+from normcl.utils.core.run_files import figure_file
 from normcl.utils.experiments.methods import method_colour
 from normcl.utils.experiments.records import Record
 from normcl.utils.experiments.tables import Column, Entry, Report
@@ -90,7 +91,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    paths.append(save_figure(fig, out_dir / f"accuracy_curve__{column.slug}.png"))
+    paths.append(save_figure(fig, figure_file(out_dir, "accuracy_curve", column.label)))
 
     fig = Figure(figsize=(3.2 * len(shown) + 0.8, 3.4))
     axes = fig.subplots(1, len(shown), squeeze=False)[0]
@@ -100,7 +101,7 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="class-IL accuracy (%)")
     fig.suptitle(column.label)
-    paths.append(save_figure(fig, out_dir / f"accuracy_matrix__{column.slug}.png"))
+    paths.append(save_figure(fig, figure_file(out_dir, "accuracy_matrix", column.label)))
 
     with_drift = [(m, e, [r for r in e.runs if r.drift]) for m, e in shown]
     with_drift = [(m, e, runs) for m, e, runs in with_drift if runs]
@@ -124,5 +125,5 @@ def plot_column(report: Report, column: Column, out_dir: Path) -> list[Path]:
         axes[0].legend(fontsize="small")
         fig.suptitle(f"{column.label}: normalization statistics drift")
         fig.tight_layout()
-        paths.append(save_figure(fig, out_dir / f"norm_drift__{column.slug}.png"))
+        paths.append(save_figure(fig, figure_file(out_dir, "norm_drift", column.label)))
     return paths

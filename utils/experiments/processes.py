@@ -24,7 +24,7 @@ from pathlib import Path
 from normcl.utils.core.run_files import PARTIAL_SUFFIX, checkpoint_file
 from normcl.utils.experiments.grid import Run
 from normcl.utils.experiments.records import DIVERGED, describe_stop, read_stopped
-from normcl.utils.experiments.stacks import Job, Stack, narrowed, stack_flags
+from normcl.utils.experiments.stacks import Job, narrowed, stack_flags
 
 CommandBuilder = Callable[[Job, int | None], list[str]]
 """Builds a job's command line; the second argument is the CPU thread count when the job goes to the CPU."""
@@ -47,10 +47,8 @@ def default_command(job: Job, threads: int | None) -> list[str]:
 
     cpu = ["--device", "cpu", "--num_threads", str(threads)] if threads is not None else []
     runs = [run for run in job.members if not run.done] or list(job.members)
-    first, stacked = runs[0], len(runs) > 1
-    flags = stack_flags(runs) if stacked else list(first.argv)
-    resume = ["--resume", "1"] if checkpoint_file(first.results, stack=stacked).exists() else []
-    return [first.interpreter, str(MAIN_SCRIPT), *cpu, *flags, *resume]
+    resume = ["--resume", "1"] if checkpoint_file([run.results for run in runs]).exists() else []
+    return [runs[0].interpreter, str(MAIN_SCRIPT), *cpu, *stack_flags(runs), *resume]
 
 
 class RunLock:
@@ -111,10 +109,9 @@ def start_run(job: Job, command: Sequence[str], env: dict[str, str], lock: RunLo
     stack's runs get a line in their own logs that says where their output went."""
     job.log.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().isoformat(timespec="seconds")
-    if isinstance(job, Stack):
-        for run in job.members:
-            with open(run.log, "a") as log:
-                log.write(f"# {stamp} attempt {attempt}: stacked with {len(job.members) - 1} run(s), log {job.log}\n")
+    for run in (run for run in job.members if run.log != job.log):  # a stack's: each run's log says where it went
+        with open(run.log, "a") as log:
+            log.write(f"# {stamp} attempt {attempt}: stacked with {len(job.members) - 1} run(s), log {job.log}\n")
     with open(job.log, "a") as log:
         log.write(f"# {stamp} attempt {attempt}: {shlex.join(command)}\n")
         log.flush()

@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from normcl.datasets import DATASETS
-from normcl.utils.core.run_files import PARTIAL_SUFFIX
+from normcl.utils.component_options import component_options
+from normcl.utils.core.run_files import final_results_file, is_partial_results
 from normcl.utils.experiments.methods import PSEUDO_METHODS, Config, GridKey, method_of
+from normcl.utils.parser import build_parser, flag_roles
 
 
 @functools.cache
@@ -29,8 +31,6 @@ def protocol_fields() -> tuple[tuple[str, Any], ...]:
     the flags declared so (``Roles.protocol``) and every norm's, model's and dataset's own option, except those that
     the method's name (pseudo-methods) and AdaB²N's configuration already hold; each with the value that a results
     file written before it existed ran with (the flag's default, or the option's inactive value)."""
-    from normcl.utils.args import build_parser, component_options, flag_roles
-
     before = {action.dest: action.default for action in build_parser()._actions}
     before |= {option.dest: option.value_when_inactive for _, _, option in component_options()}
     held = {*Config._fields, *(key for args in PSEUDO_METHODS.values() for key in args)}
@@ -200,8 +200,8 @@ def load_records(root: Path) -> tuple[list[Record], list[str]]:
     warnings, not fatal."""
     records, warnings = [], []
     for path in sorted(root.rglob("*.json")):
-        partial = path.name.endswith(PARTIAL_SUFFIX)
-        if partial and path.with_name(path.name.removesuffix(PARTIAL_SUFFIX) + ".json").exists():
+        partial = is_partial_results(path)
+        if partial and final_results_file(path).exists():
             continue
         try:
             doc = json.loads(path.read_text())

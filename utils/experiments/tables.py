@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from normcl.utils.experiments.methods import ADAPTIVE_NORM, BASELINE, DATASET_ORDER, Config, column_label, method_key
-from normcl.utils.experiments.methods import slug as file_slug
 from normcl.utils.experiments.records import DIVERGED, Record, Stat
 from normcl.utils.experiments.selection import best_config, by_config
 
@@ -43,10 +42,6 @@ class Column:
         base = column_label((self.dataset, self.model, None if self.buffer_size < 0 else self.buffer_size))
         extra = f" [{', '.join(f'{k}={v}' for k, v in self.variant)}]" if self.variant else ""
         return base + extra
-
-    @property
-    def slug(self) -> str:
-        return file_slug(self.label)
 
 
 @dataclass
