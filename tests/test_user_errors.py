@@ -16,11 +16,11 @@ from test_report import write_run
 
 import normcl
 from normcl.models.utils.norms import NORMS
-from normcl.utils.args import build_parser
 from normcl.utils.core.commands import WANDB_PROJECT
 from normcl.utils.experiments import cli, report
 from normcl.utils.experiments.grid import expand_grid
 from normcl.utils.main import main
+from normcl.utils.parser import build_parser, help_of
 
 RUN = ["--dataset", "seq-fmnist", "--model", "er", "--buffer_size", "50", "--lr", "0.1", "--nowand", "1"]
 
@@ -90,7 +90,7 @@ def test_the_api_raises_the_user_error_alone_without_the_chain(args: dict, messa
 
 def test_nl_lists_every_registered_norm() -> None:
     (nl,) = [a for a in build_parser()._actions if a.dest == "nl"]
-    assert nl.help.endswith(f": {', '.join(NORMS.names())}")
+    assert help_of(nl).endswith(f": {', '.join(NORMS.names())}")
     assert {"AdaB2N", "BN", "BRN", "CN", "GN", "IN", "LN", "TBBN"} <= set(NORMS.names())
 
 
