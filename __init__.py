@@ -78,9 +78,12 @@ def require_package_name(name: str, init_file: str, runs_commands: bool = False)
     if name == own or (runs_commands and sys.argv[:1] == ["-m"]):
         return
     example = "from normcl.models.utils.norms import convert_norm"
+    # A top-level name is found in the folder Python runs in first: there, the clone's folder hides an installed
+    # package of the same name (Hugging Face's datasets beside the clone's datasets/).
+    shadowed = "" if "." in name else f"; for another package named {name}, run Python outside the clone's folder"
     raise ImportError(
         f"{name} is the package {own} of this project imported by another name, which would be a second copy of it "
-        f"with registries of its own: import {own} instead (e.g. {example})"
+        f"with registries of its own: import {own} instead (e.g. {example}){shadowed}"
     )
 
 

@@ -44,10 +44,26 @@ def test_mammoths_import_from_the_clone_root_is_refused_naming_the_package() -> 
     assert done.stderr.strip().splitlines()[-1] == (
         "ImportError: models is the package normcl.models of this project imported by another name, which would be a "
         "second copy of it with registries of its own: import normcl.models instead (e.g. from "
-        "normcl.models.utils.norms import convert_norm)"
+        "normcl.models.utils.norms import convert_norm); for another package named models, run Python outside the "
+        "clone's folder"
     )
     works = python("from normcl.models.utils.norms import NORMS; print(' '.join(NORMS.names()))", cwd=REPO)
     assert works.returncode == 0 and "AdaB2N" in works.stdout.split(), works.stderr
+
+
+def test_an_installed_package_of_a_clone_folders_name_imports_outside_the_clone(tmp_path: Path) -> None:
+    """Hugging Face's ``datasets`` (the test extra installs it) is hidden by the clone's ``datasets/`` only in the
+    clone's root: the refusal says so, and from any other folder the installed package imports."""
+    outside = python("import datasets; print(datasets.load_dataset.__module__)", cwd=tmp_path)
+    if "No module named 'datasets'" in outside.stderr:
+        pytest.skip("Hugging Face's datasets is not installed (pip install -e '.[test]')")
+    assert outside.returncode == 0 and outside.stdout.startswith("datasets."), outside.stderr
+    inside = python("import datasets", cwd=REPO)
+    assert (
+        inside.stderr.strip()
+        .splitlines()[-1]
+        .endswith("for another package named datasets, run Python outside the clone's folder")
+    )
 
 
 def test_the_command_line_imports_no_torch() -> None:
