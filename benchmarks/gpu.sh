@@ -26,6 +26,8 @@ mkdir -p "$OUT"
 T0=$(date +%s)
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
 log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/gpu.log"; }
+# The file of a grid's sittings beside its results, named where every file of a run is (utils/core/run_files.py).
+GRID_SECONDS=$($PYTHON -c "from normcl.utils.core.run_files import GRID_SECONDS; print(GRID_SECONDS)")
 
 { nvidia-smi -L; $PYTHON -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"; nproc; } \
   >"$OUT/env.txt" 2>&1
@@ -86,7 +88,7 @@ if [[ ${FULLDATA:-0} == 1 ]]; then
     LAUNCH="--stack 3 --max_per_gpu 2 --usage_threshold 0.9 --coldsecs 0.5 --waitsecs 2" \
     timeout $(( $(left) - 20 )) bash scripts/reproduce_fmnist.sh >"$OUT/fulldata.txt" 2>&1
   log "full-data runs exit $?: $(find fulldata -name '*.json' | wc -l) results files"
-  find fulldata -name '*.json' -o -name grid_seconds.txt | tar czf "$OUT/fulldata.tar.gz" -T -
+  find fulldata -name '*.json' -o -name "$GRID_SECONDS" | tar czf "$OUT/fulldata.tar.gz" -T -
 fi
 
 if [[ ${STACK:-0} == 1 ]]; then
@@ -143,7 +145,7 @@ if [[ ${GRID:-1} == 1 && $(left) -gt 120 ]]; then
     STEP=grid timeout $(( $(left) - 25 )) bash scripts/reproduce_fmnist.sh \
     >"$OUT/grid.txt" 2>&1
   log "grid exit $?: $(find docs/results/fmnist/runs docs/results/fmnist_nf64/runs -name '*.json' | wc -l) results files"
-  find docs/results/fmnist/runs docs/results/fmnist_nf64/runs -name '*.json' -o -name grid_seconds.txt |
+  find docs/results/fmnist/runs docs/results/fmnist_nf64/runs -name '*.json' -o -name "$GRID_SECONDS" |
     tar czf "$OUT/grid.tar.gz" -T -
 fi
 log "done"

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FORWARD_MODES,
         default=None,
         help="stream and replay batches as separate forward passes or one joint pass "
-        "(default: the reference's choice: joint for AdaB2N, else the model's own)",
+        "(default: the reference's choice: joint for the norms whose layers ask for it, AdaB2N and TBBN, "
+        "else the model's own, joint for ER)",
     )
     declare(
         g,

@@ -30,6 +30,7 @@ ADA_T0 = Option(
     check=at_least(0),
     launcher="--ada_t0s",
     symbol="t0",
+    label="ada",  # the reference's run names: AdaB2N_kappa0.4_lambd0.1_ada1
 )
 OPTIONS = (KAPPA, RENORM, LAMBD, ADA_T0)
 SEARCHED = tuple(option for option in OPTIONS if option.launcher)

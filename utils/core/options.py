@@ -125,8 +125,9 @@ class Option:
     must be the signature's); ``bool`` becomes a binary flag. ``inactive`` is the value recorded when the run's
     component does not declare the flag (results files always record every flag); by default it is ``default``.
     ``launcher``: the ``run.py`` flag that sets it per run (:class:`Roles`). ``symbol``: how a plot's legend writes it
-    (default: its name). A component's option is part of a report cell's identity; whether stacked runs may differ in
-    a norm's option is not the option's to say but its layer's stacking's (``models/utils/layer_stacking.py``).
+    (default: its name); ``label``: how a run's name writes it (default: its name). A component's option is part of
+    a report cell's identity; whether stacked runs may differ in a norm's option is not the option's to say but its
+    layer's stacking's (``models/utils/layer_stacking.py``).
     """
 
     flag: str
@@ -138,6 +139,7 @@ class Option:
     inactive: Any = _MISSING
     launcher: str | None = None
     symbol: str = ""
+    label: str = ""
 
     def __post_init__(self) -> None:
         if not self.flag.startswith("--"):

@@ -183,7 +183,7 @@ def write_csv(report: Report, path: Path) -> None:
             row += [";".join(f"{k}={v}" for k, v in c.variant), len(e.runs), " ".join(map(str, e.seeds))]
             for metric, _ in METRICS:
                 row += _mean_std(e, metric)
-            row += list(e.config) if e.config else ["", "", ""]
+            row += list(e.config) if e.config else [""] * len(Config._fields)
             row += [e.selected_on, "validation" if e.on_validation else "test", len(e.diverged)]
             rows.append([*row, "/".join(e.forward_modes)])
     _write_csv(path, rows)
@@ -195,10 +195,10 @@ def write_sensitivity_csv(report: Report, path: Path) -> None:
     header = ["method", "dataset", "model", "buffer_size", "variant", *Config._fields, "n_seeds"]
     rows: list[list[Any]] = [[*header, "class_il_mean", "class_il_std", "split", "n_diverged"]]
     for (m, c), cells in report.sensitivity.items():
-        for (kappa, lambd, t0), e in sorted(cells.items()):
+        for config, e in sorted(cells.items()):
             buf = "" if c.buffer_size < 0 else c.buffer_size
             variant = ";".join(f"{k}={v}" for k, v in c.variant)
-            row = [m, c.dataset, c.model, buf, variant, kappa, lambd, t0, len(e.runs), *_mean_std(e, "class_il")]
+            row = [m, c.dataset, c.model, buf, variant, *config, len(e.runs), *_mean_std(e, "class_il")]
             rows.append([*row, report.sensitivity_split[(m, c)], len(e.diverged)])
     _write_csv(path, rows)
 

@@ -138,8 +138,7 @@ def method_label(method: str, config: Config | None = None) -> str:
     """``AdaB2N_kappa0.4_lambd0.1_ada1`` for an AdaB²N configuration, else the method itself (as the reference)."""
     if config is None:
         return method
-    kappa, lambd, ada_t0 = config.values()
-    return f"{method}_kappa{kappa}_lambd{lambd}_ada{ada_t0}"
+    return method + "".join(f"_{o.label or o.dest}{value}" for o, value in zip(SEARCHED, config.values(), strict=True))
 
 
 def column_label(key: GridKey) -> str:
