@@ -17,6 +17,8 @@ from normcl.utils.main import run
 from normcl.utils.member_args import parse_members
 from normcl.utils.metrics import anytime_metrics
 
+pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
+
 # A stream of 3 tasks: (step, task, end, class-IL accuracy on each task seen so far).
 CURVE = [
     {"step": 2, "task": 0, "end": False, "class_il": [60.0]},

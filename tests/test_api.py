@@ -34,6 +34,7 @@ def as_flags(args: dict) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_run_from_the_api_writes_the_results_file_of_the_same_command_line(tmp_path: Path) -> None:
     model, dataset = normcl.load_runner("er_ace", "seq-fmnist", {**ARGS, "results_path": tmp_path / "api"})
     assert type(model).__name__ == "ErAce" and dataset.N_TASKS == 5
@@ -111,6 +112,7 @@ def test_importing_the_package_imports_no_torch(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "['normcl']"
 
 
+@pytest.mark.slow
 def test_the_documented_conversion_prints_what_the_page_says(tmp_path: Path) -> None:
     """The first example of docs/own-code.md, from another folder, prints the list its comment shows."""
     page = (REPO / "docs" / "own-code.md").read_text()

@@ -149,6 +149,7 @@ def er_ace_run(fmnist: ContinualDataset) -> dict[str, Any]:
     return {"net": net, "plugin": plugin, "recorder": recorder, "received": received, "benchmark": benchmark}
 
 
+@pytest.mark.slow
 def test_layers_receive_each_samples_first_experience(er_ace_run: dict[str, Any], class_task: dict[int, int]) -> None:
     snap, received = er_ace_run["recorder"].snapshot, er_ace_run["received"]
     at_snapshot = [ids for task, ids in received if task == SNAPSHOT_TASK]
@@ -344,6 +345,7 @@ def test_a_training_forward_of_other_inputs_is_refused(fmnist: ContinualDataset)
         cl.train(avalanche_benchmark(fmnist, test_samples_per_class=5).train_stream[0], eval_streams=[])
 
 
+@pytest.mark.slow
 def test_the_example_runs_from_anywhere_and_ends_with_its_summary(tmp_path: Path) -> None:
     """``python examples/avalanche_adab2n.py`` from another folder: it imports the installed package ``normcl``."""
     example = Path(__file__).resolve().parent.parent / "examples" / "avalanche_adab2n.py"

@@ -153,6 +153,7 @@ MAX_Z = 5.0  # P(|z| > 5) = 6e-7 per position
 MAX_CHI2 = 1000 + 5 * 2000**0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [10, 100])
 def test_reservoir_keeps_a_uniform_sample(batch):
     max_z, chi2 = _uniformity_stats(Buffer, batch)

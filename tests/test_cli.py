@@ -178,6 +178,7 @@ def test_cli_end_to_end_writes_documented_results(tmp_path: Path):
         assert final[f"{prefix}fwt"] == pytest.approx(ref_fwt(acc, random))
 
 
+@pytest.mark.slow
 def test_the_results_name_the_cpu_and_its_kernel_set(tmp_path: Path):
     """A run's numbers depend on the CPU's kernels: the results file says which ran (here limited to the plain C++
     kernels, as ``ATEN_CPU_CAPABILITY=default`` asks)."""
@@ -193,6 +194,7 @@ def test_the_results_name_the_cpu_and_its_kernel_set(tmp_path: Path):
         assert environment["cpu"] and f": {environment['cpu']}\n" in cpuinfo.read_text()
 
 
+@pytest.mark.slow
 def test_help_mentions_every_flag():
     source = (REPO_ROOT / "utils" / "parser.py").read_text()
     flags = set(re.findall(r"""(?:add_argument|_binary|declare)\(\s*(?:\w+,\s*)?["'](--[a-z_]+)["']""", source))

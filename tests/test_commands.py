@@ -14,6 +14,8 @@ import pytest
 
 from normcl.utils.core.commands import COMMANDS, program
 
+pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
@@ -17,6 +18,8 @@ from torch._dynamo.utils import counters
 from normcl.models.utils.continual_model import ContinualModel
 from normcl.utils.args import parse_args
 from normcl.utils.main import run
+
+pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
 
 
 def test_compilations_do_not_grow_after_the_first_task(tmp_path: Path, monkeypatch) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
+
 REPO = Path(__file__).resolve().parent.parent
 PAGE = (REPO / "docs" / "extending.md").read_text()
 SMALL = [

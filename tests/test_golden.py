@@ -38,6 +38,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiers import slow_but
 
 from normcl.models.utils.continual_model import ContinualModel
 from normcl.utils.args import parse_args
@@ -84,6 +85,8 @@ CASES.update(
         "derpp-TBBN-output": "--model derpp --buffer_size 50 --nl TBBN --tbbn_stats output",
     }
 )
+FAST = {"derpp-AdaB2N"}
+"""The golden case of the fast tier (``tests/tiers.py``): replay, stored logits, AdaB²N and its regulariser."""
 
 
 def digest(values: torch.Tensor) -> list[float]:
@@ -194,7 +197,7 @@ def write_record(path: Path, case: str, record: dict[str, Any]) -> None:
 
 
 @pytest.mark.kernels
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", slow_but(sorted(CASES), FAST))
 def test_portable_golden_run_is_unchanged(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     got = portable_record(run_case(f"{PORTABLE_FLAGS} {CASES[case]}", tmp_path, monkeypatch))
     if RECORD:
@@ -203,6 +206,7 @@ def test_portable_golden_run_is_unchanged(case: str, tmp_path: Path, monkeypatch
     assert not mismatches(got, json.loads(PORTABLE.read_text())["cases"][case])
 
 
+@pytest.mark.slow
 @pytest.mark.kernels
 def test_the_portable_tolerance_catches_a_learning_rate_changed_by_one_part_in_a_million(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

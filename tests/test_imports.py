@@ -38,6 +38,7 @@ def test_every_package_refuses_to_be_imported_by_another_name(package: Path) -> 
     assert f"import {own} instead" in last
 
 
+@pytest.mark.slow
 def test_mammoths_import_from_the_clone_root_is_refused_naming_the_package() -> None:
     done = python("from models.utils.norms import convert_norm", cwd=REPO)
     assert done.returncode == 1
@@ -51,6 +52,7 @@ def test_mammoths_import_from_the_clone_root_is_refused_naming_the_package() -> 
     assert works.returncode == 0 and "AdaB2N" in works.stdout.split(), works.stderr
 
 
+@pytest.mark.slow
 def test_an_installed_package_of_a_clone_folders_name_imports_outside_the_clone(tmp_path: Path) -> None:
     """Hugging Face's ``datasets`` (the test extra installs it) is hidden by the clone's ``datasets/`` only in the
     clone's root: the refusal says so, and from any other folder the installed package imports."""

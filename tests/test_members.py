@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiers import slow_but
 from torch import Tensor
 
 from normcl.models import MODELS
@@ -83,6 +84,7 @@ def test_a_model_that_reads_the_learning_rate_is_refused_where_its_members_diffe
     assert results(tmp_path) == {}, "nothing written"
 
 
+@pytest.mark.slow
 def test_a_model_that_reads_the_learning_rate_is_exact_where_its_members_share_it(tmp_path: Path) -> None:
     flags = [*SMALL, "--model", "lr_reader", "--lr", "0.1"]
     own = {"a": "--seed 0 --run_name a", "b": "--seed 1 --run_name b"}
@@ -97,7 +99,7 @@ def test_a_model_that_reads_the_learning_rate_is_exact_where_its_members_share_i
             assert stacked[name][key] == alone[name][key], (name, key)
 
 
-@pytest.mark.parametrize("model", sorted(set(MODELS.names()) - {"lr_reader"}))
+@pytest.mark.parametrize("model", slow_but(sorted(set(MODELS.names()) - {"lr_reader"}), {"er_ace"}))
 def test_one_member_is_the_run_without_member(model: str, tmp_path: Path) -> None:
     """``--model joint --member "--seed 0"`` (a model that cannot stack several members) as every other model: one
     member trains and writes exactly what the same flags do without ``--member``."""

@@ -85,6 +85,7 @@ FLOAT64 = ("--dtype", "float64")
 (docs/reproducibility.md), float64's rounding stays below what moves an accuracy (``tests/test_golden.py``)."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [m for m in ALL_MODELS if m != "joint"])
 def test_model_learns_first_task(model: str, run_model: RunFn):
     results, path = run_model(model, *FLOAT64, *(["--forward_mode", "separate"] if model == "derpp" else []))
@@ -96,6 +97,7 @@ def test_model_learns_first_task(model: str, run_model: RunFn):
     assert results["args"]["buffer_size"] == (50 if model in REPLAY_MODELS else None)
 
 
+@pytest.mark.slow
 def test_joint_learns_all_classes(run_model: RunFn):
     """Joint trains once, after the last task, on all of them: its final row is far above chance (10 %) on the
     whole."""
@@ -120,6 +122,7 @@ def test_der_losses_are_on_by_default(model: str, alpha: float, beta: float):
     assert (explicit.alpha, explicit.beta) == (0.7, 0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["separate", "joint"])
 def test_derpp_forward_mode_is_recorded(mode: str, run_model: RunFn):
     results, path = run_model("derpp", "--forward_mode", mode, *QUICK)
@@ -129,6 +132,7 @@ def test_derpp_forward_mode_is_recorded(mode: str, run_model: RunFn):
     assert results["forward_mode"] == mode
 
 
+@pytest.mark.slow
 def test_same_seed_same_results(run_model: RunFn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     first, _ = run_model("er", *QUICK)
     monkeypatch.setenv("NORMCL_OFFLINE", "1")
@@ -141,6 +145,7 @@ def test_same_seed_same_results(run_model: RunFn, tmp_path: Path, monkeypatch: p
 # ---------------------------------------------------------------- units
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "first_task_regularised"), [("er_ace", False), ("derpp", True)])
 def test_the_norm_regulariser_joins_only_the_steps_that_replay_as_in_the_reference(
     model: str, first_task_regularised: bool, tmp_path: Path

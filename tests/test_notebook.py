@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
+
 nbformat = pytest.importorskip("nbformat")  # the project's test extra: pip install -e ".[test]" (.ci/run does)
 nbclient = pytest.importorskip("nbclient")
 

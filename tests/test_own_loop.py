@@ -70,6 +70,7 @@ def test_a_loop_that_tells_the_tasks_trains_adab2ns_task_weights_without_a_warni
     assert len(layers) == 2 and all(layer.task_weight.abs().sum() > 0 for layer in layers)  # trained from zeros
 
 
+@pytest.mark.slow
 def test_a_loop_that_never_tells_the_tasks_is_warned_once_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", UNTOLD_LOOP], cwd=tmp_path, capture_output=True, text=True, timeout=300

@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 from venv_helpers import PROJECT_NAMES, REPO, bare_venv, see_running_site_dirs
 
+pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
+
 MARKER = "the stand-in datasets distribution"
 
 

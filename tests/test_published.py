@@ -30,6 +30,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path("scripts", "reproduce_fmnist.sh")
 DOCS = ROOT / "docs"

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from tiers import slow_but
 from torch import Tensor, nn
 
 from normcl.datasets import get_dataset_class
@@ -45,6 +46,8 @@ CASES = [
     for model in ("er", "der", "derpp", "er_ace")
     for norm in MEMBERS
 ]
+FAST = {("derpp", "AdaB2N")}
+"""The fast tier's step (``tests/tiers.py``): DER++'s two replay terms, its stored logits and AdaB²N's regulariser."""
 
 
 def flags(model: str, norm: str) -> list[str]:
@@ -165,12 +168,12 @@ def check_members(model: str, members: list[Namespace]) -> None:
         check(model, args, own, step["net"].member(k), grads, step["loss"][k])
 
 
-@pytest.mark.parametrize(("model", "norm"), CASES)
+@pytest.mark.parametrize(("model", "norm"), slow_but(CASES, FAST))
 def test_one_step_alone_is_the_papers_formula(model: str, norm: str) -> None:
     for member in member_flags(model, norm):
         check_members(model, [parse_args([*flags(model, norm), *member.split()])])
 
 
-@pytest.mark.parametrize(("model", "norm"), CASES)
+@pytest.mark.parametrize(("model", "norm"), slow_but(CASES, ()))
 def test_one_step_of_a_stack_is_each_members_formula(model: str, norm: str) -> None:
     check_members(model, parse_members(flags(model, norm), member_flags(model, norm)))

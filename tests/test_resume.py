@@ -15,6 +15,8 @@ from faults import inject_nan
 
 from normcl.utils.core.errors import UserError
 
+pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
+
 REPO = Path(__file__).resolve().parent.parent
 RUN = [
     "--dataset", "seq-fmnist", "--model", "derpp", "--nl", "AdaB2N", "--kappa", "0.4", "--lambd", "0.1",

@@ -23,6 +23,8 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
 from normcl.utils.experiments.cli import main
 from normcl.utils.experiments.report import write_report
 
+pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REAL_EXTRA = "--samples_per_class 30 --nf 8 --non_verbose 1 --num_threads 1 --validation 1"
 """The brief's extra flags plus ``--validation 1``: testing on 3 held-out images per class instead of the full test

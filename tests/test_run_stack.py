@@ -168,6 +168,7 @@ def _results(res: Path) -> dict[str, dict]:
     return {p.name: json.loads(p.read_text()) for p in res.rglob("*.json")}
 
 
+@pytest.mark.slow
 def test_a_real_stacked_grid_writes_each_runs_results_as_alone_then_a_relaunch_skips_them(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -195,6 +196,7 @@ def test_a_real_stacked_grid_writes_each_runs_results_as_alone_then_a_relaunch_s
     assert "=> summary: 0 done, 4 skipped (results existed), 0 failed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_tune_validation_stacks_both_phases(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Phase 1 runs for real, stacked (each configuration's two seeds); phase 2, whose test runs evaluate on the
     whole test set (slow), is checked at the command level: its chosen configuration's seeds form one stack."""
@@ -227,6 +229,7 @@ def test_tune_validation_stacks_both_phases(tmp_path: Path, capsys: pytest.Captu
     assert "=> --stack 2: 2 run(s) to do in 1 process(es)" in out  # phase 2
 
 
+@pytest.mark.slow
 def test_a_failing_stack_is_one_job_retried_once_then_each_of_its_runs_reported(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -93,6 +93,7 @@ def test_channels_last_changes_the_layout_not_the_function() -> None:
     torch.testing.assert_close(converted(x), reference(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compile_wraps_the_network_and_keeps_its_state_dict_keys() -> None:
     compiled = small_model("er", "--compile", "1")
     plain = small_model("er")

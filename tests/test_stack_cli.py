@@ -24,6 +24,8 @@ from normcl.utils.args import parse_args
 from normcl.utils.main import main, run
 from normcl.utils.member_args import parse_members
 
+pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = [
     "--dataset", "seq-fmnist", "--model", "er_ace", "--buffer_size", "50", "--nl", "BN", "--lr", "0.03", "--bs", "10",

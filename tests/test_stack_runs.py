@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiers import one_norm_per_stacking, slow_but
 
 from normcl.models import MODELS
 from normcl.models.utils.adab2n import AdaB2N
@@ -63,6 +64,9 @@ ANY_KERNELS = {("derpp", "AdaB2N", 2), ("er_ace", "TBBN", 2)}
 CASES = [(model, method, 2) for model in MODELS.names() for method in METHODS if not repeats_its_norm(model, method)]
 CASES += [("er_ace", "AdaB2N", 4), ("derpp", "CN", 4)]
 CASES = [pytest.param(*case, marks=[pytest.mark.kernels] if case in ANY_KERNELS else []) for case in CASES]
+FAST = {("er_ace", norm, 2) for norm in one_norm_per_stacking()}
+"""The fast tier's stacks (``tests/tiers.py``): ER-ACE with a norm of each way of stacking, and TBBN."""
+CASES = slow_but(CASES, FAST)
 
 
 def norm_flags(method: str) -> list[str]:
@@ -180,6 +184,7 @@ def test_each_member_is_its_run_alone_or_the_combination_is_refused(
         assert on_disk["args"] == {**alone["args"], "results_path": str(tmp_path / "stack")}
 
 
+@pytest.mark.slow
 def test_members_get_the_norm_diagnostics_of_their_runs_alone(tmp_path: Path) -> None:
     """``--diagnose_norm 1`` in a stack: each member's running-statistics drift after every task is its run alone's
     (measured on the member as an ordinary network)."""

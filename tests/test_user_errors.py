@@ -54,6 +54,7 @@ def test_a_bad_flag_is_one_line_without_the_usage_block(
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_the_command_line_says_it_in_one_line_and_help_keeps_the_usage(tmp_path: Path) -> None:
     proc = run_cli(*RUN, "--bufer_size", "50", "--results_path", str(tmp_path))
     assert proc.returncode == 2 and proc.stdout == ""

@@ -12,6 +12,8 @@ import pytest
 from normcl.utils.args import parse_args
 from normcl.utils.wandb_logger import WandbLogger, wandb_api_key_configured
 
+pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_MESSAGE = "wandb: no API key configured, logging offline (upload later with `wandb sync`)"
 
