@@ -108,7 +108,7 @@ def test_the_primary_endpoint_scores_a_diverged_run_at_chance_and_stays_out_of_t
     assert gains.pooled(report, comp, at_chance=True).estimate.values == (2.0, 1.0, -20.0)  # type: ignore[union-attr]
     assert "## Primary endpoint (declared): AdaB2N (joint) − BN (joint), final class-IL" in text
     assert "a run that diverged scores chance (10 %)" in text
-    assert "- Units: 3 seeds, 2 columns (0 seeds short of a column)." in text
+    assert "- Units: 3 seeds, 2 of 2 columns (0 seeds short of a column)." in text
     assert "- Gain: -5.67 points" in text and "ahead on 2 of 3 seeds" in text
     assert "- Verdict: not resolved" in text
     assert "- Without the seeds that hold a diverged run: 2 seeds, +1.50 points" in text
@@ -116,6 +116,22 @@ def test_the_primary_endpoint_scores_a_diverged_run_at_chance_and_stays_out_of_t
     assert "| AdaB2N (joint) − BN (joint) | final class-IL |" in pooled and "primary: not in the family" in pooled
     # The family: 2 comparisons x 1 metric, less the primary.
     assert "the table's 1 rows are one family" in pooled
+
+
+def test_the_primary_endpoint_gives_no_verdict_before_every_seed_has_every_column(tmp_path: Path) -> None:
+    """An interim look (seed 2 of derpp's BN-joint missing; then a third column with AdaB²N only) shows its figures
+    as interim and decides nothing, even where its p and interval would."""
+    grid(tmp_path)
+    (tmp_path / "class-il" / "seq-fmnist" / "derpp" / "derpp-bnj2.json").unlink()
+    primary = gains.Primary("AdaB2N", "BN-joint", "class_il")
+    text = "\n".join(gains.markdown(build_report(load_records(tmp_path)[0]), "| method |", "| --- |", primary))
+    assert "- Units: 3 seeds, 2 of 2 columns (1 seeds short of a column)." in text
+    assert "- Interim gain: " in text and f"- Verdict: {gains.INTERIM}." in text
+    write_run(tmp_path, "der-ada0", final=60.0, seed=0, model="der", environment=MACHINE, **ADA)
+    write_run(tmp_path, "derpp-bnj2", final=50.0, seed=2, model="derpp", environment=MACHINE, **BN_JOINT)
+    text = "\n".join(gains.markdown(build_report(load_records(tmp_path)[0]), "| method |", "| --- |", primary))
+    assert "- Units: 3 seeds, 2 of 3 columns (0 seeds short of a column, 1 columns without both)." in text
+    assert f"- Verdict: {gains.INTERIM}." in text
 
 
 def test_the_verdict_needs_the_test_and_the_interval() -> None:

@@ -292,15 +292,20 @@ def primary_section(report: Report, primary: Primary) -> list[str]:
     result = pooled(report, comp, primary.metric, at_chance=True)
     if result is None:
         return [*out, f"{comp.label}: no seed with both yet.", ""]
-    e = result.estimate
+    e, columns = result.estimate, len(report.columns)
+    missing = columns - result.columns
+    short = f"{result.incomplete} seeds short of a column" + (f", {missing} columns without both" if missing else "")
+    complete = not result.incomplete and not missing
     out += [
         f"{comp.label}: per seed the mean over the columns, then over the seeds (the units); {rule}. Decided by the "
-        f"exact sign-flip p at {ALPHA:g} with the 95 % Student-t interval beside it.",
+        f"exact sign-flip p at {ALPHA:g} with the 95 % Student-t interval beside it, once every seed has both in "
+        f"every column.",
         "",
-        f"- Units: {e.units} seeds, {result.columns} columns ({result.incomplete} seeds short of a column).",
-        f"- Gain: {_num(e.mean)} points, 95 % interval {_interval(None if e.low is None else (e.low, e.high))}, "
-        f"p {_p(e.p)}, d_z {_num(e.d_z, '.2f')}; ahead on {e.ahead} of {e.units} seeds.",
-        f"- Verdict: {verdict(e)}.",
+        f"- Units: {e.units} seeds, {result.columns} of {columns} columns ({short}).",
+        f"- {'Gain' if complete else 'Interim gain'}: {_num(e.mean)} points, 95 % interval "
+        f"{_interval(None if e.low is None else (e.low, e.high))}, p {_p(e.p)}, d_z {_num(e.d_z, '.2f')}; ahead on "
+        f"{e.ahead} of {e.units} seeds.",
+        f"- Verdict: {verdict(e) if complete else INTERIM}.",
     ]
     without = _without_diverged(report, comp, primary.metric)
     if without is not None:
@@ -310,6 +315,12 @@ def primary_section(report: Report, primary: Primary) -> list[str]:
             f"{_interval(None if w.low is None else (w.low, w.high))}, p {_p(w.p)}."
         )
     return [*out, *_notes(report, [comp]), ""]
+
+
+INTERIM = (
+    "none yet: the declared analysis waits for every seed in every column (an interim look on part of the runs "
+    "decides nothing, and its seed means average different columns)"
+)
 
 
 def verdict(e: Estimate) -> str:
