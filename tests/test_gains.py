@@ -134,6 +134,22 @@ def test_the_primary_endpoint_gives_no_verdict_before_every_seed_has_every_colum
     assert f"- Verdict: {gains.INTERIM}." in text
 
 
+def test_a_row_holm_rejects_gets_its_side_of_0_and_the_others_the_compatible_level(tmp_path: Path) -> None:
+    """Seven seeds all ahead: exact sign-flip p 2/128; with BN (joint) − BN (separate) beside it (p ≥ 0.5), the family
+    of two rejects one, which gets only its side of 0 (Strassburger & Bretz), the other its interval at 1 − 0.05/1."""
+    for seed in range(7):
+        kw = {"seed": seed, "environment": MACHINE}
+        write_run(tmp_path, f"bn{seed}", final=40.0 + seed, mode="separate", **kw)
+        write_run(tmp_path, f"bnj{seed}", final=40.0 + seed + (1 if seed % 2 else -1), **BN_JOINT, **kw)
+        write_run(tmp_path, f"ada{seed}", final=41.0 + 2 * seed, **ADA, **kw)
+    pooled = "\n".join(gains.pooled_table(build_report(load_records(tmp_path)[0])))
+    assert "Holm's adjustment rejects 1 at 0.05" in pooled
+    assert "at the level compatible with Holm's procedure, 95.00 %" in pooled
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in pooled.splitlines() if line.startswith("| ")}
+    assert rows["| AdaB2N (joint) − BN (joint)"][-2:] == ["0.031", "above 0 |"]  # 2/128 doubled by Holm
+    assert rows["| BN (joint) − BN (separate)"][-1].startswith("[")
+
+
 def test_the_verdict_needs_the_test_and_the_interval() -> None:
     from normcl.utils.experiments.inference import Estimate
 
@@ -151,3 +167,40 @@ def test_the_cli_takes_a_declared_primary_and_refuses_an_unknown_metric(tmp_path
         main([str(tmp_path), "--no_plots", "--primary", "AdaB2N", "BN-joint", "accuracy"])
     assert stop.value.code == 2
     assert "unknown metric 'accuracy'; choose one of: class_il, aaa, min_acc, wc_acc" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--primary", "AdaB2M", "BN-joint", "class_il"], "--primary: 'AdaB2M' is no method"),
+        (["--primary", "AdaB2N", "BN-sideways", "class_il"], "--primary: 'BN-sideways' is no method"),
+        (["--primary_seeds", "10"], "--primary_seeds takes a positive number of seeds, with --primary"),
+        (["--reruns_of", "base", "--primary", "AdaB2N", "BN", "class_il"], "to which --primary, --no_plots does not"),
+    ],
+)
+def test_the_cli_refuses_what_it_cannot_apply_in_one_line(flags: list[str], message: str, tmp_path: Path, capsys):
+    grid(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path), "--no_plots", *flags])
+    assert stop.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_the_declared_seeds_keep_the_verdict_interim_until_they_are_in(tmp_path: Path) -> None:
+    grid(tmp_path)
+    report = build_report(load_records(tmp_path)[0])
+    text = "\n".join(gains.primary_section(report, gains.Primary("AdaB2N", "BN-joint", "class_il", seeds=4)))
+    assert "- Units: 3 seeds of the 4 declared, 2 of 2 columns (0 seeds short of a column)." in text
+    assert f"- Verdict: {gains.INTERIM}." in text
+    text = "\n".join(gains.primary_section(report, gains.Primary("AdaB2N", "BN-joint", "class_il", seeds=3)))
+    assert "- Verdict: not resolved" in text
+
+
+def test_two_runs_of_one_seed_in_a_cell_are_refused_naming_the_files(tmp_path: Path, capsys) -> None:
+    """Pairing by seed holds one run per seed and row in a column: a rerun beside its run is refused, not averaged
+    in one place and silently dropped in the other."""
+    grid(tmp_path)
+    write_run(tmp_path, "er_ace-ada0-again", final=30.0, seed=0, model="er_ace", environment=MACHINE, **ADA)
+    assert main([str(tmp_path), "--no_plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "repeats seed 0 of" in err and len(err.splitlines()) == 1
+    assert "move reruns to a folder of their own (utils.report --reruns_of)" in err

@@ -64,3 +64,10 @@ def test_a_missing_base_folder_is_refused_in_one_line(tmp_path: Path, capsys) ->
     (tmp_path / "reruns").mkdir()
     assert main([str(tmp_path / "reruns"), "--reruns_of", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip().endswith("is not a folder; pass the --results_path of the base runs")
+
+
+def test_reruns_that_match_no_base_run_are_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "reruns" / "kernels").mkdir(parents=True)
+    assert main([str(tmp_path / "reruns"), "--reruns_of", str(tmp_path / "base")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: no run in a subfolder of {tmp_path / 'reruns'} reruns a run")

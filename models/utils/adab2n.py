@@ -26,7 +26,8 @@ Usage (any model; create the optimiser *after* the swap so ``task_weight`` is tr
     net = convert_norm(net, "AdaB2N", num_tasks=5, kappa=0.4, lambd=0.1)
 
 then drive the layers through the task-aware protocol (``models/utils/task_aware.py``): task ids before each
-training forward, ``norm_loss_weight(task) * norm_loss`` added to the loss, ``end_task()`` at each task boundary.
+training forward, each member's ``norm_loss_weight(task)[k] * norm_loss[k]`` added to the loss (``NormLosses`` does
+it for a loop of your own), ``end_task()`` at each task boundary.
 The regulariser's schedule (``lambd`` from task ``ada_t0`` on) is the layer's own option, like ``kappa``. The
 layer holds K runs' members side by side (a run alone: K = 1; ``models/utils/stacking.py``), so its options are
 tuples of K values, its task logits ``[K, num_tasks]`` and its regulariser ``[K]``, whatever K is.
@@ -143,6 +144,9 @@ class AdaB2N(MemberState, nn.BatchNorm2d):
         """The layers' members as one layer, each with its own options and state (``Stacking.stack``)."""
         first = layers[0]
         same(layers, "num_tasks", "eps", "momentum", "affine", "renorm")
+        widths = {m.num_features // m.members for m in layers}
+        if len(widths) > 1:
+            raise ValueError(f"AdaB2N layers of {sorted(widths)} channels a member cannot stack: members of one width")
         options = {name: [v for m in layers for v in getattr(m, name)] for name in ("kappa", "lambd", "ada_t0")}
         new = cls(sum(m.num_features for m in layers), first.num_tasks, eps=first.eps, momentum=first.momentum,
                   affine=first.affine, renorm=first.renorm, members=sum(m.members for m in layers),

@@ -121,8 +121,8 @@ class ContinualModel(nn.Module):
             return net(x).float()
 
     def member_net(self, k: int) -> nn.Module:
-        """Member ``k`` as the ordinary network it is alone, with its current state and mode (one member: the
-        network itself)."""
+        """Member ``k`` as the ordinary network it is alone: a copy with its current state and mode (a copy for one
+        member too; not compiled, whatever ``--compile`` says)."""
         return self.net.member(k).train(self.net.training)
 
     def autocast(self) -> AbstractContextManager:

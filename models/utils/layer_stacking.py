@@ -34,11 +34,12 @@ SHARED_BUFFERS = frozenset({"num_batches_tracked", "tasks_completed"})
 class Stacking:
     """``stack(layers)``: one layer for K members' ``layers`` (their hyper-parameters checked); ``member(stacked, k,
     template)``: member k's layer back, a copy of ``template`` with its state; ``per_member``: the builder keywords
-    (norm options) in which members may differ."""
+    (norm options) in which members may differ; ``scaled``: the attributes :func:`per_channel` multiplies by K."""
 
     stack: Callable[[Sequence[nn.Module]], nn.Module]
     member: Callable[[nn.Module, int, nn.Module], nn.Module]
     per_member: frozenset[str] = frozenset()
+    scaled: tuple[str, ...] = ()
 
 
 STACKINGS: dict[type[nn.Module], Stacking] = {}
@@ -182,7 +183,7 @@ def per_channel(*scaled: str, per_member: Sequence[str] = ()) -> Stacking:
                     setattr(new, name, nn.Parameter(grown, tensor.requires_grad) if parameter else grown)
         return load(new, layers)
 
-    return Stacking(stack, slice_member, frozenset(per_member))
+    return Stacking(stack, slice_member, frozenset(per_member), counts)
 
 
 class StackedLayerNorm(nn.Module):

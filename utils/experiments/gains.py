@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from normcl.utils.core.errors import UserError
 from normcl.utils.experiments import inference
 from normcl.utils.experiments.inference import ALPHA, Estimate
 from normcl.utils.experiments.methods import BASELINE, PSEUDO_METHODS, norm_of
@@ -30,11 +31,13 @@ STREAM_METRICS = ("aaa", "min_acc", "wc_acc")
 
 @dataclass(frozen=True)
 class Primary:
-    """A declared primary endpoint: ``method − baseline`` in ``metric``; a diverged run scores chance."""
+    """A declared primary endpoint: ``method − baseline`` in ``metric``; a diverged run scores chance. ``seeds``: the
+    declared number of seeds, which the verdict waits for (``None``: the seeds present)."""
 
     method: str
     baseline: str
     metric: str
+    seeds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,27 @@ def _cells(report: Report, comp: Comparison) -> list[tuple[Column, Entry, Entry]
 
 def _value(run: Record, metric: str, at_chance: bool) -> float | None:
     if run.diverged:
+        if at_chance and run.chance is None:
+            raise UserError(
+                f"{run.path}: diverged, and its dataset's chance level is unknown here (not a registered dataset), so "
+                "the declared rule (a diverged run scores chance) cannot score it; report without --primary"
+            )
         return run.chance if at_chance else None
     return getattr(run, metric)
+
+
+def _by_seed(entry: Entry, comp: Comparison, column: Column) -> dict[Any, Record]:
+    """A cell's runs by seed, refusing what pairing by seed cannot hold: two runs of one seed, or a run without one."""
+    out: dict[Any, Record] = {}
+    for run in entry.runs + entry.diverged:
+        if run.seed is None or run.seed in out:
+            problem = "has no seed" if run.seed is None else f"repeats seed {run.seed} of {out[run.seed].path}"
+            raise UserError(
+                f"{run.path} {problem}: {comp.label} in {column.label} pairs runs by seed, one run per "
+                "seed and method in a column; move reruns to a folder of their own (utils.report --reruns_of)"
+            )
+        out[run.seed] = run
+    return out
 
 
 def pairs(report: Report, comp: Comparison, metric: str, at_chance: bool = False) -> dict[tuple[Column, Any], float]:
@@ -107,11 +129,11 @@ def pairs(report: Report, comp: Comparison, metric: str, at_chance: bool = False
     out, or scores chance (``at_chance``, a declared endpoint's rule)."""
     out = {}
     for column, entry, base in _cells(report, comp):
-        base_of = {r.seed: _value(r, metric, at_chance) for r in base.runs + base.diverged}
-        for r in entry.runs + entry.diverged:
-            value, ref = _value(r, metric, at_chance), base_of.get(r.seed)
+        base_of = {seed: _value(r, metric, at_chance) for seed, r in _by_seed(base, comp, column).items()}
+        for seed, r in _by_seed(entry, comp, column).items():
+            value, ref = _value(r, metric, at_chance), base_of.get(seed)
             if value is not None and ref is not None:
-                out[(column, r.seed)] = value - ref
+                out[(column, seed)] = value - ref
     return out
 
 
@@ -255,8 +277,9 @@ def pooled_table(report: Report, primary: Primary | None = None) -> list[str]:
         "the mean, its 95 % interval (Student's t, seeds − 1 degrees of freedom), the two-sided p (exact sign-flip "
         f"test over the 2ⁿ sign patterns up to {inference.EXACT_UP_TO} seeds, else the t-test's; with 5 seeds it "
         "cannot go below 0.0625) and d_z (mean / sd of the per-seed gains). Exploratory: the table's "
-        f"{family} rows are one family; Holm's adjustment rejects {rejected} at {ALPHA:g}, and the family-wise "
-        f"interval is at Holm's last level, {100 * level:.2f} %. "
+        f"{family} rows are one family; Holm's adjustment rejects {rejected} at {ALPHA:g}. The family-wise interval "
+        f"of a row Holm does not reject is at the level compatible with Holm's procedure, {100 * level:.2f} % "
+        "(Strassburger & Bretz 2008); of a rejected row, only the side of 0 its gain lies on. "
         f"Runs that {DIVERGED} are left out; *seeds short*: seeds missing one of the columns.",
         "",
         "| comparison | metric | seeds | columns | seeds short | mean gain | 95 % interval | p | d_z | Holm p "
@@ -265,7 +288,12 @@ def pooled_table(report: Report, primary: Primary | None = None) -> list[str]:
     ]
     for p, adj, prim in zip(rows, adjusted, is_primary, strict=True):
         e = p.estimate
-        holm_cells = ["primary: not in the family", "–"] if prim else [_p(adj), _interval(e.interval_at(level))]
+        if prim:
+            holm_cells = ["primary: not in the family", "–"]
+        elif adj is not None and adj <= ALPHA:  # Holm rejects: compatible with a one-sided bound at 0 only
+            holm_cells = [_p(adj), "above 0" if (e.mean or 0) > 0 else "below 0"]
+        else:
+            holm_cells = [_p(adj), _interval(e.interval_at(level))]
         cells = [p.comparison.label, METRIC_NAMES[p.metric], str(e.units), str(p.columns), str(p.incomplete)]
         cells += [_num(e.mean), _interval(None if e.low is None else (e.low, e.high)), _p(e.p), _num(e.d_z, ".2f")]
         out.append("| " + " | ".join(cells + holm_cells) + " |")
@@ -295,13 +323,14 @@ def primary_section(report: Report, primary: Primary) -> list[str]:
     e, columns = result.estimate, len(report.columns)
     missing = columns - result.columns
     short = f"{result.incomplete} seeds short of a column" + (f", {missing} columns without both" if missing else "")
-    complete = not result.incomplete and not missing
+    declared = "" if primary.seeds is None else f" of the {primary.seeds} declared"
+    complete = not result.incomplete and not missing and e.units >= (primary.seeds or 0)
     out += [
         f"{comp.label}: per seed the mean over the columns, then over the seeds (the units); {rule}. Decided by the "
         f"exact sign-flip p at {ALPHA:g} with the 95 % Student-t interval beside it, once every seed has both in "
         f"every column.",
         "",
-        f"- Units: {e.units} seeds, {result.columns} of {columns} columns ({short}).",
+        f"- Units: {e.units} seeds{declared}, {result.columns} of {columns} columns ({short}).",
         f"- {'Gain' if complete else 'Interim gain'}: {_num(e.mean)} points, 95 % interval "
         f"{_interval(None if e.low is None else (e.low, e.high))}, p {_p(e.p)}, d_z {_num(e.d_z, '.2f')}; ahead on "
         f"{e.ahead} of {e.units} seeds.",

@@ -104,7 +104,10 @@ def holm(pvalues: Sequence[float | None], alpha: float = ALPHA) -> tuple[list[fl
 
 
 def holm_level(family: int, rejected: int, alpha: float = ALPHA) -> float:
-    """Confidence level of a family's intervals after Holm: ``1 − α / (m − r)`` (``1 − α`` when all are rejected)."""
+    """Confidence level of the simultaneous intervals compatible with Holm's procedure for the hypotheses it does not
+    reject: ``1 − α / (m − r)`` (Strassburger & Bretz, Statistics in Medicine 2008, Section 3); a rejected
+    hypothesis's compatible interval says only on which side of 0 the gain lies, so the report gives no interval
+    there. With every hypothesis rejected no interval uses the level (``1 − α``, returned for a total function)."""
     return 1 - alpha / max(1, family - rejected)
 
 

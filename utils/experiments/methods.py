@@ -67,6 +67,19 @@ def method_of(args: Mapping[str, Any]) -> str:
     return name
 
 
+def is_method(name: str) -> bool:
+    """Whether ``name`` is a row :func:`method_of` can give: a registered norm, then its suffixes in their order."""
+    suffixes = [RENORM_SUFFIX, "-separate", "-joint", NO_AFFINE_SUFFIX]
+    for norm in NORMS.names():
+        if name == norm or name.startswith(f"{norm}-"):
+            rest = name[len(norm) :]
+            for suffix in suffixes:
+                rest = rest.removeprefix(suffix)
+            if not rest:
+                return True
+    return False
+
+
 _PSEUDO_ARGS = ({"nl": "BN", "forward_mode": "joint"}, {"nl": ADAPTIVE_NORM, "adab2n_renorm": 1})
 PSEUDO_METHODS: dict[str, dict[str, Any]] = {method_of(args): args for args in _PSEUDO_ARGS}
 """Methods that are a registered norm plus flags, named by :func:`method_of` itself: name -> ``utils/main.py``

@@ -40,6 +40,7 @@ from normcl.utils.experiments import results_page, rounding
 from normcl.utils.experiments.anytime import plot_stream
 from normcl.utils.experiments.formats import latex, markdown, write_csv, write_sensitivity_csv
 from normcl.utils.experiments.gains import METRIC_NAMES, Primary
+from normcl.utils.experiments.methods import is_method
 from normcl.utils.experiments.plots import plot_column
 from normcl.utils.experiments.records import load_records
 from normcl.utils.experiments.tables import build_report
@@ -106,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "on its own and left out of the exploratory family",
     )
     p.add_argument(
+        "--primary_seeds",
+        type=int,
+        metavar="N",
+        help="with --primary: the declared number of seeds; the verdict waits until N seeds have both rows in "
+        "every column (default: the seeds present)",
+    )
+    p.add_argument(
         "--reruns_of",
         type=Path,
         metavar="BASE_DIR",
@@ -123,12 +131,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--page needs --command, the command that produced the results")
     if args.primary and args.primary[2] not in METRIC_NAMES:
         p.error(f"--primary: unknown metric '{args.primary[2]}'; choose one of: {', '.join(METRIC_NAMES)}")
+    for name in (args.primary or [])[:2]:
+        if not is_method(name):
+            p.error(f"--primary: '{name}' is no method (a registered norm, e.g. BN, with -renorm, -joint, -noaffine)")
+    if args.primary_seeds is not None and (not args.primary or args.primary_seeds < 1):
+        p.error("--primary_seeds takes a positive number of seeds, with --primary")
+    if args.reruns_of is not None:
+        options = (("--primary", args.primary), ("--page", args.page), ("--no_plots", args.no_plots))
+        given = [flag for flag, value in options if value]
+        if given:
+            p.error(f"--reruns_of writes the rounding report alone, to which {', '.join(given)} does not apply")
     if not args.results_dir.is_dir():
         print(f"error: {args.results_dir} is not a folder; pass the --results_path of the runs", file=sys.stderr)
         return 2
     if args.reruns_of is not None:
         return _rounding_report(args.results_dir, args.reruns_of, args.out or args.results_dir / "report")
-    primary = Primary(*args.primary) if args.primary else None
+    primary = Primary(*args.primary, seeds=args.primary_seeds) if args.primary else None
     try:
         files = write_report(args.results_dir, args.out, plots=not args.no_plots, primary=primary)
     except UserError as e:
@@ -150,7 +168,15 @@ def _rounding_report(reruns_dir: Path, base_dir: Path, out_dir: Path) -> int:
             f"error: --reruns_of {base_dir} is not a folder; pass the --results_path of the base runs", file=sys.stderr
         )
         return 2
-    text = rounding.markdown(rounding.analyse(reruns_dir, base_dir), f"Rounding noise: {reruns_dir} against {base_dir}")
+    found = rounding.analyse(reruns_dir, base_dir)
+    if not found.variants:
+        print(
+            f"error: no run in a subfolder of {reruns_dir} reruns a run of {base_dir} (matched by run name); pass the "
+            "folder whose subfolders hold the reruns",
+            file=sys.stderr,
+        )
+        return 2
+    text = rounding.markdown(found, f"Rounding noise: {reruns_dir} against {base_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "report.md", text.encode())
     print(text)

@@ -8,9 +8,10 @@ the runs by name, and tabulates per metric:
 
 * the **rounding sd**: the sd between the reruns of one seed (BASE's run and each perturbing variant's), pooled over
   the seeds and cells as the root mean of the per-seed variances;
-* the **seed sd**: the sd between BASE's seeds of one cell (method × column), pooled alike; it holds the rounding
-  noise too, so their ratio is the share of a seed's spread that rounding alone makes (Bouthillier et al.,
-  "Accounting for Variance in Machine Learning Benchmarks", MLSys 2021, separate such sources of variance);
+* the **seed sd**: the sd between BASE's runs of the rerun seeds in one cell (method × column), pooled alike; it
+  holds the rounding noise too, so their ratio is the share of a seed's spread that rounding alone makes
+  (Bouthillier et al., "Accounting for Variance in Machine Learning Benchmarks", MLSys 2021, separate such sources
+  of variance);
 * what it implies: a paired gain between two methods carries the rounding noise of both arms, so its sd is at least
   √2 × the rounding sd, and detecting a gain Δ with 80 % power in a two-sided 5 % test needs at least
   n ≈ 2 ((z₀.₉₇₅ + z₀.₈) · rounding sd / Δ)² seeds, however alike the methods are otherwise.

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from normcl.utils.experiments.methods import ADAPTIVE_NORM, BASELINE, DATASET_ORDER, Config, column_label, method_key
+from normcl.utils.experiments.methods import ADAPTIVE_NORM, DATASET_ORDER, Config, column_label, method_key
 from normcl.utils.experiments.records import DIVERGED, Record, Stat
 from normcl.utils.experiments.selection import best_config, by_config
 
@@ -199,16 +199,6 @@ def gain_of(entry: Entry, base: Entry, metric: str = "class_il") -> Gain | None:
     """Mean ± std over seeds of ``entry − base`` paired by seed, and on how many seeds the entry led."""
     diffs = paired_diffs(entry.runs, base.runs, metric)
     return Gain(Stat.of(diffs), sum(d > 0 for d in diffs), len(entry.diverged)) if diffs else None
-
-
-def paired_gain(report: Report, method: str, column: Column, metric: str = "class_il") -> Gain | None:
-    """:func:`gain_of` the method's cell over the baseline's; None unless both cells hold test-protocol runs of a
-    common seed. Pairing removes the class-order variation that seeds ≥ 1 introduce, which the unpaired stds
-    include."""
-    entry, base = report.entries.get((method, column)), report.entries.get((BASELINE, column))
-    if method == BASELINE or entry is None or base is None or entry.on_validation or base.on_validation:
-        return None
-    return gain_of(entry, base, metric)
 
 
 def final_drift(entry: Entry) -> dict[str, Stat]:
