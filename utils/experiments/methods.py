@@ -8,12 +8,14 @@ in the row it was started for, whichever launcher ran it.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from normcl.models.utils import NORMS
 from normcl.models.utils.adab2n_options import SEARCHED
+from normcl.utils.parser import FORWARD_MODES
 
 ADAPTIVE_NORM = "AdaB2N"
 """The normalization whose configurations ``(kappa, lambd, ada_t0)`` are searched and selected."""
@@ -68,16 +70,12 @@ def method_of(args: Mapping[str, Any]) -> str:
 
 
 def is_method(name: str) -> bool:
-    """Whether ``name`` is a row :func:`method_of` can give: a registered norm, then its suffixes in their order."""
-    suffixes = [RENORM_SUFFIX, "-separate", "-joint", NO_AFFINE_SUFFIX]
-    for norm in NORMS.names():
-        if name == norm or name.startswith(f"{norm}-"):
-            rest = name[len(norm) :]
-            for suffix in suffixes:
-                rest = rest.removeprefix(suffix)
-            if not rest:
-                return True
-    return False
+    """Whether ``name`` is a row :func:`method_of` gives for some registered norm and flags."""
+    flags = itertools.product(NORMS.names(), (0, 1), (None, *FORWARD_MODES), (0, 1))
+    return any(
+        name == method_of({"nl": norm, "adab2n_renorm": renorm, "forward_mode": mode, "no_affine": no_affine})
+        for norm, renorm, mode, no_affine in flags
+    )
 
 
 _PSEUDO_ARGS = ({"nl": "BN", "forward_mode": "joint"}, {"nl": ADAPTIVE_NORM, "adab2n_renorm": 1})
