@@ -6,8 +6,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+import pytest
 from test_report import write_run
 
+from normcl.utils.core.errors import UserError
 from normcl.utils.experiments.evidence import selections
 from normcl.utils.experiments.records import load_records
 from normcl.utils.experiments.report import write_report
@@ -55,6 +57,15 @@ def test_a_partly_run_grid_is_compared_on_the_seeds_every_configuration_has(tmp_
     (s,) = selections(build_report(load_records(tmp_path)[0]))
     assert s.best_on_test == (0.1, 1.0, 1) == s.chosen
     assert s.best_gain is not None and s.best_gain.diff.mean == 10.0 and s.best_gain.diff.n == 1
+
+
+def test_a_configuration_that_ran_a_seed_twice_is_refused_not_paired_at_random(tmp_path: Path) -> None:
+    """A rerun of B's seed 1 beside its run (B is then best on test): pairing by seed would keep whichever came
+    last, so it is refused."""
+    column(tmp_path, "er_ace", bn=[40, 44, 45], a=[41, 44, 44], b=[46, 48, 50], val=(60, 50))
+    write_run(tmp_path, "er_ace-b1-again", final=90.0, seed=1, model="er_ace", nl="AdaB2N", **B)
+    with pytest.raises(UserError, match=r"repeats seed 1 of .*: AdaB2N − BN in seq-fmnist er_ace 200 pairs runs by"):
+        selections(build_report(load_records(tmp_path)[0]))
 
 
 def test_no_evidence_tables_without_their_runs(tmp_path: Path) -> None:

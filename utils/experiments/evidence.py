@@ -40,8 +40,9 @@ def selections(report: Report) -> list[Selection]:
             continue
         best = best_config({c: e.runs + e.diverged for c, e in configs.items()})
         chosen = report.entries[(method, column)].config
-        best_gain = gain_of(configs[best], base) if best in configs else None
-        chosen_gain = gain_of(configs[chosen], base) if chosen in configs else None
+        where = f"{method} − {baseline} in {column.label}"
+        best_gain = gain_of(configs[best], base, where) if best in configs else None
+        chosen_gain = gain_of(configs[chosen], base, where) if chosen in configs else None
         out.append(Selection(method, baseline, column, len(configs), best, best_gain, chosen, chosen_gain))
     return out
 

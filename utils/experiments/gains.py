@@ -21,7 +21,7 @@ from normcl.utils.experiments import inference
 from normcl.utils.experiments.inference import ALPHA, Estimate
 from normcl.utils.experiments.methods import BASELINE, PSEUDO_METHODS, norm_of
 from normcl.utils.experiments.records import DIVERGED, Record, Stat
-from normcl.utils.experiments.tables import ON_TEST, Column, Entry, Gain, Report
+from normcl.utils.experiments.tables import ON_TEST, Column, Entry, Gain, Report, by_seed
 
 METRICS = (("class_il", "final class-IL"), ("aaa", "AAA"), ("min_acc", "min-ACC"), ("wc_acc", "WC-ACC"))
 """The metrics a gain is measured in: the final class-IL accuracy, and for runs with ``--eval_every`` the stream's."""
@@ -111,17 +111,7 @@ def _value(run: Record, metric: str, at_chance: bool) -> float | None:
 
 
 def _by_seed(entry: Entry, comp: Comparison, column: Column) -> dict[Any, Record]:
-    """A cell's runs by seed, refusing what pairing by seed cannot hold: two runs of one seed, or a run without one."""
-    out: dict[Any, Record] = {}
-    for run in entry.runs + entry.diverged:
-        if run.seed is None or run.seed in out:
-            problem = "has no seed" if run.seed is None else f"repeats seed {run.seed} of {out[run.seed].path}"
-            raise UserError(
-                f"{run.path} {problem}: {comp.label} in {column.label} pairs runs by seed, one run per "
-                "seed and method in a column; move reruns to a folder of their own (utils.report --reruns_of)"
-            )
-        out[run.seed] = run
-    return out
+    return by_seed(entry.runs + entry.diverged, f"{comp.label} in {column.label}")
 
 
 def pairs(report: Report, comp: Comparison, metric: str, at_chance: bool = False) -> dict[tuple[Column, Any], float]:

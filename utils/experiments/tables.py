@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from normcl.utils.core.errors import UserError
 from normcl.utils.experiments.methods import ADAPTIVE_NORM, DATASET_ORDER, Config, column_label, method_key
 from normcl.utils.experiments.records import DIVERGED, Record, Stat
 from normcl.utils.experiments.selection import best_config, by_config
@@ -188,16 +189,33 @@ class Gain:
         return f"{self.diff.mean:+.2f}{spread} ({self.diff.n}; ahead on {self.ahead}{more})"
 
 
-def paired_diffs(runs: Sequence[Record], base_runs: Sequence[Record], metric: str = "class_il") -> list[float]:
-    """``run − baseline`` for every seed both hold (a seed fixes class order and initialisation)."""
-    base_of = {r.seed: getattr(r, metric) for r in base_runs}
-    values = [(getattr(r, metric), base_of.get(r.seed)) for r in runs]
+def by_seed(runs: Sequence[Record], where: str) -> dict[int, Record]:
+    """Runs by seed, refusing what pairing by seed cannot hold: two runs of one seed or a run without one (``where``
+    names the comparison and the column in the one-line refusal)."""
+    out: dict[int, Record] = {}
+    for run in runs:
+        if run.seed is None or run.seed in out:
+            problem = "has no seed" if run.seed is None else f"repeats seed {run.seed} of {out[run.seed].path}"
+            raise UserError(
+                f"{run.path} {problem}: {where} pairs runs by seed, one run per seed and method in a column; move "
+                "reruns to a folder of their own (utils.report --reruns_of)"
+            )
+        out[run.seed] = run
+    return out
+
+
+def paired_diffs(entry: Entry, base: Entry, where: str, metric: str = "class_il") -> list[float]:
+    """``run − baseline`` for every seed both cells ran and neither diverged (a seed fixes class order and
+    initialisation); refuses a cell that holds a seed twice (:func:`by_seed`)."""
+    base_of = {seed: getattr(r, metric) for seed, r in by_seed(base.runs + base.diverged, where).items()}
+    runs = by_seed(entry.runs + entry.diverged, where)
+    values = [(getattr(r, metric), base_of.get(seed)) for seed, r in runs.items()]
     return [value - ref for value, ref in values if value is not None and ref is not None]
 
 
-def gain_of(entry: Entry, base: Entry, metric: str = "class_il") -> Gain | None:
+def gain_of(entry: Entry, base: Entry, where: str, metric: str = "class_il") -> Gain | None:
     """Mean ± std over seeds of ``entry − base`` paired by seed, and on how many seeds the entry led."""
-    diffs = paired_diffs(entry.runs, base.runs, metric)
+    diffs = paired_diffs(entry, base, where, metric)
     return Gain(Stat.of(diffs), sum(d > 0 for d in diffs), len(entry.diverged)) if diffs else None
 
 
