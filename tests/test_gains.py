@@ -1,6 +1,7 @@
-"""The report's gains over BN (``utils/experiments/gains.py``) on results files whose numbers are known: each method
-against the BN row run as it is, pooled at the seed level, the warnings when a comparison differs in more than the
-norm or pools runs of different code or machines, and a declared primary endpoint."""
+"""The report's gains over BN (``utils/experiments/gains.py``, its tables ``gain_tables.py``) on results files whose
+numbers are known: each method against the BN row run as it is, pooled at the seed level, the warnings when a
+comparison differs in more than the norm or pools runs of different code or machines, and a declared primary
+endpoint."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from test_report import write_run
 from test_report_diverged import write_partial
 
-from normcl.utils.experiments import gains
+from normcl.utils.experiments import gain_tables, gains
 from normcl.utils.experiments.records import load_records
 from normcl.utils.experiments.report import main, write_report
 from normcl.utils.experiments.tables import build_report
@@ -101,7 +102,7 @@ def test_the_primary_endpoint_scores_a_diverged_run_at_chance_and_stays_out_of_t
     write_partial(tmp_path, "derpp-ada2", seed=2, model="derpp", **ADA)
     report = build_report(load_records(tmp_path)[0])
     primary = gains.Primary("AdaB2N", "BN-joint", "class_il")
-    text = "\n".join(gains.markdown(report, "| method |", "| --- |", primary))
+    text = "\n".join(gain_tables.markdown(report, "| method |", "| --- |", primary))
     # Seed 2, derpp: chance (10 %) − 50 = -40; seed 2's mean (0 - 40) / 2 = -20; seeds 0 and 1 as before: 2, 1.
     comp = gains.comparison(report, "AdaB2N")
     assert comp is not None
@@ -124,12 +125,12 @@ def test_the_primary_endpoint_gives_no_verdict_before_every_seed_has_every_colum
     grid(tmp_path)
     (tmp_path / "class-il" / "seq-fmnist" / "derpp" / "derpp-bnj2.json").unlink()
     primary = gains.Primary("AdaB2N", "BN-joint", "class_il")
-    text = "\n".join(gains.markdown(build_report(load_records(tmp_path)[0]), "| method |", "| --- |", primary))
+    text = "\n".join(gain_tables.markdown(build_report(load_records(tmp_path)[0]), "| method |", "| --- |", primary))
     assert "- Units: 3 seeds, 2 of 2 columns (1 seeds short of a column)." in text
     assert "- Interim gain: " in text and f"- Verdict: {gains.INTERIM}." in text
     write_run(tmp_path, "der-ada0", final=60.0, seed=0, model="der", environment=MACHINE, **ADA)
     write_run(tmp_path, "derpp-bnj2", final=50.0, seed=2, model="derpp", environment=MACHINE, **BN_JOINT)
-    text = "\n".join(gains.markdown(build_report(load_records(tmp_path)[0]), "| method |", "| --- |", primary))
+    text = "\n".join(gain_tables.markdown(build_report(load_records(tmp_path)[0]), "| method |", "| --- |", primary))
     assert "- Units: 3 seeds, 2 of 3 columns (0 seeds short of a column, 1 columns without both)." in text
     assert f"- Verdict: {gains.INTERIM}." in text
 
@@ -142,7 +143,7 @@ def test_a_row_holm_rejects_gets_its_side_of_0_and_the_others_the_compatible_lev
         write_run(tmp_path, f"bn{seed}", final=40.0 + seed, mode="separate", **kw)
         write_run(tmp_path, f"bnj{seed}", final=40.0 + seed + (1 if seed % 2 else -1), **BN_JOINT, **kw)
         write_run(tmp_path, f"ada{seed}", final=41.0 + 2 * seed, **ADA, **kw)
-    pooled = "\n".join(gains.pooled_table(build_report(load_records(tmp_path)[0])))
+    pooled = "\n".join(gain_tables.pooled_table(build_report(load_records(tmp_path)[0])))
     assert "Holm's adjustment rejects 1 at 0.05" in pooled
     assert "at the level compatible with Holm's procedure, 95.00 %" in pooled
     rows = {line.split(" | ")[0]: line.split(" | ") for line in pooled.splitlines() if line.startswith("| ")}
@@ -188,10 +189,10 @@ def test_the_cli_refuses_what_it_cannot_apply_in_one_line(flags: list[str], mess
 def test_the_declared_seeds_keep_the_verdict_interim_until_they_are_in(tmp_path: Path) -> None:
     grid(tmp_path)
     report = build_report(load_records(tmp_path)[0])
-    text = "\n".join(gains.primary_section(report, gains.Primary("AdaB2N", "BN-joint", "class_il", seeds=4)))
+    text = "\n".join(gain_tables.primary_section(report, gains.Primary("AdaB2N", "BN-joint", "class_il", seeds=4)))
     assert "- Units: 3 seeds of the 4 declared, 2 of 2 columns (0 seeds short of a column)." in text
     assert f"- Verdict: {gains.INTERIM}." in text
-    text = "\n".join(gains.primary_section(report, gains.Primary("AdaB2N", "BN-joint", "class_il", seeds=3)))
+    text = "\n".join(gain_tables.primary_section(report, gains.Primary("AdaB2N", "BN-joint", "class_il", seeds=3)))
     assert "- Verdict: not resolved" in text
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from normcl.utils.core.atomic import atomic_write_bytes
 from normcl.utils.core.run_files import PARTIAL_SUFFIX
-from normcl.utils.experiments import anytime, evidence, gains
+from normcl.utils.experiments import anytime, evidence, gain_tables, gains
 from normcl.utils.experiments.methods import Config
 from normcl.utils.experiments.records import DIVERGED, Stat, describe_stop
 from normcl.utils.experiments.tables import ON_TEST, Column, Entry, Report, final_drift
@@ -100,7 +100,7 @@ def markdown(report: Report, title: str, primary: gains.Primary | None = None) -
             cells = [_cell_text(report.entries.get((m, c)), metric) for c in report.columns]
             out.append(f"| {report.label(m)} | " + " | ".join(cells) + " |")
         out.append("")
-    out += gains.markdown(report, header, rule, primary)
+    out += gain_tables.markdown(report, header, rule, primary)
     out += evidence.markdown(report)
     out += anytime.markdown(report, header, rule)
     out += _drift_tables(report, header, rule)
