@@ -207,6 +207,26 @@ def test_help_mentions_every_flag():
     assert flags <= mentioned, sorted(flags - mentioned)
 
 
+def test_forward_mode_help_names_the_joint_norms_and_models_from_the_registries():
+    """The default forward pass is the reference's: ``--forward_mode``'s help names every norm whose layer asks for a
+    joint pass and every model whose reference runs one, and no other (a new norm or model is named without anyone
+    editing the help)."""
+    from normcl.models import MODELS
+    from normcl.models.utils import NORMS
+    from normcl.utils.parser import build_parser
+
+    (action,) = [a for a in build_parser()._actions if "--forward_mode" in a.option_strings]
+    text = action.help() if callable(action.help) else action.help
+    norms, models = text.split("else the model's own")
+    for name in NORMS.names():
+        joint = getattr(NORMS.get(name).layer, "prefers_joint_forward", False)
+        assert (re.search(rf"\b{re.escape(name)}\b", norms) is not None) == joint, name
+    for name in MODELS.names():
+        joint = MODELS.get(name).REFERENCE_FORWARD == "joint"
+        assert (re.search(rf"\b{re.escape(name)},", models) is not None) == joint, name
+    assert "AdaB2N" in norms and "er," in models
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -56,6 +56,21 @@ def _norm_names() -> str:
     return f"normalization layer swapped in for every BatchNorm: {', '.join(NORMS.names())}"
 
 
+def _forward_mode_help() -> str:
+    """``--forward_mode``'s help: which norms' layers and which models ask for a joint pass, read from the registries
+    (their modules load only when ``--help`` is read)."""
+    from normcl.models import MODELS
+    from normcl.models.utils import NORMS
+
+    norms = [n for n in NORMS.names() if getattr(NORMS.get(n).layer, "prefers_joint_forward", False)]
+    models = [n for n in MODELS.names() if MODELS.get(n).REFERENCE_FORWARD == "joint"]
+    return (
+        "stream and replay batches as separate forward passes or one joint pass (default: the reference's choice: "
+        f"joint for the norms whose layers ask for it, {', '.join(norms)}, else the model's own, joint for "
+        f"{', '.join(models)}, separate for the others)"
+    )
+
+
 def _binary(group: argparse._ActionsContainer, flag: str, help: str, roles: Roles = NO_ROLES) -> None:
     declare(group, flag, roles, default=0, help=help, **BINARY_FLAG)
 
@@ -100,9 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--forward_mode",
         choices=FORWARD_MODES,
         default=None,
-        help="stream and replay batches as separate forward passes or one joint pass "
-        "(default: the reference's choice: joint for the norms whose layers ask for it, AdaB2N and TBBN, "
-        "else the model's own, joint for ER)",
+        help=_forward_mode_help,
     )
     declare(
         g,
