@@ -197,9 +197,9 @@ sitting() {  # folder grid...: run the grids; one line per invocation, also an i
     seconds_line "$start" "$folder/$GRID_SECONDS"
   fi
 }
-publish() {  # folder report part "report flags" grid...: a folder's report and its part of the page (the page adds
-  # up sittings)
-  local folder=$1 report=$2 part=$3 flags=$4 planned command; shift 4
+publish() {  # folder report part "report flags" grid...: a folder's report and its part of the page, in one process
+  # (the page plans each grid command as its --dry_run does and adds up sittings)
+  local folder=$1 report=$2 part=$3 flags=$4; shift 4
   (( $# )) || return 0
   if [[ ! -d $folder ]]; then
     echo "error: no results folder $folder; run the grids first (STEP=grid), or set RESULTS/WIDTH" >&2
@@ -207,11 +207,8 @@ publish() {  # folder report part "report flags" grid...: a folder's report and 
     return 0
   fi
   # shellcheck disable=SC2086  # flags is a list of flags
-  "$PYTHON" -m utils.report "$folder" --out "$report" $flags >/dev/null
-  planned=$(while read -r command; do eval "$command --dry_run" | tail -1 | sed 's/^=> //'; done < <(commands "$@") |
-    paste -sd';' | sed 's/;/; /g')
-  "$PYTHON" -m utils.results_page "$folder" "$report" "$PAGE" --part "$part" --planned "$planned" \
-    --command "$(commands "$@" | sed "s|\$| $LAUNCH|")"
+  "$PYTHON" -m utils.report "$folder" --out "$report" $flags --page "$PAGE" --part "$part" \
+    --command "$(commands "$@" | sed "s|\$| $LAUNCH|")" >/dev/null
 }
 
 if [[ "$STEP" == all || "$STEP" == grid ]]; then

@@ -4,15 +4,14 @@ deleted first, must write every report folder under ``docs/results/`` (each fold
 folders, so a new one is covered without being listed here) and ``docs/results.md`` as they are committed.
 
 Tables (``report.md``, ``results.tex``, the CSVs: every file but the figures) and the page, whose recorded
-``--planned`` and ``--command`` text the script makes from its own grid: byte for byte. Figures: the same set of PNG
-files in every folder always (a figure the code no longer makes, or makes and nobody committed, fails), and their
-decoded pixels only under the matplotlib version that drew the committed ones (the ``Software`` text of the PNG):
-requirements.txt does not pin matplotlib, whose layout and text rendering change between versions, and the PNG
-bytes also depend on the zlib that Pillow was built with, so pixels rather than bytes, and a skip naming both
-versions elsewhere. The regeneration is the script's whole report step, 45-55 s on the 2-core machine: a dozen Python
-processes that each import torch (about 2 s each: ``run.py --dry_run`` for each of the page's seven grid commands,
-three reports, two page parts) and 21 figures (about 10 s).
-"""
+commands the script makes from its own grid (and the page plans them as their ``--dry_run`` does): byte for byte.
+Figures: the same set of PNG files in every folder always (a figure the code no longer makes, or makes and nobody
+committed, fails), and their decoded pixels only under the matplotlib version that drew the committed ones (the
+``Software`` text of the PNG): requirements.txt does not pin matplotlib, whose layout and text rendering change
+between versions, and the PNG bytes also depend on the zlib that Pillow was built with, so pixels rather than bytes,
+and a skip naming both versions elsewhere. The regeneration is the script's whole report step: one Python process
+per results folder (``utils.report --page``: its report, its figures, its part of the page and the plan of its grid
+commands)."""
 
 from __future__ import annotations
 

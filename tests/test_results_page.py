@@ -49,6 +49,25 @@ def make_results(root: Path) -> Path:
     return report_dir
 
 
+def grid_command(results: Path) -> str:
+    """Two run.py lines (the second behind an ``env`` prefix, as the rounding grid's are) that plan 4 runs and 1."""
+    grid = f"--datasets seq-fmnist --models er_ace --buffer_sizes 200 --results_path {results} --cpu_workers 2"
+    return (
+        f"python3 run.py {grid} --methods BN GN --num_seeds 2\n"
+        f"env ATEN_CPU_CAPABILITY=default python3 run.py {grid} --methods CN --num_seeds 1"
+    )
+
+
+def test_a_command_line_that_cannot_be_planned_is_refused(tmp_path: Path, capsys) -> None:
+    results = tmp_path / "results"
+    report_dir = make_results(results)
+    page = tmp_path / "results.md"
+    argv = [str(results), str(report_dir), str(page), "--command", "python3 run.py --datasets seq-nope"]
+    assert results_page.main(argv) == 2 and not page.exists()
+    err = capsys.readouterr().err
+    assert "cannot be planned: its --dry_run exited 2" in err and "seq-nope" in err
+
+
 def test_busy_seconds_is_the_length_of_the_union_of_intervals() -> None:
     assert results_page.busy_seconds([]) == 0
     assert results_page.busy_seconds([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17  # [0, 12] and [20, 25]
@@ -60,11 +79,12 @@ def test_new_page_has_provenance_tables_and_relative_plot_links(tmp_path: Path) 
     report_dir = make_results(results)
     page = tmp_path / "docs" / "results.md"
     page.parent.mkdir()
-    argv = [str(results), str(report_dir), str(page), "--command", "python run.py --x 1", "--planned", "1 + 4 runs"]
+    argv = [str(results), str(report_dir), str(page), "--command", grid_command(results)]
     assert results_page.main(argv) == 0
     text = page.read_text()
-    assert "python run.py --x 1" in text
-    assert "- Runs: 2 on the test protocol, 1 on the validation split (the grid: 1 + 4 runs)." in text
+    assert grid_command(results) in text
+    # The grid each run.py line plans, as its --dry_run does: 2 norms x 2 seeds, then 1 run.
+    assert "- Runs: 2 on the test protocol, 1 on the validation split (the grid: 4 run(s); 1 run(s))." in text
     assert "- Machine: cpu, 2 thread(s), torch 2.14.1 (1 runs)." in text  # a file from before issue 22
     assert (
         "- Machine: cpu (AMD EPYC, kernels AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2), 2 thread(s), torch 2.14.1 (1 runs)."

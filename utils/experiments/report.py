@@ -29,6 +29,7 @@ the running statistics to the task-balanced and to the latest task's statistics 
 from __future__ import annotations
 
 import sys
+from argparse import Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     g = p.add_argument_group("results page (scripts/reproduce_fmnist.sh; python -m utils.results_page)")
     g.add_argument("--page", type=Path, help="also rewrite this Markdown page's generated part from the report")
-    g.add_argument("--command", help="with --page: the command that produced the results (required)")
-    g.add_argument("--planned", default="", help="with --page: the grid's size, e.g. '84 test run(s)'")
+    g.add_argument(
+        "--command",
+        help="with --page: the command that produced the results, one per line (required); the page gives the grid "
+        "each run.py line plans",
+    )
     g.add_argument("--part", default="", help="with --page: a named part of the page (default: the main)")
     args = p.parse_args(argv)
     if args.page is not None and args.command is None:
@@ -137,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.primary_seeds is not None and (not args.primary or args.primary_seeds < 1):
         p.error("--primary_seeds takes a positive number of seeds, with --primary")
     if args.reruns_of is not None:
-        options = (("--primary", args.primary), ("--page", args.page), ("--no_plots", args.no_plots))
+        options = (("--primary", args.primary), ("--no_plots", args.no_plots))
         given = [flag for flag, value in options if value]
         if given:
             p.error(f"--reruns_of writes the rounding report alone, to which {', '.join(given)} does not apply")
@@ -145,20 +149,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {args.results_dir} is not a folder; pass the --results_path of the runs", file=sys.stderr)
         return 2
     if args.reruns_of is not None:
-        return _rounding_report(args.results_dir, args.reruns_of, args.out or args.results_dir / "report")
+        report_dir = args.out or args.results_dir / "report"
+        code = _rounding_report(args.results_dir, args.reruns_of, report_dir)
+    else:
+        code, report_dir = _report(args)
+    if code or args.page is None:
+        return code
+    page = [f"--command={args.command}", f"--part={args.part}"]
+    return results_page.main([str(args.results_dir), str(report_dir), str(args.page), *page])
+
+
+def _report(args: Namespace) -> tuple[int, Path | None]:
+    """The tables and figures of ``args.results_dir``: the exit code and the folder they went to."""
     primary = Primary(*args.primary, seeds=args.primary_seeds) if args.primary else None
     try:
         files = write_report(args.results_dir, args.out, plots=not args.no_plots, primary=primary)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 2, None
     print(files.text)
     written = [files.markdown, files.csv, files.sensitivity_csv, files.latex, *files.plots]
     print(f"=> wrote {len(written)} file(s) to {files.markdown.parent}")
-    if args.page is None:
-        return 0
-    page = [f"--command={args.command}", f"--planned={args.planned}", f"--part={args.part}"]
-    return results_page.main([str(args.results_dir), str(files.markdown.parent), str(args.page), *page])
+    return 0, files.markdown.parent
 
 
 def _rounding_report(reruns_dir: Path, base_dir: Path, out_dir: Path) -> int:

@@ -10,8 +10,11 @@ same page, between markers of its own, its headings one level further down.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import re
+import shlex
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -68,8 +71,30 @@ def busy_seconds(spans: list[tuple[float, float]]) -> float:
     return busy
 
 
-def provenance(results_dir: Path, command: str, planned: str = "") -> list[str]:
-    """The command, the machines and the time the results took, from the results files themselves."""
+def planned(command: str) -> str:
+    """The grid's size, planned from each ``run.py`` line of ``command`` (an ``env`` prefix allowed) as its
+    ``--dry_run`` plans it: the dry run's last line, in this process; ``; `` between lines, empty without a
+    ``run.py`` line. ``ValueError`` when a line's dry run refuses (its message is on stderr)."""
+    from normcl.utils.experiments import cli  # torch, through the registries: for a page with a grid only
+
+    plans = []
+    for line in command.splitlines():
+        words = shlex.split(line)
+        at = next((i for i, w in enumerate(words) if Path(w).name == "run.py"), None)
+        if at is None:
+            continue
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = cli.main([*words[at + 1 :], "--dry_run"])
+        if code:
+            raise ValueError(f"--command's line {line.strip()!r} cannot be planned: its --dry_run exited {code}")
+        plans.append(printed.getvalue().splitlines()[-1].removeprefix("=> "))
+    return "; ".join(plans)
+
+
+def provenance(results_dir: Path, command: str) -> list[str]:
+    """The command, the grid it plans, the machines and the time the results took, from the results files
+    themselves."""
     records, warnings = load_records(results_dir)
     envs = [r.environment for r in records]
     machines = Counter(
@@ -82,7 +107,8 @@ def provenance(results_dir: Path, command: str, planned: str = "") -> list[str]:
     lines.append(f"- Protocol: {protocol_text([r.args for r in records])}.")
     done = f"- Runs: {len(records) - validation} on the test protocol, {validation} on the validation split"
     done += f", {diverged} of them diverged (non-finite loss)" if diverged else ""
-    lines.append(f"{done} (the grid: {planned})." if planned else f"{done}.")
+    plan = planned(command)
+    lines.append(f"{done} (the grid: {plan})." if plan else f"{done}.")
     lines += [f"- Machine: {m} ({n} runs)." for m, n in sorted(machines.items())]
     commits = Counter(
         f"commit `{(e.get('git_commit') or 'unknown')[:10]}`"
@@ -156,10 +182,10 @@ def plots(report_dir: Path, page: Path) -> list[str]:
     return ["## Plots", "", *lines] if lines else []
 
 
-def render(results_dir: Path, report_dir: Path, page: Path, command: str, planned: str = "", part: str = "") -> str:
+def render(results_dir: Path, report_dir: Path, page: Path, command: str, part: str = "") -> str:
     """The page with one generated part replaced (a new page when ``page`` does not exist yet)."""
     begin, end = markers(part)
-    body = [*provenance(results_dir, command, planned), *tables(report_dir), "", *plots(report_dir, page)]
+    body = [*provenance(results_dir, command), *tables(report_dir), "", *plots(report_dir, page)]
     body = _down(body) if part else body  # a named part sits below the main part's sections
     text = page.read_text() if page.exists() else NEW_PAGE.format(begin=begin, end=end)
     if begin not in text or end not in text:
@@ -175,12 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("results_dir", type=Path, help="the runs' --results_path")
     p.add_argument("report_dir", type=Path, help="the folder utils.report wrote")
     p.add_argument("page", type=Path, help="the Markdown page to update (created if missing)")
-    p.add_argument("--command", required=True, help="the command that produced the results")
-    p.add_argument("--planned", default="", help="the grid's size, e.g. '72 validation run(s) + 84 test run(s)'")
+    p.add_argument(
+        "--command",
+        required=True,
+        help="the command that produced the results, one per line; the page gives the grid each run.py line plans",
+    )
     p.add_argument("--part", default="", help="a named part of the page, with markers of its own (default: the main)")
     a = p.parse_args(argv)
     try:
-        text = render(a.results_dir, a.report_dir, a.page, a.command, a.planned, a.part)
+        text = render(a.results_dir, a.report_dir, a.page, a.command, a.part)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
