@@ -8,11 +8,17 @@ same forward structure (separate passes or one joint pass, as the run uses), wit
 optimiser the model declares (``make_optimizer``) at the run's ``--lr``. The two are timed in turn (A, B, A, B, ...)
 so that the machine's drift cancels.
 
-Output: one JSON line with ``dataset``, ``model``, ``nl``, ``nf``, ``buffer_size``, ``forward_mode`` (``separate`` or
-``joint``), ``extra`` (the framework flags added), ``framework_ms``, ``bare_ms`` and ``ratio`` (framework / bare),
-and the environment (``benchmarks/output.py``, ``ENVIRONMENT``).
+With ``--against NORM`` a third loop, timed in turn with the two: the framework's step of the same run with NORM in
+place of ``--nl`` and ``--nl``'s forward mode (AdaB²N's joint pass against BN's joint pass), so that the norm is the
+one thing that differs: ``against_ms`` and ``norm_ratio`` (framework / against).
 
-    python benchmarks/step_time.py --dataset seq-fmnist --model er_ace --nl AdaB2N --buffer_size 500 --nf 20
+Output: one JSON line with ``dataset``, ``model``, ``nl``, ``nf``, ``buffer_size``, ``forward_mode`` (``separate`` or
+``joint``), ``extra`` (the framework flags added), ``framework_ms``, ``bare_ms``, ``ratio`` (framework / bare),
+``against`` (the norm, or null), ``against_ms`` and ``norm_ratio`` (null without ``--against``), and the environment
+(``benchmarks/output.py``, ``ENVIRONMENT``).
+
+    python benchmarks/step_time.py --dataset seq-fmnist --model er_ace --nl AdaB2N --buffer_size 500 --nf 20 \
+        --extra "--kappa 0.4 --lambd 0.1" --against BN
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from torch import Tensor
 
 from normcl.benchmarks.common import build, environment, timed
 from normcl.benchmarks.output import emit, parse
+from normcl.datasets.utils.continual_dataset import TaskData
 from normcl.models.utils.task_aware import task_aware_layers, task_counts
 from normcl.utils.run_setup import apply_speed_options
 from normcl.utils.stream import epoch_batches
@@ -34,9 +41,24 @@ from normcl.utils.training import Trainer
 from normcl.utils.wandb_logger import WandbLogger
 
 PARTS = {"sgd": 1, "joint": 1, "er": 2, "der": 2, "derpp": 3, "er_ace": 2}
-KEYS = ("dataset", "model", "nl", "nf", "buffer_size", "forward_mode", "extra", "framework_ms", "bare_ms", "ratio")
+KEYS = (
+    "dataset",
+    "model",
+    "nl",
+    "nf",
+    "buffer_size",
+    "forward_mode",
+    "extra",
+    "framework_ms",
+    "bare_ms",
+    "ratio",
+    "against",
+    "against_ms",
+    "norm_ratio",
+)
 SMOKE = (
-    "--nl AdaB2N --extra '--lambd 0.1 --kappa 0.4' --nf 2 --buffer_size 20 --samples_per_class 10 --steps 2 --warmup 1"
+    "--nl AdaB2N --extra '--lambd 0.1 --kappa 0.4' --nf 2 --buffer_size 20 --samples_per_class 10 --steps 2 --warmup 1 "
+    "--against BN"
 )
 
 
@@ -102,7 +124,26 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="training images per class (default: the buffer size, at least 300)",
     )
+    p.add_argument(
+        "--against",
+        default=None,
+        metavar="NORM",
+        help="also time the framework's step with NORM in place of --nl, in --nl's forward mode: norm_ratio",
+    )
     return p
+
+
+def in_task1(flags: list[str], synthetic: int | None) -> tuple[argparse.Namespace, Trainer, TaskData, list[Tensor]]:
+    """The framework's trainer of the run ``flags`` after its first task (the buffer filled, the task ended), and the
+    second task's batches."""
+    args, dataset, model = build(flags, synthetic)
+    trainer = Trainer(model, [dataset], [args], [WandbLogger(args)])
+    task0 = dataset.task(0)
+    for idx in epoch_batches(len(task0.train_y), args.batch_size, dataset.device):
+        trainer.train_step([task0], idx[None])  # one member
+    model.meta_end_task(dataset)
+    task1 = dataset.task(1)
+    return args, trainer, task1, epoch_batches(len(task1.train_y), args.batch_size, dataset.device)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -115,16 +156,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         flags += ["--device", a.device]
     if a.threads:
         flags += ["--num_threads", str(a.threads)]
-    args, dataset, model = build(flags, a.synthetic)
+    args, trainer, task1, batches = in_task1(flags, a.synthetic)
+    model, dataset = trainer.model, trainer.datasets[0]
     device = dataset.device
-    trainer = Trainer(model, [dataset], [args], [WandbLogger(args)])
-
-    task0 = dataset.task(0)
-    for idx in epoch_batches(len(task0.train_y), args.batch_size, device):
-        trainer.train_step([task0], idx[None])  # one member
-    model.meta_end_task(dataset)
-    task1 = dataset.task(1)
-    batches = epoch_batches(len(task1.train_y), args.batch_size, device)
+    steps = {"framework": lambda i: trainer.train_step([task1], batches[i % len(batches)][None])}
+    if a.against:
+        mode = ["--forward_mode", model.forward_mode]
+        _, other, other_task1, other_batches = in_task1([*flags, "--nl", a.against, *mode], a.synthetic)
+        steps["against"] = lambda i: other.train_step([other_task1], other_batches[i % len(other_batches)][None])
     c, h, w = dataset.SHAPE
     lo, hi = dataset.task_classes(1)
     parts = []
@@ -134,13 +173,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         parts.append((x, y, torch.full((args.batch_size,), 1 if k == 0 else 0, device=device)))
     weights = [w for layer in task_aware_layers(model.net) for w in layer.norm_loss_weight(model.current_task)]
     step = bare_step(model, args, parts, max(weights, default=0.0))
-    framework, bare = [], []
+    steps["bare"] = lambda i: step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(a.steps + a.warmup):  # interleaved (A, B, A, B, ...): the machine's drift cancels
-        framework.append(timed(lambda i=i: trainer.train_step([task1], batches[i % len(batches)][None]), device))
-        bare.append(timed(step, device))
-
-    framework_ms = statistics.median(framework[a.warmup :])
-    bare_ms = statistics.median(bare[a.warmup :])
+        for name, fn in steps.items():
+            times[name].append(timed(lambda fn=fn, i=i: fn(i), device))
+    ms = {name: statistics.median(t[a.warmup :]) for name, t in times.items()}
+    against_ms = ms.get("against")
     result = {
         "dataset": a.dataset,
         "model": a.model,
@@ -149,9 +188,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "buffer_size": a.buffer_size,
         "forward_mode": model.forward_mode,
         "extra": a.extra,
-        "framework_ms": round(framework_ms, 3),
-        "bare_ms": round(bare_ms, 3),
-        "ratio": round(framework_ms / bare_ms, 3),
+        "framework_ms": round(ms["framework"], 3),
+        "bare_ms": round(ms["bare"], 3),
+        "ratio": round(ms["framework"] / ms["bare"], 3),
+        "against": a.against,
+        "against_ms": None if against_ms is None else round(against_ms, 3),
+        "norm_ratio": None if against_ms is None else round(ms["framework"] / against_ms, 3),
     }
     emit(result | environment(device))
 
