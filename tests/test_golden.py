@@ -24,7 +24,8 @@ only on the machine that recorded it. Before a refactor (of code that has this t
 ``NORMCL_RECORD_GOLDEN=1 pytest -p no:xdist tests/test_golden.py -k portable_golden`` rewrites every case. A person
 must then read ``git diff tests/golden/float64.json``: the cases whose losses or accuracies moved must be exactly those
 the change means to move (a refactor moves none; the fixture's migration to per-tensor digests left every loss and
-accuracy bit for bit equal), and the commit says why. The other tests here (the tolerance's sensitivity, the fixture
+accuracy bit for bit equal, and its integer tensors' move from their sum to :func:`count_digest` kept every sum),
+and the commit says why. The other tests here (the tolerance's sensitivity, the fixture
 naming every case) then run unchanged.
 """
 
@@ -97,10 +98,18 @@ def digest(values: torch.Tensor) -> list[float]:
     return [float(x.norm()), float(x @ signs) / math.sqrt(max(1, x.numel()))]
 
 
+def count_digest(values: torch.Tensor) -> list[int]:
+    """An exact digest of an integer tensor (step counters, labels, task ids): its sum and its sum weighted by
+    position (weights 1..1009, cycling), as integers; a permutation moves the second."""
+    x = values.detach().flatten().cpu().long()
+    weights = torch.arange(x.numel(), dtype=torch.long) % 1009 + 1
+    return [int(x.sum()), int(x @ weights)]
+
+
 def state_digests(model: ContinualModel) -> dict[str, list[float]]:
     """Each tensor of the model's final state by name: the network's parameters and running statistics, and the
     replay buffer's examples, labels, logits and task ids; floating-point ones as :func:`digest`, integer ones (step
-    counters, labels, task ids) as their sum."""
+    counters, labels, task ids) as :func:`count_digest`."""
     tensors = dict(model.state_dict())
     if model.buffer is not None:
         for k, member in enumerate(model.buffer.state_dict()["members"]):
@@ -108,7 +117,7 @@ def state_digests(model: ContinualModel) -> dict[str, list[float]]:
     out = {}
     for name, value in tensors.items():
         if isinstance(value, torch.Tensor) and value.numel():
-            out[name] = digest(value) if value.is_floating_point() else [float(value.double().sum())]
+            out[name] = digest(value) if value.is_floating_point() else count_digest(value)
     return out
 
 
@@ -158,11 +167,11 @@ def portable_record(got: dict[str, Any]) -> dict[str, Any]:
 
 
 def _digest_differs(got: list[float], expected: list[float]) -> bool:
-    """Digests agree within ``DIGEST_RTOL`` of the tensor's norm (the first entry; a count's sum: exactly) plus
-    ``ATOL``."""
+    """Digests agree within ``DIGEST_RTOL`` of the tensor's norm (the first entry) plus ``ATOL``; an integer tensor's
+    (:func:`count_digest`, integers) exactly."""
     if len(got) != len(expected):
         return True
-    if len(expected) == 1:
+    if all(isinstance(v, int) for v in expected):
         return got != expected
     return any(abs(a - b) > DIGEST_RTOL * abs(expected[0]) + ATOL for a, b in zip(got, expected, strict=True))
 
@@ -217,6 +226,14 @@ def test_the_portable_tolerance_catches_a_learning_rate_changed_by_one_part_in_a
     got = portable_record(run_case(f"{PORTABLE_FLAGS} {CASES[case]} --lr 0.03000003", tmp_path, monkeypatch))
     found = mismatches(got, json.loads(PORTABLE.read_text())["cases"][case])
     assert found and found[0].startswith("step 2: loss"), found
+
+
+def test_an_integer_tensors_digest_sees_a_permutation_its_sum_does_not() -> None:
+    """Buffer labels or task ids stored in another order keep their sum: the weighted entry must move."""
+    labels = torch.tensor([0, 1, 1, 2, 3, 3, 9])
+    assert count_digest(labels) == [19, 109] and count_digest(labels.flip(0))[0] == 19
+    assert count_digest(labels.flip(0)) != count_digest(labels)
+    assert _digest_differs(count_digest(labels.flip(0)), count_digest(labels))
 
 
 def test_the_portable_fixture_has_every_case_and_says_where_it_was_recorded() -> None:
