@@ -5,8 +5,8 @@
 #
 #   bash benchmarks/cpu.sh [PART...]      # default: every part, in this order (hours in all on the 2-core machine)
 #     step      step_time.py: framework against bare step, 2 datasets x nf 20, 64 x er_ace, derpp x BN, AdaB2N
-#     norm_step step_time.py: AdaB2N's whole step against BN's in the same (joint) forward pass, seq-fmnist,
-#               nf 20 and 64 x er_ace, derpp (the AdaB2N rows of step, alone)
+#     norm_step step_time.py --against BN: AdaB2N's whole step against BN's in the same (joint) forward pass,
+#               seq-fmnist, nf 20 and 64 x er_ace, derpp
 #     options   step_time.py: er_ace AdaB2N nf 20 with each speed option (--channels_last, --amp)
 #     norm      norm_layer.py: AdaB2N's layer against BN, nf 20 and 64, eager and --compile 1
 #     eval      eval_time.py: evaluation throughput, batch 256 and 1000
@@ -32,11 +32,11 @@ bench() {  # script args...: its JSON lines on stdout and in $OUT/cpu.jsonl
   $PYTHON "benchmarks/$script" "$@" | tee -a "$OUT/cpu.jsonl"
 }
 
-step() {  # dataset model nl nf [extra framework flags]
-  local ds=$1 model=$2 nl=$3 nf=$4 extra=${5:-} syn=()
+step() {  # dataset model nl nf [extra framework flags] [norm to time against, in nl's forward pass]
+  local ds=$1 model=$2 nl=$3 nf=$4 extra=${5:-} against=() syn=()
   if [[ $ds == seq-cifar10 ]]; then syn=(--synthetic 300); fi  # random images through CIFAR-10's pipeline
-  local against=()
-  if [[ $nl == AdaB2N ]]; then extra="$ADAB2N $extra" against=(--against BN); fi  # BN in AdaB2N's forward pass too
+  if [[ $nl == AdaB2N ]]; then extra="$ADAB2N $extra"; fi
+  if [[ -n ${6:-} ]]; then against=(--against "$6"); fi
   bench step_time.py --dataset "$ds" "${syn[@]}" --model "$model" --nl "$nl" --nf "$nf" --steps 40 --warmup 10 \
     --threads "$THREADS" --extra "$extra" "${against[@]}"
 }
@@ -55,7 +55,7 @@ part_step() {
 part_norm_step() {
   local nf model
   for nf in 20 64; do
-    for model in er_ace derpp; do step seq-fmnist $model AdaB2N $nf; done
+    for model in er_ace derpp; do step seq-fmnist $model AdaB2N $nf "" BN; done
   done
 }
 

@@ -213,11 +213,10 @@ def test_forward_mode_help_names_the_joint_norms_and_models_from_the_registries(
     editing the help)."""
     from normcl.models import MODELS
     from normcl.models.utils import NORMS
-    from normcl.utils.parser import build_parser
+    from normcl.utils.parser import build_parser, help_of
 
     (action,) = [a for a in build_parser()._actions if "--forward_mode" in a.option_strings]
-    text = action.help() if callable(action.help) else action.help
-    norms, models = text.split("else the model's own")
+    norms, models = help_of(action).split("else the model's own")
     for name in NORMS.names():
         joint = getattr(NORMS.get(name).layer, "prefers_joint_forward", False)
         assert (re.search(rf"\b{re.escape(name)}\b", norms) is not None) == joint, name

@@ -59,11 +59,12 @@ def test_a_partly_run_grid_is_compared_on_the_seeds_every_configuration_has(tmp_
     assert s.best_gain is not None and s.best_gain.diff.mean == 10.0 and s.best_gain.diff.n == 1
 
 
-def test_a_configuration_that_ran_a_seed_twice_is_refused_not_paired_at_random(tmp_path: Path) -> None:
-    """A rerun of B's seed 1 beside its run (B is then best on test): pairing by seed would keep whichever came
-    last, so it is refused."""
+@pytest.mark.parametrize("final", [90.0, 20.0])  # B then best on test, or not: either way its mean counts seed 1 twice
+def test_a_configuration_that_ran_a_seed_twice_is_refused_not_counted_twice(tmp_path: Path, final: float) -> None:
+    """A rerun of B's seed 1 beside its run: B's mean would count the seed twice and its pairing keep whichever run
+    came last, so it is refused."""
     column(tmp_path, "er_ace", bn=[40, 44, 45], a=[41, 44, 44], b=[46, 48, 50], val=(60, 50))
-    write_run(tmp_path, "er_ace-b1-again", final=90.0, seed=1, model="er_ace", nl="AdaB2N", **B)
+    write_run(tmp_path, "er_ace-b1-again", final=final, seed=1, model="er_ace", nl="AdaB2N", **B)
     with pytest.raises(UserError, match=r"repeats seed 1 of .*: AdaB2N − BN in seq-fmnist er_ace 200 pairs runs by"):
         selections(build_report(load_records(tmp_path)[0]))
 

@@ -100,9 +100,9 @@ def digest(values: torch.Tensor) -> list[float]:
 
 def count_digest(values: torch.Tensor) -> list[int]:
     """An exact digest of an integer tensor (step counters, labels, task ids): its sum and its sum weighted by
-    position (weights 1..1009, cycling), as integers; a permutation moves the second."""
+    position (1, 2, ..., n), as integers; a permutation moves the second."""
     x = values.detach().flatten().cpu().long()
-    weights = torch.arange(x.numel(), dtype=torch.long) % 1009 + 1
+    weights = torch.arange(1, x.numel() + 1, dtype=torch.long)
     return [int(x.sum()), int(x @ weights)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from test_report import write_run
 
 from normcl.utils.experiments import results_page
@@ -58,14 +59,32 @@ def grid_command(results: Path) -> str:
     )
 
 
-def test_a_command_line_that_cannot_be_planned_is_refused(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("python3 run.py --datasets seq-nope", "cannot be planned: its --dry_run exited 2"),
+        ("python3 run.py --datasets seq-fmnist --bogus 1", "run.py's parser stopped it (exit 2)"),
+        ("python3 run.py --help", "run.py's parser stopped it (exit 0)"),
+        ("normcl-grid --report", "it makes a report, not a grid"),
+        ("python3 run.py --extra 'unclosed", "is not a shell command (No closing quotation)"),
+    ],
+)
+def test_a_command_line_that_cannot_be_planned_is_refused(line: str, said: str, tmp_path: Path, capsys) -> None:
     results = tmp_path / "results"
     report_dir = make_results(results)
     page = tmp_path / "results.md"
-    argv = [str(results), str(report_dir), str(page), "--command", "python3 run.py --datasets seq-nope"]
-    assert results_page.main(argv) == 2 and not page.exists()
+    assert results_page.main([str(results), str(report_dir), str(page), "--command", line]) == 2
+    assert not page.exists()
     err = capsys.readouterr().err
-    assert "cannot be planned: its --dry_run exited 2" in err and "seq-nope" in err
+    assert f"error: --command's line {line!r}" in err and said in err
+
+
+def test_each_spelling_of_the_grid_command_is_planned_and_the_size_is_the_plan_with_or_without_stacks(
+    tmp_path: Path,
+) -> None:
+    grid = f"--datasets seq-fmnist --models er_ace --buffer_sizes 200 --results_path {tmp_path} --methods BN GN"
+    lines = [f"python run.py {grid}", f"normcl-grid {grid} --stack 2", f"python -m normcl.run {grid} --num_seeds 1"]
+    assert results_page.planned("\n".join([*lines, "bash other.sh"])) == "6 run(s); 6 run(s); 2 run(s)"
 
 
 def test_busy_seconds_is_the_length_of_the_union_of_intervals() -> None:

@@ -60,6 +60,23 @@ def test_the_report_states_the_identity_check_and_the_table(tmp_path: Path, caps
     assert "Reruns without a base run of their name (left out): threads/gn_seed0" in text
 
 
+def test_the_rounding_report_writes_its_part_of_a_results_page(tmp_path: Path) -> None:
+    base, reruns = folders(tmp_path, same=(60.0, 64.0))
+    page = tmp_path / "results.md"
+    argv = [str(reruns), "--reruns_of", str(base), "--out", str(tmp_path / "out"), "--page", str(page)]
+    assert main([*argv, "--part", "rounding", "--command", "bash rerun.sh"]) == 0
+    text = page.read_text()
+    assert "bash rerun.sh" in text and "- `kernels`: 3 reruns, perturbation." in text
+    assert "<!-- end of the generated part (rounding) -->" in text
+
+
+def test_page_flags_without_a_page_are_refused(tmp_path: Path, capsys) -> None:
+    base, reruns = folders(tmp_path, same=(60.0, 64.0))
+    with pytest.raises(SystemExit):
+        main([str(reruns), "--reruns_of", str(base), "--command", "bash rerun.sh"])
+    assert "--command and --part say how to write a results page: add --page PAGE" in capsys.readouterr().err
+
+
 def test_a_missing_base_folder_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
     (tmp_path / "reruns").mkdir()
     assert main([str(tmp_path / "reruns"), "--reruns_of", str(tmp_path / "nope")]) == 2

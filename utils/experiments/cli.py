@@ -285,9 +285,9 @@ def main(
     if args.dry_run:
         jobs = stack_runs(runs, args.stack)
         print_runs(jobs, command)
-        print(f"=> {len(runs)} run(s)")
         if args.stack > 1:
             print(stacking_text(jobs, args.stack))
+        print(f"=> {len(runs)} run(s)")  # last: the grid's size (a results page's plan reads it)
         return 0
     if not args.yes and len(done) < len(runs) and not confirm(len(runs) - len(done)):
         print("=> nothing started")

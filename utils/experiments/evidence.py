@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from normcl.utils.experiments.gains import comparison
 from normcl.utils.experiments.methods import BASELINE, Config
 from normcl.utils.experiments.selection import best_config
-from normcl.utils.experiments.tables import Column, Entry, Gain, Report, gain_of
+from normcl.utils.experiments.tables import Column, Entry, Gain, Report, by_seed, gain_of
 
 
 @dataclass(frozen=True)
@@ -35,22 +35,23 @@ def selections(report: Report) -> list[Selection]:
         compared = comparison(report, method)
         baseline = compared.baseline if compared else BASELINE
         base = report.entries.get((baseline, column))
-        configs = on_common_seeds(configs)
+        where = f"{compared.label if compared else f'{method} − {baseline}'} in {column.label}"
+        configs = on_common_seeds(configs, where)
         if len(configs) < 2 or base is None or base.on_validation:
             continue
         best = best_config({c: e.runs + e.diverged for c, e in configs.items()})
         chosen = report.entries[(method, column)].config
-        where = f"{method} − {baseline} in {column.label}"
         best_gain = gain_of(configs[best], base, where) if best in configs else None
         chosen_gain = gain_of(configs[chosen], base, where) if chosen in configs else None
         out.append(Selection(method, baseline, column, len(configs), best, best_gain, chosen, chosen_gain))
     return out
 
 
-def on_common_seeds(configs: dict[Config, Entry]) -> dict[Config, Entry]:
+def on_common_seeds(configs: dict[Config, Entry], where: str) -> dict[Config, Entry]:
     """The configurations' test runs on the seeds that every configuration has run (diverged runs count as run),
-    so that a partly run grid compares like with like; none when no seed is common to all."""
-    seeds = [{r.seed for r in e.runs + e.diverged} for e in configs.values()]
+    so that a partly run grid compares like with like; none when no seed is common to all. A configuration that ran
+    a seed twice is refused (:func:`.tables.by_seed`, naming ``where``): its mean would count the seed twice."""
+    seeds = [set(by_seed(e.runs + e.diverged, where)) for e in configs.values()]
     common = set.intersection(*seeds) if seeds else set()
     if not common:
         return {}

@@ -133,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.page is not None and args.command is None:
         p.error("--page needs --command, the command that produced the results")
+    if args.page is None and (args.command is not None or args.part):
+        p.error("--command and --part say how to write a results page: add --page PAGE, or leave them out")
     if args.primary and args.primary[2] not in METRIC_NAMES:
         p.error(f"--primary: unknown metric '{args.primary[2]}'; choose one of: {', '.join(METRIC_NAMES)}")
     for name in (args.primary or [])[:2]:
