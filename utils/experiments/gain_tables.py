@@ -117,7 +117,7 @@ def pooled_table(report: Report, primary: Primary | None = None) -> list[str]:
     for p, adj, prim in zip(rows, adjusted, is_primary, strict=True):
         e = p.estimate
         if prim:
-            holm_cells = ["primary: not in the family", "–"]
+            holm_cells = ["primary, not in the family: its section decides (diverged runs at chance)", "–"]
         elif adj is not None and adj <= ALPHA:  # Holm rejects: compatible with a one-sided bound at 0 only
             holm_cells = [_p(adj), "above 0" if (e.mean or 0) > 0 else "below 0"]
         else:
