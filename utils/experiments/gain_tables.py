@@ -16,7 +16,7 @@ from normcl.utils.experiments.gains import (
     STREAM_METRICS,
     Comparison,
     Primary,
-    column_gain,
+    column_gains,
     comparison,
     comparisons,
     pooled,
@@ -24,7 +24,7 @@ from normcl.utils.experiments.gains import (
     verdict,
     without_diverged,
 )
-from normcl.utils.experiments.inference import ALPHA
+from normcl.utils.experiments.inference import ALPHA, Estimate
 from normcl.utils.experiments.records import DIVERGED
 from normcl.utils.experiments.tables import Report
 
@@ -41,6 +41,11 @@ def _interval(bounds: tuple[float, float] | None) -> str:
     return "–" if bounds is None else f"[{bounds[0]:+.2f}, {bounds[1]:+.2f}]"
 
 
+def _ci(e: Estimate) -> str:
+    """The estimate's 95 % interval, as :func:`_interval` writes it."""
+    return _interval(None if e.low is None else (e.low, e.high))
+
+
 def _metrics(report: Report) -> list[str]:
     stream = any(r.anytime for e in report.entries.values() for r in e.runs)
     return [m for m, _ in METRICS if stream or m not in STREAM_METRICS]
@@ -53,20 +58,19 @@ def _notes(report: Report, comps: Sequence[Comparison]) -> list[str]:
     return out
 
 
-def _flagged(report: Report, comp: Comparison) -> bool:
-    return bool(comp.differs) or provenance_warning(report, comp) is not None
-
-
 def column_tables(report: Report, header: str, rule: str) -> list[str]:
     """Per metric, each comparison's paired gain in each column."""
     comps = comparisons(report)
+    # ⚠ on a comparison that differs in more than the norm or pools runs of different code or machines
+    labels = {c: c.label + (" ⚠" if c.differs or provenance_warning(report, c) else "") for c in comps}
     out: list[str] = []
     for metric in _metrics(report):
         rows = []
         for comp in comps:
-            cells = [g.text() if (g := column_gain(report, comp, c, metric)) else "" for c in report.columns]
+            gains = column_gains(report, comp, metric)
+            cells = [g.text() if (g := gains.get(c)) else "" for c in report.columns]
             if any(cells):
-                rows.append(f"| {comp.label}{' ⚠' if _flagged(report, comp) else ''} | " + " | ".join(cells) + " |")
+                rows.append(f"| {labels[comp]} | " + " | ".join(cells) + " |")
         if rows:
             out += [f"## Gain over BN per column, paired by seed: {METRIC_NAMES[metric]} (points)", ""]
             out += [
@@ -123,7 +127,7 @@ def pooled_table(report: Report, primary: Primary | None = None) -> list[str]:
         else:
             holm_cells = [_p(adj), _interval(e.interval_at(level))]
         cells = [p.comparison.label, METRIC_NAMES[p.metric], str(e.units), str(p.columns), str(p.incomplete)]
-        cells += [_num(e.mean), _interval(None if e.low is None else (e.low, e.high)), _p(e.p), _num(e.d_z, ".2f")]
+        cells += [_num(e.mean), _ci(e), _p(e.p), _num(e.d_z, ".2f")]
         out.append("| " + " | ".join(cells + holm_cells) + " |")
     return [*out, "", *_notes(report, comparisons(report)), ""]
 
@@ -160,7 +164,7 @@ def primary_section(report: Report, primary: Primary) -> list[str]:
         "",
         f"- Units: {e.units} seeds{declared}, {result.columns} of {columns} columns ({short}).",
         f"- {'Gain' if complete else 'Interim gain'}: {_num(e.mean)} points, 95 % interval "
-        f"{_interval(None if e.low is None else (e.low, e.high))}, p {_p(e.p)}, d_z {_num(e.d_z, '.2f')}; ahead on "
+        f"{_ci(e)}, p {_p(e.p)}, d_z {_num(e.d_z, '.2f')}; ahead on "
         f"{e.ahead} of {e.units} seeds.",
         f"- Verdict: {verdict(e) if complete else INTERIM}.",
     ]
@@ -169,7 +173,7 @@ def primary_section(report: Report, primary: Primary) -> list[str]:
         w = without.estimate
         out.append(
             f"- Without the seeds that hold a diverged run: {w.units} seeds, {_num(w.mean)} points, "
-            f"{_interval(None if w.low is None else (w.low, w.high))}, p {_p(w.p)}."
+            f"{_ci(w)}, p {_p(w.p)}."
         )
     return [*out, *_notes(report, [comp]), ""]
 

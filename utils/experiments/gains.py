@@ -149,14 +149,16 @@ def pooled(report: Report, comp: Comparison, metric: str = "class_il", at_chance
     return Pooled(comp, metric, Estimate.of(inference.per_seed(diffs)), len(columns), incomplete)
 
 
-def column_gain(report: Report, comp: Comparison, column: Column, metric: str) -> Gain | None:
-    """The comparison's paired gain in one column: mean ± sd over seeds, on how many ahead, the method's diverged
-    runs (paired with nothing)."""
-    diffs = [d for (c, _), d in pairs(report, comp, metric).items() if c == column]
-    if not diffs:
-        return None
-    diverged = len(report.entries[(comp.method, column)].diverged)
-    return Gain(Stat.of(diffs), sum(d > 0 for d in diffs), diverged)
+def column_gains(report: Report, comp: Comparison, metric: str) -> dict[Column, Gain]:
+    """The comparison's paired gain in each column where it has a pair: mean ± sd over seeds, on how many ahead, the
+    method's diverged runs (paired with nothing)."""
+    by_column: dict[Column, list[float]] = {}
+    for (column, _), diff in pairs(report, comp, metric).items():
+        by_column.setdefault(column, []).append(diff)
+    return {
+        column: Gain(Stat.of(diffs), sum(d > 0 for d in diffs), len(report.entries[(comp.method, column)].diverged))
+        for column, diffs in by_column.items()
+    }
 
 
 def provenance_warning(report: Report, comp: Comparison) -> str | None:
