@@ -67,7 +67,7 @@ def bare_step(model, args: argparse.Namespace, parts: list[tuple[Tensor, Tensor,
     mode, with the optimiser the model declares for a run's parameters at the run's learning rate (``args``)."""
     for layer in task_aware_layers(model.net):
         layer.norm_loss = None  # a graph node: not copyable
-    net = model.member_net(0)  # the network of the run (its one member), a copy
+    net = model.net.member(0)  # the network of the run (its one member), a copy of its own
     apply_speed_options(net, args)  # a copy drops the compiled call (Module.__getstate__): compile it too
     opt = model.make_optimizer(list(net.parameters()), args.lr)
     layers = task_aware_layers(net)

@@ -108,6 +108,31 @@ def _member_grads(stacked: StackedNet, k: int, net: torch.nn.Module) -> list[tor
     return [p.grad.chunk(stacked.members)[k].reshape(q.shape) for p, q in members]
 
 
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_a_kept_member_is_refreshed_to_the_state_a_new_member_has(norm: str) -> None:
+    """``member(k, kept=True)`` (what scoring reads) is built once; after the stack ran a training forward, ended a
+    task and moved its parameters it is the same network with exactly the state, options and extra state that a member
+    built anew has; moving the stack to another dtype builds it again."""
+    nets = members(norm)
+    stacked = StackedNet([copy.deepcopy(net) for net in nets])
+    kept = [stacked.member(k, kept=True) for k in range(K)]
+    torch.manual_seed(0)
+    hand_tasks(nets, stacked, torch.tensor([[0, 0, 0, 1, 1, 0], [1, 1, 0, 0, 0, 0], [0, 1, 0, 1, 0, 1]]))
+    with torch.no_grad():
+        stacked(torch.randn(K, B, 1, 12, 12, dtype=torch.float64))  # training statistics move
+        for p in stacked.parameters():
+            p.add_(torch.randn_like(p))
+    for k in range(K):
+        again, new = stacked.member(k, kept=True), stacked.member(k)
+        assert again is kept[k]
+        assert repr(again) == repr(new)
+        for (name, a), b in zip(new.state_dict().items(), again.state_dict().values(), strict=True):
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, f"member {k}: {name}"
+        assert not torch.equal(kept[k].conv1.weight, nets[k].conv1.weight), "the state moved"
+    floats = stacked.float().member(0, kept=True)
+    assert floats is not kept[0] and floats.conv1.weight.dtype == torch.float32
+
+
 def test_a_member_comes_back_on_the_stacks_dtype_and_memory_format() -> None:
     """Members built in float32 and stacked, the stack then made float64 and channels-last (as ``--dtype`` and
     ``--channels_last`` do after stacking): ``member(k)`` is that too, and scores as the stack's member k."""

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normcl.models.utils.adab2n_options import ADA_T0, KAPPA, LAMBD, OPTIONS, PER_MEMBER
-from normcl.models.utils.layer_stacking import MemberState, Stacking, load, same, slice_member, stackable
+from normcl.models.utils.layer_stacking import MemberState, Stacking, load, load_member, same, stackable
 from normcl.models.utils.norms import float32_under_autocast, register_norm
 from normcl.models.utils.task_aware import task_counts
 from normcl.utils.core.options import Option, require
@@ -159,7 +159,7 @@ class AdaB2N(MemberState, nn.BatchNorm2d):
         single = type(template)(c, self.num_tasks, self.kappa[k], self.eps, self.momentum, self.affine,
                                 renorm=self.renorm, lambd=self.lambd[k], ada_t0=self.ada_t0[k],
                                 device=self.running_mean.device, dtype=self.running_mean.dtype)  # fmt: skip
-        return slice_member(self, k, single)
+        return load_member(self, k, single)
 
     def extra_repr(self) -> str:
         options = f"kappa={self.kappa}, renorm={self.renorm}, lambd={self.lambd}, ada_t0={self.ada_t0}"

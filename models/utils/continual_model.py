@@ -121,9 +121,11 @@ class ContinualModel(nn.Module):
             return net(x).float()
 
     def member_net(self, k: int) -> nn.Module:
-        """Member ``k`` as the ordinary network it is alone: a copy with its current state and mode (a copy for one
-        member too; not compiled, whatever ``--compile`` says)."""
-        return self.net.member(k).train(self.net.training)
+        """Member ``k`` as the ordinary network it is alone, with its current state and mode, for reading (scoring,
+        digests, diagnostics): kept between calls and refreshed, not built anew (``StackedNet.member(k, kept=True)``;
+        a network of its own for one member too; not compiled, whatever ``--compile`` says). To train a copy:
+        ``self.net.member(k)``."""
+        return self.net.member(k, kept=True).train(self.net.training)
 
     def autocast(self) -> AbstractContextManager:
         """bf16 autocast of the forward passes under ``--amp``; no context at all otherwise (any device)."""

@@ -30,37 +30,6 @@ SHARED_BUFFERS = frozenset({"num_batches_tracked", "tasks_completed"})
 (``get_extra_state``: Python values its state dict carries, e.g. TBBN's task count) is shared likewise."""
 
 
-@dataclass(frozen=True)
-class Stacking:
-    """``stack(layers)``: one layer for K members' ``layers`` (their hyper-parameters checked); ``member(stacked, k,
-    template)``: member k's layer back, a copy of ``template`` with its state; ``per_member``: the builder keywords
-    (norm options) in which members may differ; ``scaled``: the attributes :func:`per_channel` multiplies by K."""
-
-    stack: Callable[[Sequence[nn.Module]], nn.Module]
-    member: Callable[[nn.Module, int, nn.Module], nn.Module]
-    per_member: frozenset[str] = frozenset()
-    scaled: tuple[str, ...] = ()
-
-
-STACKINGS: dict[type[nn.Module], Stacking] = {}
-
-
-def stackable(stacking: Stacking) -> Callable[[L], L]:
-    """Class decorator: declare how exactly this class stacks."""
-
-    def declare(cls: L) -> L:
-        if STACKINGS.setdefault(cls, stacking) is not stacking:
-            raise TypeError(f"{cls.__name__} declares its stacking twice")
-        return cls
-
-    return declare
-
-
-def stacking_of(layer_type: type[nn.Module]) -> Stacking | None:
-    """The declared stacking of exactly ``layer_type`` (not of a base class), or ``None``."""
-    return STACKINGS.get(layer_type)
-
-
 def place_like(new: nn.Module, old: nn.Module) -> nn.Module:
     """Move ``new`` to the device and floating dtype of ``old``'s first floating tensor (if it has one)."""
     for t in itertools.chain(old.parameters(), old.buffers()):
@@ -116,10 +85,14 @@ def load(new: nn.Module, layers: Sequence[nn.Module], shared: Sequence[str] = SH
 
 
 def slice_member(stacked: nn.Module, k: int, template: nn.Module) -> nn.Module:
-    """Member ``k`` of ``stacked`` as a copy of ``template``: its block of every parameter and buffer (the inverse of
-    :func:`load`: the members' blocks lie one after the other along the first dimension) and the shared extra
-    state."""
-    member = copy.deepcopy(template)
+    """Member ``k`` of ``stacked`` as a copy of ``template`` with its state (:func:`load_member`)."""
+    return load_member(stacked, k, copy.deepcopy(template))
+
+
+def load_member(stacked: nn.Module, k: int, member: nn.Module) -> nn.Module:
+    """Copy member ``k``'s state from ``stacked`` into ``member``, a layer of one member, in place: its block of
+    every parameter and buffer (the inverse of :func:`load`: the members' blocks lie one after the other along the
+    first dimension) and the shared extra state."""
     state = extra_state(stacked)
     if state is not None:
         member.set_extra_state(copy.deepcopy(state))
@@ -130,6 +103,40 @@ def slice_member(stacked: nn.Module, k: int, template: nn.Module) -> nn.Module:
                 source = source.reshape(source.numel() // target.numel(), -1)[k].view(target.shape)
             target.copy_(source)
     return member
+
+
+@dataclass(frozen=True)
+class Stacking:
+    """``stack(layers)``: one layer for K members' ``layers`` (their hyper-parameters checked); ``member(stacked, k,
+    template)``: member k's layer back, a copy of ``template`` with its state; ``refresh(stacked, k, member)``: a
+    layer that ``member`` built earlier brought to member k's current state in place (default
+    :func:`load_member`); ``per_member``: the builder keywords (norm options) in which members may differ;
+    ``scaled``: the attributes :func:`per_channel` multiplies by K."""
+
+    stack: Callable[[Sequence[nn.Module]], nn.Module]
+    member: Callable[[nn.Module, int, nn.Module], nn.Module]
+    per_member: frozenset[str] = frozenset()
+    scaled: tuple[str, ...] = ()
+    refresh: Callable[[nn.Module, int, nn.Module], nn.Module] = load_member
+
+
+STACKINGS: dict[type[nn.Module], Stacking] = {}
+
+
+def stackable(stacking: Stacking) -> Callable[[L], L]:
+    """Class decorator: declare how exactly this class stacks."""
+
+    def declare(cls: L) -> L:
+        if STACKINGS.setdefault(cls, stacking) is not stacking:
+            raise TypeError(f"{cls.__name__} declares its stacking twice")
+        return cls
+
+    return declare
+
+
+def stacking_of(layer_type: type[nn.Module]) -> Stacking | None:
+    """The declared stacking of exactly ``layer_type`` (not of a base class), or ``None``."""
+    return STACKINGS.get(layer_type)
 
 
 class MemberState:
@@ -243,7 +250,7 @@ def _keep(layers: Sequence[nn.Module]) -> nn.Module:
     return copy.deepcopy(layers[0])
 
 
-KEEP = Stacking(_keep, lambda stacked, k, template: copy.deepcopy(template))
+KEEP = Stacking(_keep, lambda stacked, k, template: copy.deepcopy(template), refresh=lambda stacked, k, member: member)
 """The stacking of a layer without state that acts on each channel (or element) alone and draws no random number:
 the stack keeps it as it is (activations, pooling). Not dropout: its masks would come from one generator."""
 

@@ -22,7 +22,7 @@ layer that declares no stacking holds one member, itself: a network with one sta
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +42,7 @@ def _kept(layers: Sequence[nn.Module]) -> nn.Module:
     return layers[0]
 
 
-KEPT = Stacking(_kept, lambda stacked, k, template: stacked)
+KEPT = Stacking(_kept, lambda stacked, k, template: stacked, refresh=lambda stacked, k, member: member)
 """How a layer without a declaration of its own holds its one member: as it is, live (:func:`_stacking`)."""
 
 
@@ -86,6 +86,7 @@ class StackedNet(nn.Module):
         self.members = len(nets)
         self.channels_last = channels_last
         self._template = [copy.deepcopy(nets[0])]  # a list: not a sub-module, not in the state dict
+        self._kept: dict[int, tuple[nn.Module, list[tuple[Stacking, nn.Module, nn.Module]]]] = {}  # member(kept=True)
         self.inner = _stack(nets)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -102,18 +103,35 @@ class StackedNet(nn.Module):
         blocks = [p.detach().chunk(self.members)[k] for p in self.parameters()]
         return [nn.Parameter(block.view(shape)) for block, shape in zip(blocks, shapes, strict=True)]
 
-    def member(self, k: int) -> nn.Module:
+    def member(self, k: int, *, kept: bool = False) -> nn.Module:
         """Member ``k`` as an ordinary network of the members' architecture, with its current state, on the stack's
-        device, dtype and memory format (a layer that declares no stacking: itself, live)."""
+        device, dtype and memory format (a layer that declares no stacking: itself, live).
+
+        ``kept``: the member is built once and kept; a later call brings the kept network to the current state in
+        place (each layer's ``Stacking.refresh``) instead of building another. For reading only (scoring, digests,
+        diagnostics): it is the same network at every call for ``k``, until the stack moves or changes dtype.
+        """
+        if kept and k in self._kept:
+            member, layers = self._kept[k]
+            for stacking, stacked, single in layers:
+                stacking.refresh(stacked, k, single)
+            return member
         template = self._template[0]
         stacked = dict(self.inner.named_modules())
+        layers = template.named_modules()
+        stackings = [(name, layer, s) for name, layer in layers if (s := _stacking(layer)) is not None]
         # Each layer's member first, handed to the copy of the template through deepcopy's memo: the copy takes them
         # as they are (a layer's sub-tree with it) and copies only the rest (containers).
-        singles = {
-            id(layer): stacking.member(stacked[name], k, layer)
-            for name, layer in template.named_modules()
-            if (stacking := _stacking(layer)) is not None
-        }
+        singles = {id(layer): stacking.member(stacked[name], k, layer) for name, layer, stacking in stackings}
         # The template stayed where the members were built: the member goes where the stack is.
         member = place_like(copy.deepcopy(template, singles), self.inner)
-        return member.to(memory_format=torch.channels_last) if self.channels_last else member
+        if self.channels_last:
+            member = member.to(memory_format=torch.channels_last)
+        if kept:
+            kept_layers = [(stacking, stacked[name], member.get_submodule(name)) for name, _, stacking in stackings]
+            self._kept[k] = (member, kept_layers)
+        return member
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> StackedNet:
+        self._kept.clear()  # built for the old device or dtype
+        return super()._apply(fn, recurse)
