@@ -15,7 +15,7 @@ from normcl.utils.experiments.report import main
 AVX2 = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "kernel_limits": {}, "threads": 1}
 KERNELS = {**AVX2, "cpu_capability": "DEFAULT", "kernel_limits": {"DNNL_MAX_CPU_ISA": "SSE41"}}
 THREADS = {**AVX2, "threads": 2}
-# BN in er_ace 200, seeds 0-2: the base runs, and each rerun two ways.
+# BN in er_ace 200, seeds 0-2: the base runs, and each rerun two ways; seed 3 has a base run only.
 BASE, UNDER_KERNELS, UNDER_THREADS = (60.0, 64.0, 68.0), (61.0, 63.0, 68.0), (59.0, 65.0, 70.0)
 
 
@@ -30,6 +30,7 @@ def folders(tmp_path: Path, same: tuple[float, ...] = BASE[:2]) -> tuple[Path, P
         write_run(
             reruns / "same", f"bn_seed{seed}", final=final, seed=seed, run_name=f"bn_seed{seed}", environment=AVX2
         )
+    write_run(base, "bn_seed3", final=72.0, seed=3, run_name="bn_seed3", environment=AVX2)
     write_run(reruns / "threads", "gn_seed0", final=1.0, run_name="gn_seed0", environment=THREADS)  # no base run
     return base, reruns
 
@@ -39,9 +40,10 @@ def test_the_spreads_and_the_seeds_a_gain_needs_by_hand(tmp_path: Path) -> None:
     result = rounding.analyse(reruns, base)
     assert result.identity == {"kernels": False, "same": True, "threads": False}
     (spread,) = result.spreads  # no run has an anytime curve: the final class-IL alone
-    # Per seed (base, kernels, threads): variances 1, 1 and 4/3; their mean 10/9. Seeds 60, 64, 68: sd 4.
-    assert (spread.cells, spread.seeds, spread.reruns) == (1, 3, 6)
-    assert spread.rounding_sd == pytest.approx(math.sqrt(10 / 9)) and spread.seed_sd == pytest.approx(4.0)
+    # Per seed (base, kernels, threads): variances 1, 1 and 4/3; their mean 10/9. Every base seed of the cell, the
+    # one without reruns too: 60, 64, 68, 72, variance 80/3.
+    assert (spread.cells, spread.seeds, spread.reruns, spread.base_seeds) == (1, 3, 6, 4)
+    assert spread.rounding_sd == pytest.approx(math.sqrt(10 / 9)) and spread.seed_sd == pytest.approx(math.sqrt(80 / 3))
     assert spread.mean_abs == pytest.approx({"kernels": 2 / 3, "threads": 4 / 3})
     z = 1.959964 + 0.841621
     assert spread.seeds_for(1.0) == math.ceil(2 * (z * math.sqrt(10 / 9)) ** 2) == 18
@@ -56,7 +58,7 @@ def test_the_report_states_the_identity_check_and_the_table(tmp_path: Path, caps
     assert text == capsys.readouterr().out.split("=> wrote")[0].rstrip("\n") + "\n"
     assert "- `same`: 2 reruns, identity check (same machine settings); 1 of 2 bitwise identical" in text
     assert "- `kernels`: 3 reruns, perturbation." in text
-    assert "| final class-IL | 1 | 3 | 6 | 1.05 | 4.00 | 0.26 | 0.67 | 1.33 | 18 | 5 | 2 |" in text
+    assert "| final class-IL | 1 | 3 | 6 | 1.05 | 4 | 5.16 | 0.20 | 0.67 | 1.33 | 18 | 5 | 2 |" in text
     assert "Reruns without a base run of their name (left out): threads/gn_seed0" in text
 
 

@@ -8,10 +8,11 @@ the runs by name, and tabulates per metric:
 
 * the **rounding sd**: the sd between the reruns of one seed (BASE's run and each perturbing variant's), pooled over
   the seeds and cells as the root mean of the per-seed variances;
-* the **seed sd**: the sd between BASE's runs of the rerun seeds in one cell (method × column), pooled alike; it
-  holds the rounding noise too, so their ratio is the share of a seed's spread that rounding alone makes
-  (Bouthillier et al., "Accounting for Variance in Machine Learning Benchmarks", MLSys 2021, separate such sources
-  of variance);
+* the **seed sd**: the sd between BASE's runs in one cell (method × column), every seed BASE has there (the rerun
+  seeds and the others: the seeds are exchangeable, and more of them estimate the spread better while the reruns
+  are still landing), pooled alike; it holds the rounding noise too, so their ratio is the share of a seed's spread
+  that rounding alone makes (Bouthillier et al., "Accounting for Variance in Machine Learning Benchmarks", MLSys
+  2021, separate such sources of variance);
 * what it implies: a paired gain between two methods carries the rounding noise of both arms, so its sd is at least
   √2 × the rounding sd, and detecting a gain Δ with 80 % power in a two-sided 5 % test needs at least
   n ≈ 2 ((z₀.₉₇₅ + z₀.₈) · rounding sd / Δ)² seeds, however alike the methods are otherwise.
@@ -62,6 +63,7 @@ class Spread:
     cells: int
     seeds: int
     reruns: int
+    base_seeds: int
     rounding_sd: float
     seed_sd: float
     mean_abs: dict[str, float]
@@ -125,14 +127,18 @@ def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
         if not by_seed:
             continue
         cells: dict[tuple, list[float]] = defaultdict(list)
-        for (method, column, _), values in by_seed.items():
-            cells[(method, column)].append(values[0])
+        rerun_cells = {(method, column) for method, column, _ in by_seed}
+        for record in base.values():
+            value = getattr(record, metric)
+            if (record.method, record.key) in rerun_cells and value is not None:
+                cells[(record.method, record.key)].append(value)
         spreads.append(
             Spread(
                 metric,
                 len(cells),
                 len(by_seed),
                 sum(len(v) - 1 for v in by_seed.values()),
+                sum(len(v) for v in cells.values()),
                 _pooled_sd(list(by_seed.values())),
                 _pooled_sd(list(cells.values())),
                 {v: float(np.mean(d)) for v, d in differences.items()},
@@ -159,18 +165,20 @@ def markdown(rounding: Rounding, title: str) -> str:
             "",
             "## Spread between reruns of one seed against the spread between seeds",
             "",
-            "*Rounding sd*: between the reruns of one seed (the base run and each perturbation), pooled over seeds "
-            "and cells (root mean variance). *Seed sd*: between the base runs' seeds of one cell, pooled alike (it "
-            "holds the rounding noise too). *Seeds for Δ*: the fewest seeds that detect a paired gain of Δ points "
-            "with 80 % power (two-sided 5 %) when rounding is the only noise, 2 ((z₀.₉₇₅ + z₀.₈) · rounding sd / Δ)²: "
+            "*Rounding sd*: between the reruns of one seed (the base run and each perturbation), pooled over the "
+            "rerun seeds and cells (root mean variance). *Seed sd*: between the base runs of one cell, every seed "
+            "the base has there (*base seeds*, over the cells), pooled alike (it holds the rounding noise too). "
+            "*Seeds for Δ*: the fewest seeds that detect a paired gain of Δ points with 80 % power (two-sided 5 %) "
+            "when rounding is the only noise, 2 ((z₀.₉₇₅ + z₀.₈) · rounding sd / Δ)²: "
             "a floor, since methods differ in more than rounding.",
             "",
-            f"| metric | cells | seeds | reruns | rounding sd | seed sd | ratio | {diffs} | {gains} |",
-            "| --- |" + " --- |" * (6 + len(perturbing) + len(GAINS)),
+            "| metric | cells | rerun seeds | reruns | rounding sd | base seeds | seed sd | ratio | "
+            f"{diffs} | {gains} |",
+            "| --- |" + " --- |" * (7 + len(perturbing) + len(GAINS)),
         ]
         for s in rounding.spreads:
             cells = [METRIC_NAMES[s.metric], str(s.cells), str(s.seeds), str(s.reruns)]
-            cells += [f"{s.rounding_sd:.2f}", f"{s.seed_sd:.2f}", f"{s.ratio:.2f}"]
+            cells += [f"{s.rounding_sd:.2f}", str(s.base_seeds), f"{s.seed_sd:.2f}", f"{s.ratio:.2f}"]
             cells += [f"{s.mean_abs.get(v, math.nan):.2f}" for v in perturbing]
             cells += [str(s.seeds_for(g)) for g in GAINS]
             out.append("| " + " | ".join(cells) + " |")
