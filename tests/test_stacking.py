@@ -13,6 +13,7 @@ import copy
 import pytest
 import torch
 from norm_helpers import doubled_bn
+from tiers import one_norm_per_stacking, slow_but
 from torch import nn
 
 from normcl.backbone.resnet18 import ResNet18
@@ -108,7 +109,7 @@ def _member_grads(stacked: StackedNet, k: int, net: torch.nn.Module) -> list[tor
     return [p.grad.chunk(stacked.members)[k].reshape(q.shape) for p, q in members]
 
 
-@pytest.mark.parametrize("norm", list(NORMS))
+@pytest.mark.parametrize("norm", slow_but(list(NORMS), one_norm_per_stacking()))
 def test_a_kept_member_is_refreshed_to_the_state_a_new_member_has(norm: str) -> None:
     """``member(k, kept=True)`` (what scoring reads) is built once; after the stack ran a training forward, ended a
     task and moved its parameters it is the same network with exactly the state, options and extra state that a member
