@@ -116,8 +116,10 @@ def test_model_learns_first_task(model: str, tmp_path: Path) -> None:
     measured in float64. Complete runs of every model, their results files and final rows: tests/test_stack_runs.py.
     """
     threads, mode = torch.get_num_threads(), ["--forward_mode", "separate"] if model == "derpp" else []
-    accuracy = first_task_accuracy(model, tmp_path, *FLOAT64, *mode)
-    torch.set_num_threads(threads)
+    try:
+        accuracy = first_task_accuracy(model, tmp_path, *FLOAT64, *mode)
+    finally:
+        torch.set_num_threads(threads)
     assert accuracy > 70
 
 

@@ -31,6 +31,8 @@ def folders(tmp_path: Path, same: tuple[float, ...] = BASE[:2]) -> tuple[Path, P
             reruns / "same", f"bn_seed{seed}", final=final, seed=seed, run_name=f"bn_seed{seed}", environment=AVX2
         )
     write_run(base, "bn_seed3", final=72.0, seed=3, run_name="bn_seed3", environment=AVX2)
+    # Another configuration of the column (the validation split): not a seed of the rerun cell.
+    write_run(base, "bn_val_seed0", final=0.0, seed=0, validation=1, run_name="bn_val_seed0", environment=AVX2)
     write_run(reruns / "threads", "gn_seed0", final=1.0, run_name="gn_seed0", environment=THREADS)  # no base run
     return base, reruns
 
@@ -41,7 +43,7 @@ def test_the_spreads_and_the_seeds_a_gain_needs_by_hand(tmp_path: Path) -> None:
     assert result.identity == {"kernels": False, "same": True, "threads": False}
     (spread,) = result.spreads  # no run has an anytime curve: the final class-IL alone
     # Per seed (base, kernels, threads): variances 1, 1 and 4/3; their mean 10/9. Every base seed of the cell, the
-    # one without reruns too: 60, 64, 68, 72, variance 80/3.
+    # one without reruns too, and no run of another configuration: 60, 64, 68, 72, variance 80/3.
     assert (spread.cells, spread.seeds, spread.reruns, spread.base_seeds) == (1, 3, 6, 4)
     assert spread.rounding_sd == pytest.approx(math.sqrt(10 / 9)) and spread.seed_sd == pytest.approx(math.sqrt(80 / 3))
     assert spread.mean_abs == pytest.approx({"kernels": 2 / 3, "threads": 4 / 3})

@@ -9,6 +9,7 @@ samples, then replayed ones (TBBN splits them in two after the completed task).
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -113,7 +114,7 @@ def _member_grads(stacked: StackedNet, k: int, net: torch.nn.Module) -> list[tor
 def test_a_kept_member_is_refreshed_to_the_state_a_new_member_has(norm: str) -> None:
     """``member(k, kept=True)`` (what scoring reads) is built once; after the stack ran a training forward, ended a
     task and moved its parameters it is the same network with exactly the state, options and extra state that a member
-    built anew has; moving the stack to another dtype builds it again."""
+    built anew has; a pickled stack, and one whose layers moved to another dtype, build it again."""
     nets = members(norm)
     stacked = StackedNet([copy.deepcopy(net) for net in nets])
     kept = [stacked.member(k, kept=True) for k in range(K)]
@@ -130,7 +131,10 @@ def test_a_kept_member_is_refreshed_to_the_state_a_new_member_has(norm: str) -> 
         for (name, a), b in zip(new.state_dict().items(), again.state_dict().values(), strict=True):
             assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, f"member {k}: {name}"
         assert not torch.equal(kept[k].conv1.weight, nets[k].conv1.weight), "the state moved"
-    floats = stacked.float().member(0, kept=True)
+    copied = pickle.loads(pickle.dumps(stacked))  # without the kept members (closures inside): built anew
+    assert copied.member(0, kept=True) is not kept[0]
+    stacked.inner.float()  # the layers moved, not through the stack
+    floats = stacked.member(0, kept=True)
     assert floats is not kept[0] and floats.conv1.weight.dtype == torch.float32
 
 

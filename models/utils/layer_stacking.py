@@ -30,12 +30,18 @@ SHARED_BUFFERS = frozenset({"num_batches_tracked", "tasks_completed"})
 (``get_extra_state``: Python values its state dict carries, e.g. TBBN's task count) is shared likewise."""
 
 
+def placement(module: nn.Module) -> tuple[torch.device, torch.dtype] | None:
+    """The device and dtype of ``module``'s first floating tensor (``None``: it has none)."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return None
+
+
 def place_like(new: nn.Module, old: nn.Module) -> nn.Module:
     """Move ``new`` to the device and floating dtype of ``old``'s first floating tensor (if it has one)."""
-    for t in itertools.chain(old.parameters(), old.buffers()):
-        if t.is_floating_point():
-            return new.to(device=t.device, dtype=t.dtype)
-    return new
+    where = placement(old)
+    return new if where is None else new.to(device=where[0], dtype=where[1])
 
 
 def own_tensors(layer: nn.Module) -> list[tuple[str, Tensor]]:

@@ -22,12 +22,12 @@ layer that declares no stacking holds one member, itself: a network with one sta
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from normcl.models.utils.layer_stacking import Stacking, own_tensors, place_like, stacking_of
+from normcl.models.utils.layer_stacking import Stacking, own_tensors, place_like, placement, stacking_of
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 """Modules that only hold others (an empty ``Sequential`` is the identity): a stack stacks their children."""
@@ -86,7 +86,7 @@ class StackedNet(nn.Module):
         self.members = len(nets)
         self.channels_last = channels_last
         self._template = [copy.deepcopy(nets[0])]  # a list: not a sub-module, not in the state dict
-        self._kept: dict[int, tuple[nn.Module, list[tuple[Stacking, nn.Module, nn.Module]]]] = {}  # member(kept=True)
+        self._kept: dict[int, tuple[nn.Module, list[tuple[Stacking, nn.Module, nn.Module]], object]] = {}
         self.inner = _stack(nets)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -109,17 +109,19 @@ class StackedNet(nn.Module):
 
         ``kept``: the member is built once and kept; a later call brings the kept network to the current state in
         place (each layer's ``Stacking.refresh``) instead of building another. For reading only (scoring, digests,
-        diagnostics): it is the same network at every call for ``k``, until the stack moves or changes dtype.
+        diagnostics): it is the same network at every call for ``k``, rebuilt when the stack moved to another device
+        or dtype; a pickled or copied stack keeps none.
         """
-        if kept and k in self._kept:
-            member, layers = self._kept[k]
+        placed = placement(self.inner)
+        if kept and k in self._kept and self._kept[k][2] == placed:
+            member, layers, _ = self._kept[k]
             for stacking, stacked, single in layers:
                 stacking.refresh(stacked, k, single)
             return member
         template = self._template[0]
         stacked = dict(self.inner.named_modules())
-        layers = template.named_modules()
-        stackings = [(name, layer, s) for name, layer in layers if (s := _stacking(layer)) is not None]
+        modules = template.named_modules()
+        stackings = [(name, layer, s) for name, layer in modules if (s := _stacking(layer)) is not None]
         # Each layer's member first, handed to the copy of the template through deepcopy's memo: the copy takes them
         # as they are (a layer's sub-tree with it) and copies only the rest (containers).
         singles = {id(layer): stacking.member(stacked[name], k, layer) for name, layer, stacking in stackings}
@@ -129,9 +131,10 @@ class StackedNet(nn.Module):
             member = member.to(memory_format=torch.channels_last)
         if kept:
             kept_layers = [(stacking, stacked[name], member.get_submodule(name)) for name, _, stacking in stackings]
-            self._kept[k] = (member, kept_layers)
+            self._kept[k] = (member, kept_layers, placed)
         return member
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> StackedNet:
-        self._kept.clear()  # built for the old device or dtype
-        return super()._apply(fn, recurse)
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled and deep-copied without the kept members (rebuilt on demand; their layers' stackings are
+        closures, which pickle cannot hold)."""
+        return {**super().__getstate__(), "_kept": {}}

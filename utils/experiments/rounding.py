@@ -7,12 +7,13 @@ for bit; ``kernels``: the second kernel set of ``.ci/run``; ``threads``: another
 the runs by name, and tabulates per metric:
 
 * the **rounding sd**: the sd between the reruns of one seed (BASE's run and each perturbing variant's), pooled over
-  the seeds and cells as the root mean of the per-seed variances;
-* the **seed sd**: the sd between BASE's runs in one cell (method × column), every seed BASE has there (the rerun
-  seeds and the others: the seeds are exchangeable, and more of them estimate the spread better while the reruns
-  are still landing), pooled alike; it holds the rounding noise too, so their ratio is the share of a seed's spread
-  that rounding alone makes (Bouthillier et al., "Accounting for Variance in Machine Learning Benchmarks", MLSys
-  2021, separate such sources of variance);
+  the seeds and cells (each seed's variance weighted by its degrees of freedom);
+* the **seed sd**: the sd between BASE's runs in one cell (method, column, the method's configuration, split and
+  protocol: all a run is but its seed), every seed BASE has there (the rerun seeds and the others: the seeds are
+  exchangeable, and more of them estimate the spread better while the reruns are still landing), pooled alike; it
+  holds the rounding noise too, so their ratio is the share of a seed's spread that rounding alone makes
+  (Bouthillier et al., "Accounting for Variance in Machine Learning Benchmarks", MLSys 2021, separate such sources
+  of variance);
 * what it implies: a paired gain between two methods carries the rounding noise of both arms, so its sd is at least
   √2 × the rounding sd, and detecting a gain Δ with 80 % power in a two-sided 5 % test needs at least
   n ≈ 2 ((z₀.₉₇₅ + z₀.₈) · rounding sd / Δ)² seeds, however alike the methods are otherwise.
@@ -35,6 +36,7 @@ from scipy import stats
 from normcl.utils.experiments.gains import METRIC_NAMES, METRICS
 from normcl.utils.experiments.methods import column_label
 from normcl.utils.experiments.records import Record, load_records
+from normcl.utils.experiments.tables import by_seed as by_seed_of
 
 GAINS = (1.0, 2.0, 5.0)
 """The gains (points) whose seed counts the table gives."""
@@ -88,8 +90,15 @@ class Rounding:
 
 
 def _pooled_sd(groups: Sequence[Sequence[float]]) -> float:
-    variances = [float(np.var(g, ddof=1)) for g in groups if len(g) > 1]
-    return math.sqrt(float(np.mean(variances))) if variances else math.nan
+    """The pooled sd of several groups: each group's variance weighted by its degrees of freedom."""
+    groups = [g for g in groups if len(g) > 1]
+    dof = sum(len(g) - 1 for g in groups)
+    return math.sqrt(sum(float(np.var(g, ddof=1)) * (len(g) - 1) for g in groups) / dof) if dof else math.nan
+
+
+def _identity(record: Record) -> tuple:
+    """What a run is but for its seed: method, column, the method's configuration, split and protocol."""
+    return (record.method, record.key, record.config, record.validation, record.protocol)
 
 
 def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
@@ -120,18 +129,22 @@ def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
                 a, b = getattr(original, metric), getattr(rerun, metric)
                 if a is None or b is None:
                     continue
-                key = (original.method, original.key, original.seed)
+                key = (*_identity(original), original.seed)
                 by_seed[key] = by_seed[key] or [a]
                 by_seed[key].append(b)
                 differences[variant].append(abs(b - a))
         if not by_seed:
             continue
-        cells: dict[tuple, list[float]] = defaultdict(list)
-        rerun_cells = {(method, column) for method, column, _ in by_seed}
+        rerun_cells = {key[:-1] for key in by_seed}
+        base_cells: dict[tuple, list[Record]] = defaultdict(list)
         for record in base.values():
-            value = getattr(record, metric)
-            if (record.method, record.key) in rerun_cells and value is not None:
-                cells[(record.method, record.key)].append(value)
+            if _identity(record) in rerun_cells:
+                base_cells[_identity(record)].append(record)
+        cells = {
+            cell: [v for r in by_seed_of(runs, f"the rounding report's base {cell[0]}").values()
+                   if (v := getattr(r, metric)) is not None]
+            for cell, runs in base_cells.items()
+        }  # fmt: skip
         spreads.append(
             Spread(
                 metric,
@@ -166,7 +179,8 @@ def markdown(rounding: Rounding, title: str) -> str:
             "## Spread between reruns of one seed against the spread between seeds",
             "",
             "*Rounding sd*: between the reruns of one seed (the base run and each perturbation), pooled over the "
-            "rerun seeds and cells (root mean variance). *Seed sd*: between the base runs of one cell, every seed "
+            "rerun seeds and cells (variances weighted by their degrees of freedom). *Seed sd*: between the base runs "
+            "of one cell (a configuration: all a run is but its seed), every seed "
             "the base has there (*base seeds*, over the cells), pooled alike (it holds the rounding noise too). "
             "*Seeds for Δ*: the fewest seeds that detect a paired gain of Δ points with 80 % power (two-sided 5 %) "
             "when rounding is the only noise, 2 ((z₀.₉₇₅ + z₀.₈) · rounding sd / Δ)²: "
