@@ -178,4 +178,7 @@ def apply_speed_options(net: torch.nn.Module, args: Namespace) -> None:
         net.to(memory_format=torch.channels_last)
     if getattr(args, "compile", False):
         mode = getattr(args, "compile_mode", "default")
-        net.compile(**({} if mode == "default" else {"mode": mode}))
+        # Static shapes: a run meets a few batch shapes (stream, replay, joint), each compiled once. With dynamo's
+        # automatic dynamic shapes (its default) the step after the first shape change was 10x slower on the CPU
+        # (docs/benchmarks.md, 2026-12-07).
+        net.compile(dynamic=False, **({} if mode == "default" else {"mode": mode}))
