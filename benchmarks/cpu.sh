@@ -6,7 +6,7 @@
 #   bash benchmarks/cpu.sh [PART...]      # default: every part, in this order (hours in all on the 2-core machine)
 #     step      step_time.py: framework against bare step, 2 datasets x nf 20, 64 x er_ace, derpp x BN, AdaB2N
 #     norm_step step_time.py --against BN: AdaB2N's whole step against BN's in the same (joint) forward pass,
-#               seq-fmnist, nf 20 and 64 x er_ace, derpp
+#               seq-fmnist, nf 20 and 64 x er_ace, derpp, eager and --compile 1
 #     options   step_time.py: er_ace AdaB2N nf 20 with each speed option (--channels_last, --amp)
 #     norm      norm_layer.py: AdaB2N's layer against BN, nf 20 and 64, eager and --compile 1
 #     eval      eval_time.py: evaluation throughput, batch 256 and 1000
@@ -53,9 +53,11 @@ part_step() {
 }
 
 part_norm_step() {
-  local nf model
+  local nf model compile
   for nf in 20 64; do
-    for model in er_ace derpp; do step seq-fmnist $model AdaB2N $nf "" BN; done
+    for model in er_ace derpp; do
+      for compile in "" "--compile 1"; do step seq-fmnist $model AdaB2N $nf "$compile" BN; done
+    done
   done
 }
 
