@@ -111,6 +111,12 @@ def load_member(stacked: nn.Module, k: int, member: nn.Module) -> nn.Module:
     return member
 
 
+def unchanged(stacked: nn.Module, k: int, member: nn.Module) -> nn.Module:
+    """The ``refresh`` of a member layer with nothing to bring up to date (a stateless layer, or the live layer
+    itself): it is left as it is."""
+    return member
+
+
 @dataclass(frozen=True)
 class Stacking:
     """``stack(layers)``: one layer for K members' ``layers`` (their hyper-parameters checked); ``member(stacked, k,
@@ -256,7 +262,7 @@ def _keep(layers: Sequence[nn.Module]) -> nn.Module:
     return copy.deepcopy(layers[0])
 
 
-KEEP = Stacking(_keep, lambda stacked, k, template: copy.deepcopy(template), refresh=lambda stacked, k, member: member)
+KEEP = Stacking(_keep, lambda stacked, k, template: copy.deepcopy(template), refresh=unchanged)
 """The stacking of a layer without state that acts on each channel (or element) alone and draws no random number:
 the stack keeps it as it is (activations, pooling). Not dropout: its masks would come from one generator."""
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from normcl.models.utils.layer_stacking import Stacking, own_tensors, place_like, placement, stacking_of
+from normcl.models.utils.layer_stacking import Stacking, own_tensors, place_like, placement, stacking_of, unchanged
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 """Modules that only hold others (an empty ``Sequential`` is the identity): a stack stacks their children."""
@@ -42,7 +42,7 @@ def _kept(layers: Sequence[nn.Module]) -> nn.Module:
     return layers[0]
 
 
-KEPT = Stacking(_kept, lambda stacked, k, template: stacked, refresh=lambda stacked, k, member: member)
+KEPT = Stacking(_kept, lambda stacked, k, template: stacked, refresh=unchanged)
 """How a layer without a declaration of its own holds its one member: as it is, live (:func:`_stacking`)."""
 
 
@@ -112,7 +112,7 @@ class StackedNet(nn.Module):
         diagnostics): it is the same network at every call for ``k``, rebuilt when the stack moved to another device
         or dtype; a pickled or copied stack keeps none.
         """
-        placed = placement(self.inner)
+        placed = placement(self.inner) if kept else None
         if kept and k in self._kept and self._kept[k][2] == placed:
             member, layers, _ = self._kept[k]
             for stacking, stacked, single in layers:

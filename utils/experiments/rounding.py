@@ -118,9 +118,15 @@ def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
             variants[folder.name] = matched
     identity = {v: all(_machine(o) == _machine(r) for o, r in pairs) for v, pairs in variants.items()}
     diverged = [f"{v}/{_name(r)}" for v, pairs in variants.items() for o, r in pairs if r.diverged != o.diverged]
+    perturbed = {_identity(o) for v, pairs in variants.items() if not identity[v] for o, _ in pairs}
+    base_cells: dict[tuple, list[Record]] = defaultdict(list)  # each rerun configuration's base runs
+    for record in base.values():
+        if (cell := _identity(record)) in perturbed:
+            base_cells[cell].append(record)
+    base_seeds = {cell: by_seed_of(runs, f"the rounding report's base {cell[0]}") for cell, runs in base_cells.items()}
     spreads = []
     for metric, _ in METRICS:
-        by_seed: dict[tuple, list[float]] = defaultdict(list)  # (method, column, seed): base, then each rerun
+        by_seed: dict[tuple, list[float]] = defaultdict(list)  # (configuration..., seed): base, then each rerun
         differences: dict[str, list[float]] = defaultdict(list)
         for variant, pairs in variants.items():
             if identity[variant]:
@@ -135,16 +141,10 @@ def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
                 differences[variant].append(abs(b - a))
         if not by_seed:
             continue
-        rerun_cells = {key[:-1] for key in by_seed}
-        base_cells: dict[tuple, list[Record]] = defaultdict(list)
-        for record in base.values():
-            if _identity(record) in rerun_cells:
-                base_cells[_identity(record)].append(record)
         cells = {
-            cell: [v for r in by_seed_of(runs, f"the rounding report's base {cell[0]}").values()
-                   if (v := getattr(r, metric)) is not None]
-            for cell, runs in base_cells.items()
-        }  # fmt: skip
+            cell: [v for r in base_seeds[cell].values() if (v := getattr(r, metric)) is not None]
+            for cell in {key[:-1] for key in by_seed}
+        }
         spreads.append(
             Spread(
                 metric,
