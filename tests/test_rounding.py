@@ -53,6 +53,20 @@ def test_the_spreads_and_the_seeds_a_gain_needs_by_hand(tmp_path: Path) -> None:
     assert result.unmatched == ["threads/gn_seed0"]
 
 
+def test_a_rerun_that_diverged_on_one_side_only_is_named_and_left_out_of_the_spreads(tmp_path: Path) -> None:
+    base, reruns = folders(tmp_path)
+    # seed 4: the base run diverged (a partial file, no accuracies), its rerun under the other kernels did not.
+    write_run(base, "bn_seed4.partial", final=10.0, seed=4, run_name="bn_seed4", environment=AVX2)
+    write_run(reruns / "kernels", "bn_seed4", final=50.0, seed=4, run_name="bn_seed4", environment=KERNELS)
+    result = rounding.analyse(reruns, base)
+    assert result.diverged == ["kernels/bn_seed4"]
+    (spread,) = result.spreads  # as without seed 4: no accuracy to compare the rerun with
+    assert (spread.seeds, spread.reruns, spread.base_seeds) == (3, 6, 4)
+    assert spread.rounding_sd == pytest.approx(math.sqrt(10 / 9))
+    text = rounding.markdown(result, "Rounding")
+    assert "Reruns that diverged where their base run did not, or the reverse: kernels/bn_seed4" in text
+
+
 def test_the_report_states_the_identity_check_and_the_table(tmp_path: Path, capsys) -> None:
     base, reruns = folders(tmp_path, same=(60.0, 64.5))  # seed 1's same-settings rerun did not reproduce
     assert main([str(reruns), "--reruns_of", str(base), "--out", str(tmp_path / "out")]) == 0
