@@ -25,7 +25,9 @@
 #   6. rounding noise (issue 34), in its own folder ROUNDING: BN and AdaB2N of the stream grid in er_ace 500 and
 #      derpp 200, seeds 0-4, run again three ways, each in a folder of its own under ROUNDING/runs (run names do
 #      not say how): same/ (seed 0, the same settings: the identity check), kernels/ (the second kernel set of
-#      .ci/run) and threads/ (2 threads a run instead of 1).
+#      .ci/run) and threads/ (2 threads a run instead of 1: with LAUNCH's 2 workers on 2 cores run.py warns that they
+#      oversubscribe the cores, which slows them and changes no result; there run GRIDS=rounding with
+#      LAUNCH="--cpu_workers 1", as the published thread reruns were run).
 # Environment: RESULTS (results folder, default docs/results/fmnist/runs: the published runs; with another, also
 # set REPORT, PAGE and WIDTH so the published reports and page are not overwritten; run names do not say SPC, so
 # runs of another SPC need folders of their own too), LAUNCH (run.py's execution flags, default

@@ -4,6 +4,7 @@ retries, with an injected GPU probe and a tiny child command instead of training
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
@@ -26,7 +27,7 @@ from run_helpers import (  # _offline: importing the autouse fixture applies it 
 from normcl.utils.experiments.cli import main
 from normcl.utils.experiments.grid import Run
 from normcl.utils.experiments.processes import RunLock, Summary, start_run
-from normcl.utils.experiments.scheduler import NoGpuError, allowed_gpus, choose_gpu, nvml_probe
+from normcl.utils.experiments.scheduler import LocalScheduler, NoGpuError, allowed_gpus, choose_gpu, nvml_probe
 
 # ----------------------------------------------------------------------------------------------- GPU placement
 
@@ -108,6 +109,34 @@ def test_without_gpus_runs_use_cpu_workers(tmp_path: Path, monkeypatch: pytest.M
     assert seen == [max(1, (os.cpu_count() or 1) // 2)] * 4
     env = json.loads(next((tmp_path / "out").glob("*.env.json")).read_text())
     assert env["NORMCL_PARENT_MARKER"] == "kept"
+
+
+@pytest.mark.parametrize(
+    ("extra", "workers", "said", "warned"),
+    [
+        ((), 2, "2 worker(s) x 1 thread(s)", None),
+        (("--extra", "--num_threads 2"), 2, "2 worker(s) x 2 thread(s)", "use --cpu_workers 1"),
+        (("--extra=--num_threads=2",), 1, "1 worker(s) x 2 thread(s)", None),
+        ((), 3, "3 worker(s) x 1 thread(s)", "use --cpu_workers 2"),
+    ],
+)
+def test_cpu_workers_that_oversubscribe_the_cores_are_warned_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...], workers: int, said: str, warned: str | None
+) -> None:
+    """On 2 cores, the threads a run gets (its share, or ``--extra``'s ``--num_threads``) times the workers."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "release").write_text("")
+    log = io.StringIO()
+    runs = small_runs(tmp_path, *extra)
+    LocalScheduler(
+        runs, probe=no_gpu, command=fake_command(tmp_path / "out"), coldsecs=0, cpu_workers=workers, out=log
+    ).run()
+    lines = log.getvalue().splitlines()
+    assert f"=> running on the CPU: {said}" in lines
+    warnings = [line for line in lines if line.startswith("=> warning:")]
+    tail = f"oversubscribe 2 core(s): the runs are slower, their results the same; {warned}"
+    assert [line.endswith(tail) for line in warnings] == ([] if warned is None else [True])
 
 
 # ----------------------------------------------------------------------------------------------- resume, failures

@@ -12,6 +12,7 @@ alone or a stack of runs (``--stack``, :mod:`.stacks`), which holds the lock of 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import shlex
 import subprocess
@@ -33,6 +34,24 @@ CommandBuilder = Callable[[Job, int | None], list[str]]
 def cpu_threads(workers: int) -> int:
     """``--num_threads`` of a CPU run: the cores shared by the parallel runs, so that they do not oversubscribe."""
     return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _num_threads(argv: Sequence[str]) -> int | None:
+    """The last ``--num_threads`` of ``argv`` (``--num_threads N`` or ``--num_threads=N``: the one that wins)."""
+    value = None
+    for flag, following in itertools.pairwise([*argv, ""]):
+        if flag == "--num_threads":
+            value = following
+        elif flag.startswith("--num_threads="):
+            value = flag.partition("=")[2]
+    return None if value is None else int(value)
+
+
+def pinned_threads(jobs: Iterable[Job]) -> int | None:
+    """The most ``--num_threads`` that the jobs' own flags set (``--extra``, which comes after :func:`cpu_threads`'s
+    value and wins), or ``None`` where no run sets it."""
+    pinned = [_num_threads(run.argv) for job in jobs for run in job.members]
+    return max((threads for threads in pinned if threads is not None), default=None)
 
 
 MAIN_SCRIPT = Path(__file__).resolve().parents[1] / "main.py"

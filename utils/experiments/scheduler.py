@@ -29,6 +29,7 @@ from normcl.utils.experiments.processes import (
     cpu_threads,
     default_command,
     divergence,
+    pinned_threads,
     start_run,
 )
 from normcl.utils.experiments.records import DIVERGED
@@ -142,8 +143,14 @@ class LocalScheduler:
         if self.gpu_mode:
             self._say(f"=> GPUs {', '.join(str(i) for i, _ in usage)}; at most {self.max_per_gpu} run(s) per GPU")
         else:
-            threads = cpu_threads(self.cpu_workers)
+            threads = pinned_threads(self.runs) or cpu_threads(self.cpu_workers)
             self._say(f"=> running on the CPU: {self.cpu_workers} worker(s) x {threads} thread(s)")
+            cores = os.cpu_count() or 1
+            if self.cpu_workers * threads > cores:  # --extra's --num_threads, or more workers than cores
+                self._say(
+                    f"=> warning: {self.cpu_workers} worker(s) x {threads} thread(s) oversubscribe {cores} core(s): "
+                    f"the runs are slower, their results the same; use --cpu_workers {max(1, cores // threads)}"
+                )
 
     def _slot(self, job: Job, running: list[_Running]) -> tuple[bool, int | None]:
         """(free, gpu): whether ``job`` can start now, and on which GPU (``None`` on the CPU)."""
