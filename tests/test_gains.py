@@ -206,3 +206,20 @@ def test_two_runs_of_one_seed_in_a_cell_are_refused_naming_the_files(tmp_path: P
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "repeats seed 0 of" in err and len(err.splitlines()) == 1
     assert "move reruns to a folder of their own (utils.report --reruns_of)" in err
+
+
+def test_a_replication_on_chosen_seeds_pools_only_their_runs_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    grid(tmp_path / "runs")
+    out = tmp_path / "seeds1-2"
+    assert main([str(tmp_path / "runs"), "--seeds", "2", "1", "--no_plots", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert text.startswith(f"# Results in {tmp_path / 'runs'}, the runs of seeds 1, 2 only\n")
+    # Seeds 1 and 2 of the grid: per-seed gains 1 and 1 (seed 0's 2 left out).
+    assert "| AdaB2N (joint) − BN (joint) | final class-IL | 2 | 2 | 0 | +1.00 |" in text
+    assert "| BN (joint) | 50.00 ± 0.00 (2) | 43.00 ± 1.41 (2) |" in text  # derpp: 50, 50; er_ace: 42, 44
+    capsys.readouterr()
+    assert main([str(tmp_path / "runs"), "--seeds", "7", "--no_plots", "--out", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: no runs of seeds 7 in {tmp_path / 'runs'}; pass seeds")
+    assert not (tmp_path / "none").exists()

@@ -1,7 +1,8 @@
 """The published results are what the code makes of their runs (issue 24): ``STEP=report bash
 scripts/reproduce_fmnist.sh``, run with the script's own defaults in a copy of the repository whose report files are
-deleted first, must write every report folder under ``docs/results/`` (each folder with a ``runs/``, found from the
-folders, so a new one is covered without being listed here) and ``docs/results.md`` as they are committed.
+deleted first, must write every report folder under ``docs/results/`` (each folder with a ``runs/``, and each other
+folder with a ``report.md``, found from the folders, so a new one is covered without being listed here) and
+``docs/results.md`` as they are committed.
 
 Tables (``report.md``, ``results.tex``, the CSVs: every file but the figures) and the page, whose recorded
 commands the script makes from its own grid (and the page plans them as their ``--dry_run`` does): byte for byte.
@@ -34,7 +35,17 @@ pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter wit
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path("scripts", "reproduce_fmnist.sh")
 DOCS = ROOT / "docs"
-PUBLISHED = sorted(runs.parent.name for runs in (DOCS / "results").glob("*/runs") if runs.is_dir())
+RESULTS = DOCS / "results"
+# Report folders: each with a runs/, and each other folder holding a report.md outside a runs/ (a report of some of
+# a folder's runs, e.g. the stream grid's seeds 5-9).
+PUBLISHED = sorted(
+    {runs.parent.name for runs in RESULTS.glob("*/runs") if runs.is_dir()}
+    | {
+        str(f.parent.relative_to(RESULTS))
+        for f in RESULTS.rglob("report.md")
+        if "runs" not in f.relative_to(RESULTS).parts
+    }
+)
 
 
 def _files(folder: Path) -> dict[str, Path]:

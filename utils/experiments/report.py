@@ -60,19 +60,31 @@ class ReportFiles:
 
 
 def write_report(
-    root: Path, out_dir: Path | None = None, plots: bool = True, primary: Primary | None = None
+    root: Path,
+    out_dir: Path | None = None,
+    plots: bool = True,
+    primary: Primary | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> ReportFiles:
     """Load ``root``'s results, write every table and plot into ``out_dir`` (default ``root/report``); ``primary``:
-    the declared primary endpoint, reported on its own."""
+    the declared primary endpoint, reported on its own; ``seeds``: only the runs of these seeds (a replication on
+    seeds that an earlier reading had not seen), which the header names."""
     out_dir = out_dir or root / "report"
     records, warnings = load_records(root)
     if not records:
         skipped = f" ({len(warnings)} file(s) skipped, the first: {warnings[0]})" if warnings else ""
         raise UserError(f"no runs in {root}{skipped}; pass the --results_path of the runs")
+    header = f"Results in {root}"
+    if seeds is not None:
+        named = ", ".join(map(str, sorted(set(seeds))))
+        records = [r for r in records if r.seed in set(seeds)]
+        if not records:
+            raise UserError(f"no runs of seeds {named} in {root}; pass seeds that its runs have (--seeds)")
+        header += f", the runs of seeds {named} only"
     report = build_report(records)
     report.warnings = warnings
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(report, f"Results in {root}", primary)
+    text = markdown(report, header, primary)
     files = ReportFiles(
         markdown=out_dir / "report.md",
         csv=out_dir / "summary.csv",
@@ -115,6 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "every column (default: the seeds present)",
     )
     p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="only the runs of these seeds, e.g. a replication on seeds an earlier reading had not seen",
+    )
+    p.add_argument(
         "--reruns_of",
         type=Path,
         metavar="BASE_DIR",
@@ -143,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.primary_seeds is not None and (not args.primary or args.primary_seeds < 1):
         p.error("--primary_seeds takes a positive number of seeds, with --primary")
     if args.reruns_of is not None:
-        options = (("--primary", args.primary), ("--no_plots", args.no_plots))
+        options = (("--primary", args.primary), ("--no_plots", args.no_plots), ("--seeds", args.seeds))
         given = [flag for flag, value in options if value]
         if given:
             p.error(f"--reruns_of writes the rounding report alone, to which {', '.join(given)} does not apply")
@@ -165,7 +184,7 @@ def _report(args: Namespace) -> tuple[int, Path | None]:
     """The tables and figures of ``args.results_dir``: the exit code and the folder they went to."""
     primary = Primary(*args.primary, seeds=args.primary_seeds) if args.primary else None
     try:
-        files = write_report(args.results_dir, args.out, plots=not args.no_plots, primary=primary)
+        files = write_report(args.results_dir, args.out, plots=not args.no_plots, primary=primary, seeds=args.seeds)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2, None
