@@ -15,7 +15,7 @@ from normcl.utils.experiments import results_page
 from normcl.utils.experiments.report import write_report
 from normcl.utils.main import run
 from normcl.utils.member_args import parse_members
-from normcl.utils.metrics import anytime_metrics
+from normcl.utils.metrics import anytime_metrics, end_accuracy
 
 pytestmark = pytest.mark.slow  # trains for seconds or starts an interpreter with torch (tests/tiers.py)
 
@@ -40,6 +40,10 @@ def test_anytime_metrics_by_hand() -> None:
     assert m["min_acc"] == [None, 40.0, pytest.approx((40 + 30) / 2)]
     # WC-ACC: the current task at its end, weighted 1/k, and min-ACC, weighted 1 - 1/k.
     assert m["wc_acc"] == [80.0, pytest.approx(90 / 2 + 40 / 2), pytest.approx(95 / 3 + 35 * 2 / 3)]
+    # end-ACC, what min-ACC falls from: tasks 0 and 1 at the ends of their own training, 80 and 90; none before
+    # a second task has ended.
+    assert end_accuracy(CURVE) == pytest.approx((80 + 90) / 2)
+    assert end_accuracy(CURVE[:4]) == 80.0 and end_accuracy(CURVE[:3]) is None
 
 
 def test_a_task_whose_end_the_curve_does_not_reach_has_no_metrics() -> None:
@@ -123,6 +127,9 @@ def test_the_report_tabulates_the_stream_metrics_and_their_paired_gains(tmp_path
     assert "| CN − BN | final class-IL | 3 | 1 | 0 | +2.00 | [+2.00, +2.00] | 0.250 | – |" in text
     for metric in ("AAA", "min-ACC", "WC-ACC"):
         assert f"| CN − BN | {metric} | 3 | 1 | 0 | +5.00 | [+5.00, +5.00] | 0.250 | – |" in text
+    end_acc = text.split("### end-ACC")[1].split("###")[0]  # described, not compared: not in the gains
+    assert "| BN | 86.00 ± 1.00 (3) |" in end_acc and "| CN | 91.00 ± 1.00 (3) |" in end_acc  # 85 + the shifts
+    assert "end-ACC |" not in text
     assert (tmp_path / "report" / "stream_accuracy__seq-fmnist_er_ace_200.png").is_file()
     page = results_page.render(tmp_path, tmp_path / "report", tmp_path / "results.md", "python run.py")
     assert "](report/stream_accuracy__seq-fmnist_er_ace_200.png)" in page  # the results page shows the figure

@@ -92,3 +92,12 @@ def anytime_metrics(curve: Curve, n_tasks: int, setting: str = "class_il") -> di
         out["min_acc"].append(min_acc)
         out["wc_acc"].append(wc_acc)
     return out
+
+
+def end_accuracy(curve: Curve, setting: str = "class_il") -> float | None:
+    """end-ACC: the mean over the earlier tasks ``i < k`` (``k``: the last task whose end the curve reaches) of task
+    ``i``'s accuracy at the end of its own training, on the points min-ACC reads: what its lowest points fall from,
+    the stability gap (De Lange et al., ICLR 2023) being the distance; ``None`` until a second task has ended."""
+    ends = {p["task"]: p[setting] for p in curve if p["end"]}
+    k = max(ends, default=0)
+    return float(np.mean([ends[i][i] for i in range(k)])) if k else None

@@ -1,8 +1,9 @@
-"""The report's view of accuracy during the stream (runs with ``--eval_every``): AAA, min-ACC and WC-ACC tables and
-per column a figure of each task's accuracy along the stream.
+"""The report's view of accuracy during the stream (runs with ``--eval_every``): AAA, end-ACC, min-ACC and WC-ACC
+tables and per column a figure of each task's accuracy along the stream.
 
 Nothing here appears for runs without an anytime curve, so reports of such runs are unchanged. The metrics are
-``utils/metrics.py``'s (``anytime_metrics``), read from each run's results file after its last task.
+``utils/metrics.py``'s: ``anytime_metrics``, read from each run's results file after its last task, and
+``end_accuracy``, computed from the curve the file holds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from normcl.utils.experiments.tables import Column, Report
 
 STREAM_METRICS = (
     ("aaa", "Average anytime accuracy (AAA), class-IL (%)"),
+    ("end_acc", "end-ACC: each earlier task's accuracy at the end of its own training, class-IL (%)"),
     ("min_acc", "min-ACC: each earlier task's lowest accuracy after it was learned, class-IL (%)"),
     ("wc_acc", "WC-ACC: worst-case accuracy after the last task, class-IL (%)"),
 )
@@ -37,7 +39,8 @@ def _schedule(runs: list[Record]) -> str:
 
 
 def markdown(report: Report, header: str, rule: str) -> list[str]:
-    """The three tables, when runs with an anytime curve exist (their gains are :mod:`.gains`')."""
+    """The tables, when runs with an anytime curve exist (the gains of all but end-ACC, a description of where
+    min-ACC falls from, are :mod:`.gains`')."""
     runs = _with_curves(report)
     if not runs:
         return []
@@ -48,7 +51,8 @@ def markdown(report: Report, header: str, rule: str) -> list[str]:
         "images of every task seen so far (the same images for every method of a seed). AAA (Caccia et al., ICLR "
         "2022): the mean over those points of the average accuracy on the tasks seen. min-ACC (De Lange et al., "
         "ICLR 2023): the mean over the earlier tasks of each one's lowest accuracy after its training ended; the "
-        "stability gap is the distance between it and the accuracy a task ends with. WC-ACC = (1/k) · the last "
+        "stability gap is the distance from end-ACC, the mean over the same tasks of each one's accuracy at the end "
+        "of its own training (the same points and images). WC-ACC = (1/k) · the last "
         "task's accuracy + (1 − 1/k) · min-ACC, k tasks. Mean ± sample std over seeds (number of seeds).",
         "",
     ]

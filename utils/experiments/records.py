@@ -22,6 +22,7 @@ from normcl.datasets import DATASETS
 from normcl.utils.component_options import component_options
 from normcl.utils.core.run_files import final_results_file, is_partial_results
 from normcl.utils.experiments.methods import PSEUDO_METHODS, Config, GridKey, method_of
+from normcl.utils.metrics import end_accuracy
 from normcl.utils.parser import build_parser, flag_roles
 
 
@@ -72,6 +73,8 @@ class Record:
     min_acc: float | None = None
     wc_acc: float | None = None
     """Class-IL AAA, min-ACC and WC-ACC after the last task (``--eval_every`` runs; ``None`` otherwise)."""
+    end_acc: float | None = None
+    """Class-IL end-ACC, read from the curve (``utils/metrics.py``'s ``end_accuracy``): what min-ACC falls from."""
     anytime: list[dict[str, Any]] | None = None
     """The anytime curve (``normcl.utils.metrics.Curve``) of an ``--eval_every`` run."""
     forward_mode: str | None = None
@@ -144,6 +147,7 @@ def _record(path: Path, doc: dict[str, Any], diverged: bool = False) -> Record:
     if drift is not None and not any(drift):
         drift = None  # layers without running statistics (GN, LN, IN): nothing was measured
     stopped = doc.get("stopped") if diverged else None
+    curve = None if diverged else (doc.get("anytime") or {}).get("curve")
     return Record(
         path=path,
         method=method_of(args),
@@ -168,7 +172,8 @@ def _record(path: Path, doc: dict[str, Any], diverged: bool = False) -> Record:
         aaa=final.get("aaa"),
         min_acc=final.get("min_acc"),
         wc_acc=final.get("wc_acc"),
-        anytime=None if diverged else (doc.get("anytime") or {}).get("curve"),
+        anytime=curve,
+        end_acc=end_accuracy(curve) if curve else None,
         forward_mode=doc.get("forward_mode"),
         digest=doc.get("parameters_sha256") if isinstance(doc.get("parameters_sha256"), str) else None,
         chance=chance_accuracy(str(args["dataset"])),
