@@ -20,15 +20,15 @@
 #      joint forward pass: the control of the joint norms), CN, TBBN and AdaB2N at its validation choice in each
 #      column (read from REPORT's summary.csv), the four columns, seeds 0-9, evaluated every EVAL_EVERY steps on
 #      EVAL_SUBSET test images a task (AAA, min-ACC, WC-ACC, the stability gap); AdaB2N and BN-joint first (the
-#      primary endpoint's runs, docs/results.md), and a report of seeds 5-9 alone in STREAM/seeds5-9 (the declared
-#      replication of the first round's readings). One run per process: on this CPU a stack trains at 0.85-1.11x the
+#      primary endpoint's runs, docs/results.md), and a report of seeds 5-9 alone in STREAM/seeds5-9 (for the
+#      declared replication of the first round's CN and TBBN readings, written on seeds 0-4). One run per process: on this CPU a stack trains at 0.85-1.11x the
 #      speed of separate runs (docs/benchmarks.md), so stacks do not pay here; on a GPU add --stack to LAUNCH;
 #   6. rounding noise (issue 34), in its own folder ROUNDING: BN and AdaB2N of the stream grid in er_ace 500 and
 #      derpp 200, seeds 0-4, run again three ways, each in a folder of its own under ROUNDING/runs (run names do
 #      not say how): same/ (seed 0, the same settings: the identity check), kernels/ (the second kernel set of
 #      .ci/run) and threads/ (2 threads a run instead of 1: with LAUNCH's 2 workers on 2 cores run.py warns that they
 #      oversubscribe the cores, which slows them and changes no result; there run GRIDS=rounding with
-#      LAUNCH="--cpu_workers 1", as the published thread reruns were run).
+#      LAUNCH="--cpu_workers 1", as the published thread reruns were run; the page records the default LAUNCH).
 # Environment: RESULTS (results folder, default docs/results/fmnist/runs: the published runs; with another, also
 # set REPORT, PAGE and WIDTH so the published reports and page are not overwritten; run names do not say SPC, so
 # runs of another SPC need folders of their own too), LAUNCH (run.py's execution flags, default
@@ -227,7 +227,9 @@ if [[ "$STEP" == report || ( "$STEP" == all && " $LAUNCH " != *" --dry_run "* ) 
   publish "$WIDTH/runs" "$WIDTH" width "" "${wide_grids[@]}"
   # The stream grid's primary endpoint, declared on the page before its third round's runs (issue 34).
   publish "$STREAM/runs" "$STREAM" stream "--primary AdaB2N BN-joint class_il --primary_seeds 10" "${stream_grids[@]}"
-  # Its declared replication: the comparison on seeds 5-9 alone, which no reading had seen (a report, no part).
+  # The comparison on seeds 5-9 alone (a report, no part of the page): the declared replication of the first round's
+  # CN and TBBN readings, which had seen seeds 0-4 only; its BN-joint and AdaB2N rows were read on all 10 seeds for
+  # the primary endpoint, so they replicate nothing.
   if (( ${#stream_grids[@]} )) && [[ -d $STREAM/runs ]]; then
     "$PYTHON" -m utils.report "$STREAM/runs" --seeds 5 6 7 8 9 --no_plots --out "$STREAM/seeds5-9" >/dev/null || rc=$?
   fi

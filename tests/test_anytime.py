@@ -44,6 +44,7 @@ def test_anytime_metrics_by_hand() -> None:
     # a second task has ended.
     assert end_accuracy(CURVE) == pytest.approx((80 + 90) / 2)
     assert end_accuracy(CURVE[:4]) == 80.0 and end_accuracy(CURVE[:3]) is None
+    assert end_accuracy([p for p in CURVE if p["step"] != 4]) is None  # task 0's end is missing
 
 
 def test_a_task_whose_end_the_curve_does_not_reach_has_no_metrics() -> None:

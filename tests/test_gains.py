@@ -220,6 +220,14 @@ def test_a_replication_on_chosen_seeds_pools_only_their_runs_and_says_so(
     assert "| AdaB2N (joint) − BN (joint) | final class-IL | 2 | 2 | 0 | +1.00 |" in text
     assert "| BN (joint) | 50.00 ± 0.00 (2) | 43.00 ± 1.41 (2) |" in text  # derpp: 50, 50; er_ace: 42, 44
     capsys.readouterr()
-    assert main([str(tmp_path / "runs"), "--seeds", "7", "--no_plots", "--out", str(tmp_path / "none")]) == 2
-    assert capsys.readouterr().err.startswith(f"error: no runs of seeds 7 in {tmp_path / 'runs'}; pass seeds")
+    assert main([str(tmp_path / "runs"), "--seeds", "1", "7", "--no_plots", "--out", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: no runs of seed(s) 7 in {tmp_path / 'runs'}; pass seeds")
+    assert not (tmp_path / "none").exists()
+    # A subset is never the declared comparison: no primary endpoint, no results page from it.
+    for flags in (["--primary", "AdaB2N", "BN-joint", "class_il"], ["--page", "p.md", "--command", "x"]):
+        with pytest.raises(SystemExit) as stop:
+            main([str(tmp_path / "runs"), "--seeds", "1", *flags, "--out", str(tmp_path / "none")])
+        assert stop.value.code == 2 and f"error: --seeds reports a subset of the runs, which {flags[0]}" in (
+            capsys.readouterr().err
+        )
     assert not (tmp_path / "none").exists()

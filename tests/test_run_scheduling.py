@@ -115,28 +115,44 @@ def test_without_gpus_runs_use_cpu_workers(tmp_path: Path, monkeypatch: pytest.M
     ("extra", "workers", "said", "warned"),
     [
         ((), 2, "2 worker(s) x 1 thread(s)", None),
-        (("--extra", "--num_threads 2"), 2, "2 worker(s) x 2 thread(s)", "use --cpu_workers 1"),
-        (("--extra=--num_threads=2",), 1, "1 worker(s) x 2 thread(s)", None),
-        ((), 3, "3 worker(s) x 1 thread(s)", "use --cpu_workers 2"),
+        (
+            ("--extra", "--num_threads 2"),
+            2,
+            "2 worker(s) x 2 thread(s)",
+            "2 run(s) at once x 2 thread(s) ∣ use --cpu_workers 1",
+        ),
+        (("--extra=--num_threads=1",), 1, "1 worker(s) x 1 thread(s)", None),  # its share would be 2
+        ((), 3, "3 worker(s) x 1 thread(s)", "3 run(s) at once x 1 thread(s) ∣ use --cpu_workers 2"),
+        ((), 8, "8 worker(s) x 1 thread(s)", "4 run(s) at once x 1 thread(s) ∣ use --cpu_workers 2"),  # 4 runs
+        # The run's own parser reads the flags: the last value wins, an abbreviation too.
+        (
+            ("--extra", "--num_threads 1 --num_thr 4"),
+            1,
+            "1 worker(s) x 4 thread(s)",
+            "1 run(s) at once x 4 thread(s) ∣ lower --extra's --num_threads to 2 at most",
+        ),
     ],
 )
 def test_cpu_workers_that_oversubscribe_the_cores_are_warned_of(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...], workers: int, said: str, warned: str | None
 ) -> None:
-    """On 2 cores, the threads a run gets (its share, or ``--extra``'s ``--num_threads``) times the workers."""
+    """On 2 cores, the runs at once times the threads a run gets (its share, or ``--extra``'s ``--num_threads``)."""
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "release").write_text("")
     log = io.StringIO()
     runs = small_runs(tmp_path, *extra)
-    LocalScheduler(
-        runs, probe=no_gpu, command=fake_command(tmp_path / "out"), coldsecs=0, cpu_workers=workers, out=log
-    ).run()
+    command = fake_command(tmp_path / "out")
+    LocalScheduler(runs, probe=no_gpu, command=command, coldsecs=0, cpu_workers=workers, out=log).run()
     lines = log.getvalue().splitlines()
     assert f"=> running on the CPU: {said}" in lines
     warnings = [line for line in lines if line.startswith("=> warning:")]
-    tail = f"oversubscribe 2 core(s): the runs are slower, their results the same; {warned}"
-    assert [line.endswith(tail) for line in warnings] == ([] if warned is None else [True])
+    if warned is None:
+        assert warnings == []
+    else:
+        head, fix = warned.split(" ∣ ")
+        tail = f"oversubscribe 2 core(s): the runs are slower, their results the same; {fix}"
+        assert warnings == [f"=> warning: {head} {tail}"]
 
 
 # ----------------------------------------------------------------------------------------------- resume, failures

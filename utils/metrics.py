@@ -75,14 +75,14 @@ def anytime_metrics(curve: Curve, n_tasks: int, setting: str = "class_il") -> di
       ``k``'s accuracy at its end (``k`` 0-based: ``k + 1`` tasks seen); for ``k = 0`` it is ``acc_0``.
     """
     out: dict[str, list[float | None]] = {"aaa": [], "min_acc": [], "wc_acc": []}
+    ends = _task_ends(curve)
     for k in range(n_tasks):
         points = [p for p in curve if p["task"] <= k]
-        ends = [p for p in points if p["task"] == k and p["end"]]
-        if not ends:
+        if k not in ends:
             for name in out:
                 out[name].append(None)
             continue
-        end = ends[0]
+        end = ends[k]
         aaa = float(np.mean([np.mean(p[setting]) for p in points]))
         lows = [min(p[setting][i] for p in points if p["task"] > i) for i in range(k)]
         min_acc = float(np.mean(lows)) if lows else None
@@ -94,10 +94,23 @@ def anytime_metrics(curve: Curve, n_tasks: int, setting: str = "class_il") -> di
     return out
 
 
+def _task_ends(curve: Curve) -> dict[int, Mapping[str, Any]]:
+    """Each task's point at the end of its own training (the first, should a curve hold two)."""
+    ends: dict[int, Mapping[str, Any]] = {}
+    for p in curve:
+        if p["end"]:
+            ends.setdefault(p["task"], p)
+    return ends
+
+
 def end_accuracy(curve: Curve, setting: str = "class_il") -> float | None:
     """end-ACC: the mean over the earlier tasks ``i < k`` (``k``: the last task whose end the curve reaches) of task
-    ``i``'s accuracy at the end of its own training, on the points min-ACC reads: what its lowest points fall from,
-    the stability gap (De Lange et al., ICLR 2023) being the distance; ``None`` until a second task has ended."""
-    ends = {p["task"]: p[setting] for p in curve if p["end"]}
+    ``i``'s accuracy at the end of its own training, on the images min-ACC reads, at the point just before the ones
+    it takes its minimum over. ``end-ACC − min-ACC`` is each task's deepest fall after its training: the stability
+    gap (De Lange et al., ICLR 2023) and what forgetting lasts. ``None`` until a second task has ended, or where an
+    earlier task's end is missing from the curve."""
+    ends = _task_ends(curve)
     k = max(ends, default=0)
-    return float(np.mean([ends[i][i] for i in range(k)])) if k else None
+    if not k or any(i not in ends for i in range(k)):
+        return None
+    return float(np.mean([ends[i][setting][i] for i in range(k)]))

@@ -19,7 +19,7 @@ from normcl.utils.experiments.plots import label, save_figure
 from normcl.utils.experiments.records import Record
 from normcl.utils.experiments.tables import Column, Report
 
-STREAM_METRICS = (
+STREAM_TABLES = (
     ("aaa", "Average anytime accuracy (AAA), class-IL (%)"),
     ("end_acc", "end-ACC: each earlier task's accuracy at the end of its own training, class-IL (%)"),
     ("min_acc", "min-ACC: each earlier task's lowest accuracy after it was learned, class-IL (%)"),
@@ -50,13 +50,13 @@ def markdown(report: Report, header: str, rule: str) -> list[str]:
         f"Runs with {_schedule(runs)}: every N steps and at each task end, the accuracy on a fixed subset of the test "
         "images of every task seen so far (the same images for every method of a seed). AAA (Caccia et al., ICLR "
         "2022): the mean over those points of the average accuracy on the tasks seen. min-ACC (De Lange et al., "
-        "ICLR 2023): the mean over the earlier tasks of each one's lowest accuracy after its training ended; the "
-        "stability gap is the distance from end-ACC, the mean over the same tasks of each one's accuracy at the end "
-        "of its own training (the same points and images). WC-ACC = (1/k) · the last "
+        "ICLR 2023): the mean over the earlier tasks of each one's lowest accuracy after its training ended; it "
+        "falls from end-ACC, the mean over the same tasks of each one's accuracy at the end of its own training "
+        "(on the same images): the distance is the stability gap and what forgetting lasts. WC-ACC = (1/k) · the last "
         "task's accuracy + (1 − 1/k) · min-ACC, k tasks. Mean ± sample std over seeds (number of seeds).",
         "",
     ]
-    for metric, name in STREAM_METRICS:
+    for metric, name in STREAM_TABLES:
         rows = []
         for m in report.methods:
             cells = [report.entries[(m, c)].text(metric) if (m, c) in report.entries else "" for c in report.columns]

@@ -12,7 +12,6 @@ alone or a stack of runs (``--stack``, :mod:`.stacks`), which holds the lock of 
 from __future__ import annotations
 
 import fcntl
-import itertools
 import os
 import shlex
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 from normcl.utils.core.run_files import PARTIAL_SUFFIX, checkpoint_file
 from normcl.utils.experiments.grid import Run
 from normcl.utils.experiments.records import DIVERGED, describe_stop, read_stopped
-from normcl.utils.experiments.stacks import Job, narrowed, stack_flags
+from normcl.utils.experiments.stacks import Job, narrowed, run_arguments, stack_flags
 
 CommandBuilder = Callable[[Job, int | None], list[str]]
 """Builds a job's command line; the second argument is the CPU thread count when the job goes to the CPU."""
@@ -36,22 +35,11 @@ def cpu_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _num_threads(argv: Sequence[str]) -> int | None:
-    """The last ``--num_threads`` of ``argv`` (``--num_threads N`` or ``--num_threads=N``: the one that wins)."""
-    value = None
-    for flag, following in itertools.pairwise([*argv, ""]):
-        if flag == "--num_threads":
-            value = following
-        elif flag.startswith("--num_threads="):
-            value = flag.partition("=")[2]
-    return None if value is None else int(value)
-
-
 def pinned_threads(jobs: Iterable[Job]) -> int | None:
     """The most ``--num_threads`` that the jobs' own flags set (``--extra``, which comes after :func:`cpu_threads`'s
-    value and wins), or ``None`` where no run sets it."""
-    pinned = [_num_threads(run.argv) for job in jobs for run in job.members]
-    return max((threads for threads in pinned if threads is not None), default=None)
+    value and wins), as ``utils/main.py``'s parser reads them, or ``None`` where no run sets it."""
+    parsed = [run_arguments(run.argv) for job in jobs for run in job.members]
+    return max((args.num_threads for args in parsed if args and args.num_threads), default=None)
 
 
 MAIN_SCRIPT = Path(__file__).resolve().parents[1] / "main.py"

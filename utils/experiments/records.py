@@ -74,7 +74,7 @@ class Record:
     wc_acc: float | None = None
     """Class-IL AAA, min-ACC and WC-ACC after the last task (``--eval_every`` runs; ``None`` otherwise)."""
     end_acc: float | None = None
-    """Class-IL end-ACC, read from the curve (``utils/metrics.py``'s ``end_accuracy``): what min-ACC falls from."""
+    """Class-IL end-ACC, computed from the curve (``utils/metrics.py``'s ``end_accuracy``): what min-ACC falls from."""
     anytime: list[dict[str, Any]] | None = None
     """The anytime curve (``normcl.utils.metrics.Curve``) of an ``--eval_every`` run."""
     forward_mode: str | None = None

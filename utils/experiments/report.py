@@ -22,7 +22,7 @@ each diverged run stopped.
 Writes ``report.md`` (also printed), ``summary.csv``, ``sensitivity.csv``, ``results.tex`` and PNG plots: average
 class-IL accuracy after each task, the accuracy matrix, and — for runs with ``--diagnose_norm 1`` — the distance of
 the running statistics to the task-balanced and to the latest task's statistics after each task; for runs with
-``--eval_every``, AAA, min-ACC and WC-ACC tables and each task's accuracy along the stream
+``--eval_every``, AAA, end-ACC, min-ACC and WC-ACC tables and each task's accuracy along the stream
 (``utils/experiments/anytime.py``).
 """
 
@@ -76,11 +76,13 @@ def write_report(
         raise UserError(f"no runs in {root}{skipped}; pass the --results_path of the runs")
     header = f"Results in {root}"
     if seeds is not None:
-        named = ", ".join(map(str, sorted(set(seeds))))
+        missing = sorted(set(seeds) - {r.seed for r in records})
+        if missing:
+            raise UserError(
+                f"no runs of seed(s) {', '.join(map(str, missing))} in {root}; pass seeds that its runs have (--seeds)"
+            )
         records = [r for r in records if r.seed in set(seeds)]
-        if not records:
-            raise UserError(f"no runs of seeds {named} in {root}; pass seeds that its runs have (--seeds)")
-        header += f", the runs of seeds {named} only"
+        header += f", the runs of seeds {', '.join(map(str, sorted(set(seeds))))} only"
     report = build_report(records)
     report.warnings = warnings
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"--primary: '{name}' is no method (a registered norm, e.g. BN, with -renorm, -joint, -noaffine)")
     if args.primary_seeds is not None and (not args.primary or args.primary_seeds < 1):
         p.error("--primary_seeds takes a positive number of seeds, with --primary")
+    if args.seeds is not None:
+        given = [flag for flag, value in (("--primary", args.primary), ("--page", args.page)) if value]
+        if given:
+            p.error(
+                f"--seeds reports a subset of the runs, which {' and '.join(given)} would present as the declared "
+                "comparison: report the seeds apart (--out DIR), without them"
+            )
     if args.reruns_of is not None:
         options = (("--primary", args.primary), ("--no_plots", args.no_plots), ("--seeds", args.seeds))
         given = [flag for flag, value in options if value]

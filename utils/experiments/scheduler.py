@@ -145,11 +145,16 @@ class LocalScheduler:
         else:
             threads = pinned_threads(self.runs) or cpu_threads(self.cpu_workers)
             self._say(f"=> running on the CPU: {self.cpu_workers} worker(s) x {threads} thread(s)")
-            cores = os.cpu_count() or 1
-            if self.cpu_workers * threads > cores:  # --extra's --num_threads, or more workers than cores
+            cores, at_once = os.cpu_count() or 1, min(self.cpu_workers, sum(not job.done for job in self.runs))
+            if at_once * threads > cores:  # --extra's --num_threads, or more workers than cores
+                fix = (
+                    f"use --cpu_workers {cores // threads}"
+                    if threads <= cores
+                    else f"lower --extra's --num_threads to {max(1, cores // at_once)} at most"
+                )
                 self._say(
-                    f"=> warning: {self.cpu_workers} worker(s) x {threads} thread(s) oversubscribe {cores} core(s): "
-                    f"the runs are slower, their results the same; use --cpu_workers {max(1, cores // threads)}"
+                    f"=> warning: {at_once} run(s) at once x {threads} thread(s) oversubscribe {cores} core(s): the "
+                    f"runs are slower, their results the same; {fix}"
                 )
 
     def _slot(self, job: Job, running: list[_Running]) -> tuple[bool, int | None]:

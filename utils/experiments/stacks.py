@@ -89,7 +89,7 @@ def stack_flags(runs: Sequence[Run]) -> list[str]:
     return shared + [token for flags in own if flags for token in (MEMBER_FLAG, shlex.join(flags))]
 
 
-def _parse(argv: Sequence[str]) -> Namespace | None:
+def run_arguments(argv: Sequence[str]) -> Namespace | None:
     """``utils/main.py``'s arguments for ``argv``; ``None`` when they do not parse (the run then fails alone)."""
     try:
         with contextlib.redirect_stderr(io.StringIO()):
@@ -160,7 +160,7 @@ def stack_runs(runs: Sequence[Run], size: int, out: TextIO | None = None) -> lis
     for index, run in enumerate(runs):
         if run.name in taken:
             continue
-        args = None if run.done or checkpoint_file([run.results]).exists() else _parse(run.argv)
+        args = None if run.done or checkpoint_file([run.results]).exists() else run_arguments(run.argv)
         if args is None or stacking_problem(args) is not None:  # its norm or model cannot stack: it runs alone
             jobs.append((index, run))
             continue
