@@ -75,6 +75,9 @@ def test_the_report_states_the_identity_check_and_the_table(tmp_path: Path, caps
     assert "- `same`: 2 reruns, identity check (same machine settings); 1 of 2 bitwise identical" in text
     assert "- `kernels`: 3 reruns, perturbation." in text
     assert "| final class-IL | 1 | 3 | 6 | 1.05 | 4 | 5.16 | 0.20 | 0.67 | 1.33 | 18 | 5 | 2 |" in text
+    # The largest move under each perturbation (kernels: +1, -1, 0, the first of a tie; threads: -1, +1, +2).
+    assert "| final class-IL | kernels | BN in seq-fmnist er_ace 200, seed 0 | 60.00 | 61.00 | +1.00 |" in text
+    assert "| final class-IL | threads | BN in seq-fmnist er_ace 200, seed 2 | 68.00 | 70.00 | +2.00 |" in text
     assert "Reruns without a base run of their name (left out): threads/gn_seed0" in text
 
 

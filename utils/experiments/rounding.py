@@ -69,6 +69,8 @@ class Spread:
     rounding_sd: float
     seed_sd: float
     mean_abs: dict[str, float]
+    largest: dict[str, tuple[Record, float, float]]
+    """Per perturbation, the base run that moved most, with its value and its rerun's."""
 
     @property
     def ratio(self) -> float:
@@ -128,6 +130,7 @@ def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
     for metric, _ in METRICS:
         by_seed: dict[tuple, list[float]] = defaultdict(list)  # (configuration..., seed): base, then each rerun
         differences: dict[str, list[float]] = defaultdict(list)
+        largest: dict[str, tuple[Record, float, float]] = {}
         for variant, pairs in variants.items():
             if identity[variant]:
                 continue
@@ -139,6 +142,8 @@ def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
                 by_seed[key] = by_seed[key] or [a]
                 by_seed[key].append(b)
                 differences[variant].append(abs(b - a))
+                if variant not in largest or abs(b - a) > abs(largest[variant][2] - largest[variant][1]):
+                    largest[variant] = (original, a, b)
         if not by_seed:
             continue
         cells = {
@@ -155,6 +160,7 @@ def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
                 _pooled_sd(list(by_seed.values())),
                 _pooled_sd(list(cells.values())),
                 {v: float(np.mean(d)) for v, d in differences.items()},
+                largest,
             )
         )
     return Rounding(variants, identity, spreads, diverged, unmatched)
@@ -197,6 +203,19 @@ def markdown(rounding: Rounding, title: str) -> str:
             cells += [str(s.seeds_for(g)) for g in GAINS]
             out.append("| " + " | ".join(cells) + " |")
         out += ["", "Cells: " + ", ".join(sorted({_cell(o) for v in perturbing for o, _ in rounding.variants[v]}))]
+        out += [
+            "",
+            "## The run that moved most under each perturbation",
+            "",
+            "| metric | perturbation | run | base | rerun | Δ |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for s in rounding.spreads:
+            for v in perturbing:
+                if v in s.largest:
+                    run, a, b = s.largest[v]
+                    cells = [METRIC_NAMES[s.metric], v, f"{_cell(run)}, seed {run.seed}", f"{a:.2f}", f"{b:.2f}"]
+                    out.append("| " + " | ".join([*cells, f"{b - a:+.2f}"]) + " |")
     if rounding.diverged:
         out += [
             "",
