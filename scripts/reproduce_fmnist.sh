@@ -20,8 +20,8 @@
 #      joint forward pass: the control of the joint norms), CN, TBBN and AdaB2N at its validation choice in each
 #      column (read from REPORT's summary.csv), the four columns, seeds 0-9, evaluated every EVAL_EVERY steps on
 #      EVAL_SUBSET test images a task (AAA, min-ACC, WC-ACC, the stability gap); AdaB2N and BN-joint first (the
-#      primary endpoint's runs, docs/results.md), and a report of seeds 5-9 alone in STREAM/seeds5-9 (for the
-#      declared replication of the first round's CN and TBBN readings, written on seeds 0-4). One run per process: on this CPU a stack trains at 0.85-1.11x the
+#      primary endpoint's runs, docs/results.md), and reports of seeds 0-4 and 5-9 alone in STREAM/seeds0-4 and
+#      STREAM/seeds5-9 (the first round's readings saw seeds 0-4; seeds 5-9 replicate them). One run per process: on this CPU a stack trains at 0.85-1.11x the
 #      speed of separate runs (docs/benchmarks.md), so stacks do not pay here; on a GPU add --stack to LAUNCH;
 #   6. rounding noise (issue 34), in its own folder ROUNDING: BN and AdaB2N of the stream grid in er_ace 500 and
 #      derpp 200, seeds 0-4, run again three ways, each in a folder of its own under ROUNDING/runs (run names do
@@ -227,11 +227,15 @@ if [[ "$STEP" == report || ( "$STEP" == all && " $LAUNCH " != *" --dry_run "* ) 
   publish "$WIDTH/runs" "$WIDTH" width "" "${wide_grids[@]}"
   # The stream grid's primary endpoint, declared on the page before its third round's runs (issue 34).
   publish "$STREAM/runs" "$STREAM" stream "--primary AdaB2N BN-joint class_il --primary_seeds 10" "${stream_grids[@]}"
-  # The comparison on seeds 5-9 alone (a report, no part of the page): the declared replication of the first round's
-  # CN and TBBN readings, which had seen seeds 0-4 only; its BN-joint and AdaB2N rows were read on all 10 seeds for
-  # the primary endpoint, so they replicate nothing.
+  # The comparison on seeds 0-4 and on seeds 5-9 alone (reports, no part of the page): the first round's readings
+  # saw seeds 0-4; seeds 5-9 are the declared replication of its CN and TBBN readings (the BN-joint and AdaB2N rows
+  # were read on all 10 seeds for the primary endpoint, so they replicate nothing).
   if (( ${#stream_grids[@]} )) && [[ -d $STREAM/runs ]]; then
-    "$PYTHON" -m utils.report "$STREAM/runs" --seeds 5 6 7 8 9 --no_plots --out "$STREAM/seeds5-9" >/dev/null || rc=$?
+    for seeds in "0 1 2 3 4" "5 6 7 8 9"; do
+      # shellcheck disable=SC2086  # a list of seeds
+      "$PYTHON" -m utils.report "$STREAM/runs" --seeds $seeds --no_plots --out "$STREAM/seeds${seeds:0:1}-${seeds: -1}" \
+        >/dev/null || rc=$?
+    done
   fi
   publish "$ROUNDING/runs" "$ROUNDING" rounding "--reruns_of $STREAM/runs" "${rounding_grids[@]}"
   for folder in $KEPT; do "$PYTHON" -m utils.report "$folder/runs" --out "$folder" >/dev/null; done
