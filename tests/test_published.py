@@ -12,7 +12,7 @@ committed, fails), and their decoded pixels only under the matplotlib version th
 between versions, and the PNG bytes also depend on the zlib that Pillow was built with, so pixels rather than bytes,
 and a skip naming both versions elsewhere. The regeneration is the script's whole report step: one Python process
 per results folder (``utils.report --page``: its report, its figures, its part of the page and the plan of its grid
-commands)."""
+commands). The page's hand-written reading is checked against the tables: each number it cites is one of theirs."""
 
 from __future__ import annotations
 
@@ -134,3 +134,37 @@ def test_figures_are_what_the_code_draws_pixel_for_pixel(regenerated: Path, name
         assert made.exists(), f"{png.relative_to(ROOT)} is no longer drawn"
         same = np.array_equal(_pixels(made), _pixels(png))  # False also when the sizes differ
         assert same, f"{png.relative_to(ROOT)} is not what the code draws of its runs"
+
+
+READING = ("## Reading", "What this does and does not say")
+"""The hand-written reading of ``docs/results.md``, whose every number is said to be a table's."""
+NUMBER = r"[+\-−]?\d+\.\d\d"
+PAIR = re.compile(rf"\[({NUMBER}), ({NUMBER})\]|({NUMBER}) ± ({NUMBER})")
+"""An interval ``[low, high]`` or a ``mean ± sd``: distinctive, where a lone number may match another by chance."""
+LONE = re.compile(rf"(?<![\w.]){NUMBER}(?!\d)")
+
+
+def _pairs(text: str) -> set[tuple[str, ...]]:
+    return {tuple(n.replace("−", "-") for n in found if n) for found in PAIR.findall(text)}
+
+
+def _numbers(text: str) -> set[str]:
+    return {n.replace("−", "-").removeprefix("+") for n in LONE.findall(text)}
+
+
+def test_every_number_of_the_reading_is_in_a_table() -> None:
+    """The reading's intervals and ``mean ± sd`` pairs appear as they are in the page outside it or in a published
+    report, and each other number with two decimals too (with its sign where the reading gives one): a reading left
+    behind by regenerated tables fails here."""
+    page = (DOCS / "results.md").read_text()
+    start, end = page.index(READING[0]), page.index(READING[1])
+    tables = [page[:start] + page[end:]]
+    tables += [f.read_text() for name in PUBLISHED if (f := DOCS / "results" / name / "report.md").exists()]
+    pairs, numbers = set().union(*map(_pairs, tables)), set().union(*map(_numbers, tables))
+    reading = page[start:end]
+    stale = [" ".join(pair) for pair in _pairs(reading) - pairs]
+    for token in LONE.findall(PAIR.sub("", reading)):
+        number = token.replace("−", "-").removeprefix("+")
+        if number not in numbers and (token[0] in "+-−" or f"-{number}" not in numbers):
+            stale.append(token)
+    assert not stale, f"docs/results.md's reading cites numbers that no table holds: {stale}"
