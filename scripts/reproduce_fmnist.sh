@@ -21,8 +21,9 @@
 #      column (read from REPORT's summary.csv), the four columns, seeds 0-9, evaluated every EVAL_EVERY steps on
 #      EVAL_SUBSET test images a task (AAA, min-ACC, WC-ACC, the stability gap); AdaB2N and BN-joint first (the
 #      primary endpoint's runs, docs/results.md), and reports of seeds 0-4 and 5-9 alone in STREAM/seeds0-4 and
-#      STREAM/seeds5-9 (the first round's readings saw seeds 0-4; seeds 5-9 replicate them). One run per process: on this CPU a stack trains at 0.85-1.11x the
-#      speed of separate runs (docs/benchmarks.md), so stacks do not pay here; on a GPU add --stack to LAUNCH;
+#      STREAM/seeds5-9 (the first round's readings saw seeds 0-4; seeds 5-9 replicate them). One run per process:
+#      on this CPU a stack trains at 0.85-1.11x the speed of separate runs (docs/benchmarks.md), so stacks do not
+#      pay here; on a GPU add --stack to LAUNCH;
 #   6. rounding noise (issue 34), in its own folder ROUNDING: BN and AdaB2N of the stream grid in er_ace 500 and
 #      derpp 200, seeds 0-4, run again three ways, each in a folder of its own under ROUNDING/runs (run names do
 #      not say how): same/ (seed 0, the same settings: the identity check), kernels/ (the second kernel set of

@@ -159,7 +159,7 @@ def test_every_number_of_the_reading_is_in_a_table() -> None:
     page = (DOCS / "results.md").read_text()
     start, end = page.index(READING[0]), page.index(READING[1])
     tables = [page[:start] + page[end:]]
-    tables += [f.read_text() for name in PUBLISHED if (f := DOCS / "results" / name / "report.md").exists()]
+    tables += [f.read_text() for name in PUBLISHED if (f := RESULTS / name / "report.md").exists()]
     pairs, numbers = set().union(*map(_pairs, tables)), set().union(*map(_numbers, tables))
     reading = page[start:end]
     stale = [" ".join(pair) for pair in _pairs(reading) - pairs]

@@ -76,13 +76,14 @@ def write_report(
         raise UserError(f"no runs in {root}{skipped}; pass the --results_path of the runs")
     header = f"Results in {root}"
     if seeds is not None:
-        missing = sorted(set(seeds) - {r.seed for r in records})
+        chosen = set(seeds)
+        missing = sorted(chosen - {r.seed for r in records})
         if missing:
             raise UserError(
                 f"no runs of seed(s) {', '.join(map(str, missing))} in {root}; pass seeds that its runs have (--seeds)"
             )
-        records = [r for r in records if r.seed in set(seeds)]
-        header += f", the runs of seeds {', '.join(map(str, sorted(set(seeds))))} only"
+        records = [r for r in records if r.seed in chosen]
+        header += f", the runs of seeds {', '.join(map(str, sorted(chosen)))} only"
     report = build_report(records)
     report.warnings = warnings
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -129,8 +129,7 @@ def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
     spreads = []
     for metric, _ in METRICS:
         by_seed: dict[tuple, list[float]] = defaultdict(list)  # (configuration..., seed): base, then each rerun
-        differences: dict[str, list[float]] = defaultdict(list)
-        largest: dict[str, tuple[Record, float, float]] = {}
+        moves: dict[str, list[tuple[Record, float, float]]] = defaultdict(list)  # per variant: base run, a, b
         for variant, pairs in variants.items():
             if identity[variant]:
                 continue
@@ -141,9 +140,7 @@ def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
                 key = (*_identity(original), original.seed)
                 by_seed[key] = by_seed[key] or [a]
                 by_seed[key].append(b)
-                differences[variant].append(abs(b - a))
-                if variant not in largest or abs(b - a) > abs(largest[variant][2] - largest[variant][1]):
-                    largest[variant] = (original, a, b)
+                moves[variant].append((original, a, b))
         if not by_seed:
             continue
         cells = {
@@ -159,8 +156,8 @@ def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
                 sum(len(v) for v in cells.values()),
                 _pooled_sd(list(by_seed.values())),
                 _pooled_sd(list(cells.values())),
-                {v: float(np.mean(d)) for v, d in differences.items()},
-                largest,
+                {v: float(np.mean([abs(b - a) for _, a, b in m])) for v, m in moves.items()},
+                {v: max(m, key=lambda move: abs(move[2] - move[1])) for v, m in moves.items()},  # the first of a tie
             )
         )
     return Rounding(variants, identity, spreads, diverged, unmatched)

@@ -143,9 +143,10 @@ class LocalScheduler:
         if self.gpu_mode:
             self._say(f"=> GPUs {', '.join(str(i) for i, _ in usage)}; at most {self.max_per_gpu} run(s) per GPU")
         else:
-            threads = pinned_threads(self.runs) or cpu_threads(self.cpu_workers)
+            todo = [job for job in self.runs if not job.done]
+            threads = pinned_threads(todo) or cpu_threads(self.cpu_workers)
             self._say(f"=> running on the CPU: {self.cpu_workers} worker(s) x {threads} thread(s)")
-            cores, at_once = os.cpu_count() or 1, min(self.cpu_workers, sum(not job.done for job in self.runs))
+            cores, at_once = os.cpu_count() or 1, min(self.cpu_workers, len(todo))
             if at_once * threads > cores:  # --extra's --num_threads, or more workers than cores
                 fix = (
                     f"use --cpu_workers {cores // threads}"
