@@ -68,9 +68,18 @@ class Spread:
     base_seeds: int
     rounding_sd: float
     seed_sd: float
-    mean_abs: dict[str, float]
-    largest: dict[str, tuple[Record, float, float]]
-    """Per perturbation, the base run that moved most, with its value and its rerun's."""
+    moves: dict[str, list[tuple[Record, float, float]]]
+    """Per perturbation, each base run with its value and its rerun's."""
+
+    @property
+    def mean_abs(self) -> dict[str, float]:
+        """Per perturbation, the mean distance between a base run and its rerun."""
+        return {v: float(np.mean([abs(b - a) for _, a, b in m])) for v, m in self.moves.items()}
+
+    @property
+    def largest(self) -> dict[str, tuple[Record, float, float]]:
+        """Per perturbation, the base run that moved most (the first of a tie), with its value and its rerun's."""
+        return {v: max(m, key=lambda move: abs(move[2] - move[1])) for v, m in self.moves.items()}
 
     @property
     def ratio(self) -> float:
@@ -156,8 +165,7 @@ def analyse(reruns_dir: Path, base_dir: Path) -> Rounding:
                 sum(len(v) for v in cells.values()),
                 _pooled_sd(list(by_seed.values())),
                 _pooled_sd(list(cells.values())),
-                {v: float(np.mean([abs(b - a) for _, a, b in m])) for v, m in moves.items()},
-                {v: max(m, key=lambda move: abs(move[2] - move[1])) for v, m in moves.items()},  # the first of a tie
+                dict(moves),
             )
         )
     return Rounding(variants, identity, spreads, diverged, unmatched)
